@@ -1,0 +1,39 @@
+//! The OpenRed core: identities, signed node records, wire types and address
+//! policy.
+//!
+//! # Layout
+//!
+//! - [`id`]: node IDs (derived from identity keys, so they are self-certifying)
+//!   and their textual form; directory key fingerprints.
+//! - [`keys`]: Ed25519 identity keys, X25519 agreement keys, and signing under
+//!   context labels ([`keys::SignatureContext`]) so that no signature can be
+//!   replayed as another kind.
+//! - [`record`]: the signed node record and its canonical, versioned encoding.
+//! - [`url`]: the `api_url` a node publishes (an origin, never a path) and the
+//!   address policy that tells global from non-global hosts.
+//! - [`wire`]: the JSON bodies of the directory API, in one place.
+//! - [`time`]: Unix timestamps. The core never reads the clock.
+//!
+//! # What this crate must never do
+//!
+//! No sockets, no file I/O, no clock reads, no randomness of its own: time
+//! and random bytes come in as arguments, so everything here is
+//! deterministic, fuzzable and testable with simulated time.
+
+#![forbid(unsafe_code)]
+
+pub mod id;
+pub mod keys;
+pub mod record;
+pub mod time;
+pub mod url;
+pub mod wire;
+
+pub use id::{IdError, NodeId};
+pub use keys::{
+    AgreementPublicKey, AgreementSecret, IdentityKeypair, IdentityPublicKey, SignatureContext,
+    SignatureError,
+};
+pub use record::{NodeRecord, RecordError, SignedRecord};
+pub use time::{Clock, ManualClock, UnixTime};
+pub use url::{ApiUrl, UrlError};

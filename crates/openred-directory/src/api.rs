@@ -1,0 +1,459 @@
+//! The HTTP handlers of the directory API (`/api/v3/…`), documented for
+//! OpenAPI by their annotations, which are also how they are routed.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::{Extension, Json};
+use openred_core::wire::{
+    b64_decode, DeregisterRequest, DeregisterResponse, DiscoverResponse, ErrorBody, HealthResponse,
+    NodeCounts, NodeEntry, NodeStatus, RegisterRequest, RegisterResponse,
+};
+use openred_core::{IdentityPublicKey, NodeId, RecordError, SignedRecord, UnixTime, UrlError};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::cache::CachedNode;
+use crate::error::ApiError;
+use crate::metrics;
+use crate::server::{AppState, ClientAddress};
+use crate::store::{StatusFilter, Write};
+
+type Shared = State<Arc<AppState>>;
+
+/// Register or refresh a node. The heartbeat is the same call with the next
+/// `seq`: one code path, one signature check, and the record's `issued_at`
+/// becomes the node's signed evidence of liveness.
+#[utoipa::path(
+    post, path = "/api/v3/nodes/register", tag = "nodes",
+    request_body = RegisterRequest,
+    responses(
+        (status = 200, description = "Registered", body = RegisterResponse),
+        (status = 400, description = "Malformed, badly signed, stale or disallowed record", body = ErrorBody),
+        (status = 409, description = "seq replayed or rolled back", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    )
+)]
+pub async fn register(
+    State(state): Shared,
+    Extension(ClientAddress(client)): Extension<ClientAddress>,
+    body: Result<Json<RegisterRequest>, JsonRejection>,
+) -> Result<Json<RegisterResponse>, ApiError> {
+    let result = register_inner(&state, client, body).await;
+    metrics::registration(match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code(),
+    });
+    result.map(Json)
+}
+
+async fn register_inner(
+    state: &AppState,
+    client: IpAddr,
+    body: Result<Json<RegisterRequest>, JsonRejection>,
+) -> Result<RegisterResponse, ApiError> {
+    state.limits.write_from(client)?;
+    let Json(body) = body?;
+    let bytes = b64_decode(&body.record)
+        .map_err(|_| ApiError::bad_request("bad_record", "record is not unpadded base64url"))?;
+    let record = SignedRecord::decode(&bytes).map_err(record_error)?;
+    let now = state.clock.now();
+    record
+        .check_fresh(now, state.config.clock_skew_s)
+        .map_err(record_error)?;
+    let r = record.record();
+    r.api_url
+        .check_policy(state.config.danger_allow_private_addresses)
+        .map_err(url_error)?;
+    if r.seq > i64::MAX as u64 {
+        return Err(ApiError::bad_request("bad_seq", "seq must be below 2^63"));
+    }
+    state.limits.write_by(&r.node_id)?;
+    match state
+        .store
+        .upsert_record(&record, now)
+        .await
+        .map_err(|e| ApiError::internal("storing a record", e))?
+    {
+        Write::Applied => {}
+        Write::Stale { stored_seq } => return Err(seq_conflict(r.seq, stored_seq)),
+    }
+    state.cache.put(&crate::store::StoredNode {
+        node_id: r.node_id,
+        seq: r.seq,
+        record: Some(record.clone()),
+        last_seen: now,
+        identity_key: r.identity_key.to_bytes(),
+    });
+    Ok(RegisterResponse {
+        node_id: r.node_id.to_string(),
+        status: NodeStatus::Active,
+        seq: r.seq,
+        last_seen: now.0,
+        next_heartbeat_s: state.next_heartbeat(&r.node_id, r.seq),
+    })
+}
+
+fn seq_conflict(offered: u64, stored: u64) -> ApiError {
+    if offered == stored {
+        ApiError::conflict(
+            "seq_replay",
+            format!("seq {offered} was already used; the next record needs seq > {stored}"),
+        )
+    } else {
+        ApiError::conflict(
+            "seq_rollback",
+            format!("seq {offered} is older than the stored seq {stored}"),
+        )
+    }
+}
+
+fn record_error(e: RecordError) -> ApiError {
+    let code = match &e {
+        RecordError::Length | RecordError::Version(_) | RecordError::Lifetime => "bad_record",
+        RecordError::IdentityKey => "bad_identity_key",
+        RecordError::NodeIdMismatch => "node_id_mismatch",
+        RecordError::Url(inner) => return url_error(inner.clone()),
+        RecordError::Signature => "bad_signature",
+        RecordError::Stale { .. } => "stale_record",
+        RecordError::Expired(_) => "expired_record",
+    };
+    ApiError::bad_request(code, e.to_string())
+}
+
+fn url_error(e: UrlError) -> ApiError {
+    let code = match e {
+        UrlError::Scheme => "url_not_https",
+        UrlError::NonGlobalHost => "url_not_global",
+        _ => "bad_url",
+    };
+    ApiError::bad_request(code, e.to_string())
+}
+
+/// Query of `discover`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DiscoverQuery {
+    /// Look up one node by ID (404 if unknown).
+    node_id: Option<String>,
+    /// Only nodes with this status.
+    status: Option<NodeStatus>,
+    /// Page size (1 to the configured maximum, default 100).
+    limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+const CURSOR_VERSION: u8 = 1;
+
+/// List or look up nodes. Records are returned exactly as the nodes signed
+/// them; clients verify them and remember the highest `seq` per node.
+#[utoipa::path(
+    get, path = "/api/v3/nodes/discover", tag = "nodes",
+    params(DiscoverQuery),
+    responses(
+        (status = 200, description = "A page of nodes", body = DiscoverResponse),
+        (status = 400, description = "Bad query, node ID or cursor", body = ErrorBody),
+        (status = 403, description = "Listing is turned off on this directory", body = ErrorBody),
+        (status = 404, description = "Unknown node (with node_id)", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    )
+)]
+pub async fn discover(
+    State(state): Shared,
+    Extension(ClientAddress(client)): Extension<ClientAddress>,
+    query: Result<Query<DiscoverQuery>, QueryRejection>,
+) -> Result<Json<DiscoverResponse>, ApiError> {
+    state.limits.lookup_from(client)?;
+    let Query(query) = query?;
+    let now = state.clock.now();
+    if let Some(id) = &query.node_id {
+        let entry = lookup(&state, client, id, now).await?;
+        let status = entry.status;
+        if query.status.is_some_and(|wanted| wanted != status) {
+            return Ok(Json(DiscoverResponse {
+                nodes: vec![],
+                next_cursor: None,
+            }));
+        }
+        return Ok(Json(DiscoverResponse {
+            nodes: vec![entry],
+            next_cursor: None,
+        }));
+    }
+    if !state.config.allow_listing {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "listing_disabled",
+            "this directory does not publish its node list; look nodes up by node_id",
+        ));
+    }
+    let limit = query.limit.unwrap_or(100.min(state.config.max_page_size));
+    if limit == 0 || limit > state.config.max_page_size {
+        return Err(ApiError::bad_request(
+            "bad_limit",
+            format!("limit must be between 1 and {}", state.config.max_page_size),
+        ));
+    }
+    let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let cutoff = state.active_cutoff(now);
+    let filter = match query.status {
+        None => StatusFilter::Any,
+        Some(NodeStatus::Active) => StatusFilter::ActiveSince(cutoff),
+        Some(NodeStatus::Inactive) => StatusFilter::InactiveBefore(cutoff),
+    };
+    let rows = state
+        .store
+        .page(after, filter, limit)
+        .await
+        .map_err(|e| ApiError::internal("listing nodes", e))?;
+    let next_cursor = (rows.len() == limit as usize)
+        .then(|| rows.last().map(|n| encode_cursor(&n.node_id)))
+        .flatten();
+    let nodes = rows
+        .iter()
+        .filter_map(CachedNode::from_stored)
+        .map(|c| entry(&c, cutoff))
+        .collect();
+    Ok(Json(DiscoverResponse { nodes, next_cursor }))
+}
+
+fn encode_cursor(last: &NodeId) -> String {
+    let mut bytes = vec![CURSOR_VERSION];
+    bytes.extend_from_slice(last.as_bytes());
+    openred_core::wire::b64_encode(&bytes)
+}
+
+fn decode_cursor(text: &str) -> Result<NodeId, ApiError> {
+    let bad = || ApiError::bad_request("bad_cursor", "cursor is not one this directory issued");
+    let bytes = b64_decode(text).map_err(|_| bad())?;
+    if bytes.len() != 33 || bytes[0] != CURSOR_VERSION {
+        return Err(bad());
+    }
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&bytes[1..]);
+    Ok(NodeId::from_bytes(id))
+}
+
+fn entry(node: &CachedNode, cutoff: UnixTime) -> NodeEntry {
+    NodeEntry {
+        node_id: node.node_id.clone(),
+        api_url: node.api_url.clone(),
+        last_seen: node.last_seen.0,
+        status: if node.last_seen >= cutoff {
+            NodeStatus::Active
+        } else {
+            NodeStatus::Inactive
+        },
+        record: node.record.clone(),
+    }
+}
+
+/// A single-node lookup: from memory when cached; misses go to the
+/// database and are rate limited, since most discovery load is lookups of
+/// unknown nodes.
+async fn lookup(
+    state: &AppState,
+    client: IpAddr,
+    id_text: &str,
+    now: UnixTime,
+) -> Result<NodeEntry, ApiError> {
+    let cutoff = state.active_cutoff(now);
+    let node_id = match NodeId::parse(id_text) {
+        Ok(id) => id,
+        Err(e) => {
+            state.limits.lookup_miss_from(client)?;
+            metrics::lookup("malformed");
+            return Err(ApiError::bad_request("bad_node_id", e.to_string()));
+        }
+    };
+    if let Some(cached) = state.cache.get(&node_id) {
+        metrics::lookup("hit");
+        return Ok(entry(&cached, cutoff));
+    }
+    state.limits.lookup_miss_from(client)?;
+    let stored = state
+        .store
+        .node(&node_id)
+        .await
+        .map_err(|e| ApiError::internal("looking up a node", e))?;
+    match stored {
+        Some(node) if node.record.is_some() => {
+            state.cache.put(&node);
+            metrics::lookup("db_hit");
+            let cached = CachedNode::from_stored(&node).ok_or_else(|| unknown(&node_id))?;
+            Ok(entry(&cached, cutoff))
+        }
+        _ => {
+            if stored.is_some() {
+                state.cache.remove(&node_id);
+            }
+            metrics::lookup("miss");
+            Err(unknown(&node_id))
+        }
+    }
+}
+
+fn unknown(node_id: &NodeId) -> ApiError {
+    ApiError::not_found("unknown_node", format!("no node {node_id} is registered"))
+}
+
+/// Look up one node.
+#[utoipa::path(
+    get, path = "/api/v3/nodes/{node_id}", tag = "nodes",
+    params(("node_id" = String, Path, description = "The node's ID")),
+    responses(
+        (status = 200, description = "The node", body = NodeEntry),
+        (status = 400, description = "Malformed node ID", body = ErrorBody),
+        (status = 404, description = "Unknown node", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    )
+)]
+pub async fn node(
+    State(state): Shared,
+    Extension(ClientAddress(client)): Extension<ClientAddress>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<NodeEntry>, ApiError> {
+    state.limits.lookup_from(client)?;
+    let Path(id) = path?;
+    let now = state.clock.now();
+    lookup(&state, client, &id, now).await.map(Json)
+}
+
+/// Deregister a node, signed by it. The request's `seq` must exceed the
+/// stored one, so it cannot be replayed, and no record older than it can be
+/// registered again.
+#[utoipa::path(
+    post, path = "/api/v3/nodes/deregister", tag = "nodes",
+    request_body = DeregisterRequest,
+    responses(
+        (status = 200, description = "Deregistered", body = DeregisterResponse),
+        (status = 400, description = "Malformed, badly signed or stale request", body = ErrorBody),
+        (status = 404, description = "Unknown node", body = ErrorBody),
+        (status = 409, description = "seq replayed or rolled back", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    )
+)]
+pub async fn deregister(
+    State(state): Shared,
+    Extension(ClientAddress(client)): Extension<ClientAddress>,
+    body: Result<Json<DeregisterRequest>, JsonRejection>,
+) -> Result<Json<DeregisterResponse>, ApiError> {
+    state.limits.write_from(client)?;
+    let Json(body) = body?;
+    let node_id = NodeId::parse(&body.node_id)
+        .map_err(|e| ApiError::bad_request("bad_node_id", e.to_string()))?;
+    let stored = state
+        .store
+        .node(&node_id)
+        .await
+        .map_err(|e| ApiError::internal("looking up a node", e))?
+        .filter(|n| n.record.is_some())
+        .ok_or_else(|| unknown(&node_id))?;
+    let key = IdentityPublicKey::from_bytes(&stored.identity_key)
+        .map_err(|e| ApiError::internal("stored identity key", e))?;
+    body.verify(&node_id, &key).map_err(|_| {
+        ApiError::bad_request(
+            "bad_signature",
+            "the deregistration is not signed by the node's identity key",
+        )
+    })?;
+    state.limits.write_by(&node_id)?;
+    let now = state.clock.now();
+    if UnixTime(body.issued_at).distance(now) > state.config.clock_skew_s {
+        return Err(ApiError::bad_request(
+            "stale_request",
+            format!(
+                "issued_at {} is more than {} s from the directory's time {now}",
+                body.issued_at, state.config.clock_skew_s
+            ),
+        ));
+    }
+    if body.seq > i64::MAX as u64 {
+        return Err(ApiError::bad_request("bad_seq", "seq must be below 2^63"));
+    }
+    match state
+        .store
+        .deregister(&node_id, body.seq, now)
+        .await
+        .map_err(|e| ApiError::internal("deregistering", e))?
+    {
+        Some(Write::Applied) => {}
+        Some(Write::Stale { stored_seq }) => return Err(seq_conflict(body.seq, stored_seq)),
+        None => return Err(unknown(&node_id)),
+    }
+    state.cache.remove(&node_id);
+    Ok(Json(DeregisterResponse {
+        node_id: node_id.to_string(),
+        deregistered: true,
+    }))
+}
+
+/// Ask to be introduced to another node. Arrives with the node issue; until
+/// then it answers 501.
+#[utoipa::path(
+    post, path = "/api/v3/tokens/request-connection", tag = "tokens",
+    responses((status = 501, description = "Not implemented yet", body = ErrorBody))
+)]
+pub async fn request_connection() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "not_implemented",
+        "introductions are not available on this directory yet",
+    )
+}
+
+/// Health and node counts. Never rate limited.
+#[utoipa::path(
+    get, path = "/api/v3/health", tag = "service",
+    responses(
+        (status = 200, description = "Healthy", body = HealthResponse),
+        (status = 503, description = "The database does not answer", body = ErrorBody),
+    )
+)]
+pub async fn health(State(state): Shared) -> Result<Json<HealthResponse>, ApiError> {
+    let now = state.clock.now();
+    let (active, inactive) = state
+        .store
+        .counts(state.active_cutoff(now))
+        .await
+        .map_err(|e| ApiError::internal("health check", e))?;
+    Ok(Json(HealthResponse {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        directory_key: state.fingerprint.to_string(),
+        nodes: NodeCounts { active, inactive },
+    }))
+}
+
+/// Prometheus metrics.
+#[utoipa::path(
+    get, path = "/metrics", tag = "service",
+    responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"))
+)]
+pub async fn metrics_text(State(state): Shared) -> impl IntoResponse {
+    let body = state
+        .metrics
+        .as_ref()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+/// This document.
+#[utoipa::path(
+    get, path = "/api/v3/openapi.json", tag = "service",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json"))
+)]
+pub async fn openapi(State(state): Shared) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.openapi_json.clone(),
+    )
+}

@@ -1,0 +1,66 @@
+//! Prometheus metrics: requests by route and status, latency histograms,
+//! registrations and lookups by outcome.
+//!
+//! The `metrics` facade has one recorder per process, so it is installed
+//! once and shared by every directory started in the process (tests start
+//! many); each exposition shows the whole process.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// The process's Prometheus handle, installing the recorder on first use.
+/// `None` if another recorder was installed by someone else.
+pub fn handle() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&LATENCY_BUCKETS)
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            Some(handle)
+        })
+        .clone()
+}
+
+/// Middleware counting every request by matched route, method and status,
+/// and timing it.
+pub async fn track(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().to_string();
+    let start = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("openred_directory_http_requests_total",
+        "route" => route.clone(), "method" => method, "status" => status)
+    .increment(1);
+    metrics::histogram!("openred_directory_http_request_duration_seconds", "route" => route)
+        .record(start.elapsed().as_secs_f64());
+    response
+}
+
+/// Counts a registration attempt by outcome (`ok` or the error code).
+pub fn registration(outcome: &'static str) {
+    metrics::counter!("openred_directory_registrations_total", "outcome" => outcome).increment(1);
+}
+
+/// Counts a lookup by outcome (`hit`, `db_hit`, `miss`).
+pub fn lookup(outcome: &'static str) {
+    metrics::counter!("openred_directory_lookups_total", "outcome" => outcome).increment(1);
+}
