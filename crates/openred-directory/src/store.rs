@@ -3,7 +3,9 @@
 //!
 //! The store is the source of truth: a write is acknowledged to a client only
 //! after its transaction committed (SQLite runs in WAL mode with
-//! `synchronous = FULL`). The ordering rule "a record replaces the stored one
+//! `synchronous = FULL`). Record writes go through one writer task that
+//! groups the writes waiting at that moment into one transaction (group
+//! commit), so durability costs one fsync per batch, not one per request. The ordering rule "a record replaces the stored one
 //! only if its `seq` is greater" is enforced inside the single `UPSERT`
 //! statement, so two replicas racing on one PostgreSQL database can never let
 //! an older record win.
@@ -13,7 +15,8 @@ use std::time::Duration;
 
 use openred_core::{NodeId, SignedRecord, UnixTime};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyConnection, AnyPool, Executor, Row};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Database;
 
@@ -29,6 +32,12 @@ pub enum StoreError {
     /// Migrations failed.
     #[error("migration error: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// A group commit failed; none of its writes was stored.
+    #[error("group commit failed: {0}")]
+    Commit(String),
+    /// The writer task stopped (the store is closing).
+    #[error("the database writer has stopped")]
+    WriterGone,
     /// A row holds something that this code never writes.
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -76,7 +85,19 @@ pub enum StatusFilter {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    writer: mpsc::Sender<PendingWrite>,
 }
+
+/// A record write waiting for the next group commit.
+#[derive(Debug)]
+struct PendingWrite {
+    record: SignedRecord,
+    now: UnixTime,
+    reply: oneshot::Sender<Result<Write, StoreError>>,
+}
+
+/// The most writes committed in one transaction.
+const MAX_BATCH: usize = 512;
 
 const COLUMNS: &str = "node_id, identity_key, seq, record, last_seen";
 
@@ -111,37 +132,30 @@ impl Store {
             .connect_with(options)
             .await?;
         migrator.run(&pool).await?;
-        Ok(Store { pool })
+        let (writer, queue) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(group_commit(pool.clone(), queue));
+        Ok(Store { pool, writer })
     }
 
     /// Stores `record` if its `seq` is greater than the stored one (or the
-    /// node is new), and marks the node seen at `now`.
+    /// node is new), and marks the node seen at `now`. Returns once the
+    /// write is committed.
     pub async fn upsert_record(
         &self,
         record: &SignedRecord,
         now: UnixTime,
     ) -> Result<Write, StoreError> {
-        let r = record.record();
-        let result = sqlx::query(
-            "INSERT INTO nodes (node_id, identity_key, seq, record, api_url, last_seen, deregistered) \
-             VALUES ($1, $2, $3, $4, $5, $6, 0) \
-             ON CONFLICT (node_id) DO UPDATE SET \
-               identity_key = excluded.identity_key, seq = excluded.seq, record = excluded.record, \
-               api_url = excluded.api_url, last_seen = excluded.last_seen, deregistered = 0 \
-             WHERE nodes.seq < excluded.seq",
-        )
-        .bind(r.node_id.as_bytes().to_vec())
-        .bind(r.identity_key.to_bytes().to_vec())
-        .bind(to_i64(r.seq)?)
-        .bind(record.as_bytes().to_vec())
-        .bind(r.api_url.as_str().to_owned())
-        .bind(to_i64(now.0)?)
-        .execute(&self.pool)
-        .await?;
-        if result.rows_affected() == 1 {
-            return Ok(Write::Applied);
-        }
-        self.stale_outcome(&r.node_id).await
+        let (reply, answer) = oneshot::channel();
+        let pending = PendingWrite {
+            record: record.clone(),
+            now,
+            reply,
+        };
+        self.writer
+            .send(pending)
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
     /// Marks a node deregistered if `seq` is greater than the stored one.
@@ -170,16 +184,6 @@ impl Store {
             })),
             _ => Ok(None),
         }
-    }
-
-    async fn stale_outcome(&self, node_id: &NodeId) -> Result<Write, StoreError> {
-        let row = sqlx::query("SELECT seq FROM nodes WHERE node_id = $1")
-            .bind(node_id.as_bytes().to_vec())
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(Write::Stale {
-            stored_seq: from_i64(row.try_get("seq")?)?,
-        })
     }
 
     /// The stored node, including a deregistered one (with `record: None`).
@@ -271,6 +275,75 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// The writer task: takes every write waiting now (up to [`MAX_BATCH`]),
+/// runs them in order in one transaction, commits, then answers each. If the
+/// transaction fails, every write in it fails and none is acknowledged.
+async fn group_commit(pool: AnyPool, mut queue: mpsc::Receiver<PendingWrite>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        match commit_batch(&pool, &batch).await {
+            Ok(outcomes) => {
+                for (pending, outcome) in batch.drain(..).zip(outcomes) {
+                    let _ = pending.reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, writes = batch.len(), "group commit failed");
+                let message = e.to_string();
+                for pending in batch.drain(..) {
+                    let _ = pending.reply.send(Err(StoreError::Commit(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+async fn commit_batch(pool: &AnyPool, batch: &[PendingWrite]) -> Result<Vec<Write>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for pending in batch {
+        outcomes.push(upsert_in(&mut tx, &pending.record, pending.now).await?);
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// The conditional write: the `WHERE` of the upsert makes "only a greater
+/// `seq` wins" atomic in the database itself, whatever else writes to it.
+async fn upsert_in(
+    conn: &mut AnyConnection,
+    record: &SignedRecord,
+    now: UnixTime,
+) -> Result<Write, StoreError> {
+    let r = record.record();
+    let result = sqlx::query(
+        "INSERT INTO nodes (node_id, identity_key, seq, record, api_url, last_seen, deregistered) \
+         VALUES ($1, $2, $3, $4, $5, $6, 0) \
+         ON CONFLICT (node_id) DO UPDATE SET \
+           identity_key = excluded.identity_key, seq = excluded.seq, record = excluded.record, \
+           api_url = excluded.api_url, last_seen = excluded.last_seen, deregistered = 0 \
+         WHERE nodes.seq < excluded.seq",
+    )
+    .bind(r.node_id.as_bytes().to_vec())
+    .bind(r.identity_key.to_bytes().to_vec())
+    .bind(to_i64(r.seq)?)
+    .bind(record.as_bytes().to_vec())
+    .bind(r.api_url.as_str().to_owned())
+    .bind(to_i64(now.0)?)
+    .execute(&mut *conn)
+    .await?;
+    if result.rows_affected() == 1 {
+        return Ok(Write::Applied);
+    }
+    let row = sqlx::query("SELECT seq FROM nodes WHERE node_id = $1")
+        .bind(r.node_id.as_bytes().to_vec())
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(Write::Stale {
+        stored_seq: from_i64(row.try_get("seq")?)?,
+    })
 }
 
 fn decode_row(row: &sqlx::any::AnyRow) -> Result<StoredNode, StoreError> {
