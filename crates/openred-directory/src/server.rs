@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::connect_info::MockConnectInfo;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
@@ -257,10 +258,13 @@ async fn find_client_address(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let peer = request
-        .extensions()
+    // As axum's ConnectInfo extractor does: the real connection, else the
+    // address a test injected with MockConnectInfo.
+    let extensions = request.extensions();
+    let peer = extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0)
+        .or_else(|| extensions.get::<MockConnectInfo<SocketAddr>>().map(|m| m.0))
         .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0));
     let client = client_address(peer, request.headers(), &state.config.trusted_proxies);
     request.extensions_mut().insert(ClientAddress(client));
