@@ -11,6 +11,10 @@
 //! - [`record`]: the signed node record and its canonical, versioned encoding.
 //! - [`url`]: the `api_url` a node publishes (an origin, never a path) and the
 //!   address policy that tells global from non-global hosts.
+//! - [`token`]: connection tokens: the linked pair the directory mints for an
+//!   introduction, sealed with HPKE to each node and signed by the directory.
+//! - [`session`]: the frame layer of an established session: cipher suites,
+//!   per-direction keys, epoch ratchet, replay window.
 //! - [`wire`]: the JSON bodies of the directory API, in one place.
 //! - [`time`]: Unix timestamps. The core never reads the clock.
 //!
@@ -25,7 +29,9 @@
 pub mod id;
 pub mod keys;
 pub mod record;
+pub mod session;
 pub mod time;
+pub mod token;
 pub mod url;
 pub mod wire;
 

@@ -1,0 +1,1 @@
+//! Session frames (being written).
