@@ -15,6 +15,7 @@
 //!   introduction, sealed with HPKE to each node and signed by the directory.
 //! - [`session`]: the frame layer of an established session: cipher suites,
 //!   per-direction keys, epoch ratchet, replay window.
+//! - [`random`]: a random stream from a caller-supplied seed.
 //! - [`wire`]: the JSON bodies of the directory API, in one place.
 //! - [`time`]: Unix timestamps. The core never reads the clock.
 //!
@@ -28,6 +29,7 @@
 
 pub mod id;
 pub mod keys;
+pub mod random;
 pub mod record;
 pub mod session;
 pub mod time;

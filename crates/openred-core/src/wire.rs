@@ -156,8 +156,153 @@ pub struct HealthResponse {
     pub version: String,
     /// The fingerprint of the directory's key, which nodes pin.
     pub directory_key: String,
+    /// The directory's Ed25519 public key (base64url), whose fingerprint is
+    /// `directory_key`: nodes verify token envelopes with it.
+    pub directory_public_key: String,
     /// Registered nodes by status.
     pub nodes: NodeCounts,
+}
+
+/// `POST /api/v3/tokens/request-connection`: node `from` asks to be
+/// introduced to `target`. Signed by `from` over
+/// [`connection_request_message`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionRequest {
+    /// The requester.
+    pub from: String,
+    /// The node it wants to meet.
+    pub target: String,
+    /// 16 random bytes (base64url), never reused within the freshness window.
+    pub nonce: String,
+    /// When the requester signed, Unix seconds.
+    pub issued_at: u64,
+    /// The requester's signature, base64url.
+    pub signature: String,
+}
+
+/// The answer to an introduction request: token_a.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionResponse {
+    /// The introduction's connection ID (base64url, 16 bytes).
+    pub connection_id: String,
+    /// When both tokens expire, Unix seconds.
+    pub expires_at: u64,
+    /// token_a: the envelope sealed to the requester (base64url).
+    pub token: String,
+}
+
+/// `POST /api/v3/tokens/receive` on a node: the directory pushes token_b.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TokenPush {
+    /// The initiator's node ID.
+    pub from: String,
+    /// token_b: the envelope sealed to this node (base64url).
+    pub token: String,
+}
+
+/// A node's answer to a token push.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct TokenAccepted {
+    /// Always true.
+    pub accepted: bool,
+    /// The connection ID (base64url).
+    pub connection_id: String,
+}
+
+/// `POST /api/v3/reachability` on a node: the directory's fresh challenge,
+/// sent to the URL a node registers, before that URL is accepted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ReachabilityChallenge {
+    /// The node the directory expects to find there.
+    pub node_id: String,
+    /// 32 random bytes, base64url.
+    pub challenge: String,
+}
+
+/// The node's answer: a signature over [`reachability_message`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ReachabilityProof {
+    /// The node answering.
+    pub node_id: String,
+    /// Its signature, base64url.
+    pub signature: String,
+}
+
+/// `POST /p2p/handshake`: Noise KK message 1 for an introduction.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandshakeRequest {
+    /// The introduction's connection ID (base64url).
+    pub connection_id: String,
+    /// The offered suite IDs, in preference order (also bound in the
+    /// prologue and repeated inside the encrypted payload).
+    pub suites: Vec<u8>,
+    /// Noise message 1 (base64url).
+    pub message: String,
+}
+
+/// The target's answer: Noise message 2.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandshakeResponse {
+    /// Always true.
+    pub session_established: bool,
+    /// The session ID (hex), derived from the handshake hash.
+    pub session_id: String,
+    /// Noise message 2 (base64url).
+    pub message: String,
+}
+
+const CONNECTION_REQUEST_VERSION: u8 = 1;
+
+/// The exact bytes a node signs to ask for an introduction:
+/// `version(1) || from(32) || target(32) || nonce(16) || issued_at(u64 BE)`.
+pub fn connection_request_message(
+    from: &NodeId,
+    target: &NodeId,
+    nonce: &[u8; 16],
+    issued_at: UnixTime,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(89);
+    out.push(CONNECTION_REQUEST_VERSION);
+    out.extend_from_slice(from.as_bytes());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(nonce);
+    out.extend_from_slice(&issued_at.0.to_be_bytes());
+    out
+}
+
+const REACHABILITY_VERSION: u8 = 1;
+
+/// The exact bytes a node signs to prove it answers at `api_url`:
+/// `version(1) || challenge(32) || node_id(32) || directory fingerprint
+/// text || 0x00 || api_url`.
+pub fn reachability_message(
+    challenge: &[u8; 32],
+    node_id: &NodeId,
+    directory: &str,
+    api_url: &str,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(66 + directory.len() + api_url.len());
+    out.push(REACHABILITY_VERSION);
+    out.extend_from_slice(challenge);
+    out.extend_from_slice(node_id.as_bytes());
+    out.extend_from_slice(directory.as_bytes());
+    out.push(0);
+    out.extend_from_slice(api_url.as_bytes());
+    out
 }
 
 const DEREGISTRATION_VERSION: u8 = 1;

@@ -9,19 +9,24 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
+use openred_core::keys::SignatureContext;
+use openred_core::random::SeededRng;
+use openred_core::token::mint_pair;
 use openred_core::wire::{
-    b64_decode, DeregisterRequest, DeregisterResponse, DiscoverResponse, ErrorBody, HealthResponse,
-    NodeCounts, NodeEntry, NodeStatus, RegisterRequest, RegisterResponse,
+    b64_decode, b64_encode, connection_request_message, reachability_message, ConnectionRequest,
+    ConnectionResponse, DeregisterRequest, DeregisterResponse, DiscoverResponse, ErrorBody,
+    HealthResponse, NodeCounts, NodeEntry, NodeStatus, ReachabilityChallenge, RegisterRequest,
+    RegisterResponse, TokenPush,
 };
 use openred_core::{IdentityPublicKey, NodeId, RecordError, SignedRecord, UnixTime, UrlError};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::cache::CachedNode;
-use crate::error::ApiError;
 use crate::metrics;
 use crate::server::{AppState, ClientAddress};
 use crate::store::{StatusFilter, Write};
+use openred_http::ApiError;
 
 type Shared = State<Arc<AppState>>;
 
@@ -74,6 +79,7 @@ async fn register_inner(
         return Err(ApiError::bad_request("bad_seq", "seq must be below 2^63"));
     }
     state.limits.write_by(&r.node_id)?;
+    prove_reachability(state, &record).await?;
     match state
         .store
         .upsert_record(&record, now)
@@ -97,6 +103,61 @@ async fn register_inner(
         last_seen: now.0,
         next_heartbeat_s: state.next_heartbeat(&r.node_id, r.seq),
     })
+}
+
+/// A new or changed URL is accepted only once the node answers a fresh
+/// challenge at that URL with its identity key: nobody can register someone
+/// else's server. A replayed or rolled-back `seq` is refused first, so
+/// replays cost no outbound call.
+async fn prove_reachability(state: &AppState, record: &SignedRecord) -> Result<(), ApiError> {
+    let r = record.record();
+    let stored = state
+        .store
+        .node(&r.node_id)
+        .await
+        .map_err(|e| ApiError::internal("looking up a node", e))?;
+    if let Some(stored) = &stored {
+        if r.seq <= stored.seq {
+            return Err(seq_conflict(r.seq, stored.seq));
+        }
+        if stored.record.as_ref().is_some_and(|old| {
+            old.record().api_url == r.api_url && old.record().identity_key == r.identity_key
+        }) {
+            return Ok(());
+        }
+    }
+    let mut challenge = [0u8; 32];
+    getrandom::fill(&mut challenge).map_err(|e| ApiError::internal("randomness", e))?;
+    let body = ReachabilityChallenge {
+        node_id: r.node_id.to_string(),
+        challenge: b64_encode(&challenge),
+    };
+    let unreachable = || {
+        ApiError::bad_request(
+            "url_unreachable",
+            format!("the node did not prove that it answers at {}", r.api_url),
+        )
+    };
+    let proof = state
+        .transport
+        .challenge(&r.api_url, &body)
+        .await
+        .map_err(|_| unreachable())?;
+    let signature = b64_decode(&proof.signature).map_err(|_| unreachable())?;
+    let message = reachability_message(
+        &challenge,
+        &r.node_id,
+        &state.fingerprint.to_string(),
+        r.api_url.as_str(),
+    );
+    if proof.node_id != body.node_id
+        || r.identity_key
+            .verify(SignatureContext::ReachabilityProof, &message, &signature)
+            .is_err()
+    {
+        return Err(unreachable());
+    }
+    Ok(())
 }
 
 fn seq_conflict(offered: u64, stored: u64) -> ApiError {
@@ -395,18 +456,168 @@ pub async fn deregister(
     }))
 }
 
-/// Ask to be introduced to another node. Arrives with the node issue; until
-/// then it answers 501.
+/// Ask to be introduced to another node. The directory mints a linked pair
+/// of one-time tokens, pushes token_b to the target, returns token_a, and
+/// forgets both.
 #[utoipa::path(
     post, path = "/api/v3/tokens/request-connection", tag = "tokens",
-    responses((status = 501, description = "Not implemented yet", body = ErrorBody))
-)]
-pub async fn request_connection() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        "introductions are not available on this directory yet",
+    request_body = ConnectionRequest,
+    responses(
+        (status = 200, description = "Introduced: token_a", body = ConnectionResponse),
+        (status = 400, description = "Malformed, badly signed or stale request; from == target", body = ErrorBody),
+        (status = 404, description = "Requester or target unknown", body = ErrorBody),
+        (status = 409, description = "Nonce replayed, or target inactive", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 502, description = "The target is unreachable", body = ErrorBody),
     )
+)]
+pub async fn request_connection(
+    State(state): Shared,
+    Extension(ClientAddress(client)): Extension<ClientAddress>,
+    body: Result<Json<ConnectionRequest>, JsonRejection>,
+) -> Result<Json<ConnectionResponse>, ApiError> {
+    let result = introduce(&state, client, body).await;
+    metrics::introduction(match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code(),
+    });
+    result.map(Json)
+}
+
+async fn introduce(
+    state: &AppState,
+    client: IpAddr,
+    body: Result<Json<ConnectionRequest>, JsonRejection>,
+) -> Result<ConnectionResponse, ApiError> {
+    state.limits.write_from(client)?;
+    let Json(body) = body?;
+    let from = NodeId::parse(&body.from)
+        .map_err(|e| ApiError::bad_request("bad_node_id", format!("from: {e}")))?;
+    let target = NodeId::parse(&body.target)
+        .map_err(|e| ApiError::bad_request("bad_node_id", format!("target: {e}")))?;
+    let nonce: [u8; 16] = b64_decode(&body.nonce)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| ApiError::bad_request("bad_nonce", "nonce must be 16 bytes, base64url"))?;
+    let signature = b64_decode(&body.signature)
+        .map_err(|_| ApiError::bad_request("bad_signature", "signature is not base64url"))?;
+    let requester = registered(state, &from).await?;
+    let issued_at = UnixTime(body.issued_at);
+    requester
+        .record()
+        .identity_key
+        .verify(
+            SignatureContext::ConnectionRequest,
+            &connection_request_message(&from, &target, &nonce, issued_at),
+            &signature,
+        )
+        .map_err(|_| {
+            ApiError::bad_request(
+                "bad_signature",
+                "the request is not signed by the requester's identity key",
+            )
+        })?;
+    let now = state.clock.now();
+    let skew = state.config.clock_skew_s;
+    if issued_at.distance(now) > skew {
+        return Err(ApiError::bad_request(
+            "stale_request",
+            format!("issued_at {issued_at} is more than {skew} s from the directory's time {now}"),
+        ));
+    }
+    if from == target {
+        return Err(ApiError::bad_request(
+            "same_node",
+            "a node cannot be introduced to itself",
+        ));
+    }
+    state.limits.introduction(&from, &target)?;
+    // The nonce is kept until the request could no longer pass the
+    // freshness check, in the shared database, so no replica accepts it twice.
+    let claimed = state
+        .store
+        .claim_nonce(&from, &nonce, issued_at.plus(skew + 1))
+        .await
+        .map_err(|e| ApiError::internal("claiming a nonce", e))?;
+    if !claimed {
+        return Err(ApiError::conflict(
+            "nonce_replay",
+            "this request was seen already",
+        ));
+    }
+    let (target_record, target_seen) = registered_with_last_seen(state, &target).await?;
+    if target_seen < state.active_cutoff(now) {
+        return Err(ApiError::conflict(
+            "target_inactive",
+            format!("node {target} has not been seen recently"),
+        ));
+    }
+    let mut connection_id = [0u8; 16];
+    let mut link_secret = zeroize::Zeroizing::new([0u8; 32]);
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    for buf in [&mut connection_id[..], &mut link_secret[..], &mut seed[..]] {
+        getrandom::fill(buf).map_err(|e| ApiError::internal("randomness", e))?;
+    }
+    let expires_at = now.plus(state.config.introduction_ttl_s);
+    let pair = mint_pair(
+        &state.key,
+        &requester,
+        &target_record,
+        connection_id,
+        *link_secret,
+        now,
+        expires_at,
+        &mut SeededRng::new(*seed),
+    )
+    .map_err(|e| ApiError::internal("minting tokens", e))?;
+    let push = TokenPush {
+        from: from.to_string(),
+        token: b64_encode(pair.for_target.as_bytes()),
+    };
+    if state
+        .transport
+        .push_token(&target_record.record().api_url, &push)
+        .await
+        .is_err()
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "target_unreachable",
+            format!("node {target} could not be reached"),
+        ));
+    }
+    // Nothing of the pair is kept: the values are dropped (and the link
+    // secret zeroized) when this function returns.
+    Ok(ConnectionResponse {
+        connection_id: b64_encode(&connection_id),
+        expires_at: expires_at.0,
+        token: b64_encode(pair.for_initiator.as_bytes()),
+    })
+}
+
+async fn registered(state: &AppState, node_id: &NodeId) -> Result<SignedRecord, ApiError> {
+    registered_with_last_seen(state, node_id)
+        .await
+        .map(|(r, _)| r)
+}
+
+async fn registered_with_last_seen(
+    state: &AppState,
+    node_id: &NodeId,
+) -> Result<(SignedRecord, UnixTime), ApiError> {
+    let stored = state
+        .store
+        .node(node_id)
+        .await
+        .map_err(|e| ApiError::internal("looking up a node", e))?;
+    match stored {
+        Some(crate::store::StoredNode {
+            record: Some(record),
+            last_seen,
+            ..
+        }) => Ok((record, last_seen)),
+        _ => Err(unknown(node_id)),
+    }
 }
 
 /// Health and node counts. Never rate limited.
@@ -428,6 +639,7 @@ pub async fn health(State(state): Shared) -> Result<Json<HealthResponse>, ApiErr
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         directory_key: state.fingerprint.to_string(),
+        directory_public_key: openred_core::wire::b64_encode(&state.key.public().to_bytes()),
         nodes: NodeCounts { active, inactive },
     }))
 }

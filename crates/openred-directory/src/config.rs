@@ -33,6 +33,10 @@ pub struct RateLimits {
     /// All lookups and listings per source address; `None` leaves successful
     /// lookups unthrottled (they are served from memory).
     pub lookups_per_address: Option<Quota>,
+    /// Introductions asked for by one node.
+    pub introductions_per_requester: Quota,
+    /// Introductions to one target node.
+    pub introductions_per_target: Quota,
 }
 
 impl Default for RateLimits {
@@ -43,6 +47,8 @@ impl Default for RateLimits {
             writes_per_node: Quota::new(1, 10),
             lookup_misses_per_address: Quota::new(10, 50),
             lookups_per_address: None,
+            introductions_per_requester: Quota::new(2, 20),
+            introductions_per_target: Quota::new(5, 50),
         }
     }
 }
@@ -101,6 +107,8 @@ pub struct Config {
     pub cache_ttl_s: Option<u64>,
     /// Reverse proxies whose `X-Forwarded-For` header is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// How long an introduction's tokens live (at most 300 s).
+    pub introduction_ttl_s: u64,
     /// Rate limits.
     pub rate_limits: RateLimits,
 }
@@ -131,6 +139,7 @@ impl Config {
             max_body_bytes: 16 * 1024,
             cache_ttl_s: None,
             trusted_proxies: Vec::new(),
+            introduction_ttl_s: 120,
             rate_limits: RateLimits::default(),
         }
     }
@@ -156,6 +165,9 @@ impl Config {
         if self.max_page_size == 0 || self.max_page_size > 10_000 {
             return fail("max_page_size must be in 1..=10000");
         }
+        if !(10..=300).contains(&self.introduction_ttl_s) {
+            return fail("introduction_ttl_s must be in 10..=300");
+        }
         if self.max_body_bytes < 1024 {
             return fail("max_body_bytes must be at least 1024");
         }
@@ -165,6 +177,8 @@ impl Config {
             Some(limits.writes_per_node),
             Some(limits.lookup_misses_per_address),
             limits.lookups_per_address,
+            Some(limits.introductions_per_requester),
+            Some(limits.introductions_per_target),
         ]
         .into_iter()
         .flatten()

@@ -1,5 +1,6 @@
 //! The OpenRed directory ("central API"): a phone book of signed node
-//! records, and (with the node issue) an introducer.
+//! records, and an introducer that mints linked one-time token pairs and
+//! forgets them.
 //!
 //! # Layout
 //!
@@ -11,8 +12,9 @@
 //! - [`store`]: records in SQLite or PostgreSQL (sqlx `Any`, one SQL dialect).
 //! - `cache`: the in-memory lookup cache.
 //! - `limits`: rate limits and the client address behind trusted proxies.
-//! - [`error`]: the one JSON error type.
 //! - `metrics`: Prometheus.
+//! - [`transport`]: how the directory reaches nodes (reachability
+//!   challenge, token push), through the one outbound client.
 //! - `key`: the directory's own Ed25519 key.
 //!
 //! # What this crate must never do
@@ -26,12 +28,12 @@
 mod api;
 mod cache;
 pub mod config;
-pub mod error;
 mod key;
 mod limits;
 mod metrics;
 pub mod server;
 pub mod store;
+pub mod transport;
 
 pub use config::{Config, Database, Quota, RateLimits};
 pub use server::{routes, Directory, StartError};

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use openred_core::NodeId;
 
 use crate::config::{Quota, RateLimits};
-use crate::error::ApiError;
+use openred_http::ApiError;
 
 struct Limiter<K: Hash + Eq + Clone>(Option<DefaultKeyedRateLimiter<K>>);
 
@@ -52,6 +52,8 @@ pub struct Limits {
     writes_per_node: Limiter<NodeId>,
     lookup_misses_per_address: Limiter<IpAddr>,
     lookups_per_address: Limiter<IpAddr>,
+    introductions_per_requester: Limiter<NodeId>,
+    introductions_per_target: Limiter<NodeId>,
 }
 
 impl Limits {
@@ -63,6 +65,8 @@ impl Limits {
             writes_per_node: Limiter::new(on, Some(config.writes_per_node)),
             lookup_misses_per_address: Limiter::new(on, Some(config.lookup_misses_per_address)),
             lookups_per_address: Limiter::new(on, config.lookups_per_address),
+            introductions_per_requester: Limiter::new(on, Some(config.introductions_per_requester)),
+            introductions_per_target: Limiter::new(on, Some(config.introductions_per_target)),
         }
     }
 
@@ -86,12 +90,20 @@ impl Limits {
         self.lookups_per_address.check(&address)
     }
 
+    /// An introduction asked by this (verified) node to `target`.
+    pub fn introduction(&self, requester: &NodeId, target: &NodeId) -> Result<(), ApiError> {
+        self.introductions_per_requester.check(requester)?;
+        self.introductions_per_target.check(target)
+    }
+
     /// Drops the state of keys that are back to a full budget.
     pub fn forget_idle(&self) {
         self.writes_per_address.forget_idle();
         self.writes_per_node.forget_idle();
         self.lookup_misses_per_address.forget_idle();
         self.lookups_per_address.forget_idle();
+        self.introductions_per_requester.forget_idle();
+        self.introductions_per_target.forget_idle();
     }
 }
 

@@ -64,3 +64,8 @@ pub fn registration(outcome: &'static str) {
 pub fn lookup(outcome: &'static str) {
     metrics::counter!("openred_directory_lookups_total", "outcome" => outcome).increment(1);
 }
+
+/// Counts an introduction by outcome (`ok` or the error code).
+pub fn introduction(outcome: &'static str) {
+    metrics::counter!("openred_directory_introductions_total", "outcome" => outcome).increment(1);
+}

@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::connect_info::MockConnectInfo;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use openred_core::id::Fingerprint;
@@ -23,10 +22,11 @@ use utoipa_axum::routes;
 use crate::api;
 use crate::cache::RecordCache;
 use crate::config::{Config, ConfigError, Database};
-use crate::error::ApiError;
 use crate::key::{self, KeyError};
 use crate::limits::{client_address, Limits};
 use crate::store::{Store, StoreError};
+use crate::transport::{NodeTransport, OutboundTransport};
+use openred_http::{harden, OutboundClient, OutboundConfig};
 
 /// Why the directory could not start.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,9 @@ pub enum StartError {
     /// The data directory could not be created.
     #[error("data directory: {0}")]
     DataDir(std::io::Error),
+    /// The outbound client could not be built.
+    #[error("outbound client: {0}")]
+    Outbound(String),
     /// The OpenAPI document could not be serialised.
     #[error("openapi: {0}")]
     OpenApi(String),
@@ -62,8 +65,8 @@ pub struct AppState {
     pub(crate) fingerprint: Fingerprint,
     pub(crate) metrics: Option<PrometheusHandle>,
     pub(crate) openapi_json: String,
-    #[allow(dead_code)] // signs token envelopes once introductions exist
     pub(crate) key: IdentityKeypair,
+    pub(crate) transport: Arc<dyn NodeTransport>,
 }
 
 impl AppState {
@@ -125,8 +128,23 @@ pub struct Directory {
 
 impl Directory {
     /// Validates the configuration, loads (or creates) the key, opens the
-    /// database and warms the lookup cache.
+    /// database and warms the lookup cache. Nodes are reached through the
+    /// outbound client.
     pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Directory, StartError> {
+        let outbound = OutboundClient::new(OutboundConfig {
+            allow_private: config.danger_allow_private_addresses,
+            ..OutboundConfig::default()
+        })
+        .map_err(|e| StartError::Outbound(e.to_string()))?;
+        Directory::open_with_transport(config, clock, Arc::new(OutboundTransport(outbound))).await
+    }
+
+    /// As [`Directory::open`], reaching nodes through `transport`.
+    pub async fn open_with_transport(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        transport: Arc<dyn NodeTransport>,
+    ) -> Result<Directory, StartError> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir).map_err(StartError::DataDir)?;
         let (key, created) = key::load_or_create(&config.data_dir)?;
@@ -158,18 +176,16 @@ impl Directory {
             cache,
             openapi_json,
             key,
+            transport,
         });
         let router = router
-            .fallback(no_such_route)
-            .method_not_allowed_fallback(method_not_allowed)
             .layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 find_client_address,
             ))
             .layer(axum::middleware::from_fn(crate::metrics::track))
-            .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
-            .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
             .with_state(state.clone());
+        let router = harden(router, state.config.max_body_bytes);
         Ok(Directory { state, router })
     }
 
@@ -209,6 +225,7 @@ impl Directory {
         for id in &pruned {
             self.state.cache.remove(id);
         }
+        self.state.store.prune_nonces(now).await?;
         self.state.limits.forget_idle();
         if !pruned.is_empty() {
             tracing::info!(
@@ -269,26 +286,4 @@ async fn find_client_address(
     let client = client_address(peer, request.headers(), &state.config.trusted_proxies);
     request.extensions_mut().insert(ClientAddress(client));
     next.run(request).await
-}
-
-async fn no_such_route() -> ApiError {
-    ApiError::not_found("no_such_route", "no such route; see /api/v3/openapi.json")
-}
-
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this route does not accept that method",
-    )
-}
-
-fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    tracing::error!("a request handler panicked");
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "internal error",
-    )
-    .into_response()
 }

@@ -259,6 +259,35 @@ impl Store {
             .collect()
     }
 
+    /// Records an introduction request's nonce until `expires_at`. Returns
+    /// `false` if the requester used it already: a replay.
+    pub async fn claim_nonce(
+        &self,
+        node_id: &NodeId,
+        nonce: &[u8; 16],
+        expires_at: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO connection_nonces (node_id, nonce, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (node_id, nonce) DO NOTHING",
+        )
+        .bind(node_id.as_bytes().to_vec())
+        .bind(nonce.to_vec())
+        .bind(to_i64(expires_at.0)?)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Deletes nonces whose freshness window has ended.
+    pub async fn prune_nonces(&self, now: UnixTime) -> Result<u64, StoreError> {
+        let result = sqlx::query("DELETE FROM connection_nonces WHERE expires_at < $1")
+            .bind(to_i64(now.0)?)
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected())
+    }
+
     /// Checks that the database answers a trivial query.
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;

@@ -1,6 +1,39 @@
 //! The OpenRed node daemon, as a library.
 //!
-//! A skeleton for now: the node's identity, token store, P2P API, admin API
-//! and modules arrive with the node issue (see `ARCHITECTURE.md`).
+//! # Layout
+//!
+//! - [`config`]: the validated [`NodeConfig`].
+//! - [`identity`]: the node's long-term keys on disk, and what it may sign.
+//! - [`store`]: tokens, tombstones, known peers, settings (SQLite).
+//! - [`directory_client`]: pinning the directory's key, registration,
+//!   introductions, discovery.
+//! - [`handshake`]: the Noise KK handshake with the token proof and suite
+//!   negotiation.
+//! - [`sessions`]: established sessions, in memory only.
+//! - `p2p`: the API peers and the directory call.
+//! - [`admin`]: the owner's API.
+//! - [`node`]: [`Node`]: serving, the registration loop, connecting.
+//!
+//! # What this crate must never do
+//!
+//! Persist session keys (a restart means new handshakes); accept a token not
+//! signed by the pinned directory key; use a connection ID twice; follow a
+//! URL from an answer rather than from a verified record; read the wall
+//! clock other than through the injected clock.
 
 #![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod directory_client;
+pub mod error;
+pub mod handshake;
+pub mod identity;
+pub mod node;
+mod p2p;
+pub mod sessions;
+pub mod store;
+
+pub use config::{IntroductionPolicy, NodeConfig};
+pub use identity::NodeKeys;
+pub use node::{Connected, Node, NodeState};

@@ -31,9 +31,6 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:7700].
     #[arg(long, env = "OPENRED_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Data directory: the directory's key and its SQLite database.
-    #[arg(long, env = "OPENRED_DATA")]
-    data: Option<PathBuf>,
     /// Use PostgreSQL (`postgres://…`) instead of the embedded SQLite.
     #[arg(long, env = "OPENRED_DATABASE_URL")]
     database_url: Option<String>,
@@ -77,21 +74,20 @@ struct DirectorySection {
 const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
 
 /// Runs a directory subcommand.
-pub async fn run(command: DirectoryCommand) -> anyhow::Result<()> {
+pub async fn run(command: DirectoryCommand, data: Option<PathBuf>) -> anyhow::Result<()> {
     match command {
-        DirectoryCommand::Serve(args) => serve(args).await,
+        DirectoryCommand::Serve(args) => serve(args, data).await,
     }
 }
 
-fn build_config(args: ServeArgs) -> anyhow::Result<Config> {
+fn build_config(args: ServeArgs, data: Option<PathBuf>) -> anyhow::Result<Config> {
     let file: FileConfig = read_toml(args.config.as_deref())?;
     let f = file.directory;
     let listen = match args.listen.or(f.listen) {
         Some(listen) => listen,
         None => DEFAULT_LISTEN.parse().context("default listen address")?,
     };
-    let data = args
-        .data
+    let data = data
         .or(f.data)
         .context("--data DIR is required (or OPENRED_DATA, or data in the config file)")?;
     let mut config = Config::new(listen, data);
@@ -122,8 +118,8 @@ fn build_config(args: ServeArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = build_config(args)?;
+async fn serve(args: ServeArgs, data: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = build_config(args, data)?;
     if config.danger_allow_private_addresses {
         tracing::warn!("--danger-allow-private-addresses: accepting loopback, private and plain-http URLs; never use this in production");
     }
@@ -174,7 +170,7 @@ mod tests {
             "--listen",
             "127.0.0.1:9001",
         ]);
-        let config = build_config(t.args).unwrap();
+        let config = build_config(t.args, None).unwrap();
         assert_eq!(config.listen, "127.0.0.1:9001".parse().unwrap());
         assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(config.heartbeat_interval_s, 60);
@@ -187,7 +183,7 @@ mod tests {
         .unwrap();
         let t = T::parse_from(["t", "--config", file.to_str().unwrap()]);
         assert!(
-            build_config(t.args).is_err(),
+            build_config(t.args, None).is_err(),
             "the danger flag must not come from a file"
         );
     }

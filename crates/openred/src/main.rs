@@ -4,8 +4,11 @@
 
 #![forbid(unsafe_code)]
 
+mod client;
 mod config;
+mod demo;
 mod directory;
+mod node;
 
 use std::process::ExitCode;
 
@@ -18,6 +21,12 @@ use clap::{Parser, Subcommand, ValueEnum};
     about = "OpenRed: self-hosted nodes that talk directly and securely"
 )]
 struct Cli {
+    /// The data directory (of the node, or of the directory with `directory serve`).
+    #[arg(long, global = true, env = "OPENRED_DATA")]
+    data: Option<std::path::PathBuf>,
+    /// Machine-readable output for the client subcommands.
+    #[arg(long, global = true)]
+    json: bool,
     /// Log format.
     #[arg(
         long,
@@ -44,11 +53,43 @@ enum Command {
         #[command(subcommand)]
         command: directory::DirectoryCommand,
     },
+    /// The node daemon: create an identity, print it, run.
+    Node {
+        #[command(subcommand)]
+        command: node::NodeCommand,
+    },
+    /// A directory and three nodes on loopback, through the whole flow.
+    Demo {
+        /// Leave everything running and print the addresses.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// List the directory's nodes, with their records verified.
+    Peers,
+    /// Ask for an introduction to a node and open a session with it.
+    Connect {
+        /// The peer's node ID.
+        node_id: String,
+    },
+    /// Send an encrypted ping over the session with a node.
+    Ping {
+        /// The peer's node ID.
+        node_id: String,
+    },
+    /// Identity, directory and sessions of the running node.
+    Status,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The demo prints its own summary; its services only log warnings
+    // unless OPENRED_LOG says otherwise.
+    let default_level = if matches!(cli.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
+    init_logging(cli.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -60,8 +101,21 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let data = cli.data;
+        let need_data = || {
+            data.clone()
+                .ok_or_else(|| anyhow::anyhow!("--data DIR is required (or OPENRED_DATA)"))
+        };
         match cli.command {
-            Command::Directory { command } => directory::run(command).await,
+            Command::Directory { command } => directory::run(command, data.clone()).await,
+            Command::Node { command } => node::run(command, data.clone()).await,
+            Command::Demo { keep } => demo::run(keep).await,
+            Command::Peers => client::peers(&need_data()?, cli.json).await,
+            Command::Connect { node_id } => {
+                client::connect(&need_data()?, &node_id, cli.json).await
+            }
+            Command::Ping { node_id } => client::ping(&need_data()?, &node_id, cli.json).await,
+            Command::Status => client::status(&need_data()?, cli.json).await,
         }
     });
     match result {
@@ -73,9 +127,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("OPENRED_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("OPENRED_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -15,7 +15,12 @@ use openred_core::wire::b64_encode;
 use openred_core::{
     AgreementSecret, ApiUrl, IdentityKeypair, ManualClock, NodeRecord, SignedRecord, UnixTime,
 };
+use openred_core::keys::SignatureContext;
+use openred_core::wire::{reachability_message, ReachabilityChallenge, ReachabilityProof, TokenPush};
+use openred_directory::transport::{BoxFuture, NodeTransport, Unreachable};
 use openred_directory::{Config, Database, Directory};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, OnceLock};
 use serde_json::Value;
 use sqlx::Connection;
 use tower::ServiceExt;
@@ -65,6 +70,11 @@ pub struct TestNode {
 }
 
 impl TestNode {
+    /// The agreement secret's bytes, to open tokens sealed to this node.
+    pub fn agreement_secret(&self) -> [u8; 32] {
+        *self.agreement.secret_bytes()
+    }
+
     pub fn new(seed: u8) -> TestNode {
         TestNode {
             key: IdentityKeypair::from_secret_bytes(&[seed; 32]),
@@ -98,9 +108,71 @@ pub fn register_body(record: &SignedRecord) -> Value {
     serde_json::json!({ "record": b64_encode(record.as_bytes()) })
 }
 
+/// Plays every test node at whatever URL it registers: answers the
+/// reachability challenge with the node's key (or with the key of the
+/// "owner" of a URL, to simulate someone else's server), and records token
+/// pushes. URLs marked dead answer nothing.
+#[derive(Default)]
+pub struct FakeNodes {
+    pub fingerprint: OnceLock<String>,
+    pub dead: Mutex<HashSet<String>>,
+    pub owners: Mutex<HashMap<String, u8>>,
+    pub challenges: Mutex<Vec<String>>,
+    pub pushes: Mutex<Vec<(String, TokenPush)>>,
+}
+
+impl FakeNodes {
+    fn seed_of(node_id: &str) -> Option<u8> {
+        (0..=255u8).find(|s| TestNode::new(*s).id() == node_id)
+    }
+}
+
+impl NodeTransport for FakeNodes {
+    fn challenge<'a>(
+        &'a self,
+        url: &'a ApiUrl,
+        body: &'a ReachabilityChallenge,
+    ) -> BoxFuture<'a, Result<ReachabilityProof, Unreachable>> {
+        Box::pin(async move {
+            self.challenges.lock().unwrap().push(url.to_string());
+            if self.dead.lock().unwrap().contains(url.as_str()) {
+                return Err(Unreachable);
+            }
+            let owner = self.owners.lock().unwrap().get(url.as_str()).copied();
+            let seed = owner.or_else(|| FakeNodes::seed_of(&body.node_id)).ok_or(Unreachable)?;
+            let node = TestNode::new(seed);
+            let challenge: [u8; 32] = openred_core::wire::b64_decode(&body.challenge)
+                .unwrap()
+                .try_into()
+                .unwrap();
+            let message = reachability_message(
+                &challenge,
+                &node.key.node_id(),
+                self.fingerprint.get().unwrap(),
+                url.as_str(),
+            );
+            Ok(ReachabilityProof {
+                node_id: body.node_id.clone(),
+                signature: b64_encode(&node.key.sign(SignatureContext::ReachabilityProof, &message)),
+            })
+        })
+    }
+
+    fn push_token<'a>(&'a self, url: &'a ApiUrl, body: &'a TokenPush) -> BoxFuture<'a, Result<(), Unreachable>> {
+        Box::pin(async move {
+            if self.dead.lock().unwrap().contains(url.as_str()) {
+                return Err(Unreachable);
+            }
+            self.pushes.lock().unwrap().push((url.to_string(), body.clone()));
+            Ok(())
+        })
+    }
+}
+
 /// A directory under test.
 pub struct Harness {
     pub directory: Directory,
+    pub nodes: Arc<FakeNodes>,
     pub clock: Arc<ManualClock>,
     pub config: Config,
     pub tmp: tempfile::TempDir,
@@ -138,11 +210,17 @@ impl Harness {
         }
         tweak(&mut config);
         let clock = Arc::new(ManualClock::new(UnixTime(T0)));
-        let directory = Directory::open(config.clone(), clock.clone())
+        let nodes = Arc::new(FakeNodes::default());
+        let directory = Directory::open_with_transport(config.clone(), clock.clone(), nodes.clone())
             .await
+            .unwrap();
+        nodes
+            .fingerprint
+            .set(directory.fingerprint().to_string())
             .unwrap();
         Harness {
             directory,
+            nodes,
             clock,
             config,
             tmp,
@@ -152,7 +230,7 @@ impl Harness {
 
     /// Opens a second directory on the same data and database.
     pub async fn reopen(&self) -> Directory {
-        Directory::open(self.config.clone(), self.clock.clone())
+        Directory::open_with_transport(self.config.clone(), self.clock.clone(), self.nodes.clone())
             .await
             .unwrap()
     }

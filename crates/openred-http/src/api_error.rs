@@ -1,11 +1,13 @@
-//! The one error type of the HTTP layer. Every failure becomes
+//! The one error type of the HTTP APIs (directory, node P2P, node admin).
+//! Every failure becomes
 //! `{"error": CODE, "message": TEXT}` with a 4xx status; internal failures
 //! are logged in full and answered with a generic message that leaks nothing.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Json, Router};
 use openred_core::wire::ErrorBody;
 
 /// An error answered to an API client.
@@ -63,7 +65,7 @@ impl ApiError {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
-            "the directory cannot serve this request right now",
+            "the service cannot serve this request right now",
         )
     }
 
@@ -126,4 +128,37 @@ impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> ApiError {
         ApiError::bad_request("bad_path", rejection.body_text())
     }
+}
+
+/// Gives a router the behaviour every OpenRed API shares: JSON 404 and 405
+/// answers, a body size limit (413), and a panic caught and answered as a
+/// JSON 500 instead of a dropped connection.
+pub fn harden(router: Router, max_body_bytes: usize) -> Router {
+    router
+        .fallback(no_such_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+}
+
+async fn no_such_route() -> ApiError {
+    ApiError::not_found("no_such_route", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+}
+
+fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error",
+    )
+    .into_response()
 }

@@ -1,0 +1,282 @@
+//! The admin API for the node's owner, on its own (loopback by default)
+//! listener, authenticated by a bearer token kept in a 0600 file in the
+//! data directory. The client subcommands (`openred --data DIR …`) find the
+//! address and the token there.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use openred_core::NodeId;
+use openred_http::ApiError;
+use serde::{Deserialize, Serialize};
+
+use crate::node::NodeState;
+
+const TOKEN_FILE: &str = "admin.token";
+const ADDRESS_FILE: &str = "admin.addr";
+
+/// The admin token file of a data directory.
+pub fn token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(TOKEN_FILE)
+}
+
+/// The file where a running node writes its admin address.
+pub fn address_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(ADDRESS_FILE)
+}
+
+/// Reads the admin token, creating it (0600, 32 random bytes in hex) if
+/// missing.
+pub fn load_or_create_token(data_dir: &Path) -> io::Result<String> {
+    let path = token_path(data_dir);
+    match OpenOptions::new().read(true).open(&path) {
+        Ok(mut file) => {
+            let mut text = String::new();
+            file.read_to_string(&mut text)?;
+            Ok(text.trim().to_owned())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes).map_err(io::Error::other)?;
+            let token = data_encoding::HEXLOWER.encode(&bytes);
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
+            file.write_all(token.as_bytes())?;
+            file.sync_all()?;
+            Ok(token)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Records where the admin API listens, for the client subcommands.
+pub fn write_address(data_dir: &Path, address: SocketAddr) -> io::Result<()> {
+    fs::write(address_path(data_dir), address.to_string())
+}
+
+/// The admin routes, behind the bearer-token check.
+pub fn routes(state: Arc<NodeState>) -> Router {
+    Router::new()
+        .route("/admin/v1/status", get(status))
+        .route("/admin/v1/peers", get(peers))
+        .route("/admin/v1/connect", post(connect))
+        .route("/admin/v1/ping", post(ping))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
+        .with_state(state)
+}
+
+async fn authenticate(
+    State(state): State<Arc<NodeState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(presented.as_bytes(), state.admin_token.as_bytes()) {
+        return axum::response::IntoResponse::into_response(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid admin bearer token is required",
+        ));
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// One session, as `status` shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SessionView {
+    /// The peer.
+    pub peer: String,
+    /// The session ID.
+    pub session_id: String,
+    /// `initiator` or `responder`.
+    pub role: String,
+    /// The negotiated suite.
+    pub suite: String,
+    /// Seconds since the handshake.
+    pub age_s: u64,
+    /// The sender's epoch.
+    pub send_epoch: u32,
+    /// The receiver's epoch.
+    pub recv_epoch: u32,
+    /// Whether the peer's first frame arrived (responder side).
+    pub confirmed: bool,
+}
+
+/// `GET /admin/v1/status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatusView {
+    /// This node.
+    pub node_id: String,
+    /// Its public URL.
+    pub public_url: String,
+    /// The directory's URL.
+    pub directory: String,
+    /// The pinned directory fingerprint, if pinned yet.
+    pub directory_key: Option<String>,
+    /// Whether the last registration succeeded.
+    pub registered: bool,
+    /// Live sessions.
+    pub sessions: Vec<SessionView>,
+}
+
+async fn status(State(state): State<Arc<NodeState>>) -> Json<StatusView> {
+    let now = state.clock.now();
+    let sessions = state
+        .sessions
+        .all()
+        .iter()
+        .map(|s| SessionView {
+            peer: s.peer.to_string(),
+            session_id: s.id().to_string(),
+            role: format!("{:?}", s.role()).to_lowercase(),
+            suite: s.session.suite().to_string(),
+            age_s: now.0.saturating_sub(s.established_at.0),
+            send_epoch: s.session.send_epoch(),
+            recv_epoch: s.session.recv_epoch(),
+            confirmed: s.confirmed.load(Ordering::Relaxed),
+        })
+        .collect();
+    Json(StatusView {
+        node_id: state.keys.node_id().to_string(),
+        public_url: state.config.public_url.to_string(),
+        directory: state.config.directory_url.to_string(),
+        directory_key: state
+            .directory
+            .pinned()
+            .map(|k| k.directory_fingerprint().to_string()),
+        registered: state.registered.load(Ordering::SeqCst),
+        sessions,
+    })
+}
+
+/// One peer, as `peers` shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PeerView {
+    /// The peer's ID.
+    pub node_id: String,
+    /// Its API URL.
+    pub api_url: String,
+    /// `active` or `inactive`.
+    pub status: String,
+    /// Its record's seq (the highest seen).
+    pub seq: Option<u64>,
+    /// Whether its record verified (and was not older than one seen).
+    pub verified: bool,
+    /// Why not, if not.
+    pub problem: Option<String>,
+}
+
+async fn peers(State(state): State<Arc<NodeState>>) -> Result<Json<Vec<PeerView>>, ApiError> {
+    let now = state.clock.now();
+    let entries = state
+        .directory
+        .discover(&state.outbound, &state.store, now)
+        .await
+        .map_err(|e| e.to_api())?;
+    let me = state.keys.node_id().to_string();
+    Ok(Json(
+        entries
+            .into_iter()
+            .filter(|(entry, _)| entry.node_id != me)
+            .map(|(entry, checked)| PeerView {
+                node_id: entry.node_id,
+                api_url: entry.api_url,
+                status: format!("{:?}", entry.status).to_lowercase(),
+                seq: checked.as_ref().ok().map(|r| r.record().seq),
+                verified: checked.is_ok(),
+                problem: checked.err().map(|e| e.to_string()),
+            })
+            .collect(),
+    ))
+}
+
+/// Body of `connect` and `ping`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerRequest {
+    /// The peer.
+    pub node_id: String,
+}
+
+/// The answer to `connect`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConnectView {
+    /// The peer.
+    pub node_id: String,
+    /// The new session.
+    pub session_id: String,
+    /// From the introduction request to the confirmed session.
+    pub elapsed_ms: f64,
+}
+
+fn peer_id(body: Result<Json<PeerRequest>, JsonRejection>) -> Result<NodeId, ApiError> {
+    let Json(body) = body?;
+    NodeId::parse(&body.node_id).map_err(|e| ApiError::bad_request("bad_node_id", e.to_string()))
+}
+
+async fn connect(
+    State(state): State<Arc<NodeState>>,
+    body: Result<Json<PeerRequest>, JsonRejection>,
+) -> Result<Json<ConnectView>, ApiError> {
+    let peer = peer_id(body)?;
+    if peer == state.keys.node_id() {
+        return Err(ApiError::bad_request(
+            "self",
+            "a node cannot connect to itself",
+        ));
+    }
+    let connected = state.connect(peer).await.map_err(|e| e.to_api())?;
+    Ok(Json(ConnectView {
+        node_id: connected.peer.to_string(),
+        session_id: connected.session_id.to_string(),
+        elapsed_ms: connected.elapsed.as_secs_f64() * 1000.0,
+    }))
+}
+
+/// The answer to `ping`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PingView {
+    /// The peer.
+    pub node_id: String,
+    /// The encrypted round trip.
+    pub rtt_ms: f64,
+}
+
+async fn ping(
+    State(state): State<Arc<NodeState>>,
+    body: Result<Json<PeerRequest>, JsonRejection>,
+) -> Result<Json<PingView>, ApiError> {
+    let peer = peer_id(body)?;
+    let rtt = state.ping(&peer).await.map_err(|e| e.to_api())?;
+    Ok(Json(PingView {
+        node_id: peer.to_string(),
+        rtt_ms: rtt.as_secs_f64() * 1000.0,
+    }))
+}

@@ -1,0 +1,101 @@
+//! The node's validated configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use openred_core::id::Fingerprint;
+use openred_core::session::{EpochConfig, Suite};
+use openred_core::ApiUrl;
+
+/// Whom the node accepts introductions from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IntroductionPolicy {
+    /// Any registered node may be introduced.
+    #[default]
+    Anyone,
+    /// Only nodes this node already knows (it looked them up or met them).
+    KnownPeers,
+}
+
+/// The node's configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Data directory: keys, database, admin token.
+    pub data_dir: PathBuf,
+    /// Address of the P2P API.
+    pub listen: SocketAddr,
+    /// The URL other nodes and the directory use to reach the P2P API.
+    pub public_url: ApiUrl,
+    /// Address of the admin API (loopback by default).
+    pub admin_listen: SocketAddr,
+    /// The directory's origin.
+    pub directory_url: ApiUrl,
+    /// The pinned directory key fingerprint; `None`: trust on first use.
+    pub directory_key: Option<Fingerprint>,
+    /// Allow loopback, private addresses and plain http, for development,
+    /// tests and the demo.
+    pub danger_allow_private_addresses: bool,
+    /// Whom to accept introductions from.
+    pub introduction_policy: IntroductionPolicy,
+    /// The suites this node offers and accepts, in preference order.
+    pub suites: Vec<Suite>,
+    /// Session epochs and the replay window.
+    pub epoch: EpochConfig,
+    /// How long a signed record stays valid.
+    pub record_lifetime_s: u64,
+    /// Largest frame accepted on the P2P API.
+    pub max_frame_bytes: usize,
+    /// Largest back-off between registration attempts.
+    pub max_backoff_s: u64,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid node configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl NodeConfig {
+    /// Defaults for everything but the addresses.
+    pub fn new(
+        data_dir: PathBuf,
+        listen: SocketAddr,
+        public_url: ApiUrl,
+        admin_listen: SocketAddr,
+        directory_url: ApiUrl,
+    ) -> NodeConfig {
+        NodeConfig {
+            data_dir,
+            listen,
+            public_url,
+            admin_listen,
+            directory_url,
+            directory_key: None,
+            danger_allow_private_addresses: false,
+            introduction_policy: IntroductionPolicy::Anyone,
+            suites: vec![Suite::ChaCha20Poly1305, Suite::Aes256Gcm],
+            epoch: EpochConfig::default(),
+            record_lifetime_s: 24 * 3600,
+            max_frame_bytes: 256 * 1024,
+            max_backoff_s: 60,
+        }
+    }
+
+    /// Checks the values make sense together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let allow = self.danger_allow_private_addresses;
+        self.public_url
+            .check_policy(allow)
+            .map_err(|e| ConfigError(format!("public URL {}: {e}", self.public_url)))?;
+        self.directory_url
+            .check_policy(allow)
+            .map_err(|e| ConfigError(format!("directory URL {}: {e}", self.directory_url)))?;
+        if self.suites.is_empty() || self.suites.len() > crate::handshake::MAX_OFFER {
+            return Err(ConfigError("list between 1 and 8 suites".into()));
+        }
+        if self.record_lifetime_s < 60 {
+            return Err(ConfigError("record_lifetime_s must be at least 60".into()));
+        }
+        Ok(())
+    }
+}

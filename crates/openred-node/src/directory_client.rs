@@ -1,0 +1,305 @@
+//! The node's side of the directory: pinning its key, registering,
+//! heartbeats, deregistering, asking for introductions and looking peers
+//! up. Every call goes through the one outbound client.
+
+use std::sync::RwLock;
+
+use openred_core::id::Fingerprint;
+use openred_core::token::TokenEnvelope;
+use openred_core::wire::{
+    b64_decode, b64_encode, connection_request_message, ConnectionRequest, ConnectionResponse,
+    DeregisterRequest, DiscoverResponse, ErrorBody, HealthResponse, NodeEntry, RegisterRequest,
+    RegisterResponse,
+};
+use openred_core::{ApiUrl, IdentityPublicKey, NodeId, NodeRecord, SignedRecord, UnixTime};
+use openred_http::{OutboundClient, Response};
+
+use crate::error::NodeError;
+use crate::identity::{NodeKeys, NodeSignature};
+use crate::store::NodeStore;
+
+const PINNED_KEY_SETTING: &str = "directory_key";
+
+/// The directory as the node sees it.
+pub struct DirectoryClient {
+    url: ApiUrl,
+    configured: Option<Fingerprint>,
+    pinned: RwLock<Option<IdentityPublicKey>>,
+}
+
+impl DirectoryClient {
+    /// A client for the directory at `url`, pinned to `configured` if given.
+    pub fn new(url: ApiUrl, configured: Option<Fingerprint>) -> DirectoryClient {
+        DirectoryClient {
+            url,
+            configured,
+            pinned: RwLock::new(None),
+        }
+    }
+
+    /// The directory's origin.
+    pub fn url(&self) -> &ApiUrl {
+        &self.url
+    }
+
+    /// The pinned key, if any yet.
+    pub fn pinned(&self) -> Option<IdentityPublicKey> {
+        *self.pinned.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Loads the pinned key from the store, or fetches the directory's key
+    /// and pins it: checked against `--directory-key` when configured,
+    /// trusted on first use (with a warning) otherwise. From then on only
+    /// that key is accepted.
+    pub async fn pin(
+        &self,
+        outbound: &OutboundClient,
+        store: &NodeStore,
+    ) -> Result<IdentityPublicKey, NodeError> {
+        if let Some(key) = self.pinned() {
+            return Ok(key);
+        }
+        if let Some(bytes) = store.setting(PINNED_KEY_SETTING).await? {
+            let key = key_from(&bytes)?;
+            self.check_configured(&key)?;
+            *self.pinned.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
+            return Ok(key);
+        }
+        let health: HealthResponse =
+            expect_ok(outbound.get(&self.url, "/api/v3/health").await?, true)?;
+        let bytes = b64_decode(&health.directory_public_key)
+            .map_err(|_| NodeError::Malformed("the directory's public key"))?;
+        let key = key_from(&bytes)?;
+        if key.directory_fingerprint().to_string() != health.directory_key {
+            return Err(NodeError::Malformed("the directory's fingerprint"));
+        }
+        self.check_configured(&key)?;
+        if self.configured.is_none() {
+            tracing::warn!(
+                fingerprint = %key.directory_fingerprint(),
+                "trusting the directory's key on first use; pin it with --directory-key to be sure"
+            );
+        }
+        store
+            .set_setting(PINNED_KEY_SETTING, &key.to_bytes())
+            .await?;
+        *self.pinned.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
+        Ok(key)
+    }
+
+    fn check_configured(&self, key: &IdentityPublicKey) -> Result<(), NodeError> {
+        match &self.configured {
+            Some(pinned) if *pinned != key.directory_fingerprint() => {
+                Err(NodeError::DirectoryKeyMismatch {
+                    pinned: pinned.to_string(),
+                    found: key.directory_fingerprint().to_string(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Signs and sends the node's record with a fresh `seq`.
+    pub async fn register(
+        &self,
+        outbound: &OutboundClient,
+        store: &NodeStore,
+        keys: &NodeKeys,
+        public_url: &ApiUrl,
+        now: UnixTime,
+        lifetime_s: u64,
+    ) -> Result<RegisterResponse, NodeError> {
+        let seq = store.next_record_seq(now).await?;
+        let record = NodeRecord::sign(
+            keys.identity(),
+            keys.agreement_public(),
+            public_url.clone(),
+            seq,
+            now,
+            now.plus(lifetime_s),
+        );
+        let body = RegisterRequest {
+            record: b64_encode(record.as_bytes()),
+        };
+        expect_ok(
+            outbound
+                .post_json(&self.url, "/api/v3/nodes/register", &body)
+                .await?,
+            true,
+        )
+    }
+
+    /// Asks the directory to forget this node.
+    pub async fn deregister(
+        &self,
+        outbound: &OutboundClient,
+        store: &NodeStore,
+        keys: &NodeKeys,
+        now: UnixTime,
+    ) -> Result<(), NodeError> {
+        let seq = store.next_record_seq(now).await?;
+        let body = DeregisterRequest::sign(keys.identity(), seq, now);
+        let _: serde_json::Value = expect_ok(
+            outbound
+                .post_json(&self.url, "/api/v3/nodes/deregister", &body)
+                .await?,
+            true,
+        )?;
+        Ok(())
+    }
+
+    /// Asks to be introduced to `target`; returns token_a, verified
+    /// against the pinned directory key.
+    pub async fn request_connection(
+        &self,
+        outbound: &OutboundClient,
+        store: &NodeStore,
+        keys: &NodeKeys,
+        target: &NodeId,
+        now: UnixTime,
+    ) -> Result<TokenEnvelope, NodeError> {
+        let directory_key = self.pin(outbound, store).await?;
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).map_err(|_| NodeError::Malformed("randomness"))?;
+        let me = keys.node_id();
+        let signature = keys.sign(
+            NodeSignature::ConnectionRequest,
+            &connection_request_message(&me, target, &nonce, now),
+        );
+        let body = ConnectionRequest {
+            from: me.to_string(),
+            target: target.to_string(),
+            nonce: b64_encode(&nonce),
+            issued_at: now.0,
+            signature: b64_encode(&signature),
+        };
+        let answer: ConnectionResponse = expect_ok(
+            outbound
+                .post_json(&self.url, "/api/v3/tokens/request-connection", &body)
+                .await?,
+            true,
+        )?;
+        let bytes = b64_decode(&answer.token).map_err(|_| NodeError::Malformed("token_a"))?;
+        let envelope = TokenEnvelope::decode(&bytes)?;
+        envelope.verify(&directory_key)?;
+        Ok(envelope)
+    }
+
+    /// Lists the directory's nodes (all pages), verifying every record and
+    /// remembering the highest `seq` per node. Records older than one seen
+    /// before are reported as rolled back.
+    pub async fn discover(
+        &self,
+        outbound: &OutboundClient,
+        store: &NodeStore,
+        now: UnixTime,
+    ) -> Result<Vec<(NodeEntry, Result<SignedRecord, NodeError>)>, NodeError> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut query = vec![("limit", "500".to_owned())];
+            if let Some(c) = &cursor {
+                query.push(("cursor", c.clone()));
+            }
+            let page: DiscoverResponse = expect_ok(
+                outbound
+                    .get_with_query(&self.url, "/api/v3/nodes/discover", &query)
+                    .await?,
+                true,
+            )?;
+            for entry in page.nodes {
+                let checked = verify_entry(&entry, store, now).await;
+                out.push((entry, checked));
+            }
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Looks one node up, verifies its record and remembers its `seq`.
+    pub async fn lookup(
+        &self,
+        outbound: &OutboundClient,
+        store: &NodeStore,
+        node_id: &NodeId,
+        now: UnixTime,
+    ) -> Result<SignedRecord, NodeError> {
+        let id = node_id.to_string();
+        let page: DiscoverResponse = expect_ok(
+            outbound
+                .get_with_query(&self.url, "/api/v3/nodes/discover", &[("node_id", id)])
+                .await?,
+            true,
+        )?;
+        let entry = page
+            .nodes
+            .into_iter()
+            .next()
+            .ok_or(NodeError::Malformed("an empty lookup"))?;
+        verify_entry(&entry, store, now).await
+    }
+}
+
+async fn verify_entry(
+    entry: &NodeEntry,
+    store: &NodeStore,
+    now: UnixTime,
+) -> Result<SignedRecord, NodeError> {
+    let bytes = b64_decode(&entry.record).map_err(|_| NodeError::Malformed("a record"))?;
+    let record = SignedRecord::decode(&bytes).map_err(|_| NodeError::Malformed("a record"))?;
+    if record.record().node_id.to_string() != entry.node_id {
+        return Err(NodeError::Malformed("a record under another node ID"));
+    }
+    record
+        .check_unexpired(now)
+        .map_err(|_| NodeError::Malformed("an expired record"))?;
+    if !store.remember_peer(&record, now).await? {
+        return Err(NodeError::RolledBackRecord(entry.node_id.clone()));
+    }
+    Ok(record)
+}
+
+fn key_from(bytes: &[u8]) -> Result<IdentityPublicKey, NodeError> {
+    let bytes: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| NodeError::Malformed("the directory's public key"))?;
+    IdentityPublicKey::from_bytes(&bytes)
+        .map_err(|_| NodeError::Malformed("the directory's public key"))
+}
+
+/// Decodes a 2xx JSON answer, or turns an error body into a
+/// [`NodeError::Directory`] (or `Peer`).
+pub fn expect_ok<T: serde::de::DeserializeOwned>(
+    response: Response,
+    from_directory: bool,
+) -> Result<T, NodeError> {
+    if response.is_success() {
+        return response.json().map_err(|_| {
+            NodeError::Malformed(if from_directory {
+                "the directory"
+            } else {
+                "the peer"
+            })
+        });
+    }
+    let (code, message) = match response.json::<ErrorBody>() {
+        Ok(body) => (body.error, body.message),
+        Err(_) => ("http_error".to_owned(), format!("HTTP {}", response.status)),
+    };
+    Err(if from_directory {
+        NodeError::Directory {
+            status: response.status,
+            code,
+            message,
+        }
+    } else {
+        NodeError::Peer {
+            status: response.status,
+            code,
+            message,
+        }
+    })
+}

@@ -1,0 +1,93 @@
+//! The node's error type, and how each error is answered on the APIs.
+
+use axum::http::StatusCode;
+use openred_core::session::FrameError;
+use openred_core::token::TokenError;
+use openred_http::{ApiError, OutboundError};
+
+use crate::handshake::HandshakeError;
+use crate::store::StoreError;
+
+/// Something a node operation ran into.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The directory answered with an error.
+    #[error("the directory refused: {code}: {message}")]
+    Directory {
+        /// HTTP status from the directory.
+        status: u16,
+        /// The directory's error code.
+        code: String,
+        /// The directory's message.
+        message: String,
+    },
+    /// The directory's key does not match the pinned fingerprint.
+    #[error("the directory's key {found} does not match the pinned fingerprint {pinned}")]
+    DirectoryKeyMismatch {
+        /// The pinned fingerprint.
+        pinned: String,
+        /// The fingerprint found.
+        found: String,
+    },
+    /// No directory key is pinned yet.
+    #[error("no directory key is pinned yet")]
+    NoDirectoryKey,
+    /// A peer answered with an error.
+    #[error("the peer refused: {code}: {message}")]
+    Peer {
+        /// HTTP status from the peer.
+        status: u16,
+        /// The peer's error code.
+        code: String,
+        /// The peer's message.
+        message: String,
+    },
+    /// An answer could not be understood.
+    #[error("malformed answer from {0}")]
+    Malformed(&'static str),
+    /// Outbound call failed.
+    #[error(transparent)]
+    Outbound(#[from] OutboundError),
+    /// A token was refused.
+    #[error("token refused: {0}")]
+    Token(#[from] TokenError),
+    /// The handshake failed.
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// A frame was refused.
+    #[error("frame refused: {0}")]
+    Frame(#[from] FrameError),
+    /// No session with that peer.
+    #[error("no session with {0}; connect first")]
+    NoSession(String),
+    /// A record older than one already seen was served.
+    #[error("the directory served an older record for {0} than this node has seen")]
+    RolledBackRecord(String),
+    /// Local storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl NodeError {
+    /// The answer on the admin API.
+    pub fn to_api(&self) -> ApiError {
+        match self {
+            NodeError::Directory { code, message, .. } => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "directory_refused",
+                format!("{code}: {message}"),
+            ),
+            NodeError::Peer { code, message, .. } => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "peer_refused",
+                format!("{code}: {message}"),
+            ),
+            NodeError::Outbound(e) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "unreachable", e.to_string())
+            }
+            NodeError::NoSession(_) => ApiError::not_found("no_session", self.to_string()),
+            NodeError::Store(e) => ApiError::internal("node storage", e),
+            _ => ApiError::new(StatusCode::BAD_GATEWAY, "refused", self.to_string()),
+        }
+    }
+}

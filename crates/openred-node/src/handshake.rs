@@ -1,0 +1,297 @@
+//! The Noise KK handshake that turns an introduction into a session.
+//!
+//! Both static keys are known in advance from the signed records the tokens
+//! carry, so KK gives mutual authentication and forward secrecy in two
+//! messages. What we add on top, all inside the Noise transcript:
+//!
+//! - the **prologue** binds the connection ID, both node IDs, the public half
+//!   of the token pair and the suite offer, so a message cannot be moved to
+//!   another introduction or have its offer rewritten;
+//! - the initiator's **proof of possession**: a signature with token_a's
+//!   secret half over the handshake hash as it stands before message 1 (it
+//!   covers the protocol name, the prologue and both static keys), under the
+//!   handshake-proof context label. It travels in message 1's payload, which
+//!   KK already encrypts (after `es, ss`), so only the target can read it;
+//! - the **suite negotiation**: offered in message 1, chosen in message 2,
+//!   both encrypted; the choice must come from the offer, with no fallback.
+//!
+//! After message 2 both sides export the raw split keys and the final
+//! handshake hash; the frame layer (`openred_core::session`) takes over.
+//! This module is pure computation; the caller looks the connection ID up
+//! before calling [`respond`] and burns it before sending message 2.
+
+use openred_core::session::Suite;
+use openred_core::NodeId;
+use zeroize::Zeroizing;
+
+/// The Noise protocol name. Changing it changes every handshake hash.
+pub const NOISE_PARAMS: &str = "Noise_KK_25519_ChaChaPoly_BLAKE2s";
+const PROLOGUE_LABEL: &[u8] = b"openred/v1/handshake-prologue";
+const PAYLOAD_VERSION: u8 = 1;
+/// The most suites an offer may list.
+pub const MAX_OFFER: usize = 8;
+const MAX_MESSAGE: usize = 1024;
+
+/// Why a handshake failed. Messages never reveal key material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    /// The Noise layer refused a message: wrong static key (a man in the
+    /// middle), tampering, or a message made for another prologue.
+    #[error("the handshake message does not authenticate")]
+    Noise,
+    /// The payload is malformed.
+    #[error("malformed handshake payload: {0}")]
+    Payload(&'static str),
+    /// The initiator's proof of possession of its token does not verify.
+    #[error("the initiator's token proof does not verify")]
+    Proof,
+    /// The offer is empty, too long, or names an unknown suite.
+    #[error("bad suite offer: {0}")]
+    Offer(&'static str),
+    /// No offered suite is acceptable.
+    #[error("no cipher suite in common")]
+    NoCommonSuite,
+    /// The responder chose a suite that was not offered.
+    #[error("the responder chose a suite that was not offered")]
+    Downgrade,
+    /// A node tried to handshake with itself, or with its own static key.
+    #[error("a node cannot open a session with itself")]
+    SelfSession,
+}
+
+/// What both sides of an introduction agree on before the handshake.
+#[derive(Debug, Clone)]
+pub struct HandshakeContext {
+    /// The introduction's connection ID.
+    pub connection_id: [u8; 16],
+    /// Node A, who asked for the introduction and starts the handshake.
+    pub initiator: NodeId,
+    /// Node B.
+    pub target: NodeId,
+    /// The public half of the token pair (token_b's verifying key).
+    pub link_public: [u8; 32],
+    /// The suites the initiator offers, in its order of preference.
+    pub offer: Vec<Suite>,
+}
+
+impl HandshakeContext {
+    fn prologue(&self) -> Result<Vec<u8>, HandshakeError> {
+        check_offer(&self.offer)?;
+        let mut p = Vec::with_capacity(PROLOGUE_LABEL.len() + 1 + 16 + 96 + 1 + self.offer.len());
+        p.extend_from_slice(PROLOGUE_LABEL);
+        p.push(0);
+        p.extend_from_slice(&self.connection_id);
+        p.extend_from_slice(self.initiator.as_bytes());
+        p.extend_from_slice(self.target.as_bytes());
+        p.extend_from_slice(&self.link_public);
+        p.push(self.offer.len() as u8);
+        p.extend(self.offer.iter().map(|s| s.id()));
+        Ok(p)
+    }
+}
+
+fn check_offer(offer: &[Suite]) -> Result<(), HandshakeError> {
+    if offer.is_empty() {
+        return Err(HandshakeError::Offer("empty"));
+    }
+    if offer.len() > MAX_OFFER {
+        return Err(HandshakeError::Offer("too many suites"));
+    }
+    Ok(())
+}
+
+/// Parses suite IDs as sent in the clear beside message 1.
+pub fn parse_offer(ids: &[u8]) -> Result<Vec<Suite>, HandshakeError> {
+    let offer = ids
+        .iter()
+        .map(|id| Suite::from_id(*id).ok_or(HandshakeError::Offer("unknown suite")))
+        .collect::<Result<Vec<_>, _>>()?;
+    check_offer(&offer)?;
+    Ok(offer)
+}
+
+/// The outcome of a finished handshake: what the frame layer needs.
+pub struct HandshakeResult {
+    /// The final handshake hash.
+    pub handshake_hash: [u8; 32],
+    /// The initiator→responder key.
+    pub i2r: Zeroizing<[u8; 32]>,
+    /// The responder→initiator key.
+    pub r2i: Zeroizing<[u8; 32]>,
+    /// The negotiated suite.
+    pub suite: Suite,
+}
+
+fn builder_error(_: snow::Error) -> HandshakeError {
+    HandshakeError::Noise
+}
+
+fn build(
+    local_secret: &[u8; 32],
+    remote_public: &[u8; 32],
+    prologue: &[u8],
+    initiator: bool,
+) -> Result<snow::HandshakeState, HandshakeError> {
+    let params: snow::params::NoiseParams = NOISE_PARAMS.parse().map_err(builder_error)?;
+    let builder = snow::Builder::new(params)
+        .local_private_key(local_secret)
+        .map_err(builder_error)?
+        .remote_public_key(remote_public)
+        .map_err(builder_error)?
+        .prologue(prologue)
+        .map_err(builder_error)?;
+    if initiator {
+        builder.build_initiator().map_err(builder_error)
+    } else {
+        builder.build_responder().map_err(builder_error)
+    }
+}
+
+fn hash32(state: &snow::HandshakeState) -> Result<[u8; 32], HandshakeError> {
+    state
+        .get_handshake_hash()
+        .try_into()
+        .map_err(|_| HandshakeError::Noise)
+}
+
+fn finish(
+    mut state: snow::HandshakeState,
+    suite: Suite,
+) -> Result<HandshakeResult, HandshakeError> {
+    // The raw split is only meaningful once both messages are through.
+    if !state.is_handshake_finished() {
+        return Err(HandshakeError::Noise);
+    }
+    let handshake_hash = hash32(&state)?;
+    let (i2r, r2i) = state.dangerously_get_raw_split();
+    Ok(HandshakeResult {
+        handshake_hash,
+        i2r: Zeroizing::new(i2r),
+        r2i: Zeroizing::new(r2i),
+        suite,
+    })
+}
+
+/// The initiator between its two messages.
+pub struct InitiatorHandshake {
+    state: snow::HandshakeState,
+    offer: Vec<Suite>,
+}
+
+/// Starts the handshake as the initiator: returns message 1.
+/// `sign_proof` signs the pre-message-1 handshake hash with token_a's half.
+pub fn initiate(
+    local_secret: &[u8; 32],
+    local_public: &[u8; 32],
+    target_public: &[u8; 32],
+    context: &HandshakeContext,
+    sign_proof: impl FnOnce(&[u8; 32]) -> [u8; 64],
+) -> Result<(InitiatorHandshake, Vec<u8>), HandshakeError> {
+    if context.initiator == context.target || local_public == target_public {
+        return Err(HandshakeError::SelfSession);
+    }
+    let mut state = build(local_secret, target_public, &context.prologue()?, true)?;
+    let proof = sign_proof(&hash32(&state)?);
+    let mut payload = Vec::with_capacity(2 + 64 + context.offer.len());
+    payload.push(PAYLOAD_VERSION);
+    payload.extend_from_slice(&proof);
+    payload.push(context.offer.len() as u8);
+    payload.extend(context.offer.iter().map(|s| s.id()));
+    let mut message = vec![0u8; MAX_MESSAGE];
+    let n = state
+        .write_message(&payload, &mut message)
+        .map_err(builder_error)?;
+    message.truncate(n);
+    Ok((
+        InitiatorHandshake {
+            state,
+            offer: context.offer.clone(),
+        },
+        message,
+    ))
+}
+
+impl InitiatorHandshake {
+    /// Reads message 2 and finishes.
+    pub fn finish(mut self, message: &[u8]) -> Result<HandshakeResult, HandshakeError> {
+        if message.len() > MAX_MESSAGE {
+            return Err(HandshakeError::Payload("message too long"));
+        }
+        let mut payload = vec![0u8; MAX_MESSAGE];
+        let n = self
+            .state
+            .read_message(message, &mut payload)
+            .map_err(builder_error)?;
+        let payload = &payload[..n];
+        let [version, chosen] = payload else {
+            return Err(HandshakeError::Payload(
+                "message 2 payload has the wrong length",
+            ));
+        };
+        if *version != PAYLOAD_VERSION {
+            return Err(HandshakeError::Payload("unknown payload version"));
+        }
+        let suite = Suite::from_id(*chosen).ok_or(HandshakeError::Downgrade)?;
+        if !self.offer.contains(&suite) {
+            return Err(HandshakeError::Downgrade);
+        }
+        finish(self.state, suite)
+    }
+}
+
+/// Answers message 1 as the target: verifies the initiator's proof with
+/// `verify_proof` (token_b's verifying half), picks the first offered suite
+/// that `accepted` allows, and returns message 2 with the session keys. The
+/// caller must burn the connection ID before sending message 2.
+pub fn respond(
+    local_secret: &[u8; 32],
+    local_public: &[u8; 32],
+    initiator_public: &[u8; 32],
+    context: &HandshakeContext,
+    message: &[u8],
+    accepted: &[Suite],
+    verify_proof: impl FnOnce(&[u8; 32], &[u8; 64]) -> bool,
+) -> Result<(HandshakeResult, Vec<u8>), HandshakeError> {
+    if context.initiator == context.target || local_public == initiator_public {
+        return Err(HandshakeError::SelfSession);
+    }
+    if message.len() > MAX_MESSAGE {
+        return Err(HandshakeError::Payload("message too long"));
+    }
+    let mut state = build(local_secret, initiator_public, &context.prologue()?, false)?;
+    let before = hash32(&state)?;
+    let mut payload = vec![0u8; MAX_MESSAGE];
+    let n = state
+        .read_message(message, &mut payload)
+        .map_err(builder_error)?;
+    let payload = &payload[..n];
+    if payload.len() < 66 || payload[0] != PAYLOAD_VERSION {
+        return Err(HandshakeError::Payload("message 1 payload is malformed"));
+    }
+    let mut proof = [0u8; 64];
+    proof.copy_from_slice(&payload[1..65]);
+    let count = payload[65] as usize;
+    let ids = &payload[66..];
+    if ids.len() != count {
+        return Err(HandshakeError::Payload("suite list length"));
+    }
+    // The encrypted offer must be the one bound in the prologue.
+    if parse_offer(ids)? != context.offer {
+        return Err(HandshakeError::Downgrade);
+    }
+    if !verify_proof(&before, &proof) {
+        return Err(HandshakeError::Proof);
+    }
+    let suite = context
+        .offer
+        .iter()
+        .copied()
+        .find(|s| accepted.contains(s))
+        .ok_or(HandshakeError::NoCommonSuite)?;
+    let mut reply = vec![0u8; MAX_MESSAGE];
+    let n = state
+        .write_message(&[PAYLOAD_VERSION, suite.id()], &mut reply)
+        .map_err(builder_error)?;
+    reply.truncate(n);
+    Ok((finish(state, suite)?, reply))
+}

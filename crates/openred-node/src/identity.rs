@@ -1,0 +1,262 @@
+//! The node's long-term keys on disk: `DATA/keys/identity.key` (Ed25519)
+//! and `DATA/keys/agreement.key` (X25519), hex, mode 0600, in a 0700
+//! folder.
+//!
+//! Only [`NodeKeys`] touches the secret halves, and it signs only the kinds
+//! of message a node has a reason to sign, each under its own context label,
+//! so that this component cannot be used as a signing oracle. The crypto
+//! agent takes this role over in a separate process (issue 4), with the same
+//! interface.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use openred_core::keys::SignatureContext;
+use openred_core::{
+    AgreementPublicKey, AgreementSecret, IdentityKeypair, IdentityPublicKey, NodeId,
+};
+use zeroize::Zeroizing;
+
+const KEY_DIR: &str = "keys";
+const IDENTITY_FILE: &str = "identity.key";
+const AGREEMENT_FILE: &str = "agreement.key";
+
+/// Why keys could not be created or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The data directory already holds an identity.
+    #[error("{0} already holds a node identity; refusing to overwrite it")]
+    Exists(String),
+    /// No identity yet.
+    #[error("no node identity in {0}; run `openred node init --data DIR` first")]
+    Missing(String),
+    /// A key file is readable by group or others.
+    #[error("key file {0} is readable by group or others; chmod 600 it")]
+    Permissions(String),
+    /// A key file does not hold a key.
+    #[error("key file {0} is malformed")]
+    Malformed(String),
+    /// File system failure.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// No randomness.
+    #[error("no randomness available: {0}")]
+    Random(String),
+}
+
+/// What a node may sign with its identity key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeSignature {
+    /// Its own record.
+    Record,
+    /// A deregistration.
+    Deregistration,
+    /// A request to be introduced.
+    ConnectionRequest,
+    /// The answer to the directory's reachability challenge.
+    ReachabilityProof,
+    /// The answer to a peer's auth challenge.
+    AuthChallenge,
+}
+
+impl NodeSignature {
+    fn context(self) -> SignatureContext {
+        match self {
+            NodeSignature::Record => SignatureContext::NodeRecord,
+            NodeSignature::Deregistration => SignatureContext::Deregistration,
+            NodeSignature::ConnectionRequest => SignatureContext::ConnectionRequest,
+            NodeSignature::ReachabilityProof => SignatureContext::ReachabilityProof,
+            NodeSignature::AuthChallenge => SignatureContext::AuthChallenge,
+        }
+    }
+}
+
+/// The node's long-term keys.
+pub struct NodeKeys {
+    identity: IdentityKeypair,
+    agreement: AgreementSecret,
+}
+
+impl NodeKeys {
+    /// Creates a new identity in `data_dir`, refusing to overwrite one.
+    pub fn create(data_dir: &Path) -> Result<NodeKeys, IdentityError> {
+        let dir = data_dir.join(KEY_DIR);
+        if dir.join(IDENTITY_FILE).exists() || dir.join(AGREEMENT_FILE).exists() {
+            return Err(IdentityError::Exists(data_dir.display().to_string()));
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_err(&dir))?;
+        let mut identity = Zeroizing::new([0u8; 32]);
+        let mut agreement = Zeroizing::new([0u8; 32]);
+        getrandom::fill(&mut identity[..]).map_err(|e| IdentityError::Random(e.to_string()))?;
+        getrandom::fill(&mut agreement[..]).map_err(|e| IdentityError::Random(e.to_string()))?;
+        write_key(&dir.join(IDENTITY_FILE), &identity)?;
+        write_key(&dir.join(AGREEMENT_FILE), &agreement)?;
+        Ok(NodeKeys {
+            identity: IdentityKeypair::from_secret_bytes(&identity),
+            agreement: AgreementSecret::from_secret_bytes(*agreement),
+        })
+    }
+
+    /// Loads the identity from `data_dir`.
+    pub fn load(data_dir: &Path) -> Result<NodeKeys, IdentityError> {
+        let dir = data_dir.join(KEY_DIR);
+        if !dir.join(IDENTITY_FILE).exists() {
+            return Err(IdentityError::Missing(data_dir.display().to_string()));
+        }
+        let identity = read_key(&dir.join(IDENTITY_FILE))?;
+        let agreement = read_key(&dir.join(AGREEMENT_FILE))?;
+        Ok(NodeKeys {
+            identity: IdentityKeypair::from_secret_bytes(&identity),
+            agreement: AgreementSecret::from_secret_bytes(*agreement),
+        })
+    }
+
+    /// Keys from raw secrets, for tests and simulations.
+    pub fn from_secrets(identity: &[u8; 32], agreement: [u8; 32]) -> NodeKeys {
+        NodeKeys {
+            identity: IdentityKeypair::from_secret_bytes(identity),
+            agreement: AgreementSecret::from_secret_bytes(agreement),
+        }
+    }
+
+    /// The node's ID.
+    pub fn node_id(&self) -> NodeId {
+        self.identity.node_id()
+    }
+
+    /// The identity public key.
+    pub fn identity_public(&self) -> IdentityPublicKey {
+        self.identity.public()
+    }
+
+    /// The agreement public key.
+    pub fn agreement_public(&self) -> AgreementPublicKey {
+        self.agreement.public()
+    }
+
+    /// Signs `message` as `kind`.
+    pub fn sign(&self, kind: NodeSignature, message: &[u8]) -> [u8; 64] {
+        self.identity.sign(kind.context(), message)
+    }
+
+    /// The identity key pair, for signing records with `NodeRecord::sign`.
+    pub(crate) fn identity(&self) -> &IdentityKeypair {
+        &self.identity
+    }
+
+    /// The X25519 secret, for opening tokens and the Noise handshake.
+    pub(crate) fn agreement_secret(&self) -> Zeroizing<[u8; 32]> {
+        self.agreement.secret_bytes()
+    }
+}
+
+/// The key folder of a data directory (the agent's, in issue 4).
+pub fn key_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(KEY_DIR)
+}
+
+fn io_err(path: &Path) -> impl Fn(io::Error) -> IdentityError + '_ {
+    move |source| IdentityError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn write_key(path: &Path, secret: &[u8; 32]) -> Result<(), IdentityError> {
+    let text = Zeroizing::new(data_encoding::HEXLOWER.encode(secret));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(path))?;
+    file.write_all(text.as_bytes()).map_err(io_err(path))?;
+    file.write_all(b"\n").map_err(io_err(path))?;
+    file.sync_all().map_err(io_err(path))
+}
+
+fn read_key(path: &Path) -> Result<Zeroizing<[u8; 32]>, IdentityError> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    let mode = file.metadata().map_err(io_err(path))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(IdentityError::Permissions(path.display().to_string()));
+    }
+    let mut text = Zeroizing::new(String::new());
+    file.read_to_string(&mut text).map_err(io_err(path))?;
+    let malformed = || IdentityError::Malformed(path.display().to_string());
+    let bytes = Zeroizing::new(
+        data_encoding::HEXLOWER_PERMISSIVE
+            .decode(text.trim().as_bytes())
+            .map_err(|_| malformed())?,
+    );
+    let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| malformed())?;
+    Ok(Zeroizing::new(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_refuses_to_overwrite_and_load_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = NodeKeys::create(dir.path()).unwrap();
+        assert!(matches!(
+            NodeKeys::create(dir.path()),
+            Err(IdentityError::Exists(_))
+        ));
+        let again = NodeKeys::load(dir.path()).unwrap();
+        assert_eq!(keys.node_id(), again.node_id());
+        assert_eq!(keys.agreement_public(), again.agreement_public());
+        for file in [IDENTITY_FILE, AGREEMENT_FILE] {
+            let mode = fs::metadata(key_dir(dir.path()).join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}");
+        }
+    }
+
+    #[test]
+    fn load_without_identity_or_with_open_permissions_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            NodeKeys::load(dir.path()),
+            Err(IdentityError::Missing(_))
+        ));
+        NodeKeys::create(dir.path()).unwrap();
+        let path = key_dir(dir.path()).join(IDENTITY_FILE);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(matches!(
+            NodeKeys::load(dir.path()),
+            Err(IdentityError::Permissions(_))
+        ));
+    }
+
+    #[test]
+    fn signatures_carry_their_kind() {
+        let keys = NodeKeys::from_secrets(&[1; 32], [2; 32]);
+        let sig = keys.sign(NodeSignature::ReachabilityProof, b"challenge");
+        let public = keys.identity_public();
+        assert!(public
+            .verify(SignatureContext::ReachabilityProof, b"challenge", &sig)
+            .is_ok());
+        assert!(public
+            .verify(SignatureContext::NodeRecord, b"challenge", &sig)
+            .is_err());
+    }
+}

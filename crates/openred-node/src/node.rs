@@ -1,0 +1,394 @@
+//! The node daemon: state, the initiator's side of introductions, the
+//! registration loop, and serving the P2P and admin APIs.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openred_core::session::{Role, Session, SessionId};
+use openred_core::token::Role as TokenRole;
+use openred_core::wire::{b64_decode, b64_encode, HandshakeRequest, HandshakeResponse};
+use openred_core::{Clock, NodeId};
+use openred_http::{OutboundClient, OutboundConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin;
+use crate::config::{ConfigError, NodeConfig};
+use crate::directory_client::{expect_ok, DirectoryClient};
+use crate::error::NodeError;
+use crate::handshake::{self, HandshakeContext};
+use crate::identity::{IdentityError, NodeKeys};
+use crate::p2p::{self, PING, PONG};
+use crate::sessions::{LiveSession, SessionTable};
+use crate::store::{NodeStore, StoreError};
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Keys missing or unreadable.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// Database.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Outbound client.
+    #[error("outbound client: {0}")]
+    Outbound(String),
+    /// Admin token file.
+    #[error("admin token: {0}")]
+    AdminToken(std::io::Error),
+}
+
+/// Everything the node's handlers and tasks share.
+pub struct NodeState {
+    pub(crate) config: NodeConfig,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) keys: NodeKeys,
+    pub(crate) store: NodeStore,
+    pub(crate) outbound: OutboundClient,
+    pub(crate) directory: DirectoryClient,
+    pub(crate) sessions: SessionTable,
+    pub(crate) admin_token: String,
+    pub(crate) registered: AtomicBool,
+}
+
+/// A node, opened and ready to serve.
+pub struct Node {
+    state: Arc<NodeState>,
+}
+
+/// The outcome of a successful introduction and handshake.
+#[derive(Debug, Clone)]
+pub struct Connected {
+    /// The new session.
+    pub session_id: SessionId,
+    /// The peer.
+    pub peer: NodeId,
+    /// From asking the directory to the session being confirmed by the
+    /// first authenticated frame.
+    pub elapsed: Duration,
+}
+
+impl Node {
+    /// Loads keys, opens the database, writes the admin token file.
+    pub async fn open(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Node, StartError> {
+        config.validate()?;
+        let keys = NodeKeys::load(&config.data_dir)?;
+        let store = NodeStore::open(&config.data_dir.join("node.db")).await?;
+        let outbound = OutboundClient::new(OutboundConfig {
+            allow_private: config.danger_allow_private_addresses,
+            ..OutboundConfig::default()
+        })
+        .map_err(|e| StartError::Outbound(e.to_string()))?;
+        let admin_token =
+            admin::load_or_create_token(&config.data_dir).map_err(StartError::AdminToken)?;
+        let directory = DirectoryClient::new(config.directory_url.clone(), config.directory_key);
+        Ok(Node {
+            state: Arc::new(NodeState {
+                config,
+                clock,
+                keys,
+                store,
+                outbound,
+                directory,
+                sessions: SessionTable::default(),
+                admin_token,
+                registered: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The node's ID.
+    pub fn node_id(&self) -> NodeId {
+        self.state.keys.node_id()
+    }
+
+    /// Shared state, for in-process tests.
+    pub fn state(&self) -> Arc<NodeState> {
+        self.state.clone()
+    }
+
+    /// Serves the P2P API on `p2p` and the admin API on `admin`, registers
+    /// with the directory and keeps the registration fresh, until
+    /// `shutdown`; then deregisters and stops.
+    pub async fn serve(
+        self,
+        p2p: TcpListener,
+        admin: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let state = self.state.clone();
+        admin::write_address(&state.config.data_dir, admin.local_addr()?)?;
+        let p2p_app = openred_http::harden(
+            p2p::routes().with_state(state.clone()),
+            state.config.max_frame_bytes + 4096,
+        );
+        let admin_app = openred_http::harden(admin::routes(state.clone()), 64 * 1024);
+        let p2p_server = tokio::spawn({
+            let mut stop = stop_rx.clone();
+            async move {
+                axum::serve(p2p, p2p_app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+            }
+        });
+        let admin_server = tokio::spawn({
+            let mut stop = stop_rx.clone();
+            async move {
+                axum::serve(admin, admin_app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+            }
+        });
+        let registration = tokio::spawn(registration_loop(state.clone(), stop_rx.clone()));
+        let housekeeping = tokio::spawn(housekeeping_loop(state.clone(), stop_rx.clone()));
+        shutdown.await;
+        let _ = stop_tx.send(true);
+        let _ = registration.await;
+        housekeeping.abort();
+        if state.registered.load(std::sync::atomic::Ordering::SeqCst) {
+            let now = state.clock.now();
+            match state
+                .directory
+                .deregister(&state.outbound, &state.store, &state.keys, now)
+                .await
+            {
+                Ok(()) => tracing::info!("deregistered from the directory"),
+                Err(e) => tracing::warn!(error = %e, "could not deregister"),
+            }
+        }
+        let _ = p2p_server.await;
+        let _ = admin_server.await;
+        state.store.close().await;
+        Ok(())
+    }
+}
+
+/// Registers, then refreshes at the pace the directory sets; retries with
+/// exponential back-off while the directory is unreachable. The P2P API keeps
+/// serving peers meanwhile.
+async fn registration_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = 1u64;
+    loop {
+        let wait = match register_once(&state).await {
+            Ok(next) => {
+                backoff = 1;
+                Duration::from_secs(next.max(1))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_s = backoff, "registration failed; retrying");
+                let wait = Duration::from_secs(backoff);
+                backoff = (backoff * 2).min(state.config.max_backoff_s.max(1));
+                wait
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+async fn register_once(state: &NodeState) -> Result<u64, NodeError> {
+    state.directory.pin(&state.outbound, &state.store).await?;
+    let now = state.clock.now();
+    let answer = state
+        .directory
+        .register(
+            &state.outbound,
+            &state.store,
+            &state.keys,
+            &state.config.public_url,
+            now,
+            state.config.record_lifetime_s,
+        )
+        .await?;
+    if !state
+        .registered
+        .swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        tracing::info!(node_id = %state.keys.node_id(), seq = answer.seq, "registered with the directory");
+    }
+    Ok(answer.next_heartbeat_s)
+}
+
+/// Purges expired tokens, tombstones and idle sessions.
+async fn housekeeping_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let now = state.clock.now();
+        if let Err(e) = state.store.purge_expired(now).await {
+            tracing::warn!(error = %e, "purging expired tokens failed");
+        }
+        for live in state.sessions.all() {
+            live.session.erase_expired(now);
+        }
+        state
+            .sessions
+            .purge_idle(now.minus(2 * state.config.epoch.epoch_len_s));
+    }
+}
+
+impl NodeState {
+    /// This node's ID.
+    pub fn node_id(&self) -> NodeId {
+        self.keys.node_id()
+    }
+
+    /// Whether the last registration with the directory succeeded.
+    pub fn is_registered(&self) -> bool {
+        self.registered.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.config.data_dir
+    }
+
+    /// The suite of the current session with `peer`.
+    pub fn session_suite(&self, peer: &NodeId) -> Option<openred_core::session::Suite> {
+        self.sessions.with_peer(peer).map(|s| s.session.suite())
+    }
+
+    /// Asks the directory for an introduction to `peer`, runs the
+    /// handshake with it and confirms the session with a first ping.
+    pub async fn connect(&self, peer: NodeId) -> Result<Connected, NodeError> {
+        let started = Instant::now();
+        let now = self.clock.now();
+        let envelope = self
+            .directory
+            .request_connection(&self.outbound, &self.store, &self.keys, &peer, now)
+            .await?;
+        if envelope.role() != TokenRole::Initiator {
+            return Err(NodeError::Malformed("a token for the wrong role"));
+        }
+        let me = self.keys.node_id();
+        let opened = envelope.open(&me, &self.keys.agreement_secret())?;
+        let intro = opened.introduction;
+        if intro.target != peer {
+            return Err(NodeError::Malformed("a token for another target"));
+        }
+        intro.check_unexpired(now)?;
+        let peer_record = opened.peer_record.clone();
+        if !self.store.remember_peer(&peer_record, now).await? {
+            return Err(NodeError::RolledBackRecord(peer.to_string()));
+        }
+        let context = HandshakeContext {
+            connection_id: intro.connection_id,
+            initiator: me,
+            target: peer,
+            link_public: opened.link.verifying_bytes(),
+            offer: self.config.suites.clone(),
+        };
+        let link = match &opened.link {
+            openred_core::token::LinkKey::Signing(key) => key,
+            openred_core::token::LinkKey::Verifying(_) => {
+                return Err(NodeError::Malformed("a token without the signing half"))
+            }
+        };
+        let (pending, message) = handshake::initiate(
+            &self.keys.agreement_secret(),
+            &self.keys.agreement_public().0,
+            &peer_record.record().agreement_key.0,
+            &context,
+            |hash| link.sign_handshake_proof(hash),
+        )?;
+        let request = HandshakeRequest {
+            connection_id: b64_encode(&intro.connection_id),
+            suites: self.config.suites.iter().map(|s| s.id()).collect(),
+            message: b64_encode(&message),
+        };
+        let answer: HandshakeResponse = expect_ok(
+            self.outbound
+                .post_json(&peer_record.record().api_url, "/p2p/handshake", &request)
+                .await?,
+            false,
+        )?;
+        // Our own half is spent too, whatever happens next.
+        self.store
+            .tombstone(&intro.connection_id, intro.expires_at)
+            .await?;
+        let reply = b64_decode(&answer.message).map_err(|_| NodeError::Malformed("the peer"))?;
+        let result = pending.finish(&reply)?;
+        let session = Session::new(
+            Role::Initiator,
+            result.suite,
+            &result.handshake_hash,
+            &result.i2r,
+            &result.r2i,
+            self.clock.now(),
+            self.config.epoch,
+        )
+        .with_max_plaintext(self.config.max_frame_bytes);
+        if answer.session_id != session.session_id().to_string() {
+            return Err(NodeError::Malformed(
+                "a session ID not derived from the handshake",
+            ));
+        }
+        let live = self.sessions.insert(LiveSession {
+            peer,
+            peer_record,
+            established_at: now,
+            session,
+            confirmed: AtomicBool::new(true),
+            last_activity: AtomicU64::new(now.0),
+        });
+        tracing::info!(%peer, session = %live.id(), suite = %result.suite, "session established (initiator)");
+        self.ping(&peer).await?;
+        Ok(Connected {
+            session_id: live.id(),
+            peer,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Sends an encrypted ping over the session with `peer` and checks the
+    /// encrypted pong; returns the round-trip time.
+    pub async fn ping(&self, peer: &NodeId) -> Result<Duration, NodeError> {
+        let live = self
+            .sessions
+            .with_peer(peer)
+            .ok_or_else(|| NodeError::NoSession(peer.to_string()))?;
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).map_err(|_| NodeError::Malformed("randomness"))?;
+        let mut payload = PING.to_vec();
+        payload.extend_from_slice(&nonce);
+        let started = Instant::now();
+        let frame = live.session.seal(&payload, self.clock.now())?;
+        let response = self
+            .outbound
+            .post_bytes(
+                &live.peer_record.record().api_url,
+                "/p2p/ping",
+                frame,
+                "application/octet-stream",
+            )
+            .await?;
+        if !response.is_success() {
+            return Err(expect_ok::<serde_json::Value>(response, false)
+                .err()
+                .unwrap_or(NodeError::Malformed("the peer")));
+        }
+        let now = self.clock.now();
+        let reply = live.session.open(&response.body, now)?;
+        if reply.len() != 12 || &reply[..4] != PONG || reply[4..] != nonce {
+            return Err(NodeError::Malformed("a pong that does not match the ping"));
+        }
+        live.touch(now);
+        Ok(started.elapsed())
+    }
+}

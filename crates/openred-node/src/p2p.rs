@@ -1,0 +1,354 @@
+//! The P2P API other nodes and the directory call: health, the
+//! reachability proof, token pushes, the handshake, and the encrypted ping.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use openred_core::session::{FrameHeader, Role, Session};
+use openred_core::token::{Role as TokenRole, TokenEnvelope};
+use openred_core::wire::{
+    b64_decode, b64_encode, reachability_message, HandshakeRequest, HandshakeResponse,
+    ReachabilityChallenge, ReachabilityProof, TokenAccepted, TokenPush,
+};
+use openred_http::ApiError;
+use serde::Serialize;
+
+use crate::config::IntroductionPolicy;
+use crate::handshake::{self, HandshakeContext};
+use crate::identity::NodeSignature;
+use crate::node::NodeState;
+use crate::sessions::LiveSession;
+use crate::store::{StoredToken, TokenState};
+
+type Shared = State<Arc<NodeState>>;
+
+/// The P2P routes.
+pub fn routes() -> Router<Arc<NodeState>> {
+    Router::new()
+        .route("/api/v3/health", get(health))
+        .route("/api/v3/reachability", post(reachability))
+        .route("/api/v3/tokens/receive", post(receive_token))
+        .route("/p2p/handshake", post(handshake_route))
+        .route("/p2p/ping", post(ping))
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    node_id: String,
+    version: &'static str,
+}
+
+async fn health(State(state): Shared) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        node_id: state.keys.node_id().to_string(),
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+async fn reachability(
+    State(state): Shared,
+    body: Result<Json<ReachabilityChallenge>, JsonRejection>,
+) -> Result<Json<ReachabilityProof>, ApiError> {
+    let Json(body) = body?;
+    let me = state.keys.node_id();
+    if body.node_id != me.to_string() {
+        return Err(ApiError::bad_request(
+            "wrong_node",
+            "this is not the node you are looking for",
+        ));
+    }
+    let challenge: [u8; 32] = b64_decode(&body.challenge)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| {
+            ApiError::bad_request("bad_challenge", "challenge must be 32 bytes, base64url")
+        })?;
+    // The proof names the directory this node trusts: it cannot be shown to
+    // another directory.
+    let directory = state.directory.pinned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "no_directory_key",
+            "this node has not pinned a directory key yet",
+        )
+    })?;
+    let message = reachability_message(
+        &challenge,
+        &me,
+        &directory.directory_fingerprint().to_string(),
+        state.config.public_url.as_str(),
+    );
+    let signature = state.keys.sign(NodeSignature::ReachabilityProof, &message);
+    Ok(Json(ReachabilityProof {
+        node_id: me.to_string(),
+        signature: b64_encode(&signature),
+    }))
+}
+
+async fn receive_token(
+    State(state): Shared,
+    body: Result<Json<TokenPush>, JsonRejection>,
+) -> Result<Json<TokenAccepted>, ApiError> {
+    let Json(body) = body?;
+    let bad = |code, message: String| ApiError::bad_request(code, message);
+    let bytes =
+        b64_decode(&body.token).map_err(|_| bad("bad_token", "token is not base64url".into()))?;
+    let envelope = TokenEnvelope::decode(&bytes).map_err(|e| bad("bad_token", e.to_string()))?;
+    let directory = state.directory.pinned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "no_directory_key",
+            "this node has not pinned a directory key yet",
+        )
+    })?;
+    envelope.verify(&directory).map_err(|_| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_from_directory",
+            "the token is not signed by this node's directory",
+        )
+    })?;
+    if envelope.role() != TokenRole::Target {
+        return Err(bad(
+            "wrong_role",
+            "only the target's token is pushed".into(),
+        ));
+    }
+    let me = state.keys.node_id();
+    let opened = envelope
+        .open(&me, &state.keys.agreement_secret())
+        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "not_for_this_node", e.to_string()))?;
+    let intro = opened.introduction;
+    if body.from != intro.initiator.to_string() {
+        return Err(bad(
+            "from_mismatch",
+            "`from` is not the token's initiator".into(),
+        ));
+    }
+    let now = state.clock.now();
+    intro
+        .check_unexpired(now)
+        .map_err(|e| bad("token_expired", e.to_string()))?;
+    if state.config.introduction_policy == IntroductionPolicy::KnownPeers
+        && state
+            .store
+            .peer(&intro.initiator)
+            .await
+            .map_err(internal)?
+            .is_none()
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "introduction_refused",
+            "this node accepts introductions from known peers only",
+        ));
+    }
+    // A record older than one already seen means a directory replaying
+    // stale data: refuse the introduction.
+    if !state
+        .store
+        .remember_peer(&opened.peer_record, now)
+        .await
+        .map_err(internal)?
+    {
+        return Err(ApiError::conflict(
+            "stale_peer_record",
+            "the initiator's record is older than one this node has seen",
+        ));
+    }
+    let connection_id = envelope.connection_id();
+    let stored = StoredToken {
+        initiator: intro.initiator,
+        expires_at: intro.expires_at,
+        envelope: envelope.as_bytes().to_vec(),
+    };
+    match state
+        .store
+        .put_token(&connection_id, &stored)
+        .await
+        .map_err(internal)?
+    {
+        TokenState::Ok => {}
+        TokenState::Used => {
+            return Err(ApiError::conflict(
+                "token_used",
+                "this connection ID was used already",
+            ))
+        }
+        _ => {
+            return Err(ApiError::conflict(
+                "duplicate_token",
+                "this token was received already",
+            ))
+        }
+    }
+    Ok(Json(TokenAccepted {
+        accepted: true,
+        connection_id: b64_encode(&connection_id),
+    }))
+}
+
+async fn handshake_route(
+    State(state): Shared,
+    body: Result<Json<HandshakeRequest>, JsonRejection>,
+) -> Result<Json<HandshakeResponse>, ApiError> {
+    let Json(body) = body?;
+    let connection_id: [u8; 16] = b64_decode(&body.connection_id)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_connection_id",
+                "connection_id must be 16 bytes, base64url",
+            )
+        })?;
+    // The connection ID first: unknown or used IDs cost one indexed read
+    // and no public-key work.
+    let (token_state, token) = state.store.token(&connection_id).await.map_err(internal)?;
+    let token = match (token_state, token) {
+        (TokenState::Ok, Some(token)) => token,
+        (TokenState::Used, _) => {
+            return Err(ApiError::conflict(
+                "token_used",
+                "this connection ID was used already",
+            ))
+        }
+        _ => {
+            return Err(ApiError::not_found(
+                "unknown_connection",
+                "no token waits for this connection ID",
+            ))
+        }
+    };
+    let now = state.clock.now();
+    if token.expires_at <= now {
+        return Err(ApiError::bad_request(
+            "token_expired",
+            "the introduction has expired",
+        ));
+    }
+    let message = b64_decode(&body.message)
+        .map_err(|_| ApiError::bad_request("bad_message", "message is not base64url"))?;
+    let offer = handshake::parse_offer(&body.suites).map_err(handshake_error)?;
+    let envelope = TokenEnvelope::decode(&token.envelope)
+        .map_err(|e| ApiError::internal("stored token", e))?;
+    let me = state.keys.node_id();
+    let opened = envelope
+        .open(&me, &state.keys.agreement_secret())
+        .map_err(|e| ApiError::internal("stored token", e))?;
+    let initiator_record = opened.peer_record.clone();
+    let openred_core::token::LinkKey::Verifying(link) = &opened.link else {
+        return Err(ApiError::internal(
+            "stored token",
+            "a target token without the verifying half",
+        ));
+    };
+    let context = HandshakeContext {
+        connection_id,
+        initiator: token.initiator,
+        target: me,
+        link_public: opened.link.verifying_bytes(),
+        offer,
+    };
+    let (result, reply) = handshake::respond(
+        &state.keys.agreement_secret(),
+        &state.keys.agreement_public().0,
+        &initiator_record.record().agreement_key.0,
+        &context,
+        &message,
+        &state.config.suites,
+        |hash, proof| link.verify_handshake_proof(hash, proof).is_ok(),
+    )
+    .map_err(handshake_error)?;
+    // Burn before answering: exactly one handshake wins a connection ID,
+    // and its tombstone outlives the token.
+    if state
+        .store
+        .burn_token(&connection_id)
+        .await
+        .map_err(internal)?
+        != TokenState::Ok
+    {
+        return Err(ApiError::conflict(
+            "token_used",
+            "this connection ID was used already",
+        ));
+    }
+    let session = Session::new(
+        Role::Responder,
+        result.suite,
+        &result.handshake_hash,
+        &result.i2r,
+        &result.r2i,
+        now,
+        state.config.epoch,
+    )
+    .with_max_plaintext(state.config.max_frame_bytes);
+    let live = state.sessions.insert(LiveSession {
+        peer: token.initiator,
+        peer_record: initiator_record,
+        established_at: now,
+        session,
+        confirmed: AtomicBool::new(false),
+        last_activity: AtomicU64::new(now.0),
+    });
+    tracing::info!(peer = %token.initiator, session = %live.id(), suite = %result.suite, "session established (responder)");
+    Ok(Json(HandshakeResponse {
+        session_established: true,
+        session_id: live.id().to_string(),
+        message: b64_encode(&reply),
+    }))
+}
+
+fn handshake_error(e: handshake::HandshakeError) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "handshake_failed", e.to_string())
+}
+
+/// The ping payloads: `b"ping" || 8 bytes`, answered `b"pong" || same`.
+pub const PING: &[u8; 4] = b"ping";
+/// See [`PING`].
+pub const PONG: &[u8; 4] = b"pong";
+
+async fn ping(State(state): Shared, body: Bytes) -> Result<Response, ApiError> {
+    if body.len() > state.config.max_frame_bytes + 64 {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "frame_too_large",
+            "frame too large",
+        ));
+    }
+    let (header, _) = FrameHeader::parse(&body).map_err(frame_error)?;
+    let live = state.sessions.get(&header.session_id).ok_or_else(|| {
+        ApiError::not_found("unknown_session", "no such session; handshake again")
+    })?;
+    let now = state.clock.now();
+    let plaintext = live.session.open(&body, now).map_err(frame_error)?;
+    live.confirmed.store(true, Ordering::Relaxed);
+    live.touch(now);
+    if plaintext.len() != 12 || &plaintext[..4] != PING {
+        return Err(ApiError::bad_request("bad_ping", "not a ping"));
+    }
+    let mut reply = PONG.to_vec();
+    reply.extend_from_slice(&plaintext[4..]);
+    let frame = live.session.seal(&reply, now).map_err(frame_error)?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], frame).into_response())
+}
+
+/// The answer to a refused frame. The reason is given: it tells an
+/// attacker nothing it did not send itself.
+pub fn frame_error(e: openred_core::session::FrameError) -> ApiError {
+    ApiError::bad_request("bad_frame", e.to_string())
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal("node storage", e)
+}

@@ -1,0 +1,360 @@
+//! The node's database (SQLite, WAL, `synchronous = FULL`): received
+//! tokens, tombstones, known peers and settings. Sessions are not stored:
+//! after a restart they are re-established by new handshakes, never by
+//! reusing persisted send keys, so no nonce can repeat.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use openred_core::{NodeId, SignedRecord, UnixTime};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migration error: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// A row holds something this code never writes.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// Why a token could not be stored or taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenState {
+    /// Stored now / found and taken.
+    Ok,
+    /// The connection ID is tombstoned: used already.
+    Used,
+    /// A token with this connection ID is already waiting.
+    Duplicate,
+    /// No such token.
+    Unknown,
+}
+
+/// A stored token.
+#[derive(Debug, Clone)]
+pub struct StoredToken {
+    /// The node that will start the handshake.
+    pub initiator: NodeId,
+    /// When the token expires.
+    pub expires_at: UnixTime,
+    /// The directory-signed envelope.
+    pub envelope: Vec<u8>,
+}
+
+/// The node database.
+#[derive(Debug, Clone)]
+pub struct NodeStore {
+    pool: SqlitePool,
+}
+
+impl NodeStore {
+    /// Opens (creating) `path` and migrates it.
+    pub async fn open(path: &Path) -> Result<NodeStore, StoreError> {
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        MIGRATIONS.run(&pool).await?;
+        Ok(NodeStore { pool })
+    }
+
+    /// Stores a received token unless its connection ID is tombstoned or
+    /// already waiting.
+    pub async fn put_token(
+        &self,
+        connection_id: &[u8; 16],
+        token: &StoredToken,
+    ) -> Result<TokenState, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let dead = sqlx::query("SELECT 1 FROM tombstones WHERE connection_id = ?")
+            .bind(&connection_id[..])
+            .fetch_optional(&mut *tx)
+            .await?;
+        if dead.is_some() {
+            return Ok(TokenState::Used);
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO tokens (connection_id, initiator, expires_at, envelope) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (connection_id) DO NOTHING",
+        )
+        .bind(&connection_id[..])
+        .bind(&token.initiator.as_bytes()[..])
+        .bind(to_i64(token.expires_at.0)?)
+        .bind(&token.envelope)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(if inserted.rows_affected() == 1 {
+            TokenState::Ok
+        } else {
+            TokenState::Duplicate
+        })
+    }
+
+    /// Looks a token up without taking it: done before any public-key
+    /// work on a handshake.
+    pub async fn token(
+        &self,
+        connection_id: &[u8; 16],
+    ) -> Result<(TokenState, Option<StoredToken>), StoreError> {
+        let dead = sqlx::query("SELECT 1 FROM tombstones WHERE connection_id = ?")
+            .bind(&connection_id[..])
+            .fetch_optional(&self.pool)
+            .await?;
+        if dead.is_some() {
+            return Ok((TokenState::Used, None));
+        }
+        let row = sqlx::query(
+            "SELECT initiator, expires_at, envelope FROM tokens WHERE connection_id = ?",
+        )
+        .bind(&connection_id[..])
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            None => Ok((TokenState::Unknown, None)),
+            Some(row) => Ok((TokenState::Ok, Some(decode_token(&row)?))),
+        }
+    }
+
+    /// Burns a token: deletes it and writes its tombstone in one committed
+    /// transaction. Exactly one caller gets `Ok` for a connection ID; every
+    /// later one gets `Used` or `Unknown`.
+    pub async fn burn_token(&self, connection_id: &[u8; 16]) -> Result<TokenState, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("DELETE FROM tokens WHERE connection_id = ? RETURNING expires_at")
+            .bind(&connection_id[..])
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(TokenState::Unknown);
+        };
+        let expires_at: i64 = row.try_get("expires_at")?;
+        let inserted = sqlx::query(
+            "INSERT INTO tombstones (connection_id, expires_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(&connection_id[..])
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(if inserted.rows_affected() == 1 {
+            TokenState::Ok
+        } else {
+            TokenState::Used
+        })
+    }
+
+    /// Writes a tombstone for a connection ID (e.g. the initiator's own
+    /// token once used), until `expires_at`.
+    pub async fn tombstone(
+        &self,
+        connection_id: &[u8; 16],
+        expires_at: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query("INSERT INTO tombstones (connection_id, expires_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
+            .bind(&connection_id[..])
+            .bind(to_i64(expires_at.0)?)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Deletes expired tokens and tombstones. Returns how many of each.
+    pub async fn purge_expired(&self, now: UnixTime) -> Result<(u64, u64), StoreError> {
+        let now = to_i64(now.0)?;
+        let tokens = sqlx::query("DELETE FROM tokens WHERE expires_at <= ?")
+            .bind(now)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        let tombstones = sqlx::query("DELETE FROM tombstones WHERE expires_at <= ?")
+            .bind(now)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok((tokens, tombstones))
+    }
+
+    /// Remembers a peer's record if its seq is at least the highest seen.
+    /// Returns `false` (and keeps the stored one) for an older record: a
+    /// directory serving stale records is caught here.
+    pub async fn remember_peer(
+        &self,
+        record: &SignedRecord,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let r = record.record();
+        let result = sqlx::query(
+            "INSERT INTO peers (node_id, seq, record, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (node_id) DO UPDATE SET seq = excluded.seq, record = excluded.record, \
+             updated_at = excluded.updated_at WHERE peers.seq <= excluded.seq",
+        )
+        .bind(&r.node_id.as_bytes()[..])
+        .bind(to_i64(r.seq)?)
+        .bind(record.as_bytes())
+        .bind(to_i64(now.0)?)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// The highest record seen for a peer.
+    pub async fn peer(&self, node_id: &NodeId) -> Result<Option<SignedRecord>, StoreError> {
+        let row = sqlx::query("SELECT record FROM peers WHERE node_id = ?")
+            .bind(&node_id.as_bytes()[..])
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            let bytes: Vec<u8> = row.try_get("record")?;
+            SignedRecord::decode(&bytes)
+                .map_err(|e| StoreError::Corrupt(format!("peer record: {e}")))
+        })
+        .transpose()
+    }
+
+    /// Every known peer's highest record.
+    pub async fn peers(&self) -> Result<Vec<SignedRecord>, StoreError> {
+        let rows = sqlx::query("SELECT record FROM peers ORDER BY node_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let bytes: Vec<u8> = row.try_get("record")?;
+                SignedRecord::decode(&bytes)
+                    .map_err(|e| StoreError::Corrupt(format!("peer record: {e}")))
+            })
+            .collect()
+    }
+
+    /// A setting.
+    pub async fn setting(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = sqlx::query("SELECT value FROM settings WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("value")).transpose()?)
+    }
+
+    /// Sets a setting.
+    pub async fn set_setting(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Reserves the next record seq: persisted before use, so a restart
+    /// never signs two records with one seq.
+    pub async fn next_record_seq(&self, now: UnixTime) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("SELECT value FROM settings WHERE key = 'record_seq'")
+            .fetch_optional(&mut *tx)
+            .await?;
+        let last = match row {
+            Some(row) => {
+                let bytes: Vec<u8> = row.try_get("value")?;
+                let bytes: [u8; 8] = bytes
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("record_seq".into()))?;
+                u64::from_be_bytes(bytes)
+            }
+            None => 0,
+        };
+        // Never below the clock in milliseconds: a node whose database was
+        // lost still outruns the seq the directory remembers.
+        let next = (last + 1).max(now.0.saturating_mul(1000));
+        sqlx::query("INSERT INTO settings (key, value) VALUES ('record_seq', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+            .bind(&next.to_be_bytes()[..])
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(next)
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn decode_token(row: &sqlx::sqlite::SqliteRow) -> Result<StoredToken, StoreError> {
+    let initiator: Vec<u8> = row.try_get("initiator")?;
+    let initiator: [u8; 32] = initiator
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("token initiator".into()))?;
+    let expires_at: i64 = row.try_get("expires_at")?;
+    Ok(StoredToken {
+        initiator: NodeId::from_bytes(initiator),
+        expires_at: UnixTime(
+            u64::try_from(expires_at).map_err(|_| StoreError::Corrupt("expiry".into()))?,
+        ),
+        envelope: row.try_get("envelope")?,
+    })
+}
+
+fn to_i64(value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{value} exceeds i64")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_token_burns_once_and_its_tombstone_refuses_a_replayed_push() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = NodeStore::open(&dir.path().join("node.db")).await.unwrap();
+        let id = [7u8; 16];
+        let token = StoredToken {
+            initiator: NodeId::from_bytes([1; 32]),
+            expires_at: UnixTime(100),
+            envelope: vec![1, 2, 3],
+        };
+        assert_eq!(store.put_token(&id, &token).await.unwrap(), TokenState::Ok);
+        assert_eq!(
+            store.put_token(&id, &token).await.unwrap(),
+            TokenState::Duplicate
+        );
+        assert_eq!(store.token(&id).await.unwrap().0, TokenState::Ok);
+        assert_eq!(store.burn_token(&id).await.unwrap(), TokenState::Ok);
+        assert_eq!(store.burn_token(&id).await.unwrap(), TokenState::Unknown);
+        assert_eq!(store.token(&id).await.unwrap().0, TokenState::Used);
+        assert_eq!(
+            store.put_token(&id, &token).await.unwrap(),
+            TokenState::Used
+        );
+        // The tombstone lasts until the token's expiry, then goes.
+        assert_eq!(store.purge_expired(UnixTime(99)).await.unwrap(), (0, 0));
+        assert_eq!(store.purge_expired(UnixTime(100)).await.unwrap(), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn record_seq_grows_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.db");
+        let store = NodeStore::open(&path).await.unwrap();
+        let a = store.next_record_seq(UnixTime(5)).await.unwrap();
+        let b = store.next_record_seq(UnixTime(5)).await.unwrap();
+        assert!(b > a);
+        store.close().await;
+        let store = NodeStore::open(&path).await.unwrap();
+        assert!(store.next_record_seq(UnixTime(5)).await.unwrap() > b);
+    }
+}

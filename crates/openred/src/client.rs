@@ -1,0 +1,176 @@
+//! The client subcommands (`openred --data DIR peers | connect | status |
+//! ping`): they talk to the running node's admin API, found through the
+//! address and bearer-token files in the data directory.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use openred_node::admin::{self, ConnectView, PeerRequest, PeerView, PingView, StatusView};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+struct AdminClient {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    fn new(data: &Path) -> anyhow::Result<AdminClient> {
+        let address = std::fs::read_to_string(admin::address_path(data)).with_context(|| {
+            format!(
+                "no running node found in {} (is `openred node run` up?)",
+                data.display()
+            )
+        })?;
+        let token =
+            std::fs::read_to_string(admin::token_path(data)).context("reading the admin token")?;
+        Ok(AdminClient {
+            base: format!("http://{}", address.trim()),
+            token: token.trim().to_owned(),
+            http: reqwest::Client::new(),
+        })
+    }
+
+    async fn answer<T: DeserializeOwned>(response: reqwest::Response) -> anyhow::Result<T> {
+        let status = response.status();
+        let body: Value = response.json().await.context("reading the node's answer")?;
+        if !status.is_success() {
+            bail!(
+                "{} ({}): {}",
+                body["error"].as_str().unwrap_or("error"),
+                status.as_u16(),
+                body["message"].as_str().unwrap_or("")
+            );
+        }
+        Ok(serde_json::from_value(body)?)
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .context("the node's admin API does not answer")?;
+        Self::answer(response).await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .context("the node's admin API does not answer")?;
+        Self::answer(response).await
+    }
+}
+
+fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// `openred peers`.
+pub async fn peers(data: &Path, json: bool) -> anyhow::Result<()> {
+    let peers: Vec<PeerView> = AdminClient::new(data)?.get("/admin/v1/peers").await?;
+    if json {
+        return print_json(&peers);
+    }
+    println!(
+        "{:<58}  {:<8}  {:<8}  API URL",
+        "NODE ID", "STATUS", "VERIFIED"
+    );
+    for p in &peers {
+        println!(
+            "{:<58}  {:<8}  {:<8}  {}",
+            p.node_id,
+            p.status,
+            if p.verified { "yes" } else { "NO" },
+            p.api_url
+        );
+        if let Some(problem) = &p.problem {
+            println!("    {problem}");
+        }
+    }
+    Ok(())
+}
+
+/// `openred connect NODE_ID`.
+pub async fn connect(data: &Path, node_id: &str, json: bool) -> anyhow::Result<()> {
+    let body = PeerRequest {
+        node_id: node_id.to_owned(),
+    };
+    let view: ConnectView = AdminClient::new(data)?
+        .post("/admin/v1/connect", &body)
+        .await?;
+    if json {
+        return print_json(&view);
+    }
+    println!(
+        "session {} with {} established in {:.1} ms",
+        view.session_id, view.node_id, view.elapsed_ms
+    );
+    Ok(())
+}
+
+/// `openred ping NODE_ID`.
+pub async fn ping(data: &Path, node_id: &str, json: bool) -> anyhow::Result<()> {
+    let body = PeerRequest {
+        node_id: node_id.to_owned(),
+    };
+    let view: PingView = AdminClient::new(data)?
+        .post("/admin/v1/ping", &body)
+        .await?;
+    if json {
+        return print_json(&view);
+    }
+    println!("encrypted ping to {}: {:.2} ms", view.node_id, view.rtt_ms);
+    Ok(())
+}
+
+/// `openred status`.
+pub async fn status(data: &Path, json: bool) -> anyhow::Result<()> {
+    let view: StatusView = AdminClient::new(data)?.get("/admin/v1/status").await?;
+    if json {
+        return print_json(&view);
+    }
+    println!("node       {}", view.node_id);
+    println!("public URL {}", view.public_url);
+    println!(
+        "directory  {} (key {}){}",
+        view.directory,
+        view.directory_key.as_deref().unwrap_or("not pinned yet"),
+        if view.registered {
+            ", registered"
+        } else {
+            ", not registered"
+        }
+    );
+    if view.sessions.is_empty() {
+        println!("no sessions");
+    }
+    for s in &view.sessions {
+        println!(
+            "session {}  peer {}  {}  {}  age {} s  epoch {}/{}{}",
+            s.session_id,
+            s.peer,
+            s.role,
+            s.suite,
+            s.age_s,
+            s.send_epoch,
+            s.recv_epoch,
+            if s.confirmed { "" } else { "  (unconfirmed)" }
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! `openred node …`: create an identity, print it, run the daemon.
+//!
+//! Settings for `node run` come from flags, then `OPENRED_*` variables,
+//! then the `[node]` section of the TOML file, then defaults.
+//! `--danger-allow-private-addresses` is a flag only.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use openred_core::id::Fingerprint;
+use openred_core::ApiUrl;
+use openred_node::{IntroductionPolicy, Node, NodeConfig, NodeKeys};
+use serde::Deserialize;
+
+use crate::config::{read_toml, shutdown_signal, SystemClock};
+
+/// `openred node` subcommands.
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// Create a new node identity in the data directory and print its ID.
+    Init,
+    /// Print the node's ID.
+    Id,
+    /// Run the node daemon.
+    Run(RunArgs),
+}
+
+/// Flags of `openred node run`.
+#[derive(Args)]
+pub struct RunArgs {
+    /// Address of the P2P API [default: 127.0.0.1:7800].
+    #[arg(long, env = "OPENRED_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// The directory's URL.
+    #[arg(long, env = "OPENRED_DIRECTORY")]
+    directory: Option<String>,
+    /// The directory key fingerprint to pin (printed by the directory at start).
+    #[arg(long, env = "OPENRED_DIRECTORY_KEY")]
+    directory_key: Option<String>,
+    /// The URL other nodes and the directory use to reach this node
+    /// [default: derived from --listen].
+    #[arg(long, env = "OPENRED_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Address of the admin API [default: 127.0.0.1:0, a free port; the
+    /// address is written to DATA/admin.addr].
+    #[arg(long, env = "OPENRED_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    /// Whom to accept introductions from.
+    #[arg(long, value_enum, env = "OPENRED_INTRODUCTION_POLICY")]
+    introduction_policy: Option<PolicyArg>,
+    /// TOML configuration file (section [node]).
+    #[arg(long, env = "OPENRED_CONFIG")]
+    config: Option<PathBuf>,
+    /// Allow loopback, private and link-local addresses and plain http. For
+    /// development, tests and the demo only.
+    #[arg(long)]
+    danger_allow_private_addresses: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum PolicyArg {
+    Anyone,
+    KnownPeers,
+}
+
+impl From<PolicyArg> for IntroductionPolicy {
+    fn from(p: PolicyArg) -> Self {
+        match p {
+            PolicyArg::Anyone => IntroductionPolicy::Anyone,
+            PolicyArg::KnownPeers => IntroductionPolicy::KnownPeers,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    node: NodeSection,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NodeSection {
+    listen: Option<SocketAddr>,
+    directory: Option<String>,
+    directory_key: Option<String>,
+    public_url: Option<String>,
+    admin_listen: Option<SocketAddr>,
+    introduction_policy: Option<PolicyArg>,
+    epoch_len_s: Option<u64>,
+    record_lifetime_s: Option<u64>,
+}
+
+/// Runs a node subcommand.
+pub async fn run(command: NodeCommand, data: Option<PathBuf>) -> anyhow::Result<()> {
+    let data = data.context("--data DIR is required (or OPENRED_DATA)")?;
+    match command {
+        NodeCommand::Init => {
+            let keys = NodeKeys::create(&data)?;
+            // Alone on its line on stdout, for scripts.
+            println!("{}", keys.node_id());
+            Ok(())
+        }
+        NodeCommand::Id => {
+            println!("{}", NodeKeys::load(&data)?.node_id());
+            Ok(())
+        }
+        NodeCommand::Run(args) => run_node(args, &data).await,
+    }
+}
+
+fn build_config(args: RunArgs, data: &Path) -> anyhow::Result<NodeConfig> {
+    let file: FileConfig = read_toml(args.config.as_deref())?;
+    let f = file.node;
+    let listen = match args.listen.or(f.listen) {
+        Some(l) => l,
+        None => "127.0.0.1:7800".parse()?,
+    };
+    let allow = args.danger_allow_private_addresses;
+    let directory = args
+        .directory
+        .or(f.directory)
+        .context("--directory URL is required")?;
+    let directory = ApiUrl::parse_origin(&directory).context("--directory")?;
+    let public_url = match args.public_url.or(f.public_url) {
+        Some(u) => ApiUrl::parse_origin(&u).context("--public-url")?,
+        None => {
+            let scheme = if allow { "http" } else { "https" };
+            ApiUrl::parse_origin(&format!("{scheme}://{listen}"))
+                .context("deriving the public URL")?
+        }
+    };
+    let admin_listen = match args.admin_listen.or(f.admin_listen) {
+        Some(a) => a,
+        None => "127.0.0.1:0".parse()?,
+    };
+    let mut config = NodeConfig::new(
+        data.to_path_buf(),
+        listen,
+        public_url,
+        admin_listen,
+        directory,
+    );
+    config.danger_allow_private_addresses = allow;
+    if let Some(fp) = args.directory_key.or(f.directory_key) {
+        config.directory_key = Some(Fingerprint::parse(&fp).context("--directory-key")?);
+    }
+    if let Some(p) = args.introduction_policy.or(f.introduction_policy) {
+        config.introduction_policy = p.into();
+    }
+    if let Some(e) = f.epoch_len_s {
+        config.epoch.epoch_len_s = e;
+    }
+    if let Some(l) = f.record_lifetime_s {
+        config.record_lifetime_s = l;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+async fn run_node(args: RunArgs, data: &Path) -> anyhow::Result<()> {
+    let config = build_config(args, data)?;
+    if config.danger_allow_private_addresses {
+        tracing::warn!("--danger-allow-private-addresses: loopback, private addresses and plain http allowed; never use this in production");
+    }
+    let (listen, admin_listen) = (config.listen, config.admin_listen);
+    let node = Node::open(config, Arc::new(SystemClock))
+        .await
+        .context("opening the node")?;
+    let p2p = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let admin = tokio::net::TcpListener::bind(admin_listen)
+        .await
+        .with_context(|| format!("binding {admin_listen}"))?;
+    println!("node {}", node.node_id());
+    println!("listening on http://{}", p2p.local_addr()?);
+    println!("admin on http://{}", admin.local_addr()?);
+    node.serve(p2p, admin, shutdown_signal())
+        .await
+        .context("serving")?;
+    Ok(())
+}
