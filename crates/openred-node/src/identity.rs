@@ -151,12 +151,12 @@ impl NodeKeys {
     }
 
     /// The identity key pair, for signing records with `NodeRecord::sign`.
-    pub(crate) fn identity(&self) -> &IdentityKeypair {
+    pub fn identity(&self) -> &IdentityKeypair {
         &self.identity
     }
 
     /// The X25519 secret, for opening tokens and the Noise handshake.
-    pub(crate) fn agreement_secret(&self) -> Zeroizing<[u8; 32]> {
+    pub fn agreement_secret(&self) -> Zeroizing<[u8; 32]> {
         self.agreement.secret_bytes()
     }
 }

@@ -249,6 +249,36 @@ impl NodeState {
         self.keys.node_id()
     }
 
+    /// The node's keys (the crypto agent's, from issue 4 on).
+    pub fn keys(&self) -> &NodeKeys {
+        &self.keys
+    }
+
+    /// The node's database.
+    pub fn store(&self) -> &NodeStore {
+        &self.store
+    }
+
+    /// Live sessions.
+    pub fn sessions(&self) -> &SessionTable {
+        &self.sessions
+    }
+
+    /// The directory client (pinned key, registration, introductions).
+    pub fn directory(&self) -> &DirectoryClient {
+        &self.directory
+    }
+
+    /// The outbound client.
+    pub fn outbound(&self) -> &OutboundClient {
+        &self.outbound
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
     /// Whether the last registration with the directory succeeded.
     pub fn is_registered(&self) -> bool {
         self.registered.load(std::sync::atomic::Ordering::SeqCst)
