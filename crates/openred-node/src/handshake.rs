@@ -295,3 +295,246 @@ pub fn respond(
     reply.truncate(n);
     Ok((finish(state, suite)?, reply))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openred_core::keys::SignatureContext;
+    use openred_core::{AgreementSecret, IdentityKeypair};
+
+    struct Side {
+        secret: [u8; 32],
+        public: [u8; 32],
+    }
+
+    fn side(seed: u8) -> Side {
+        let s = AgreementSecret::from_secret_bytes([seed; 32]);
+        Side {
+            secret: *s.secret_bytes(),
+            public: s.public().0,
+        }
+    }
+
+    fn context(link: &IdentityKeypair, cid: u8, offer: Vec<Suite>) -> HandshakeContext {
+        HandshakeContext {
+            connection_id: [cid; 16],
+            initiator: NodeId::from_bytes([1; 32]),
+            target: NodeId::from_bytes([2; 32]),
+            link_public: link.public().to_bytes(),
+            offer,
+        }
+    }
+
+    fn sign(link: &IdentityKeypair) -> impl FnOnce(&[u8; 32]) -> [u8; 64] + '_ {
+        move |h| link.sign(SignatureContext::HandshakeProof, h)
+    }
+
+    fn verify(link: &IdentityKeypair) -> impl FnOnce(&[u8; 32], &[u8; 64]) -> bool + '_ {
+        move |h, sig| {
+            link.public()
+                .verify(SignatureContext::HandshakeProof, h, sig)
+                .is_ok()
+        }
+    }
+
+    const BOTH: [Suite; 2] = [Suite::ChaCha20Poly1305, Suite::Aes256Gcm];
+
+    #[test]
+    fn both_sides_agree_on_keys_hash_and_suite() {
+        let (a, b, link) = (
+            side(1),
+            side(2),
+            IdentityKeypair::from_secret_bytes(&[9; 32]),
+        );
+        let ctx = context(&link, 7, BOTH.to_vec());
+        let (pending, m1) = initiate(&a.secret, &a.public, &b.public, &ctx, sign(&link)).unwrap();
+        let (rb, m2) = respond(
+            &b.secret,
+            &b.public,
+            &a.public,
+            &ctx,
+            &m1,
+            &[Suite::Aes256Gcm],
+            verify(&link),
+        )
+        .unwrap();
+        let ra = pending.finish(&m2).unwrap();
+        assert_eq!(ra.handshake_hash, rb.handshake_hash);
+        assert_eq!(*ra.i2r, *rb.i2r);
+        assert_eq!(*ra.r2i, *rb.r2i);
+        assert_ne!(*ra.i2r, *ra.r2i);
+        assert_eq!(
+            ra.suite,
+            Suite::Aes256Gcm,
+            "the responder's pick from the offer"
+        );
+        assert_eq!(rb.suite, Suite::Aes256Gcm);
+    }
+
+    #[test]
+    fn a_man_in_the_middle_with_another_static_key_fails() {
+        let (a, b, m, link) = (
+            side(1),
+            side(2),
+            side(3),
+            IdentityKeypair::from_secret_bytes(&[9; 32]),
+        );
+        let ctx = context(&link, 7, BOTH.to_vec());
+        // M uses its own static key but claims to be A (B expects A's key).
+        let (_, m1) = initiate(&m.secret, &m.public, &b.public, &ctx, sign(&link)).unwrap();
+        let err = respond(
+            &b.secret,
+            &b.public,
+            &a.public,
+            &ctx,
+            &m1,
+            &BOTH,
+            verify(&link),
+        );
+        assert_eq!(err.err(), Some(HandshakeError::Noise));
+        // A talking to M believing it is B: M cannot answer for B's key.
+        let (_, m1) = initiate(&a.secret, &a.public, &b.public, &ctx, sign(&link)).unwrap();
+        let err = respond(
+            &m.secret,
+            &m.public,
+            &a.public,
+            &ctx,
+            &m1,
+            &BOTH,
+            verify(&link),
+        );
+        assert_eq!(err.err(), Some(HandshakeError::Noise));
+    }
+
+    #[test]
+    fn a_proof_by_another_link_key_fails() {
+        let (a, b) = (side(1), side(2));
+        let link = IdentityKeypair::from_secret_bytes(&[9; 32]);
+        let thief = IdentityKeypair::from_secret_bytes(&[8; 32]);
+        let ctx = context(&link, 7, BOTH.to_vec());
+        let (_, m1) = initiate(&a.secret, &a.public, &b.public, &ctx, sign(&thief)).unwrap();
+        let err = respond(
+            &b.secret,
+            &b.public,
+            &a.public,
+            &ctx,
+            &m1,
+            &BOTH,
+            verify(&link),
+        );
+        assert_eq!(err.err(), Some(HandshakeError::Proof));
+    }
+
+    #[test]
+    fn a_message_for_another_connection_or_offer_fails() {
+        let (a, b, link) = (
+            side(1),
+            side(2),
+            IdentityKeypair::from_secret_bytes(&[9; 32]),
+        );
+        let ctx = context(&link, 7, BOTH.to_vec());
+        let (_, m1) = initiate(&a.secret, &a.public, &b.public, &ctx, sign(&link)).unwrap();
+        let other = context(&link, 8, BOTH.to_vec());
+        let err = respond(
+            &b.secret,
+            &b.public,
+            &a.public,
+            &other,
+            &m1,
+            &BOTH,
+            verify(&link),
+        );
+        assert_eq!(
+            err.err(),
+            Some(HandshakeError::Noise),
+            "the prologue binds the connection ID"
+        );
+        // An offer rewritten in transit (AES only, to force it) breaks the prologue.
+        let downgraded = context(&link, 7, vec![Suite::Aes256Gcm]);
+        let err = respond(
+            &b.secret,
+            &b.public,
+            &a.public,
+            &downgraded,
+            &m1,
+            &BOTH,
+            verify(&link),
+        );
+        assert_eq!(err.err(), Some(HandshakeError::Noise));
+    }
+
+    #[test]
+    fn tampering_and_no_common_suite_and_self_sessions_fail() {
+        let (a, b, link) = (
+            side(1),
+            side(2),
+            IdentityKeypair::from_secret_bytes(&[9; 32]),
+        );
+        let ctx = context(&link, 7, vec![Suite::ChaCha20Poly1305]);
+        let (_, mut m1) = initiate(&a.secret, &a.public, &b.public, &ctx, sign(&link)).unwrap();
+        let last = m1.len() - 1;
+        m1[last] ^= 1;
+        let err = respond(
+            &b.secret,
+            &b.public,
+            &a.public,
+            &ctx,
+            &m1,
+            &BOTH,
+            verify(&link),
+        );
+        assert_eq!(err.err(), Some(HandshakeError::Noise));
+
+        let (_, m1) = initiate(&a.secret, &a.public, &b.public, &ctx, sign(&link)).unwrap();
+        let err = respond(
+            &b.secret,
+            &b.public,
+            &a.public,
+            &ctx,
+            &m1,
+            &[Suite::Aes256Gcm],
+            verify(&link),
+        );
+        assert_eq!(err.err(), Some(HandshakeError::NoCommonSuite));
+
+        let err = initiate(&a.secret, &a.public, &a.public, &ctx, sign(&link));
+        assert_eq!(
+            err.err().map(|e| e.to_string()),
+            Some(HandshakeError::SelfSession.to_string())
+        );
+        let mut same = ctx.clone();
+        same.target = same.initiator;
+        assert!(matches!(
+            initiate(&a.secret, &a.public, &b.public, &same, sign(&link)),
+            Err(HandshakeError::SelfSession)
+        ));
+        assert_eq!(parse_offer(&[]).err(), Some(HandshakeError::Offer("empty")));
+        assert_eq!(
+            parse_offer(&[9]).err(),
+            Some(HandshakeError::Offer("unknown suite"))
+        );
+    }
+
+    #[test]
+    fn the_initiator_refuses_a_second_message_that_was_tampered_with() {
+        let (a, b, link) = (
+            side(1),
+            side(2),
+            IdentityKeypair::from_secret_bytes(&[9; 32]),
+        );
+        let ctx = context(&link, 7, BOTH.to_vec());
+        let (pending, m1) = initiate(&a.secret, &a.public, &b.public, &ctx, sign(&link)).unwrap();
+        let (_, mut m2) = respond(
+            &b.secret,
+            &b.public,
+            &a.public,
+            &ctx,
+            &m1,
+            &BOTH,
+            verify(&link),
+        )
+        .unwrap();
+        m2[40] ^= 0x80;
+        assert_eq!(pending.finish(&m2).err(), Some(HandshakeError::Noise));
+    }
+}

@@ -114,7 +114,9 @@ pub async fn run(command: NodeCommand, data: Option<PathBuf>) -> anyhow::Result<
     }
 }
 
-fn build_config(args: RunArgs, data: &Path) -> anyhow::Result<NodeConfig> {
+/// The configuration, and whether the public URL is to be derived from the
+/// bound address (so that `--listen 127.0.0.1:0` publishes the real port).
+fn build_config(args: RunArgs, data: &Path) -> anyhow::Result<(NodeConfig, bool)> {
     let file: FileConfig = read_toml(args.config.as_deref())?;
     let f = file.node;
     let listen = match args.listen.or(f.listen) {
@@ -127,13 +129,11 @@ fn build_config(args: RunArgs, data: &Path) -> anyhow::Result<NodeConfig> {
         .or(f.directory)
         .context("--directory URL is required")?;
     let directory = ApiUrl::parse_origin(&directory).context("--directory")?;
-    let public_url = match args.public_url.or(f.public_url) {
+    let explicit = args.public_url.or(f.public_url);
+    let derive = explicit.is_none();
+    let public_url = match explicit {
         Some(u) => ApiUrl::parse_origin(&u).context("--public-url")?,
-        None => {
-            let scheme = if allow { "http" } else { "https" };
-            ApiUrl::parse_origin(&format!("{scheme}://{listen}"))
-                .context("deriving the public URL")?
-        }
+        None => derived_url(listen, allow)?,
     };
     let admin_listen = match args.admin_listen.or(f.admin_listen) {
         Some(a) => a,
@@ -160,21 +160,29 @@ fn build_config(args: RunArgs, data: &Path) -> anyhow::Result<NodeConfig> {
         config.record_lifetime_s = l;
     }
     config.validate()?;
-    Ok(config)
+    Ok((config, derive))
+}
+
+fn derived_url(listen: SocketAddr, allow_private: bool) -> anyhow::Result<ApiUrl> {
+    let scheme = if allow_private { "http" } else { "https" };
+    ApiUrl::parse_origin(&format!("{scheme}://{listen}")).context("deriving the public URL")
 }
 
 async fn run_node(args: RunArgs, data: &Path) -> anyhow::Result<()> {
-    let config = build_config(args, data)?;
+    let (mut config, derive) = build_config(args, data)?;
     if config.danger_allow_private_addresses {
         tracing::warn!("--danger-allow-private-addresses: loopback, private addresses and plain http allowed; never use this in production");
     }
     let (listen, admin_listen) = (config.listen, config.admin_listen);
-    let node = Node::open(config, Arc::new(SystemClock))
-        .await
-        .context("opening the node")?;
     let p2p = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
+    if derive {
+        config.public_url = derived_url(p2p.local_addr()?, config.danger_allow_private_addresses)?;
+    }
+    let node = Node::open(config, Arc::new(SystemClock))
+        .await
+        .context("opening the node")?;
     let admin = tokio::net::TcpListener::bind(admin_listen)
         .await
         .with_context(|| format!("binding {admin_listen}"))?;

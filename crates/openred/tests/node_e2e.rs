@@ -1,0 +1,228 @@
+//! End to end through the real binary: `node init`/`id`, a directory and two
+//! `node run` daemons on loopback, and the client subcommands.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn openred() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_openred"));
+    c.env("OPENRED_LOG", "warn").env_remove("OPENRED_DATA");
+    c
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a daemon and returns it with the stdout lines up to `until`.
+fn start(mut command: Command, until: &str) -> (Daemon, Vec<String>) {
+    let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    loop {
+        let line = lines
+            .next()
+            .expect("the daemon printed its address")
+            .unwrap();
+        let done = line.starts_with(until);
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    (Daemon(child), seen)
+}
+
+fn field<'a>(lines: &'a [String], prefix: &str) -> &'a str {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no line starting with {prefix:?} in {lines:?}"))
+}
+
+#[test]
+fn init_prints_the_id_alone_refuses_to_overwrite_and_keeps_keys_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("n");
+    let out = ok(openred()
+        .arg("node")
+        .arg("init")
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap());
+    let id = out.trim();
+    assert_eq!(out, format!("{id}\n"), "the ID alone on one line");
+    assert_eq!(id.len(), 58);
+    let again = openred()
+        .args(["node", "init", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"));
+    let shown = ok(openred()
+        .args(["node", "id", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap());
+    assert_eq!(shown.trim(), id);
+    for file in ["identity.key", "agreement.key"] {
+        let mode = std::fs::metadata(data.join("keys").join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+}
+
+fn status(data: &Path) -> Value {
+    let out = ok(openred()
+        .arg("--data")
+        .arg(data)
+        .args(["status", "--json"])
+        .output()
+        .unwrap());
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn two_node_daemons_meet_through_a_directory_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_directory, lines) = start(
+        {
+            let mut c = openred();
+            c.args([
+                "directory",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--danger-allow-private-addresses",
+                "--data",
+            ])
+            .arg(dir.path().join("directory"));
+            c
+        },
+        "listening on ",
+    );
+    let directory_url = field(&lines, "listening on ").to_owned();
+    let fingerprint = field(&lines, "directory key fingerprint: ").to_owned();
+
+    let mut nodes = Vec::new();
+    for name in ["a", "b"] {
+        let data = dir.path().join(name);
+        let id = ok(openred()
+            .args(["node", "init", "--data"])
+            .arg(&data)
+            .output()
+            .unwrap());
+        let mut c = openred();
+        c.args([
+            "node",
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--danger-allow-private-addresses",
+        ])
+        .args([
+            "--directory",
+            &directory_url,
+            "--directory-key",
+            &fingerprint,
+        ])
+        .arg("--data")
+        .arg(&data);
+        nodes.push((start(c, "admin on ").0, data, id.trim().to_owned()));
+    }
+    // --listen 127.0.0.1:0 picks a free port; the public URL is derived from
+    // the bound address. Wait until both registered.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (_, data, _) in &nodes {
+        while status(data)["registered"] != true {
+            assert!(Instant::now() < deadline, "node did not register");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(status(data)["directory_key"], fingerprint.as_str());
+    }
+    let (a, b) = (&nodes[0], &nodes[1]);
+
+    let peers = ok(openred()
+        .arg("--data")
+        .arg(&a.1)
+        .args(["peers", "--json"])
+        .output()
+        .unwrap());
+    let peers: Value = serde_json::from_str(&peers).unwrap();
+    let listed = peers.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{peers}");
+    assert_eq!(listed[0]["node_id"], b.2.as_str());
+    assert_eq!(listed[0]["verified"], true);
+
+    let connected = ok(openred()
+        .arg("--data")
+        .arg(&a.1)
+        .args(["connect", &b.2, "--json"])
+        .output()
+        .unwrap());
+    let connected: Value = serde_json::from_str(&connected).unwrap();
+    let session = connected["session_id"].as_str().unwrap().to_owned();
+    let pinged = ok(openred()
+        .arg("--data")
+        .arg(&b.1)
+        .args(["ping", &a.2])
+        .output()
+        .unwrap());
+    assert!(pinged.contains("encrypted ping"), "{pinged}");
+
+    for (data, role) in [(&a.1, "initiator"), (&b.1, "responder")] {
+        let s = status(data);
+        let sessions = s["sessions"].as_array().unwrap();
+        assert_eq!(sessions.len(), 1, "{s}");
+        assert_eq!(sessions[0]["session_id"], session.as_str());
+        assert_eq!(sessions[0]["role"], role);
+        assert_eq!(sessions[0]["confirmed"], true);
+    }
+    let text = ok(openred()
+        .arg("--data")
+        .arg(&a.1)
+        .arg("status")
+        .output()
+        .unwrap());
+    assert!(
+        text.contains(&session) && text.contains("epoch 0/0"),
+        "{text}"
+    );
+
+    // A client without the right token is refused.
+    std::fs::write(a.1.join("admin.token"), "wrong").unwrap();
+    let refused = openred()
+        .arg("--data")
+        .arg(&a.1)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unauthorized"));
+}
