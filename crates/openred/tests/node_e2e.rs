@@ -226,3 +226,114 @@ fn two_node_daemons_meet_through_a_directory_daemon() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("unauthorized"));
 }
+
+#[test]
+fn a_node_keeps_serving_while_the_directory_is_down_then_registers_and_deregisters_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port with nothing behind it yet: the directory comes later.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let directory_url = format!("http://127.0.0.1:{port}");
+    let data = dir.path().join("n");
+    let id = ok(openred()
+        .args(["node", "init", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap());
+    let id = id.trim().to_owned();
+    let mut c = openred();
+    // No --directory-key: the node trusts the key on first use.
+    c.args([
+        "node",
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--danger-allow-private-addresses",
+    ])
+    .args(["--directory", &directory_url])
+    .arg("--data")
+    .arg(&data);
+    let (mut node, lines) = start(c, "admin on ");
+    let p2p = field(&lines, "listening on ").to_owned();
+
+    // The directory is down: the node is not registered, but serves peers.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(status(&data)["registered"], false);
+    let health = reqwest::blocking_get(&format!("{p2p}/api/v3/health"));
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["node_id"], id.as_str());
+
+    let (_directory, dlines) = start(
+        {
+            let mut c = openred();
+            c.args([
+                "directory",
+                "serve",
+                "--danger-allow-private-addresses",
+                "--listen",
+            ])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data")
+            .arg(dir.path().join("directory"));
+            c
+        },
+        "listening on ",
+    );
+    let fingerprint = field(&dlines, "directory key fingerprint: ").to_owned();
+    // Back-off is 1, 2, 4… s: registration follows within a few seconds.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status(&data)["registered"] != true {
+        assert!(
+            Instant::now() < deadline,
+            "no registration after the directory came up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        status(&data)["directory_key"],
+        fingerprint.as_str(),
+        "pinned on first use"
+    );
+    let found = reqwest::blocking_get(&format!("{directory_url}/api/v3/nodes/{id}"));
+    assert_eq!(found["node_id"], id.as_str());
+
+    // SIGTERM: the node deregisters and exits 0.
+    assert!(Command::new("kill")
+        .args(["-TERM", &node.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = node.0.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success());
+    let gone = reqwest::blocking_get(&format!("{directory_url}/api/v3/nodes/{id}"));
+    assert_eq!(gone["error"], "unknown_node");
+}
+
+/// A tiny blocking GET returning JSON, without pulling in reqwest's
+/// blocking feature: a current-thread runtime per call.
+mod reqwest {
+    pub fn blocking_get(url: &str) -> serde_json::Value {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            ::reqwest::get(url)
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        })
+    }
+}
