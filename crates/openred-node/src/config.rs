@@ -42,6 +42,9 @@ pub struct NodeConfig {
     pub suites: Vec<Suite>,
     /// Session epochs and the replay window.
     pub epoch: EpochConfig,
+    /// Sessions older than this are ended, so that keys are re-established
+    /// by a fresh handshake on a schedule (post-compromise recovery).
+    pub session_max_age_s: u64,
     /// How long a signed record stays valid.
     pub record_lifetime_s: u64,
     /// Largest frame accepted on the P2P API.
@@ -75,6 +78,7 @@ impl NodeConfig {
             introduction_policy: IntroductionPolicy::Anyone,
             suites: vec![Suite::ChaCha20Poly1305, Suite::Aes256Gcm],
             epoch: EpochConfig::default(),
+            session_max_age_s: 24 * 3600,
             record_lifetime_s: 24 * 3600,
             max_frame_bytes: 256 * 1024,
             max_backoff_s: 60,
@@ -92,6 +96,11 @@ impl NodeConfig {
             .map_err(|e| ConfigError(format!("directory URL {}: {e}", self.directory_url)))?;
         if self.suites.is_empty() || self.suites.len() > crate::handshake::MAX_OFFER {
             return Err(ConfigError("list between 1 and 8 suites".into()));
+        }
+        if self.session_max_age_s < self.epoch.epoch_len_s {
+            return Err(ConfigError(
+                "session_max_age_s must be at least one epoch".into(),
+            ));
         }
         if self.record_lifetime_s < 60 {
             return Err(ConfigError("record_lifetime_s must be at least 60".into()));
