@@ -277,9 +277,12 @@ pub async fn discover(
     let next_cursor = (rows.len() == limit as usize)
         .then(|| rows.last().map(|n| encode_cursor(&n.node_id)))
         .flatten();
+    // Expired records are left out of the page (the cursor still moves past
+    // them, so pages stay consistent).
     let nodes = rows
         .iter()
         .filter_map(CachedNode::from_stored)
+        .filter(|c| c.expires_at > now)
         .map(|c| entry(&c, cutoff))
         .collect();
     Ok(Json(DiscoverResponse { nodes, next_cursor }))
@@ -336,6 +339,9 @@ async fn lookup(
     };
     if let Some(cached) = state.cache.get(&node_id) {
         metrics::lookup("hit");
+        if cached.expires_at <= now {
+            return Err(expired(&node_id));
+        }
         return Ok(entry(&cached, cutoff));
     }
     state.limits.lookup_miss_from(client)?;
@@ -349,6 +355,9 @@ async fn lookup(
             state.cache.put(&node);
             metrics::lookup("db_hit");
             let cached = CachedNode::from_stored(&node).ok_or_else(|| unknown(&node_id))?;
+            if cached.expires_at <= now {
+                return Err(expired(&node_id));
+            }
             Ok(entry(&cached, cutoff))
         }
         _ => {
@@ -359,6 +368,15 @@ async fn lookup(
             Err(unknown(&node_id))
         }
     }
+}
+
+/// A record past its `expires_at` is not served: the node stopped
+/// refreshing it.
+fn expired(node_id: &NodeId) -> ApiError {
+    ApiError::not_found(
+        "record_expired",
+        format!("the record of node {node_id} has expired"),
+    )
 }
 
 fn unknown(node_id: &NodeId) -> ApiError {
@@ -536,7 +554,7 @@ async fn introduce(
     // freshness check, in the shared database, so no replica accepts it twice.
     let claimed = state
         .store
-        .claim_nonce(&from, &nonce, issued_at.plus(skew + 1))
+        .claim_nonce(&from, &nonce, issued_at.plus(skew + 1), now)
         .await
         .map_err(|e| ApiError::internal("claiming a nonce", e))?;
     if !claimed {
@@ -546,6 +564,18 @@ async fn introduce(
         ));
     }
     let (target_record, target_seen) = registered_with_last_seen(state, &target).await?;
+    // A token carries the other node's record: never an expired one.
+    for record in [&requester, &target_record] {
+        if record.check_unexpired(now).is_err() {
+            return Err(ApiError::conflict(
+                "record_expired",
+                format!(
+                    "the record of {} has expired; it must register again",
+                    record.record().node_id
+                ),
+            ));
+        }
+    }
     if target_seen < state.active_cutoff(now) {
         return Err(ApiError::conflict(
             "target_inactive",

@@ -26,6 +26,8 @@ pub struct CachedNode {
     pub record: String,
     /// When it was last seen.
     pub last_seen: UnixTime,
+    /// When its record expires.
+    pub expires_at: UnixTime,
 }
 
 impl CachedNode {
@@ -37,6 +39,7 @@ impl CachedNode {
             api_url: record.record().api_url.to_string(),
             record: b64_encode(record.as_bytes()),
             last_seen: node.last_seen,
+            expires_at: record.record().expires_at,
         })
     }
 }

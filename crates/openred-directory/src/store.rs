@@ -260,20 +260,25 @@ impl Store {
     }
 
     /// Records an introduction request's nonce until `expires_at`. Returns
-    /// `false` if the requester used it already: a replay.
+    /// `false` if the requester used it within its window already: a replay.
+    /// A row whose window has ended (not pruned yet) is taken over, so a
+    /// nonce is refused exactly as long as it must be.
     pub async fn claim_nonce(
         &self,
         node_id: &NodeId,
         nonce: &[u8; 16],
         expires_at: UnixTime,
+        now: UnixTime,
     ) -> Result<bool, StoreError> {
         let result = sqlx::query(
             "INSERT INTO connection_nonces (node_id, nonce, expires_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (node_id, nonce) DO NOTHING",
+             ON CONFLICT (node_id, nonce) DO UPDATE SET expires_at = excluded.expires_at \
+             WHERE connection_nonces.expires_at < $4",
         )
         .bind(node_id.as_bytes().to_vec())
         .bind(nonce.to_vec())
         .bind(to_i64(expires_at.0)?)
+        .bind(to_i64(now.0)?)
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)

@@ -502,6 +502,20 @@ async fn status_turns_inactive_and_old_records_are_pruned(backend: Backend) {
 
     // Past the retention (30 days) for `old` only.
     h.clock.set(UnixTime(T0 + 30 * 86_400 + 1));
+    // `fresh`'s record (valid one day) has expired meanwhile: it is not
+    // served, in lookups or listings, until the node registers again.
+    let a = h.lookup(&fresh.id()).await;
+    assert_eq!(
+        (a.status, a.code()),
+        (StatusCode::NOT_FOUND, "record_expired")
+    );
+    let a = h.call("GET", "/api/v3/nodes/discover", None).await;
+    assert!(!a.text.contains(&fresh.id()), "{}", a.text);
+    let now = T0 + 30 * 86_400 + 1;
+    assert_eq!(
+        h.register(&fresh.record(2, now)).await.status,
+        StatusCode::OK
+    );
     assert_eq!(h.directory.prune_once().await.unwrap(), 1);
     assert_eq!(h.lookup(&old.id()).await.status, StatusCode::NOT_FOUND);
     assert_eq!(h.lookup(&fresh.id()).await.status, StatusCode::OK);

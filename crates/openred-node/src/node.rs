@@ -314,6 +314,9 @@ impl NodeState {
         }
         intro.check_unexpired(now)?;
         let peer_record = opened.peer_record.clone();
+        peer_record
+            .check_unexpired(now)
+            .map_err(|_| NodeError::Malformed("a token carrying an expired peer record"))?;
         if !self.store.remember_peer(&peer_record, now).await? {
             return Err(NodeError::RolledBackRecord(peer.to_string()));
         }

@@ -138,6 +138,10 @@ async fn receive_token(
     intro
         .check_unexpired(now)
         .map_err(|e| bad("token_expired", e.to_string()))?;
+    opened
+        .peer_record
+        .check_unexpired(now)
+        .map_err(|e| bad("peer_record_expired", e.to_string()))?;
     if state.config.introduction_policy == IntroductionPolicy::KnownPeers
         && state
             .store

@@ -80,7 +80,9 @@ impl NodeStore {
         connection_id: &[u8; 16],
         token: &StoredToken,
     ) -> Result<TokenState, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE takes the write lock first: a deferred transaction that
+        // reads then writes fails at once with SQLITE_BUSY under concurrency.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let dead = sqlx::query("SELECT 1 FROM tombstones WHERE connection_id = ?")
             .bind(&connection_id[..])
             .fetch_optional(&mut *tx)
@@ -112,23 +114,30 @@ impl NodeStore {
         &self,
         connection_id: &[u8; 16],
     ) -> Result<(TokenState, Option<StoredToken>), StoreError> {
-        let dead = sqlx::query("SELECT 1 FROM tombstones WHERE connection_id = ?")
-            .bind(&connection_id[..])
-            .fetch_optional(&self.pool)
-            .await?;
-        if dead.is_some() {
-            return Ok((TokenState::Used, None));
-        }
+        // The token first, the tombstone only if it is gone: a burn deletes
+        // the one and writes the other in one transaction, so in this order a
+        // concurrent burn can never make a used ID look unknown.
         let row = sqlx::query(
             "SELECT initiator, expires_at, envelope FROM tokens WHERE connection_id = ?",
         )
         .bind(&connection_id[..])
         .fetch_optional(&self.pool)
         .await?;
-        match row {
-            None => Ok((TokenState::Unknown, None)),
-            Some(row) => Ok((TokenState::Ok, Some(decode_token(&row)?))),
+        if let Some(row) = row {
+            return Ok((TokenState::Ok, Some(decode_token(&row)?)));
         }
+        let dead = sqlx::query("SELECT 1 FROM tombstones WHERE connection_id = ?")
+            .bind(&connection_id[..])
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok((
+            if dead.is_some() {
+                TokenState::Used
+            } else {
+                TokenState::Unknown
+            },
+            None,
+        ))
     }
 
     /// Burns a token: deletes it and writes its tombstone in one committed
@@ -263,7 +272,7 @@ impl NodeStore {
     /// Reserves the next record seq: persisted before use, so a restart
     /// never signs two records with one seq.
     pub async fn next_record_seq(&self, now: UnixTime) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query("SELECT value FROM settings WHERE key = 'record_seq'")
             .fetch_optional(&mut *tx)
             .await?;

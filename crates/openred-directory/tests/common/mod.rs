@@ -11,18 +11,20 @@ use axum::body::Body;
 use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
+use openred_core::keys::SignatureContext;
 use openred_core::wire::b64_encode;
+use openred_core::wire::{
+    reachability_message, ReachabilityChallenge, ReachabilityProof, TokenPush,
+};
 use openred_core::{
     AgreementSecret, ApiUrl, IdentityKeypair, ManualClock, NodeRecord, SignedRecord, UnixTime,
 };
-use openred_core::keys::SignatureContext;
-use openred_core::wire::{reachability_message, ReachabilityChallenge, ReachabilityProof, TokenPush};
 use openred_directory::transport::{BoxFuture, NodeTransport, Unreachable};
 use openred_directory::{Config, Database, Directory};
-use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, OnceLock};
 use serde_json::Value;
 use sqlx::Connection;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, OnceLock};
 use tower::ServiceExt;
 
 /// The time every test starts at.
@@ -119,6 +121,9 @@ pub struct FakeNodes {
     pub owners: Mutex<HashMap<String, u8>>,
     pub challenges: Mutex<Vec<String>>,
     pub pushes: Mutex<Vec<(String, TokenPush)>>,
+    /// When set, reachability proofs name this directory fingerprint instead
+    /// of the directory's own: a proof made for another directory.
+    pub proof_fingerprint: Mutex<Option<String>>,
 }
 
 impl FakeNodes {
@@ -139,31 +144,44 @@ impl NodeTransport for FakeNodes {
                 return Err(Unreachable);
             }
             let owner = self.owners.lock().unwrap().get(url.as_str()).copied();
-            let seed = owner.or_else(|| FakeNodes::seed_of(&body.node_id)).ok_or(Unreachable)?;
+            let seed = owner
+                .or_else(|| FakeNodes::seed_of(&body.node_id))
+                .ok_or(Unreachable)?;
             let node = TestNode::new(seed);
             let challenge: [u8; 32] = openred_core::wire::b64_decode(&body.challenge)
                 .unwrap()
                 .try_into()
                 .unwrap();
-            let message = reachability_message(
-                &challenge,
-                &node.key.node_id(),
-                self.fingerprint.get().unwrap(),
-                url.as_str(),
-            );
+            let fingerprint = self
+                .proof_fingerprint
+                .lock()
+                .unwrap()
+                .clone()
+                .unwrap_or_else(|| self.fingerprint.get().unwrap().clone());
+            let message =
+                reachability_message(&challenge, &node.key.node_id(), &fingerprint, url.as_str());
             Ok(ReachabilityProof {
                 node_id: body.node_id.clone(),
-                signature: b64_encode(&node.key.sign(SignatureContext::ReachabilityProof, &message)),
+                signature: b64_encode(
+                    &node.key.sign(SignatureContext::ReachabilityProof, &message),
+                ),
             })
         })
     }
 
-    fn push_token<'a>(&'a self, url: &'a ApiUrl, body: &'a TokenPush) -> BoxFuture<'a, Result<(), Unreachable>> {
+    fn push_token<'a>(
+        &'a self,
+        url: &'a ApiUrl,
+        body: &'a TokenPush,
+    ) -> BoxFuture<'a, Result<(), Unreachable>> {
         Box::pin(async move {
             if self.dead.lock().unwrap().contains(url.as_str()) {
                 return Err(Unreachable);
             }
-            self.pushes.lock().unwrap().push((url.to_string(), body.clone()));
+            self.pushes
+                .lock()
+                .unwrap()
+                .push((url.to_string(), body.clone()));
             Ok(())
         })
     }
@@ -211,9 +229,10 @@ impl Harness {
         tweak(&mut config);
         let clock = Arc::new(ManualClock::new(UnixTime(T0)));
         let nodes = Arc::new(FakeNodes::default());
-        let directory = Directory::open_with_transport(config.clone(), clock.clone(), nodes.clone())
-            .await
-            .unwrap();
+        let directory =
+            Directory::open_with_transport(config.clone(), clock.clone(), nodes.clone())
+                .await
+                .unwrap();
         nodes
             .fingerprint
             .set(directory.fingerprint().to_string())

@@ -1,0 +1,530 @@
+//! Test harness: a directory and nodes in process on 127.0.0.1, sharing one
+//! manual clock, each test on its own network; plus the initiator's side of
+//! an introduction done by hand, so that tests can capture, replay and
+//! alter what travels.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::fmt::Debug;
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use openred_core::id::Fingerprint;
+use openred_core::session::{EpochConfig, Role, Session, Suite};
+use openred_core::token::{LinkKey, LinkSigningKey, OpenedToken, Role as TokenRole, TokenEnvelope};
+use openred_core::wire::{b64_decode, b64_encode, HandshakeRequest};
+use openred_core::{
+    AgreementSecret, ApiUrl, Clock, IdentityKeypair, IdentityPublicKey, ManualClock, NodeId,
+    UnixTime,
+};
+use openred_directory::{Config as DirectoryConfig, Directory};
+use openred_node::error::NodeError;
+use openred_node::handshake::{self, HandshakeContext, InitiatorHandshake};
+use openred_node::{Node, NodeConfig, NodeKeys, NodeState};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// How long a node may take to register.
+const REGISTRATION_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The real current Unix time, where every network's clock starts.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the system clock is after 1970")
+        .as_secs()
+}
+
+/// 32 random bytes.
+pub fn random32() -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).unwrap();
+    bytes
+}
+
+/// 16 random bytes.
+pub fn random16() -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).unwrap();
+    bytes
+}
+
+/// A plain HTTP client for the tests' own requests (no proxy from the
+/// environment: everything goes to 127.0.0.1).
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap()
+}
+
+/// An HTTP answer: status, raw body, and the body as JSON (`Null` if it is
+/// not JSON).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub json: Value,
+}
+
+impl Answer {
+    /// Reads a reqwest response.
+    pub async fn from_reqwest(response: reqwest::Response) -> Answer {
+        let status = response.status().as_u16();
+        let body = response.bytes().await.unwrap().to_vec();
+        let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        Answer { status, body, json }
+    }
+
+    /// The error code of an error answer.
+    pub fn code(&self) -> Option<&str> {
+        self.json["error"].as_str()
+    }
+
+    /// The error message of an error answer.
+    pub fn message(&self) -> &str {
+        self.json["message"].as_str().unwrap_or("")
+    }
+}
+
+/// `POST url` with a JSON body.
+pub async fn post_json(http: &reqwest::Client, url: &str, body: &impl Serialize) -> Answer {
+    let response = http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(body).unwrap())
+        .send()
+        .await
+        .unwrap();
+    Answer::from_reqwest(response).await
+}
+
+/// `POST url` with raw bytes (a frame).
+pub async fn post_bytes(http: &reqwest::Client, url: &str, body: Vec<u8>) -> Answer {
+    let response = http
+        .post(url)
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    Answer::from_reqwest(response).await
+}
+
+/// `GET url`, with a bearer token if given.
+pub async fn get(http: &reqwest::Client, url: &str, bearer: Option<&str>) -> Answer {
+    let mut request = http.get(url);
+    if let Some(token) = bearer {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    Answer::from_reqwest(request.send().await.unwrap()).await
+}
+
+/// Asserts an answer is the refusal `status` with the JSON `error` `code`.
+#[track_caller]
+pub fn assert_refused(answer: &Answer, status: u16, code: &str) {
+    assert_eq!(
+        (answer.status, answer.code()),
+        (status, Some(code)),
+        "expected {status} {code}, got {} {}",
+        answer.status,
+        String::from_utf8_lossy(&answer.body)
+    );
+}
+
+/// Asserts a node operation failed because the directory answered `status`
+/// with `code`.
+#[track_caller]
+pub fn assert_directory_refused<T: Debug>(result: Result<T, NodeError>, status: u16, code: &str) {
+    match result {
+        Err(NodeError::Directory {
+            status: s, code: c, ..
+        }) if s == status && c == code => {}
+        other => panic!("expected the directory to refuse with {status} {code}, got {other:?}"),
+    }
+}
+
+/// Asserts a node operation failed because the peer answered `status` with
+/// `code`.
+#[track_caller]
+pub fn assert_peer_refused<T: Debug>(result: Result<T, NodeError>, status: u16, code: &str) {
+    match result {
+        Err(NodeError::Peer {
+            status: s, code: c, ..
+        }) if s == status && c == code => {}
+        other => panic!("expected the peer to refuse with {status} {code}, got {other:?}"),
+    }
+}
+
+/// A directory on 127.0.0.1 and the clock it shares with its nodes.
+pub struct Network {
+    pub clock: Arc<ManualClock>,
+    /// `http://127.0.0.1:PORT`.
+    pub directory_base: String,
+    pub directory_url: ApiUrl,
+    pub fingerprint: Fingerprint,
+    pub directory_key: IdentityPublicKey,
+    pub http: reqwest::Client,
+    stop_directory: watch::Sender<bool>,
+    root: tempfile::TempDir,
+}
+
+impl Network {
+    /// A directory with the danger flag and without rate limits.
+    pub async fn start() -> Network {
+        Network::start_with(|_| {}).await
+    }
+
+    /// As [`Network::start`], with the directory's configuration adjusted.
+    pub async fn start_with(tweak: impl FnOnce(&mut DirectoryConfig)) -> Network {
+        let clock = Arc::new(ManualClock::new(UnixTime(unix_now())));
+        let root = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut config = DirectoryConfig::new(address, root.path().join("directory"));
+        config.danger_allow_private_addresses = true;
+        config.rate_limits.enabled = false;
+        tweak(&mut config);
+        let directory = Directory::open(config, clock.clone() as Arc<dyn Clock>)
+            .await
+            .unwrap();
+        let fingerprint = directory.fingerprint();
+        let directory_key = directory.public_key();
+        let (stop_directory, mut stop) = watch::channel(false);
+        tokio::spawn(directory.serve(listener, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+        let directory_base = format!("http://{address}");
+        Network {
+            directory_url: ApiUrl::parse_origin(&directory_base).unwrap(),
+            directory_base,
+            clock,
+            fingerprint,
+            directory_key,
+            http: http_client(),
+            stop_directory,
+            root,
+        }
+    }
+
+    /// The network's time.
+    pub fn now(&self) -> UnixTime {
+        self.clock.now()
+    }
+
+    /// A directory endpoint.
+    pub fn directory(&self, path: &str) -> String {
+        format!("{}{path}", self.directory_base)
+    }
+
+    /// A new node with the default configuration, registered.
+    pub async fn node(&self, name: &str) -> TestNode {
+        self.node_with(name, |_| {}).await
+    }
+
+    /// A new node, its configuration adjusted, registered.
+    pub async fn node_with(&self, name: &str, tweak: impl FnOnce(&mut NodeConfig)) -> TestNode {
+        let node = self.spawn_node(name, tweak).await;
+        node.wait_registered().await;
+        node
+    }
+
+    /// A new node, serving, without waiting for its registration.
+    pub async fn spawn_node(&self, name: &str, tweak: impl FnOnce(&mut NodeConfig)) -> TestNode {
+        let data_dir = self.root.path().join(name);
+        NodeKeys::create(&data_dir).unwrap();
+        let placeholder = "127.0.0.1:0".parse().unwrap();
+        let mut config = NodeConfig::new(
+            data_dir,
+            placeholder,
+            ApiUrl::parse_origin("http://127.0.0.1:1").unwrap(),
+            placeholder,
+            self.directory_url.clone(),
+        );
+        config.danger_allow_private_addresses = true;
+        config.directory_key = Some(self.fingerprint);
+        tweak(&mut config);
+        self.launch(name, config).await
+    }
+
+    /// Stops `node` (it deregisters) and opens it again on the same data
+    /// directory, on new ports; waits for its registration.
+    pub async fn restart(&self, mut node: TestNode) -> TestNode {
+        let config = node.state.config().clone();
+        node.stop().await;
+        let name = node.name.clone();
+        let node = self.launch(&name, config).await;
+        node.wait_registered().await;
+        node
+    }
+
+    async fn launch(&self, name: &str, mut config: NodeConfig) -> TestNode {
+        let p2p = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", p2p.local_addr().unwrap());
+        config.listen = p2p.local_addr().unwrap();
+        config.public_url = ApiUrl::parse_origin(&url).unwrap();
+        config.admin_listen = admin.local_addr().unwrap();
+        let data_dir = config.data_dir.clone();
+        let node = Node::open(config, self.clock.clone() as Arc<dyn Clock>)
+            .await
+            .unwrap();
+        let state = node.state();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(node.serve(p2p, admin, async move {
+            let _ = stopped.await;
+        }));
+        TestNode {
+            name: name.to_owned(),
+            state,
+            data_dir,
+            url,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = self.stop_directory.send(true);
+    }
+}
+
+/// A node serving on 127.0.0.1.
+pub struct TestNode {
+    pub name: String,
+    pub state: Arc<NodeState>,
+    pub data_dir: PathBuf,
+    /// The P2P API's origin, `http://127.0.0.1:PORT`.
+    pub url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Deref for TestNode {
+    type Target = NodeState;
+
+    fn deref(&self) -> &NodeState {
+        &self.state
+    }
+}
+
+impl TestNode {
+    /// The node's ID.
+    pub fn id(&self) -> NodeId {
+        self.state.node_id()
+    }
+
+    /// A P2P endpoint of this node.
+    pub fn p2p(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// The admin API's bearer token, from the data directory.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(openred_node::admin::token_path(&self.data_dir))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// An admin endpoint, at the address the node wrote in its data
+    /// directory.
+    pub fn admin(&self, path: &str) -> String {
+        let address =
+            std::fs::read_to_string(openred_node::admin::address_path(&self.data_dir)).unwrap();
+        format!("http://{}{path}", address.trim())
+    }
+
+    /// `POST` to an admin endpoint with a JSON body and a bearer token.
+    pub async fn admin_post(
+        &self,
+        http: &reqwest::Client,
+        path: &str,
+        bearer: Option<&str>,
+        body: &impl Serialize,
+    ) -> Answer {
+        let mut request = http
+            .post(self.admin(path))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(body).unwrap());
+        if let Some(token) = bearer {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        Answer::from_reqwest(request.send().await.unwrap()).await
+    }
+
+    /// Waits until the node has registered with the directory.
+    pub async fn wait_registered(&self) {
+        let deadline = Instant::now() + REGISTRATION_DEADLINE;
+        while !self.state.is_registered() {
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not register within {REGISTRATION_DEADLINE:?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops serving (deregistering first) and waits until it has stopped.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("the node stops within 30 s")
+                .expect("the node task does not panic")
+                .expect("the node serves without I/O errors");
+        }
+    }
+}
+
+/// The payload of an encrypted ping.
+pub fn ping_payload() -> Vec<u8> {
+    let mut payload = b"ping".to_vec();
+    payload.extend_from_slice(&random16()[..8]);
+    payload
+}
+
+/// An introduction asked for by hand: token_a, opened by the initiator.
+pub struct Intro {
+    pub connection_id: [u8; 16],
+    pub expires_at: UnixTime,
+    pub token_a: TokenEnvelope,
+    pub opened: OpenedToken,
+}
+
+impl Intro {
+    /// token_a's half of the link key.
+    pub fn link(&self) -> &LinkSigningKey {
+        match &self.opened.link {
+            LinkKey::Signing(key) => key,
+            LinkKey::Verifying(_) => panic!("token_a carries the signing half"),
+        }
+    }
+
+    /// The target's static (agreement) key, from its record in token_a.
+    pub fn target_static(&self) -> [u8; 32] {
+        self.opened.peer_record.record().agreement_key.0
+    }
+
+    /// What both sides agree on before the handshake.
+    pub fn context(&self, offer: &[Suite]) -> HandshakeContext {
+        let intro = &self.opened.introduction;
+        HandshakeContext {
+            connection_id: intro.connection_id,
+            initiator: intro.initiator,
+            target: intro.target,
+            link_public: self.opened.link.verifying_bytes(),
+            offer: offer.to_vec(),
+        }
+    }
+}
+
+/// `a` asks the directory to meet `target` (the directory pushes token_b
+/// to it) and opens token_a.
+pub async fn introduce(a: &NodeState, target: NodeId, now: UnixTime) -> Intro {
+    let token_a = a
+        .directory()
+        .request_connection(a.outbound(), a.store(), a.keys(), &target, now)
+        .await
+        .expect("the directory introduces");
+    let opened = token_a
+        .open(&a.node_id(), &a.keys().agreement_secret())
+        .expect("token_a opens for its initiator");
+    assert_eq!(opened.role, TokenRole::Initiator);
+    Intro {
+        connection_id: token_a.connection_id(),
+        expires_at: opened.introduction.expires_at,
+        token_a,
+        opened,
+    }
+}
+
+/// Noise message 1 for `context`, from the static key pair
+/// (`local_secret`, `local_public`), with a proof signed by `proof_key`,
+/// as the body of `POST /p2p/handshake`.
+pub fn message_1(
+    local_secret: &[u8; 32],
+    local_public: &[u8; 32],
+    target_static: &[u8; 32],
+    context: &HandshakeContext,
+    proof_key: &LinkSigningKey,
+) -> (InitiatorHandshake, HandshakeRequest) {
+    let (pending, message) =
+        handshake::initiate(local_secret, local_public, target_static, context, |hash| {
+            proof_key.sign_handshake_proof(hash)
+        })
+        .expect("message 1 is built");
+    let request = HandshakeRequest {
+        connection_id: b64_encode(&context.connection_id),
+        suites: context.offer.iter().map(|s| s.id()).collect(),
+        message: b64_encode(&message),
+    };
+    (pending, request)
+}
+
+/// The initiator's genuine message 1 for `intro`.
+pub fn genuine_message_1(a: &NodeState, intro: &Intro) -> (InitiatorHandshake, HandshakeRequest) {
+    message_1(
+        &a.keys().agreement_secret(),
+        &a.keys().agreement_public().0,
+        &intro.target_static(),
+        &intro.context(&a.config().suites),
+        intro.link(),
+    )
+}
+
+/// A static key pair that is nobody's agreement key.
+pub fn stranger_static() -> ([u8; 32], [u8; 32]) {
+    let secret = AgreementSecret::from_secret_bytes(random32());
+    (*secret.secret_bytes(), secret.public().0)
+}
+
+/// An identity key nobody registered.
+pub fn stranger_identity() -> IdentityKeypair {
+    IdentityKeypair::from_secret_bytes(&random32())
+}
+
+/// Finishes a handshake done by hand with the target's answer: the
+/// initiator's session, whose ID must be the one the target announced.
+pub fn finish_by_hand(
+    pending: InitiatorHandshake,
+    answer: &Answer,
+    now: UnixTime,
+    epoch: EpochConfig,
+) -> Session {
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(answer.json["session_established"], Value::Bool(true));
+    let reply = b64_decode(answer.json["message"].as_str().unwrap()).unwrap();
+    let result = pending.finish(&reply).expect("message 2 authenticates");
+    let session = Session::new(
+        Role::Initiator,
+        result.suite,
+        &result.handshake_hash,
+        &result.i2r,
+        &result.r2i,
+        now,
+        epoch,
+    );
+    assert_eq!(
+        answer.json["session_id"].as_str(),
+        Some(session.session_id().to_string().as_str())
+    );
+    session
+}
