@@ -678,36 +678,16 @@ mod tests {
     use crate::record::NodeRecord;
     use crate::url::ApiUrl;
     use proptest::prelude::*;
-    use std::convert::Infallible;
 
-    /// A deterministic CSPRNG for tests: the BLAKE3 XOF of a seed.
-    struct TestRng(blake3::OutputReader);
+    /// A deterministic CSPRNG for tests.
+    struct TestRng;
 
     impl TestRng {
-        fn new(seed: u8) -> TestRng {
-            TestRng(blake3::Hasher::new().update(&[seed]).finalize_xof())
+        #[allow(clippy::new_ret_no_self)]
+        fn new(seed: u8) -> crate::random::SeededRng {
+            crate::random::SeededRng::new([seed; 32])
         }
     }
-
-    impl rand_core::TryRng for TestRng {
-        type Error = Infallible;
-        fn try_next_u32(&mut self) -> Result<u32, Infallible> {
-            let mut b = [0u8; 4];
-            self.0.fill(&mut b);
-            Ok(u32::from_le_bytes(b))
-        }
-        fn try_next_u64(&mut self) -> Result<u64, Infallible> {
-            let mut b = [0u8; 8];
-            self.0.fill(&mut b);
-            Ok(u64::from_le_bytes(b))
-        }
-        fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
-            self.0.fill(dst);
-            Ok(())
-        }
-    }
-
-    impl rand_core::TryCryptoRng for TestRng {}
 
     struct Node {
         key: IdentityKeypair,

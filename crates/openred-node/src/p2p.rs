@@ -74,13 +74,7 @@ async fn reachability(
         })?;
     // The proof names the directory this node trusts: it cannot be shown to
     // another directory.
-    let directory = state.directory.pinned().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            "no_directory_key",
-            "this node has not pinned a directory key yet",
-        )
-    })?;
+    let directory = pinned_directory(&state)?;
     let message = reachability_message(
         &challenge,
         &me,
@@ -103,13 +97,7 @@ async fn receive_token(
     let bytes =
         b64_decode(&body.token).map_err(|_| bad("bad_token", "token is not base64url".into()))?;
     let envelope = TokenEnvelope::decode(&bytes).map_err(|e| bad("bad_token", e.to_string()))?;
-    let directory = state.directory.pinned().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            "no_directory_key",
-            "this node has not pinned a directory key yet",
-        )
-    })?;
+    let directory = pinned_directory(&state)?;
     envelope.verify(&directory).map_err(|_| {
         ApiError::new(
             StatusCode::FORBIDDEN,
@@ -311,6 +299,18 @@ async fn handshake_route(
         session_id: live.id().to_string(),
         message: b64_encode(&reply),
     }))
+}
+
+/// The pinned directory key; before the node has pinned one it can neither
+/// prove reachability nor trust a token.
+fn pinned_directory(state: &NodeState) -> Result<openred_core::IdentityPublicKey, ApiError> {
+    state.directory.pinned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "no_directory_key",
+            "this node has not pinned a directory key yet",
+        )
+    })
 }
 
 fn handshake_error(e: handshake::HandshakeError) -> ApiError {
