@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use openred_core::keys::SignatureContext;
 use openred_core::random::SeededRng;
@@ -25,7 +25,7 @@ use utoipa::IntoParams;
 use crate::cache::CachedNode;
 use crate::metrics;
 use crate::server::{AppState, ClientAddress};
-use crate::store::{StatusFilter, Write};
+use crate::store::{StatusFilter, StoredNode, Write};
 use openred_http::ApiError;
 
 type Shared = State<Arc<AppState>>;
@@ -111,18 +111,32 @@ async fn register_inner(
 /// replays cost no outbound call.
 async fn prove_reachability(state: &AppState, record: &SignedRecord) -> Result<(), ApiError> {
     let r = record.record();
-    let stored = state
+    // A heartbeat (same URL) is answered from the lookup cache, which holds
+    // every committed registration of this instance; the database is read
+    // only for nodes the cache does not hold (new, deregistered, or past the
+    // cache's time to live with replicas). Either way the conditional write
+    // stays the authority on `seq`.
+    if let Some(cached) = state.cache.get(&r.node_id) {
+        if r.seq <= cached.seq {
+            return Err(seq_conflict(r.seq, cached.seq));
+        }
+        if cached.api_url == r.api_url.as_str() {
+            return Ok(());
+        }
+    } else if let Some(stored) = state
         .store
         .node(&r.node_id)
         .await
-        .map_err(|e| ApiError::internal("looking up a node", e))?;
-    if let Some(stored) = &stored {
+        .map_err(|e| ApiError::internal("looking up a node", e))?
+    {
         if r.seq <= stored.seq {
             return Err(seq_conflict(r.seq, stored.seq));
         }
-        if stored.record.as_ref().is_some_and(|old| {
-            old.record().api_url == r.api_url && old.record().identity_key == r.identity_key
-        }) {
+        if stored
+            .record
+            .as_ref()
+            .is_some_and(|old| old.record().api_url == r.api_url)
+        {
             return Ok(());
         }
     }
@@ -230,23 +244,23 @@ pub async fn discover(
     State(state): Shared,
     Extension(ClientAddress(client)): Extension<ClientAddress>,
     query: Result<Query<DiscoverQuery>, QueryRejection>,
-) -> Result<Json<DiscoverResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     state.limits.lookup_from(client)?;
     let Query(query) = query?;
     let now = state.clock.now();
     if let Some(id) = &query.node_id {
-        let entry = lookup(&state, client, id, now).await?;
-        let status = entry.status;
-        if query.status.is_some_and(|wanted| wanted != status) {
-            return Ok(Json(DiscoverResponse {
-                nodes: vec![],
-                next_cursor: None,
-            }));
-        }
-        return Ok(Json(DiscoverResponse {
-            nodes: vec![entry],
-            next_cursor: None,
-        }));
+        let (cached, active) = lookup(&state, client, id, now).await?;
+        let status = if active {
+            NodeStatus::Active
+        } else {
+            NodeStatus::Inactive
+        };
+        let body = if query.status.is_some_and(|wanted| wanted != status) {
+            r#"{"nodes":[]}"#.to_owned()
+        } else {
+            format!(r#"{{"nodes":[{}]}}"#, cached.render(active))
+        };
+        return Ok(json_response(body));
     }
     if !state.config.allow_listing {
         return Err(ApiError::new(
@@ -281,11 +295,14 @@ pub async fn discover(
     // them, so pages stay consistent).
     let nodes = rows
         .iter()
-        .filter_map(CachedNode::from_stored)
-        .filter(|c| c.expires_at > now)
-        .map(|c| entry(&c, cutoff))
+        .filter_map(|n| listed_entry(n, now, cutoff))
         .collect();
-    Ok(Json(DiscoverResponse { nodes, next_cursor }))
+    Ok(Json(DiscoverResponse { nodes, next_cursor }).into_response())
+}
+
+/// A JSON answer rendered ahead of time.
+fn json_response(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 fn encode_cursor(last: &NodeId) -> String {
@@ -305,18 +322,23 @@ fn decode_cursor(text: &str) -> Result<NodeId, ApiError> {
     Ok(NodeId::from_bytes(id))
 }
 
-fn entry(node: &CachedNode, cutoff: UnixTime) -> NodeEntry {
-    NodeEntry {
-        node_id: node.node_id.clone(),
-        api_url: node.api_url.clone(),
+/// A listed node, unless deregistered or expired.
+fn listed_entry(node: &StoredNode, now: UnixTime, cutoff: UnixTime) -> Option<NodeEntry> {
+    let record = node.record.as_ref()?;
+    if record.record().expires_at <= now {
+        return None;
+    }
+    Some(NodeEntry {
+        node_id: node.node_id.to_string(),
+        api_url: record.record().api_url.to_string(),
         last_seen: node.last_seen.0,
         status: if node.last_seen >= cutoff {
             NodeStatus::Active
         } else {
             NodeStatus::Inactive
         },
-        record: node.record.clone(),
-    }
+        record: b64_encode(record.as_bytes()),
+    })
 }
 
 /// A single-node lookup: from memory when cached; misses go to the
@@ -327,7 +349,7 @@ async fn lookup(
     client: IpAddr,
     id_text: &str,
     now: UnixTime,
-) -> Result<NodeEntry, ApiError> {
+) -> Result<(Arc<CachedNode>, bool), ApiError> {
     let cutoff = state.active_cutoff(now);
     let node_id = match NodeId::parse(id_text) {
         Ok(id) => id,
@@ -342,7 +364,8 @@ async fn lookup(
         if cached.expires_at <= now {
             return Err(expired(&node_id));
         }
-        return Ok(entry(&cached, cutoff));
+        let active = cached.last_seen >= cutoff;
+        return Ok((cached, active));
     }
     state.limits.lookup_miss_from(client)?;
     let stored = state
@@ -358,7 +381,8 @@ async fn lookup(
             if cached.expires_at <= now {
                 return Err(expired(&node_id));
             }
-            Ok(entry(&cached, cutoff))
+            let active = cached.last_seen >= cutoff;
+            Ok((Arc::new(cached), active))
         }
         _ => {
             if stored.is_some() {
@@ -398,11 +422,12 @@ pub async fn node(
     State(state): Shared,
     Extension(ClientAddress(client)): Extension<ClientAddress>,
     path: Result<Path<String>, PathRejection>,
-) -> Result<Json<NodeEntry>, ApiError> {
+) -> Result<Response, ApiError> {
     state.limits.lookup_from(client)?;
     let Path(id) = path?;
     let now = state.clock.now();
-    lookup(&state, client, &id, now).await.map(Json)
+    let (cached, active) = lookup(&state, client, &id, now).await?;
+    Ok(json_response(cached.render(active)))
 }
 
 /// Deregister a node, signed by it. The request's `seq` must exceed the

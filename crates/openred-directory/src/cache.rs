@@ -15,32 +15,55 @@ use openred_core::{NodeId, UnixTime};
 
 use crate::store::StoredNode;
 
-/// What a lookup needs, prepared once per write.
+/// What a lookup needs, prepared once per write: the answer itself is
+/// rendered here, all but its status (which moves with the clock), so a
+/// lookup costs one copy and no serialisation.
 #[derive(Debug)]
 pub struct CachedNode {
-    /// The node's ID, in text form.
-    pub node_id: String,
     /// Its API origin.
     pub api_url: String,
-    /// The signed record, base64url.
-    pub record: String,
     /// When it was last seen.
     pub last_seen: UnixTime,
     /// When its record expires.
     pub expires_at: UnixTime,
+    /// The record's `seq`.
+    pub seq: u64,
+    /// The JSON of its `NodeEntry` up to the status value:
+    /// `{"node_id":…,"api_url":…,"last_seen":…,"record":…,"status":"`.
+    json_prefix: String,
 }
 
 impl CachedNode {
     /// Prepares a stored, registered node; `None` if it has deregistered.
     pub fn from_stored(node: &StoredNode) -> Option<CachedNode> {
         let record = node.record.as_ref()?;
+        let r = record.record();
+        let api_url = r.api_url.to_string();
+        // Rendered by serde_json field by field, so every value is escaped
+        // exactly as a serialised NodeEntry would be.
+        let json_prefix = format!(
+            "{{\"node_id\":{},\"api_url\":{},\"last_seen\":{},\"record\":{},\"status\":\"",
+            serde_json::Value::from(node.node_id.to_string()),
+            serde_json::Value::from(api_url.as_str()),
+            node.last_seen.0,
+            serde_json::Value::from(b64_encode(record.as_bytes())),
+        );
         Some(CachedNode {
-            node_id: node.node_id.to_string(),
-            api_url: record.record().api_url.to_string(),
-            record: b64_encode(record.as_bytes()),
+            api_url,
             last_seen: node.last_seen,
-            expires_at: record.record().expires_at,
+            expires_at: r.expires_at,
+            seq: r.seq,
+            json_prefix,
         })
+    }
+
+    /// The node's `NodeEntry` as JSON, with its status.
+    pub fn render(&self, active: bool) -> String {
+        let suffix = if active { "active\"}" } else { "inactive\"}" };
+        let mut out = String::with_capacity(self.json_prefix.len() + suffix.len());
+        out.push_str(&self.json_prefix);
+        out.push_str(suffix);
+        out
     }
 }
 
@@ -108,5 +131,41 @@ impl RecordCache {
     #[allow(clippy::len_without_is_empty)]
     pub fn len(&self) -> usize {
         self.map.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openred_core::wire::{NodeEntry, NodeStatus};
+    use openred_core::{AgreementSecret, ApiUrl, IdentityKeypair, NodeRecord};
+
+    #[test]
+    fn the_rendered_answer_is_a_node_entry() {
+        let key = IdentityKeypair::from_secret_bytes(&[4; 32]);
+        let record = NodeRecord::sign(
+            &key,
+            AgreementSecret::from_secret_bytes([5; 32]).public(),
+            ApiUrl::parse_origin("https://n.example.com:8443").unwrap(),
+            9,
+            UnixTime(10),
+            UnixTime(20),
+        );
+        let stored = StoredNode {
+            node_id: key.node_id(),
+            seq: 9,
+            record: Some(record.clone()),
+            last_seen: UnixTime(12),
+            identity_key: key.public().to_bytes(),
+        };
+        let cached = CachedNode::from_stored(&stored).unwrap();
+        for (active, status) in [(true, NodeStatus::Active), (false, NodeStatus::Inactive)] {
+            let entry: NodeEntry = serde_json::from_str(&cached.render(active)).unwrap();
+            assert_eq!(entry.node_id, key.node_id().to_string());
+            assert_eq!(entry.api_url, "https://n.example.com:8443");
+            assert_eq!(entry.last_seen, 12);
+            assert_eq!(entry.status, status);
+            assert_eq!(entry.record, b64_encode(record.as_bytes()));
+        }
     }
 }
