@@ -10,6 +10,7 @@
 //! statement, so two replicas racing on one PostgreSQL database can never let
 //! an older record win.
 
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -337,45 +338,102 @@ async fn group_commit(pool: AnyPool, mut queue: mpsc::Receiver<PendingWrite>) {
     }
 }
 
+/// Rows per multi-row statement (6 parameters each, far below both
+/// databases' parameter limits).
+const ROWS_PER_STATEMENT: usize = 128;
+
+/// Writes a batch in one transaction: the rows go in as few multi-row
+/// conditional upserts as possible (one database round trip per
+/// [`ROWS_PER_STATEMENT`] rows rather than one per row), in arrival order. A
+/// node that appears twice in a batch is written in a later statement, so
+/// that one statement never touches a row twice and the later record is
+/// judged against the earlier one.
 async fn commit_batch(pool: &AnyPool, batch: &[PendingWrite]) -> Result<Vec<Write>, StoreError> {
     let mut tx = pool.begin().await?;
-    let mut outcomes = Vec::with_capacity(batch.len());
-    for pending in batch {
-        outcomes.push(upsert_in(&mut tx, &pending.record, pending.now).await?);
+    let mut outcomes: Vec<Option<Write>> = vec![None; batch.len()];
+    let mut remaining: Vec<usize> = (0..batch.len()).collect();
+    while !remaining.is_empty() {
+        let mut seen = HashSet::new();
+        let (round, later): (Vec<usize>, Vec<usize>) = remaining
+            .iter()
+            .partition(|&&i| seen.insert(batch[i].record.record().node_id));
+        for chunk in round.chunks(ROWS_PER_STATEMENT) {
+            let applied = upsert_rows(&mut tx, batch, chunk).await?;
+            for &i in chunk {
+                if applied.contains(&batch[i].record.record().node_id) {
+                    outcomes[i] = Some(Write::Applied);
+                }
+            }
+        }
+        remaining = later;
+    }
+    let mut result = Vec::with_capacity(batch.len());
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        result.push(match outcome {
+            Some(write) => write,
+            // Refused by the seq condition: rare, so read the stored seq
+            // one row at a time.
+            None => stale_outcome(&mut tx, &batch[i].record.record().node_id).await?,
+        });
     }
     tx.commit().await?;
-    Ok(outcomes)
+    Ok(result)
 }
 
 /// The conditional write: the `WHERE` of the upsert makes "only a greater
 /// `seq` wins" atomic in the database itself, whatever else writes to it.
-async fn upsert_in(
+/// Returns the nodes whose row was written.
+async fn upsert_rows(
     conn: &mut AnyConnection,
-    record: &SignedRecord,
-    now: UnixTime,
-) -> Result<Write, StoreError> {
-    let r = record.record();
-    let result = sqlx::query(
+    batch: &[PendingWrite],
+    rows: &[usize],
+) -> Result<HashSet<NodeId>, StoreError> {
+    let values = (0..rows.len())
+        .map(|k| {
+            let p = 6 * k;
+            format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, 0)",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5,
+                p + 6
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
         "INSERT INTO nodes (node_id, identity_key, seq, record, api_url, last_seen, deregistered) \
-         VALUES ($1, $2, $3, $4, $5, $6, 0) \
+         VALUES {values} \
          ON CONFLICT (node_id) DO UPDATE SET \
            identity_key = excluded.identity_key, seq = excluded.seq, record = excluded.record, \
            api_url = excluded.api_url, last_seen = excluded.last_seen, deregistered = 0 \
-         WHERE nodes.seq < excluded.seq",
-    )
-    .bind(r.node_id.as_bytes().to_vec())
-    .bind(r.identity_key.to_bytes().to_vec())
-    .bind(to_i64(r.seq)?)
-    .bind(record.as_bytes().to_vec())
-    .bind(r.api_url.as_str().to_owned())
-    .bind(to_i64(now.0)?)
-    .execute(&mut *conn)
-    .await?;
-    if result.rows_affected() == 1 {
-        return Ok(Write::Applied);
+         WHERE nodes.seq < excluded.seq \
+         RETURNING node_id"
+    );
+    let mut query = sqlx::query(&sql);
+    for &i in rows {
+        let pending = &batch[i];
+        let r = pending.record.record();
+        query = query
+            .bind(r.node_id.as_bytes().to_vec())
+            .bind(r.identity_key.to_bytes().to_vec())
+            .bind(to_i64(r.seq)?)
+            .bind(pending.record.as_bytes().to_vec())
+            .bind(r.api_url.as_str().to_owned())
+            .bind(to_i64(pending.now.0)?);
     }
+    let written = query.fetch_all(&mut *conn).await?;
+    written
+        .iter()
+        .map(|row| node_id_from(row.try_get("node_id")?))
+        .collect()
+}
+
+async fn stale_outcome(conn: &mut AnyConnection, node_id: &NodeId) -> Result<Write, StoreError> {
     let row = sqlx::query("SELECT seq FROM nodes WHERE node_id = $1")
-        .bind(r.node_id.as_bytes().to_vec())
+        .bind(node_id.as_bytes().to_vec())
         .fetch_one(&mut *conn)
         .await?;
     Ok(Write::Stale {

@@ -31,6 +31,7 @@ on_both_backends!(
     rate_limits_answer_429_with_retry_after,
     restart_keeps_records_and_key,
     garbage_never_gets_a_5xx,
+    concurrent_registrations_share_commits_and_keep_the_highest_seq,
 );
 
 async fn register_lookup_discover_and_health(backend: Backend) {
@@ -753,4 +754,52 @@ async fn garbage_never_gets_a_5xx(backend: Backend) {
         assert!(a.status.is_client_error(), "cursor: {}", a.status);
     }
     assert_nothing_stored(&h).await;
+}
+
+async fn concurrent_registrations_share_commits_and_keep_the_highest_seq(backend: Backend) {
+    let h = std::sync::Arc::new(Harness::new(backend).await);
+    // Forty nodes registering at once, and one node sending many seqs at
+    // once: group commit puts them in shared statements, and a node twice in
+    // one batch must still be judged by seq.
+    let mut tasks = Vec::new();
+    for seed in 100..140u8 {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            let node = TestNode::new(seed);
+            (seed, 1, h.register(&node.record(1, T0)).await.status)
+        }));
+    }
+    for seq in 1..=30u64 {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            let node = TestNode::new(99);
+            (99, seq, h.register(&node.record(seq, T0)).await.status)
+        }));
+    }
+    let mut accepted_99 = Vec::new();
+    for task in tasks {
+        let (seed, seq, status) = task.await.unwrap();
+        if seed == 99 {
+            assert!(
+                status == StatusCode::OK || status == StatusCode::CONFLICT,
+                "seq {seq}: {status}"
+            );
+            if status == StatusCode::OK {
+                accepted_99.push(seq);
+            }
+        } else {
+            assert_eq!(status, StatusCode::OK, "node {seed}");
+        }
+    }
+    assert!(accepted_99.contains(&30), "the highest seq always wins");
+    let stored = h
+        .directory
+        .store()
+        .node(&TestNode::new(99).key.node_id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.seq, 30);
+    let a = h.call("GET", "/api/v3/health", None).await;
+    assert_eq!(a.json["nodes"]["active"], 41);
 }
