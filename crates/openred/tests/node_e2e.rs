@@ -167,7 +167,10 @@ fn two_node_daemons_meet_through_a_directory_daemon() {
         assert_eq!(status(data)["directory_key"], fingerprint.as_str());
     }
     let (a, b) = (&nodes[0], &nodes[1]);
-    let mode = std::fs::metadata(a.1.join("admin.token")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(a.1.join("admin.token"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600, "the admin token is private");
 
     let peers = ok(openred()
