@@ -51,6 +51,35 @@ fn start(data: &std::path::Path, extra: &[&str]) -> Server {
     }
 }
 
+/// Serves `POST /api/v3/reachability` on a loopback port, signing the
+/// directory's challenges with `key`; returns the origin.
+async fn answer_reachability(key: IdentityKeypair, directory: String) -> String {
+    use axum::routing::post;
+    use axum::Json;
+    use openred_core::keys::SignatureContext;
+    use openred_core::wire::{reachability_message, ReachabilityChallenge, ReachabilityProof};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let origin = url.clone();
+    let key = std::sync::Arc::new(key);
+    let app = axum::Router::new().route(
+        "/api/v3/reachability",
+        post(move |Json(c): Json<ReachabilityChallenge>| {
+            let (key, directory, origin) = (key.clone(), directory.clone(), origin.clone());
+            async move {
+                let challenge: [u8; 32] = b64_decode(&c.challenge).unwrap().try_into().unwrap();
+                let message = reachability_message(&challenge, &key.node_id(), &directory, &origin);
+                Json(ReachabilityProof {
+                    node_id: c.node_id,
+                    signature: b64_encode(&key.sign(SignatureContext::ReachabilityProof, &message)),
+                })
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -58,7 +87,7 @@ fn now() -> u64 {
         .as_secs()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_registers_looks_up_and_shuts_down_gracefully() {
     let data = tempfile::tempdir().unwrap();
     let mut server = start(data.path(), &["--danger-allow-private-addresses"]);
@@ -77,11 +106,18 @@ async fn serves_registers_looks_up_and_shuts_down_gracefully() {
 
     let key = IdentityKeypair::from_secret_bytes(&[42; 32]);
     let agreement = AgreementSecret::from_secret_bytes([43; 32]);
+    // The directory accepts a URL only once the node answers its challenge
+    // there: a minimal node that does just that.
+    let url = answer_reachability(
+        IdentityKeypair::from_secret_bytes(&[42; 32]),
+        server.fingerprint.clone(),
+    )
+    .await;
     let t = now();
     let record = NodeRecord::sign(
         &key,
         agreement.public(),
-        ApiUrl::parse_origin("http://127.0.0.1:9").unwrap(),
+        ApiUrl::parse_origin(&url).unwrap(),
         1,
         UnixTime(t),
         UnixTime(t + 3600),
