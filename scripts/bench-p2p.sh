@@ -141,6 +141,7 @@ for suite in chacha20-poly1305 aes-256-gcm; do
         else
             row "$suite ${kib} KiB ratio frames / openssl" "$ratio"
         fi
-        row "$suite ${kib} KiB ratio ring / openssl (reference)" "$(fget "$suite" "$size" 'ratio ring e+d / openssl e+d')"
+        row "$suite ${kib} KiB ratio raw ring AEAD / openssl" "$(fget "$suite" "$size" 'ratio ring e+d / openssl e+d')"
+        row "$suite ${kib} KiB ratio RustCrypto / openssl (previous)" "$(fget "$suite" "$size" 'ratio rustcrypto e+d / openssl e+d')"
     done
 done

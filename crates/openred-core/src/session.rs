@@ -9,8 +9,7 @@
 //! # Specification (for review)
 //!
 //! **Suites.** [`Suite`] is the whole allowlist: ChaCha20-Poly1305 (id 1,
-//! the default) and AES-256-GCM (id 2), both from the RustCrypto AEAD
-//! crates. There is no way to name any other cipher. The suite is fixed by
+//! the default) and AES-256-GCM (id 2), both as implemented by `ring`. There is no way to name any other cipher. The suite is fixed by
 //! the handshake and enters every key derivation and every frame's
 //! associated data. A frame whose suite byte differs from the negotiated
 //! one is refused ([`FrameError::SuiteMismatch`]); nothing ever falls back
@@ -83,13 +82,12 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 
-use aes_gcm::Aes256Gcm;
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::ChaCha20Poly1305;
+use hkdf::hmac::digest::KeyInit;
 use hkdf::hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::frame_cipher::FrameCipher;
 use crate::time::UnixTime;
 
 /// The frame format version this module writes and accepts.
@@ -105,7 +103,6 @@ pub const MAX_REPLAY_WINDOW: u64 = 4096;
 /// The largest plaintext a session seals or opens unless told otherwise.
 pub const DEFAULT_MAX_PLAINTEXT: usize = 1024 * 1024;
 
-const NONCE_LEN: usize = 12;
 const SESSION_ID_LABEL: &[u8] = b"openred/v1/session-id";
 const FRAME_KEY_LABEL: &[u8] = b"openred/v1/frame-key";
 const RATCHET_LABEL: &[u8] = b"openred/v1/epoch-ratchet";
@@ -516,63 +513,6 @@ fn hkdf_expand_32(prk: &[u8; 32], info: &[&[u8]]) -> Zeroizing<[u8; 32]> {
     parts.extend_from_slice(info);
     parts.push(&[1]);
     hmac_sha256(prk, &parts)
-}
-
-fn nonce(seq: u64) -> [u8; NONCE_LEN] {
-    let mut n = [0u8; NONCE_LEN];
-    for (dst, src) in n[4..].iter_mut().zip(seq.to_be_bytes()) {
-        *dst = src;
-    }
-    n
-}
-
-/// An AEAD instance for one epoch key. Both variants erase their key
-/// schedule on drop (chacha20poly1305 always; AES round keys and the GHASH
-/// key through the `zeroize` features of `aes` and `polyval`).
-enum FrameCipher {
-    ChaCha(ChaCha20Poly1305),
-    Aes(Box<Aes256Gcm>),
-}
-
-impl FrameCipher {
-    fn new(suite: Suite, key: &[u8; 32]) -> FrameCipher {
-        match suite {
-            Suite::ChaCha20Poly1305 => FrameCipher::ChaCha(ChaCha20Poly1305::new(key.into())),
-            Suite::Aes256Gcm => FrameCipher::Aes(Box::new(Aes256Gcm::new(key.into()))),
-        }
-    }
-
-    fn encrypt(
-        &self,
-        seq: u64,
-        aad: &[u8],
-        buffer: &mut [u8],
-    ) -> Result<[u8; TAG_LEN], aes_gcm::aead::Error> {
-        let nonce = nonce(seq);
-        let tag = match self {
-            FrameCipher::ChaCha(c) => c.encrypt_in_place_detached((&nonce).into(), aad, buffer)?,
-            FrameCipher::Aes(c) => c.encrypt_in_place_detached((&nonce).into(), aad, buffer)?,
-        };
-        Ok(tag.into())
-    }
-
-    fn decrypt(
-        &self,
-        seq: u64,
-        aad: &[u8],
-        buffer: &mut [u8],
-        tag: &[u8; TAG_LEN],
-    ) -> Result<(), aes_gcm::aead::Error> {
-        let nonce = nonce(seq);
-        match self {
-            FrameCipher::ChaCha(c) => {
-                c.decrypt_in_place_detached((&nonce).into(), aad, buffer, tag.into())
-            }
-            FrameCipher::Aes(c) => {
-                c.decrypt_in_place_detached((&nonce).into(), aad, buffer, tag.into())
-            }
-        }
-    }
 }
 
 /// An epoch's key, kept to ratchet forward, and its AEAD instance.
@@ -1815,9 +1755,7 @@ mod tests {
     #[test]
     fn key_material_is_erased_on_drop() {
         fn zeroizes_on_drop<T: zeroize::ZeroizeOnDrop>() {}
-        zeroizes_on_drop::<ChaCha20Poly1305>();
-        // Fails to compile unless the `zeroize` feature of `aes` is on.
-        zeroizes_on_drop::<aes::Aes256>();
+        zeroizes_on_drop::<FrameCipher>();
         zeroizes_on_drop::<Zeroizing<[u8; 32]>>();
     }
 }

@@ -575,19 +575,6 @@ async fn introduce(
         ));
     }
     state.limits.introduction(&from, &target)?;
-    // The nonce is kept until the request could no longer pass the
-    // freshness check, in the shared database, so no replica accepts it twice.
-    let claimed = state
-        .store
-        .claim_nonce(&from, &nonce, issued_at.plus(skew + 1), now)
-        .await
-        .map_err(|e| ApiError::internal("claiming a nonce", e))?;
-    if !claimed {
-        return Err(ApiError::conflict(
-            "nonce_replay",
-            "this request was seen already",
-        ));
-    }
     let (target_record, target_seen) = registered_with_last_seen(state, &target).await?;
     // A token carries the other node's record: never an expired one.
     for record in [&requester, &target_record] {
@@ -614,6 +601,19 @@ async fn introduce(
         getrandom::fill(buf).map_err(|e| ApiError::internal("randomness", e))?;
     }
     let expires_at = now.plus(state.config.introduction_ttl_s);
+    // The nonce is kept until the request could no longer pass the
+    // freshness check, in the shared database, so no replica accepts it
+    // twice. The claim runs as its own task while this one mints, so its
+    // commit and the public-key work overlap; nothing leaves the directory
+    // before the claim is known to have succeeded. A replay therefore costs
+    // one mint, no more: the request was authenticated and rate-limited
+    // before. If the caller goes away meanwhile, the claim still completes,
+    // which only uses up a nonce.
+    let claim = tokio::spawn({
+        let store = state.store.clone();
+        let nonce_expires = issued_at.plus(skew + 1);
+        async move { store.claim_nonce(&from, &nonce, nonce_expires, now).await }
+    });
     let pair = mint_pair(
         &state.key,
         &requester,
@@ -623,8 +623,18 @@ async fn introduce(
         now,
         expires_at,
         &mut SeededRng::new(*seed),
-    )
-    .map_err(|e| ApiError::internal("minting tokens", e))?;
+    );
+    let claimed = claim
+        .await
+        .map_err(|e| ApiError::internal("claiming a nonce", e))?
+        .map_err(|e| ApiError::internal("claiming a nonce", e))?;
+    if !claimed {
+        return Err(ApiError::conflict(
+            "nonce_replay",
+            "this request was seen already",
+        ));
+    }
+    let pair = pair.map_err(|e| ApiError::internal("minting tokens", e))?;
     let push = TokenPush {
         from: from.to_string(),
         token: b64_encode(pair.for_target.as_bytes()),
@@ -656,22 +666,29 @@ async fn registered(state: &AppState, node_id: &NodeId) -> Result<SignedRecord, 
         .map(|(r, _)| r)
 }
 
+/// A registered node's record and when it was last seen, from the lookup
+/// cache when it holds the node (the same freshness rules as lookups).
 async fn registered_with_last_seen(
     state: &AppState,
     node_id: &NodeId,
 ) -> Result<(SignedRecord, UnixTime), ApiError> {
+    if let Some(cached) = state.cache.get(node_id) {
+        return Ok((cached.record.clone(), cached.last_seen));
+    }
     let stored = state
         .store
         .node(node_id)
         .await
         .map_err(|e| ApiError::internal("looking up a node", e))?;
     match stored {
-        Some(crate::store::StoredNode {
-            record: Some(record),
-            last_seen,
-            ..
-        }) => Ok((record, last_seen)),
-        _ => Err(unknown(node_id)),
+        Some(node) => {
+            state.cache.put(&node);
+            match node.record {
+                Some(record) => Ok((record, node.last_seen)),
+                None => Err(unknown(node_id)),
+            }
+        }
+        None => Err(unknown(node_id)),
     }
 }
 

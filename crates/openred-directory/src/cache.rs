@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use openred_core::wire::b64_encode;
-use openred_core::{NodeId, UnixTime};
+use openred_core::{NodeId, SignedRecord, UnixTime};
 
 use crate::store::StoredNode;
 
@@ -28,6 +28,9 @@ pub struct CachedNode {
     pub expires_at: UnixTime,
     /// The record's `seq`.
     pub seq: u64,
+    /// The record itself, verified when it was decoded, so introductions
+    /// take it from here without a database read or a second verification.
+    pub record: SignedRecord,
     /// The JSON of its `NodeEntry` up to the status value:
     /// `{"node_id":…,"api_url":…,"last_seen":…,"record":…,"status":"`.
     json_prefix: String,
@@ -53,6 +56,7 @@ impl CachedNode {
             last_seen: node.last_seen,
             expires_at: r.expires_at,
             seq: r.seq,
+            record: record.clone(),
             json_prefix,
         })
     }

@@ -82,6 +82,9 @@ impl NodeSignature {
 pub struct NodeKeys {
     identity: IdentityKeypair,
     agreement: AgreementSecret,
+    /// Derived once: a scalar multiplication the handshake would otherwise
+    /// repeat on every call.
+    agreement_public: AgreementPublicKey,
 }
 
 impl NodeKeys {
@@ -102,10 +105,7 @@ impl NodeKeys {
         getrandom::fill(&mut agreement[..]).map_err(|e| IdentityError::Random(e.to_string()))?;
         write_key(&dir.join(IDENTITY_FILE), &identity)?;
         write_key(&dir.join(AGREEMENT_FILE), &agreement)?;
-        Ok(NodeKeys {
-            identity: IdentityKeypair::from_secret_bytes(&identity),
-            agreement: AgreementSecret::from_secret_bytes(*agreement),
-        })
+        Ok(NodeKeys::from_secrets(&identity, *agreement))
     }
 
     /// Loads the identity from `data_dir`.
@@ -116,17 +116,16 @@ impl NodeKeys {
         }
         let identity = read_key(&dir.join(IDENTITY_FILE))?;
         let agreement = read_key(&dir.join(AGREEMENT_FILE))?;
-        Ok(NodeKeys {
-            identity: IdentityKeypair::from_secret_bytes(&identity),
-            agreement: AgreementSecret::from_secret_bytes(*agreement),
-        })
+        Ok(NodeKeys::from_secrets(&identity, *agreement))
     }
 
     /// Keys from raw secrets, for tests and simulations.
     pub fn from_secrets(identity: &[u8; 32], agreement: [u8; 32]) -> NodeKeys {
+        let agreement = AgreementSecret::from_secret_bytes(agreement);
         NodeKeys {
             identity: IdentityKeypair::from_secret_bytes(identity),
-            agreement: AgreementSecret::from_secret_bytes(agreement),
+            agreement_public: agreement.public(),
+            agreement,
         }
     }
 
@@ -142,7 +141,7 @@ impl NodeKeys {
 
     /// The agreement public key.
     pub fn agreement_public(&self) -> AgreementPublicKey {
-        self.agreement.public()
+        self.agreement_public
     }
 
     /// Signs `message` as `kind`.

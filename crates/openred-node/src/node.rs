@@ -317,7 +317,9 @@ impl NodeState {
         peer_record
             .check_unexpired(now)
             .map_err(|_| NodeError::Malformed("a token carrying an expired peer record"))?;
-        if !self.store.remember_peer(&peer_record, now).await? {
+        // Checked now, written with the tombstone after the handshake: one
+        // commit for both.
+        if !self.store.is_current_peer_record(&peer_record).await? {
             return Err(NodeError::RolledBackRecord(peer.to_string()));
         }
         let context = HandshakeContext {
@@ -351,10 +353,6 @@ impl NodeState {
                 .await?,
             false,
         )?;
-        // Our own half is spent too, whatever happens next.
-        self.store
-            .tombstone(&intro.connection_id, intro.expires_at)
-            .await?;
         let reply = b64_decode(&answer.message).map_err(|_| NodeError::Malformed("the peer"))?;
         let result = pending.finish(&reply)?;
         let session = Session::new(
@@ -381,7 +379,20 @@ impl NodeState {
             last_activity: AtomicU64::new(now.0),
         });
         tracing::info!(%peer, session = %live.id(), suite = %result.suite, "session established (initiator)");
-        self.ping(&peer).await?;
+        // Our own half is spent too: its tombstone and the peer's record are
+        // committed while the first ping travels, and both must succeed
+        // before `connect` reports success.
+        let (stored, pinged) = tokio::join!(
+            self.store.record_introduction(
+                &intro.connection_id,
+                intro.expires_at,
+                &live.peer_record,
+                now
+            ),
+            self.ping(&peer)
+        );
+        stored?;
+        pinged?;
         Ok(Connected {
             session_id: live.id(),
             peer,

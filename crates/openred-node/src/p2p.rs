@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use openred_core::session::{FrameHeader, Role, Session};
-use openred_core::token::{Role as TokenRole, TokenEnvelope};
+use openred_core::token::{LinkVerifyingKey, Role as TokenRole, TokenEnvelope};
 use openred_core::wire::{
     b64_decode, b64_encode, reachability_message, HandshakeRequest, HandshakeResponse,
     ReachabilityChallenge, ReachabilityProof, TokenAccepted, TokenPush,
@@ -144,28 +144,16 @@ async fn receive_token(
             "this node accepts introductions from known peers only",
         ));
     }
-    // A record older than one already seen means a directory replaying
-    // stale data: refuse the introduction.
-    if !state
-        .store
-        .remember_peer(&opened.peer_record, now)
-        .await
-        .map_err(internal)?
-    {
-        return Err(ApiError::conflict(
-            "stale_peer_record",
-            "the initiator's record is older than one this node has seen",
-        ));
-    }
     let connection_id = envelope.connection_id();
     let stored = StoredToken {
         initiator: intro.initiator,
         expires_at: intro.expires_at,
-        envelope: envelope.as_bytes().to_vec(),
+        link_public: opened.link.verifying_bytes(),
+        initiator_record: opened.peer_record,
     };
     match state
         .store
-        .put_token(&connection_id, &stored)
+        .accept_token(&connection_id, &stored, now)
         .await
         .map_err(internal)?
     {
@@ -176,7 +164,15 @@ async fn receive_token(
                 "this connection ID was used already",
             ))
         }
-        _ => {
+        // A record older than one already seen means a directory replaying
+        // stale data: refuse the introduction.
+        TokenState::StalePeerRecord => {
+            return Err(ApiError::conflict(
+                "stale_peer_record",
+                "the initiator's record is older than one this node has seen",
+            ))
+        }
+        TokenState::Duplicate | TokenState::Unknown => {
             return Err(ApiError::conflict(
                 "duplicate_token",
                 "this token was received already",
@@ -231,24 +227,14 @@ async fn handshake_route(
     let message = b64_decode(&body.message)
         .map_err(|_| ApiError::bad_request("bad_message", "message is not base64url"))?;
     let offer = handshake::parse_offer(&body.suites).map_err(handshake_error)?;
-    let envelope = TokenEnvelope::decode(&token.envelope)
+    let link = LinkVerifyingKey::from_bytes(&token.link_public)
         .map_err(|e| ApiError::internal("stored token", e))?;
-    let me = state.keys.node_id();
-    let opened = envelope
-        .open(&me, &state.keys.agreement_secret())
-        .map_err(|e| ApiError::internal("stored token", e))?;
-    let initiator_record = opened.peer_record.clone();
-    let openred_core::token::LinkKey::Verifying(link) = &opened.link else {
-        return Err(ApiError::internal(
-            "stored token",
-            "a target token without the verifying half",
-        ));
-    };
+    let initiator_record = token.initiator_record;
     let context = HandshakeContext {
         connection_id,
         initiator: token.initiator,
-        target: me,
-        link_public: opened.link.verifying_bytes(),
+        target: state.keys.node_id(),
+        link_public: token.link_public,
         offer,
     };
     let (result, reply) = handshake::respond(

@@ -1,5 +1,10 @@
 //! The node's database (SQLite, WAL, `synchronous = FULL`): received
-//! tokens, tombstones, known peers and settings. Sessions are not stored:
+//! tokens, tombstones, known peers and settings.
+//!
+//! Every write goes through one connection (a pool of one), reads through
+//! a pool of four: concurrent writers then queue in the async pool instead
+//! of meeting SQLite's busy handler, which waits by sleeping 1 to 100 ms
+//! (the tail measured in docs/BENCHMARKS.md). Sessions are not stored:
 //! after a restart they are re-established by new handshakes, never by
 //! reusing persisted send keys, so no nonce can repeat.
 
@@ -38,23 +43,31 @@ pub enum TokenState {
     Duplicate,
     /// No such token.
     Unknown,
+    /// The token carries a record of its initiator older than one this
+    /// node has seen: a directory replaying stale data.
+    StalePeerRecord,
 }
 
-/// A stored token.
+/// A received token, as opened: what the handshake needs of it.
 #[derive(Debug, Clone)]
 pub struct StoredToken {
     /// The node that will start the handshake.
     pub initiator: NodeId,
     /// When the token expires.
     pub expires_at: UnixTime,
-    /// The directory-signed envelope.
-    pub envelope: Vec<u8>,
+    /// The initiator's signed record, carried by the token.
+    pub initiator_record: SignedRecord,
+    /// The public half of the link key: verifies the initiator's proof.
+    pub link_public: [u8; 32],
 }
 
 /// The node database.
 #[derive(Debug, Clone)]
 pub struct NodeStore {
+    /// Reads.
     pool: SqlitePool,
+    /// Writes: one connection.
+    writer: SqlitePool,
 }
 
 impl NodeStore {
@@ -65,24 +78,31 @@ impl NodeStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        MIGRATIONS.run(&writer).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
             .await?;
-        MIGRATIONS.run(&pool).await?;
-        Ok(NodeStore { pool })
+        Ok(NodeStore { pool, writer })
     }
 
-    /// Stores a received token unless its connection ID is tombstoned or
-    /// already waiting.
-    pub async fn put_token(
+    /// Stores a received token and remembers its initiator's record, in
+    /// one transaction: `Used` if the connection ID is tombstoned,
+    /// `Duplicate` if a token with it waits already, `StalePeerRecord` if
+    /// the record is older than one seen (nothing is written then).
+    pub async fn accept_token(
         &self,
         connection_id: &[u8; 16],
         token: &StoredToken,
+        now: UnixTime,
     ) -> Result<TokenState, StoreError> {
         // IMMEDIATE takes the write lock first: a deferred transaction that
         // reads then writes fails at once with SQLITE_BUSY under concurrency.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let dead = sqlx::query("SELECT 1 FROM tombstones WHERE connection_id = ?")
             .bind(&connection_id[..])
             .fetch_optional(&mut *tx)
@@ -90,22 +110,25 @@ impl NodeStore {
         if dead.is_some() {
             return Ok(TokenState::Used);
         }
+        if !upsert_peer(&mut tx, &token.initiator_record, now).await? {
+            return Ok(TokenState::StalePeerRecord);
+        }
         let inserted = sqlx::query(
-            "INSERT INTO tokens (connection_id, initiator, expires_at, envelope) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (connection_id) DO NOTHING",
+            "INSERT INTO tokens (connection_id, initiator, expires_at, initiator_record, link_public) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (connection_id) DO NOTHING",
         )
         .bind(&connection_id[..])
         .bind(&token.initiator.as_bytes()[..])
         .bind(to_i64(token.expires_at.0)?)
-        .bind(&token.envelope)
+        .bind(token.initiator_record.as_bytes())
+        .bind(&token.link_public[..])
         .execute(&mut *tx)
         .await?;
+        if inserted.rows_affected() != 1 {
+            return Ok(TokenState::Duplicate);
+        }
         tx.commit().await?;
-        Ok(if inserted.rows_affected() == 1 {
-            TokenState::Ok
-        } else {
-            TokenState::Duplicate
-        })
+        Ok(TokenState::Ok)
     }
 
     /// Looks a token up without taking it: done before any public-key
@@ -118,7 +141,7 @@ impl NodeStore {
         // the one and writes the other in one transaction, so in this order a
         // concurrent burn can never make a used ID look unknown.
         let row = sqlx::query(
-            "SELECT initiator, expires_at, envelope FROM tokens WHERE connection_id = ?",
+            "SELECT initiator, expires_at, initiator_record, link_public FROM tokens WHERE connection_id = ?",
         )
         .bind(&connection_id[..])
         .fetch_optional(&self.pool)
@@ -144,7 +167,7 @@ impl NodeStore {
     /// transaction. Exactly one caller gets `Ok` for a connection ID; every
     /// later one gets `Used` or `Unknown`.
     pub async fn burn_token(&self, connection_id: &[u8; 16]) -> Result<TokenState, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let row = sqlx::query("DELETE FROM tokens WHERE connection_id = ? RETURNING expires_at")
             .bind(&connection_id[..])
             .fetch_optional(&mut *tx)
@@ -168,19 +191,40 @@ impl NodeStore {
         })
     }
 
-    /// Writes a tombstone for a connection ID (e.g. the initiator's own
-    /// token once used), until `expires_at`.
-    pub async fn tombstone(
+    /// The initiator's side of a used introduction, in one transaction: a
+    /// tombstone for its connection ID until `expires_at`, and the peer's
+    /// record if it is at least as new as the one known. Returns whether
+    /// the record was stored (`false`: a newer one arrived meanwhile).
+    pub async fn record_introduction(
         &self,
         connection_id: &[u8; 16],
         expires_at: UnixTime,
+        peer_record: &SignedRecord,
+        now: UnixTime,
     ) -> Result<bool, StoreError> {
-        let r = sqlx::query("INSERT INTO tombstones (connection_id, expires_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
+        let mut tx = self.writer.begin().await?;
+        sqlx::query("INSERT INTO tombstones (connection_id, expires_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
             .bind(&connection_id[..])
             .bind(to_i64(expires_at.0)?)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(r.rows_affected() == 1)
+        let stored = upsert_peer(&mut tx, peer_record, now).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    /// Whether `record` is at least as new as the highest record known for
+    /// its node (a read: nothing is written).
+    pub async fn is_current_peer_record(&self, record: &SignedRecord) -> Result<bool, StoreError> {
+        let r = record.record();
+        let row = sqlx::query("SELECT seq FROM peers WHERE node_id = ?")
+            .bind(&r.node_id.as_bytes()[..])
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => to_i64(r.seq)? >= row.try_get::<i64, _>("seq")?,
+            None => true,
+        })
     }
 
     /// Deletes expired tokens and tombstones. Returns how many of each.
@@ -188,12 +232,12 @@ impl NodeStore {
         let now = to_i64(now.0)?;
         let tokens = sqlx::query("DELETE FROM tokens WHERE expires_at <= ?")
             .bind(now)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?
             .rows_affected();
         let tombstones = sqlx::query("DELETE FROM tombstones WHERE expires_at <= ?")
             .bind(now)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?
             .rows_affected();
         Ok((tokens, tombstones))
@@ -207,19 +251,8 @@ impl NodeStore {
         record: &SignedRecord,
         now: UnixTime,
     ) -> Result<bool, StoreError> {
-        let r = record.record();
-        let result = sqlx::query(
-            "INSERT INTO peers (node_id, seq, record, updated_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (node_id) DO UPDATE SET seq = excluded.seq, record = excluded.record, \
-             updated_at = excluded.updated_at WHERE peers.seq <= excluded.seq",
-        )
-        .bind(&r.node_id.as_bytes()[..])
-        .bind(to_i64(r.seq)?)
-        .bind(record.as_bytes())
-        .bind(to_i64(now.0)?)
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected() == 1)
+        let mut conn = self.writer.acquire().await?;
+        upsert_peer(&mut conn, record, now).await
     }
 
     /// The highest record seen for a peer.
@@ -264,7 +297,7 @@ impl NodeStore {
         sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
             .bind(key)
             .bind(value)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -272,7 +305,7 @@ impl NodeStore {
     /// Reserves the next record seq: persisted before use, so a restart
     /// never signs two records with one seq.
     pub async fn next_record_seq(&self, now: UnixTime) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query("SELECT value FROM settings WHERE key = 'record_seq'")
             .fetch_optional(&mut *tx)
             .await?;
@@ -297,10 +330,33 @@ impl NodeStore {
         Ok(next)
     }
 
-    /// Closes the pool.
+    /// Closes the pools.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
+}
+
+/// Stores a peer's record if its seq is at least the highest seen; `false`
+/// (nothing written) for an older one.
+async fn upsert_peer(
+    conn: &mut sqlx::SqliteConnection,
+    record: &SignedRecord,
+    now: UnixTime,
+) -> Result<bool, StoreError> {
+    let r = record.record();
+    let result = sqlx::query(
+        "INSERT INTO peers (node_id, seq, record, updated_at) VALUES (?, ?, ?, ?) \
+         ON CONFLICT (node_id) DO UPDATE SET seq = excluded.seq, record = excluded.record, \
+         updated_at = excluded.updated_at WHERE peers.seq <= excluded.seq",
+    )
+    .bind(&r.node_id.as_bytes()[..])
+    .bind(to_i64(r.seq)?)
+    .bind(record.as_bytes())
+    .bind(to_i64(now.0)?)
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected() == 1)
 }
 
 fn decode_token(row: &sqlx::sqlite::SqliteRow) -> Result<StoredToken, StoreError> {
@@ -309,12 +365,18 @@ fn decode_token(row: &sqlx::sqlite::SqliteRow) -> Result<StoredToken, StoreError
         .try_into()
         .map_err(|_| StoreError::Corrupt("token initiator".into()))?;
     let expires_at: i64 = row.try_get("expires_at")?;
+    let record: Vec<u8> = row.try_get("initiator_record")?;
+    let link_public: Vec<u8> = row.try_get("link_public")?;
     Ok(StoredToken {
         initiator: NodeId::from_bytes(initiator),
         expires_at: UnixTime(
             u64::try_from(expires_at).map_err(|_| StoreError::Corrupt("expiry".into()))?,
         ),
-        envelope: row.try_get("envelope")?,
+        initiator_record: SignedRecord::decode(&record)
+            .map_err(|e| StoreError::Corrupt(format!("token initiator record: {e}")))?,
+        link_public: link_public
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("token link key".into()))?,
     })
 }
 
@@ -331,27 +393,105 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = NodeStore::open(&dir.path().join("node.db")).await.unwrap();
         let id = [7u8; 16];
-        let token = StoredToken {
-            initiator: NodeId::from_bytes([1; 32]),
-            expires_at: UnixTime(100),
-            envelope: vec![1, 2, 3],
-        };
-        assert_eq!(store.put_token(&id, &token).await.unwrap(), TokenState::Ok);
+        let token = token(record(5));
+        let now = UnixTime(10);
         assert_eq!(
-            store.put_token(&id, &token).await.unwrap(),
+            store.accept_token(&id, &token, now).await.unwrap(),
+            TokenState::Ok
+        );
+        assert_eq!(
+            store.accept_token(&id, &token, now).await.unwrap(),
             TokenState::Duplicate
         );
-        assert_eq!(store.token(&id).await.unwrap().0, TokenState::Ok);
+        let (state, stored) = store.token(&id).await.unwrap();
+        assert_eq!(state, TokenState::Ok);
+        let stored = stored.unwrap();
+        assert_eq!(
+            stored.initiator_record.as_bytes(),
+            token.initiator_record.as_bytes()
+        );
+        assert_eq!(stored.link_public, token.link_public);
         assert_eq!(store.burn_token(&id).await.unwrap(), TokenState::Ok);
         assert_eq!(store.burn_token(&id).await.unwrap(), TokenState::Unknown);
         assert_eq!(store.token(&id).await.unwrap().0, TokenState::Used);
         assert_eq!(
-            store.put_token(&id, &token).await.unwrap(),
+            store.accept_token(&id, &token, now).await.unwrap(),
             TokenState::Used
         );
         // The tombstone lasts until the token's expiry, then goes.
         assert_eq!(store.purge_expired(UnixTime(99)).await.unwrap(), (0, 0));
         assert_eq!(store.purge_expired(UnixTime(100)).await.unwrap(), (0, 1));
+    }
+
+    fn record(seq: u64) -> SignedRecord {
+        openred_core::NodeRecord::sign(
+            &openred_core::IdentityKeypair::from_secret_bytes(&[1; 32]),
+            openred_core::AgreementSecret::from_secret_bytes([2; 32]).public(),
+            openred_core::ApiUrl::parse_origin("http://127.0.0.1:9").unwrap(),
+            seq,
+            UnixTime(1),
+            UnixTime(1000),
+        )
+    }
+
+    fn token(record: SignedRecord) -> StoredToken {
+        StoredToken {
+            initiator: record.record().node_id,
+            expires_at: UnixTime(100),
+            initiator_record: record,
+            link_public: [3; 32],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_with_a_rolled_back_record_is_refused_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = NodeStore::open(&dir.path().join("node.db")).await.unwrap();
+        let now = UnixTime(10);
+        assert_eq!(
+            store
+                .accept_token(&[1; 16], &token(record(7)), now)
+                .await
+                .unwrap(),
+            TokenState::Ok
+        );
+        assert_eq!(
+            store
+                .accept_token(&[2; 16], &token(record(6)), now)
+                .await
+                .unwrap(),
+            TokenState::StalePeerRecord
+        );
+        assert_eq!(store.token(&[2; 16]).await.unwrap().0, TokenState::Unknown);
+        let known = store
+            .peer(&record(7).record().node_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(known.record().seq, 7);
+        assert!(!store.is_current_peer_record(&record(6)).await.unwrap());
+        assert!(store.is_current_peer_record(&record(7)).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_initiator_records_its_tombstone_and_the_peer_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = NodeStore::open(&dir.path().join("node.db")).await.unwrap();
+        let id = [9u8; 16];
+        assert!(store
+            .record_introduction(&id, UnixTime(100), &record(4), UnixTime(10))
+            .await
+            .unwrap());
+        assert_eq!(store.token(&id).await.unwrap().0, TokenState::Used);
+        assert_eq!(store.peers().await.unwrap().len(), 1);
+        // A newer record known meanwhile stays; the tombstone is written.
+        store.remember_peer(&record(8), UnixTime(11)).await.unwrap();
+        assert!(!store
+            .record_introduction(&[10; 16], UnixTime(100), &record(5), UnixTime(12))
+            .await
+            .unwrap());
+        assert_eq!(store.token(&[10; 16]).await.unwrap().0, TokenState::Used);
+        assert_eq!(store.peers().await.unwrap()[0].record().seq, 8);
     }
 
     #[tokio::test]

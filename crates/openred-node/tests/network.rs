@@ -41,10 +41,11 @@ const RECEIVE: &str = "/api/v3/tokens/receive";
 const REQUEST_CONNECTION: &str = "/api/v3/tokens/request-connection";
 const REGISTER: &str = "/api/v3/nodes/register";
 
-/// token_b as the target stored it (captured to replay it).
-async fn stored_token(node: &NodeState, connection_id: &[u8; 16]) -> Vec<u8> {
+/// token_b as the directory pushed it to `node` (captured to replay it),
+/// after checking that `node` stored it.
+async fn stored_token(net: &Network, node: &NodeState, connection_id: &[u8; 16]) -> Vec<u8> {
     match node.store().token(connection_id).await.unwrap() {
-        (TokenState::Ok, Some(token)) => token.envelope,
+        (TokenState::Ok, Some(_)) => net.pushed_token(connection_id),
         other => panic!("no token waits for this connection: {other:?}"),
     }
 }
@@ -234,7 +235,7 @@ async fn a_replayed_token_push_then_a_replayed_handshake_are_refused() {
 
     let intro = introduce(&a, b.id(), net.now()).await;
     // Intercept token_b as the directory pushed it.
-    let token_b = stored_token(&b, &intro.connection_id).await;
+    let token_b = stored_token(&net, &b, &intro.connection_id).await;
     let push = push_body(&a.id(), &token_b);
     // While it waits, a second copy is a duplicate.
     assert_refused(
@@ -361,7 +362,7 @@ async fn a_token_addressed_to_another_node_is_refused() {
 
     // token_b meant for C, directory-signed and genuine, pushed to B.
     let to_c = introduce(&a, c.id(), net.now()).await;
-    let token_for_c = stored_token(&c, &to_c.connection_id).await;
+    let token_for_c = stored_token(&net, &c, &to_c.connection_id).await;
     let answer = post_json(
         &net.http,
         &b.p2p(RECEIVE),
@@ -385,7 +386,7 @@ async fn a_token_addressed_to_another_node_is_refused() {
 
     // B's own token with a `from` that is not its initiator.
     let to_b = introduce(&a, b.id(), net.now()).await;
-    let token_b = stored_token(&b, &to_b.connection_id).await;
+    let token_b = stored_token(&net, &b, &to_b.connection_id).await;
     let answer = post_json(&net.http, &b.p2p(RECEIVE), &push_body(&c.id(), &token_b)).await;
     assert_refused(&answer, 400, "from_mismatch");
 
@@ -455,7 +456,7 @@ async fn an_expired_token_is_refused_for_the_handshake_and_for_a_push() {
 
     let intro = introduce(&a, b.id(), net.now()).await;
     assert_eq!(intro.expires_at, net.now().plus(120));
-    let token_b = stored_token(&b, &intro.connection_id).await;
+    let token_b = stored_token(&net, &b, &intro.connection_id).await;
 
     net.clock.advance(121);
     let (_, request) = genuine_message_1(&a, &intro);
@@ -481,7 +482,7 @@ async fn a_token_push_not_signed_by_the_directory_is_refused() {
     let b = net.node("b").await;
 
     let intro = introduce(&a, b.id(), net.now()).await;
-    let token_b = stored_token(&b, &intro.connection_id).await;
+    let token_b = stored_token(&net, &b, &intro.connection_id).await;
 
     // One bit of the directory's signature flipped.
     let mut bad_signature = token_b.clone();
@@ -1285,16 +1286,26 @@ async fn the_node_store_accepts_concurrent_tokens_and_seq_reservations() {
     let dir = tempfile::tempdir().unwrap();
     let store = NodeStore::open(&dir.path().join("node.db")).await.unwrap();
     let mut puts = tokio::task::JoinSet::new();
+    let initiator = IdentityKeypair::from_secret_bytes(&[1; 32]);
+    let record = NodeRecord::sign(
+        &initiator,
+        AgreementSecret::from_secret_bytes([2; 32]).public(),
+        ApiUrl::parse_origin("http://127.0.0.1:9").unwrap(),
+        1,
+        UnixTime(1),
+        UnixTime(1000),
+    );
     for i in 0..24u8 {
         let store = store.clone();
+        let token = StoredToken {
+            initiator: initiator.node_id(),
+            expires_at: UnixTime(100),
+            initiator_record: record.clone(),
+            link_public: [i; 32],
+        };
         puts.spawn(async move {
-            let token = StoredToken {
-                initiator: NodeId::from_bytes([1; 32]),
-                expires_at: UnixTime(100),
-                envelope: vec![i],
-            };
             store
-                .put_token(&[i; 16], &token)
+                .accept_token(&[i; 16], &token, UnixTime(5))
                 .await
                 .map_err(|e| e.to_string())
         });

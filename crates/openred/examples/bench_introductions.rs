@@ -466,11 +466,9 @@ async fn split(
     let connection_id = envelope_a.connection_id();
     let (_, stored) = b.store().token(&connection_id).await?;
     let stored = stored.context("token_b not in B's store")?;
-    let envelope_b = openred_core::token::TokenEnvelope::decode(&stored.envelope)?;
-    let opened_b = envelope_b.open(&peer, &b.keys().agreement_secret())?;
-    let (LinkKey::Signing(sign), LinkKey::Verifying(verify)) = (&opened_a.link, &opened_b.link)
-    else {
-        bail!("unexpected link key halves");
+    let verify = openred_core::token::LinkVerifyingKey::from_bytes(&stored.link_public)?;
+    let LinkKey::Signing(sign) = &opened_a.link else {
+        bail!("unexpected link key half");
     };
     let context = HandshakeContext {
         connection_id,
@@ -480,7 +478,7 @@ async fn split(
         offer: a.config().suites.clone(),
     };
     let b_record_key = opened_a.peer_record.record().agreement_key.0;
-    let a_record_key = opened_b.peer_record.record().agreement_key.0;
+    let a_record_key = stored.initiator_record.record().agreement_key.0;
     let mut hs = Vec::with_capacity(n);
     for _ in 0..n {
         let now = SystemClock.now();
@@ -526,8 +524,9 @@ async fn split(
         }
     }
 
-    // 4. One SQLite write on a node (WAL, synchronous = FULL): a tombstone
-    // for a connection ID no token uses.
+    // 4. One SQLite commit on a node (WAL, synchronous = FULL): the
+    // initiator's tombstone and peer record, for a connection ID no token
+    // uses.
     let mut write = Vec::with_capacity(n);
     for i in 0..n {
         let (a, _) = pair(i);
@@ -536,7 +535,9 @@ async fn split(
         cid[8..].copy_from_slice(b"bench-wr");
         let expires = SystemClock.now().plus(300);
         let t0 = Instant::now();
-        a.store().tombstone(&cid, expires).await?;
+        a.store()
+            .record_introduction(&cid, expires, &opened_a.peer_record, SystemClock.now())
+            .await?;
         write.push(t0.elapsed());
     }
 
@@ -552,11 +553,34 @@ async fn split(
         ping.push(a.ping(&b.node_id()).await?);
     }
 
+    // 6. The transport alone: a GET of B's health endpoint through A's
+    // outbound client, the floor under each of the 4 requests.
+    let mut http = Vec::with_capacity(n);
+    for i in 0..n {
+        let (a, b) = pair(i);
+        let url = a
+            .store()
+            .peer(&b.node_id())
+            .await?
+            .context("B is a known peer")?
+            .record()
+            .api_url
+            .clone();
+        pacer.wait().await;
+        let t0 = Instant::now();
+        let response = a.outbound().get(&url, "/api/v3/health").await?;
+        http.push(t0.elapsed());
+        if !response.is_success() {
+            bail!("health answered {}", response.status);
+        }
+    }
+
     Ok(vec![
         ("directory round trip (+ push to B)", "directory", directory),
         ("HPKE open of token_a", "token_open", open),
         ("handshake computation (A+B)", "handshake_cpu", hs),
         ("one SQLite write (node)", "sqlite_write", write),
         ("encrypted ping round trip", "ping", ping),
+        ("plain HTTP round trip (GET health)", "http_rtt", http),
     ])
 }

@@ -15,11 +15,14 @@ use openred_core::id::Fingerprint;
 use openred_core::session::{EpochConfig, Role, Session, Suite};
 use openred_core::token::{LinkKey, LinkSigningKey, OpenedToken, Role as TokenRole, TokenEnvelope};
 use openred_core::wire::{b64_decode, b64_encode, HandshakeRequest};
+use openred_core::wire::{ReachabilityChallenge, ReachabilityProof, TokenPush};
 use openred_core::{
     AgreementSecret, ApiUrl, Clock, IdentityKeypair, IdentityPublicKey, ManualClock, NodeId,
     UnixTime,
 };
+use openred_directory::transport::{BoxFuture, NodeTransport, OutboundTransport, Unreachable};
 use openred_directory::{Config as DirectoryConfig, Directory};
+use openred_http::{OutboundClient, OutboundConfig};
 use openred_node::error::NodeError;
 use openred_node::handshake::{self, HandshakeContext, InitiatorHandshake};
 use openred_node::{Node, NodeConfig, NodeKeys, NodeState};
@@ -162,8 +165,37 @@ pub fn assert_peer_refused<T: Debug>(result: Result<T, NodeError>, status: u16, 
     }
 }
 
+/// The directory's real transport, keeping a copy of every token it
+/// pushes: how a test intercepts token_b on its way, to replay or alter it.
+struct Recording {
+    inner: OutboundTransport,
+    pushed: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl NodeTransport for Recording {
+    fn challenge<'a>(
+        &'a self,
+        url: &'a ApiUrl,
+        body: &'a ReachabilityChallenge,
+    ) -> BoxFuture<'a, Result<ReachabilityProof, Unreachable>> {
+        self.inner.challenge(url, body)
+    }
+
+    fn push_token<'a>(
+        &'a self,
+        url: &'a ApiUrl,
+        body: &'a TokenPush,
+    ) -> BoxFuture<'a, Result<(), Unreachable>> {
+        if let Ok(bytes) = b64_decode(&body.token) {
+            self.pushed.lock().unwrap().push(bytes);
+        }
+        self.inner.push_token(url, body)
+    }
+}
+
 /// A directory on 127.0.0.1 and the clock it shares with its nodes.
 pub struct Network {
+    recording: Arc<Recording>,
     pub clock: Arc<ManualClock>,
     /// `http://127.0.0.1:PORT`.
     pub directory_base: String,
@@ -191,9 +223,23 @@ impl Network {
         config.danger_allow_private_addresses = true;
         config.rate_limits.enabled = false;
         tweak(&mut config);
-        let directory = Directory::open(config, clock.clone() as Arc<dyn Clock>)
-            .await
-            .unwrap();
+        let recording = Arc::new(Recording {
+            inner: OutboundTransport(
+                OutboundClient::new(OutboundConfig {
+                    allow_private: true,
+                    ..OutboundConfig::default()
+                })
+                .unwrap(),
+            ),
+            pushed: std::sync::Mutex::new(Vec::new()),
+        });
+        let directory = Directory::open_with_transport(
+            config,
+            clock.clone() as Arc<dyn Clock>,
+            recording.clone() as Arc<dyn NodeTransport>,
+        )
+        .await
+        .unwrap();
         let fingerprint = directory.fingerprint();
         let directory_key = directory.public_key();
         let (stop_directory, mut stop) = watch::channel(false);
@@ -202,6 +248,7 @@ impl Network {
         }));
         let directory_base = format!("http://{address}");
         Network {
+            recording,
             directory_url: ApiUrl::parse_origin(&directory_base).unwrap(),
             directory_base,
             clock,
@@ -211,6 +258,20 @@ impl Network {
             stop_directory,
             root,
         }
+    }
+
+    /// token_b of `connection_id`, exactly as the directory pushed it.
+    pub fn pushed_token(&self, connection_id: &[u8; 16]) -> Vec<u8> {
+        self.recording
+            .pushed
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|bytes| {
+                TokenEnvelope::decode(bytes).is_ok_and(|e| e.connection_id() == *connection_id)
+            })
+            .cloned()
+            .expect("the directory pushed a token for this connection")
     }
 
     /// The network's time.
