@@ -3,8 +3,9 @@
 #
 #  1. introduction latency: a directory and NODES nodes in one process on
 #     loopback, COUNT introductions, each timed from `NodeState::connect`
-#     (request-connection) to the session confirmed by the first encrypted
-#     ping (crates/openred/examples/bench_introductions.rs);
+#     (request-connection) to the session established, and to the session
+#     confirmed by the first encrypted ping
+#     (crates/openred/examples/bench_introductions.rs);
 #  2. session frame throughput, seal + open at 1 KiB and 64 KiB for
 #     ChaCha20-Poly1305 and AES-256-GCM, next to `openssl speed -aead` for
 #     the same AEADs, run by the same bench binary in the same run
@@ -118,6 +119,8 @@ row "introduction p90 (ms)" "$(get "$WORK/intro.tsv" p90_ms)"
 row "introduction p99 (ms)" "$p99" "<= 15" "$(verdict "$p99" '<=' 15)"
 row "introduction max (ms)" "$(get "$WORK/intro.tsv" max_ms)"
 row "introduction mean (ms)" "$(get "$WORK/intro.tsv" mean_ms)"
+row "introduction + confirming ping p50 (ms)" "$(get "$WORK/intro.tsv" confirmed_p50_ms)"
+row "introduction + confirming ping p99 (ms)" "$(get "$WORK/intro.tsv" confirmed_p99_ms)"
 row "introductions/s (one at a time)" "$(get "$WORK/intro.tsv" per_s)"
 row "CPU per introduction, whole process (ms)" "$(get "$WORK/intro.tsv" cpu_ms)"
 if [ -s "$WORK/intro-tmpfs.tsv" ]; then
@@ -125,7 +128,7 @@ if [ -s "$WORK/intro-tmpfs.tsv" ]; then
     row "introduction p99, SQLite on tmpfs (ms)" "$(get "$WORK/intro-tmpfs.tsv" p99_ms)"
     row "CPU per introduction, SQLite on tmpfs (ms)" "$(get "$WORK/intro-tmpfs.tsv" cpu_ms)"
 fi
-for part in directory token_open handshake_cpu sqlite_write ping; do
+for part in directory token_open handshake_cpu sqlite_write ping http_rtt; do
     v=$(get "$WORK/intro.tsv" "split_${part}_p50_ms")
     [ -n "$v" ] && row "  part p50: $part (ms)" "$v"
 done

@@ -528,7 +528,7 @@ pub async fn request_connection(
 }
 
 async fn introduce(
-    state: &AppState,
+    state: &Arc<AppState>,
     client: IpAddr,
     body: Result<Json<ConnectionRequest>, JsonRejection>,
 ) -> Result<ConnectionResponse, ApiError> {
@@ -603,30 +603,32 @@ async fn introduce(
     let expires_at = now.plus(state.config.introduction_ttl_s);
     // The nonce is kept until the request could no longer pass the
     // freshness check, in the shared database, so no replica accepts it
-    // twice. The claim runs as its own task while this one mints, so its
-    // commit and the public-key work overlap; nothing leaves the directory
-    // before the claim is known to have succeeded. A replay therefore costs
-    // one mint, no more: the request was authenticated and rate-limited
-    // before. If the caller goes away meanwhile, the claim still completes,
-    // which only uses up a nonce.
-    let claim = tokio::spawn({
-        let store = state.store.clone();
-        let nonce_expires = issued_at.plus(skew + 1);
-        async move { store.claim_nonce(&from, &nonce, nonce_expires, now).await }
+    // twice. The pair is minted on a blocking thread while this task waits
+    // for the claim's commit, so the public-key work and the commit
+    // overlap; nothing leaves the directory before the claim has
+    // succeeded. A replay therefore costs one mint, no more: the request
+    // was authenticated and rate-limited before.
+    let mint = tokio::task::spawn_blocking({
+        let state = state.clone();
+        let requester = requester.clone();
+        let target_record = target_record.clone();
+        move || {
+            mint_pair(
+                &state.key,
+                &requester,
+                &target_record,
+                connection_id,
+                *link_secret,
+                now,
+                expires_at,
+                &mut SeededRng::new(*seed),
+            )
+        }
     });
-    let pair = mint_pair(
-        &state.key,
-        &requester,
-        &target_record,
-        connection_id,
-        *link_secret,
-        now,
-        expires_at,
-        &mut SeededRng::new(*seed),
-    );
-    let claimed = claim
+    let claimed = state
+        .store
+        .claim_nonce(&from, &nonce, issued_at.plus(skew + 1), now)
         .await
-        .map_err(|e| ApiError::internal("claiming a nonce", e))?
         .map_err(|e| ApiError::internal("claiming a nonce", e))?;
     if !claimed {
         return Err(ApiError::conflict(
@@ -634,7 +636,10 @@ async fn introduce(
             "this request was seen already",
         ));
     }
-    let pair = pair.map_err(|e| ApiError::internal("minting tokens", e))?;
+    let pair = mint
+        .await
+        .map_err(|e| ApiError::internal("minting tokens", e))?
+        .map_err(|e| ApiError::internal("minting tokens", e))?;
     let push = TokenPush {
         from: from.to_string(),
         token: b64_encode(pair.for_target.as_bytes()),

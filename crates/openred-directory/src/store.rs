@@ -118,6 +118,9 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(if sqlite { 4 } else { 16 })
             .acquire_timeout(Duration::from_secs(10))
+            // A ping before every acquire is a round trip to the connection's
+            // worker thread; a local SQLite file has no connection to lose.
+            .test_before_acquire(!sqlite)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if sqlite {

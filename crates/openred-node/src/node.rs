@@ -69,8 +69,11 @@ pub struct Connected {
     pub session_id: SessionId,
     /// The peer.
     pub peer: NodeId,
+    /// From asking the directory to the session being established: B has
+    /// answered message 2, and A has checked it and installed the session.
+    pub established: Duration,
     /// From asking the directory to the session being confirmed by the
-    /// first authenticated frame.
+    /// first authenticated frame (the ping) and A's records committed.
     pub elapsed: Duration,
 }
 
@@ -317,8 +320,8 @@ impl NodeState {
         peer_record
             .check_unexpired(now)
             .map_err(|_| NodeError::Malformed("a token carrying an expired peer record"))?;
-        // Checked now, written with the tombstone after the handshake: one
-        // commit for both.
+        // Checked now, written with the tombstone while message 1 travels:
+        // one commit for both, off the critical path.
         if !self.store.is_current_peer_record(&peer_record).await? {
             return Err(NodeError::RolledBackRecord(peer.to_string()));
         }
@@ -347,12 +350,21 @@ impl NodeState {
             suites: self.config.suites.iter().map(|s| s.id()).collect(),
             message: b64_encode(&message),
         };
-        let answer: HandshakeResponse = expect_ok(
+        // Our own half is spent the moment message 1 leaves: its tombstone
+        // and the peer's record are committed while the request travels,
+        // and both must succeed before `connect` reports anything.
+        let (answer, stored) = tokio::join!(
             self.outbound
-                .post_json(&peer_record.record().api_url, "/p2p/handshake", &request)
-                .await?,
-            false,
-        )?;
+                .post_json(&peer_record.record().api_url, "/p2p/handshake", &request),
+            self.store.record_introduction(
+                &intro.connection_id,
+                intro.expires_at,
+                &peer_record,
+                now
+            )
+        );
+        stored?;
+        let answer: HandshakeResponse = expect_ok(answer?, false)?;
         let reply = b64_decode(&answer.message).map_err(|_| NodeError::Malformed("the peer"))?;
         let result = pending.finish(&reply)?;
         let session = Session::new(
@@ -379,23 +391,12 @@ impl NodeState {
             last_activity: AtomicU64::new(now.0),
         });
         tracing::info!(%peer, session = %live.id(), suite = %result.suite, "session established (initiator)");
-        // Our own half is spent too: its tombstone and the peer's record are
-        // committed while the first ping travels, and both must succeed
-        // before `connect` reports success.
-        let (stored, pinged) = tokio::join!(
-            self.store.record_introduction(
-                &intro.connection_id,
-                intro.expires_at,
-                &live.peer_record,
-                now
-            ),
-            self.ping(&peer)
-        );
-        stored?;
-        pinged?;
+        let established = started.elapsed();
+        self.ping(&peer).await?;
         Ok(Connected {
             session_id: live.id(),
             peer,
+            established,
             elapsed: started.elapsed(),
         })
     }

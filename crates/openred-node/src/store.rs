@@ -78,13 +78,17 @@ impl NodeStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
+        // No ping before each acquire: a round trip to the connection's
+        // worker thread, for a local file that cannot drop a connection.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
         MIGRATIONS.run(&writer).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         Ok(NodeStore { pool, writer })
