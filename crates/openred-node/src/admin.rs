@@ -164,7 +164,7 @@ async fn status(State(state): State<Arc<NodeState>>) -> Json<StatusView> {
         })
         .collect();
     Json(StatusView {
-        node_id: state.keys.node_id().to_string(),
+        node_id: state.crypto.node_id().to_string(),
         public_url: state.config.public_url.to_string(),
         directory: state.config.directory_url.to_string(),
         directory_key: state
@@ -200,7 +200,7 @@ async fn peers(State(state): State<Arc<NodeState>>) -> Result<Json<Vec<PeerView>
         .discover(&state.outbound, &state.store, now)
         .await
         .map_err(|e| e.to_api())?;
-    let me = state.keys.node_id().to_string();
+    let me = state.crypto.node_id().to_string();
     Ok(Json(
         entries
             .into_iter()
@@ -246,7 +246,7 @@ async fn connect(
     body: Result<Json<PeerRequest>, JsonRejection>,
 ) -> Result<Json<ConnectView>, ApiError> {
     let peer = peer_id(body)?;
-    if peer == state.keys.node_id() {
+    if peer == state.crypto.node_id() {
         return Err(ApiError::bad_request(
             "self",
             "a node cannot connect to itself",

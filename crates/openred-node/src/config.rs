@@ -51,6 +51,12 @@ pub struct NodeConfig {
     pub max_frame_bytes: usize,
     /// Largest back-off between registration attempts.
     pub max_backoff_s: u64,
+    /// Use the private keys in this process instead of the sandboxed crypto
+    /// agent: only for platforms without the kernel features the agent
+    /// needs, and for in-process tests.
+    pub danger_in_process_crypto: bool,
+    /// The program to start as `PROGRAM agent` (default: this program).
+    pub agent_program: Option<PathBuf>,
 }
 
 /// A configuration that cannot work.
@@ -82,6 +88,8 @@ impl NodeConfig {
             record_lifetime_s: 24 * 3600,
             max_frame_bytes: 256 * 1024,
             max_backoff_s: 60,
+            danger_in_process_crypto: false,
+            agent_program: None,
         }
     }
 

@@ -7,15 +7,14 @@ use std::sync::RwLock;
 use openred_core::id::Fingerprint;
 use openred_core::token::TokenEnvelope;
 use openred_core::wire::{
-    b64_decode, b64_encode, connection_request_message, ConnectionRequest, ConnectionResponse,
-    DeregisterRequest, DiscoverResponse, ErrorBody, HealthResponse, NodeEntry, RegisterRequest,
-    RegisterResponse,
+    b64_decode, b64_encode, ConnectionRequest, ConnectionResponse, DiscoverResponse, ErrorBody,
+    HealthResponse, NodeEntry, RegisterRequest, RegisterResponse,
 };
-use openred_core::{ApiUrl, IdentityPublicKey, NodeId, NodeRecord, SignedRecord, UnixTime};
+use openred_core::{ApiUrl, IdentityPublicKey, NodeId, SignedRecord, UnixTime};
 use openred_http::{OutboundClient, Response};
 
+use crate::agent::Crypto;
 use crate::error::NodeError;
-use crate::identity::{NodeKeys, NodeSignature};
 use crate::store::NodeStore;
 
 const PINNED_KEY_SETTING: &str = "directory_key";
@@ -104,20 +103,15 @@ impl DirectoryClient {
         &self,
         outbound: &OutboundClient,
         store: &NodeStore,
-        keys: &NodeKeys,
+        crypto: &Crypto,
         public_url: &ApiUrl,
         now: UnixTime,
         lifetime_s: u64,
     ) -> Result<RegisterResponse, NodeError> {
         let seq = store.next_record_seq(now).await?;
-        let record = NodeRecord::sign(
-            keys.identity(),
-            keys.agreement_public(),
-            public_url.clone(),
-            seq,
-            now,
-            now.plus(lifetime_s),
-        );
+        let record = crypto
+            .sign_record(public_url, seq, now, now.plus(lifetime_s))
+            .await?;
         let body = RegisterRequest {
             record: b64_encode(record.as_bytes()),
         };
@@ -134,11 +128,11 @@ impl DirectoryClient {
         &self,
         outbound: &OutboundClient,
         store: &NodeStore,
-        keys: &NodeKeys,
+        crypto: &Crypto,
         now: UnixTime,
     ) -> Result<(), NodeError> {
         let seq = store.next_record_seq(now).await?;
-        let body = DeregisterRequest::sign(keys.identity(), seq, now);
+        let body = crypto.deregistration(seq, now).await?;
         let _: serde_json::Value = expect_ok(
             outbound
                 .post_json(&self.url, "/api/v3/nodes/deregister", &body)
@@ -154,18 +148,15 @@ impl DirectoryClient {
         &self,
         outbound: &OutboundClient,
         store: &NodeStore,
-        keys: &NodeKeys,
+        crypto: &Crypto,
         target: &NodeId,
         now: UnixTime,
     ) -> Result<TokenEnvelope, NodeError> {
         let directory_key = self.pin(outbound, store).await?;
         let mut nonce = [0u8; 16];
         getrandom::fill(&mut nonce).map_err(|_| NodeError::Malformed("randomness"))?;
-        let me = keys.node_id();
-        let signature = keys.sign(
-            NodeSignature::ConnectionRequest,
-            &connection_request_message(&me, target, &nonce, now),
-        );
+        let me = crypto.node_id();
+        let signature = crypto.sign_connection_request(target, &nonce, now).await?;
         let body = ConnectionRequest {
             from: me.to_string(),
             target: target.to_string(),

@@ -5,6 +5,7 @@ use openred_core::session::FrameError;
 use openred_core::token::TokenError;
 use openred_http::{ApiError, OutboundError};
 
+use crate::agent::CryptoError;
 use crate::handshake::HandshakeError;
 use crate::store::StoreError;
 
@@ -66,6 +67,9 @@ pub enum NodeError {
     /// Local storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The crypto agent failed or is unavailable.
+    #[error("crypto: {0}")]
+    Crypto(#[from] CryptoError),
 }
 
 impl NodeError {
@@ -87,6 +91,11 @@ impl NodeError {
             }
             NodeError::NoSession(_) => ApiError::not_found("no_session", self.to_string()),
             NodeError::Store(e) => ApiError::internal("node storage", e),
+            NodeError::Crypto(CryptoError::Unavailable) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "agent_unavailable",
+                "the crypto agent is unavailable; try again in a few seconds",
+            ),
             _ => ApiError::new(StatusCode::BAD_GATEWAY, "refused", self.to_string()),
         }
     }

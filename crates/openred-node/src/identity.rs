@@ -19,7 +19,8 @@ use openred_core::{
 };
 use zeroize::Zeroizing;
 
-const KEY_DIR: &str = "keys";
+/// The key folder inside the data directory.
+pub const KEY_DIR: &str = "keys";
 const IDENTITY_FILE: &str = "identity.key";
 const AGREEMENT_FILE: &str = "agreement.key";
 
@@ -110,9 +111,14 @@ impl NodeKeys {
 
     /// Loads the identity from `data_dir`.
     pub fn load(data_dir: &Path) -> Result<NodeKeys, IdentityError> {
-        let dir = data_dir.join(KEY_DIR);
+        NodeKeys::load_key_dir(&data_dir.join(KEY_DIR))
+    }
+
+    /// Loads the identity from the key folder itself (the agent is given
+    /// only that folder).
+    pub fn load_key_dir(dir: &Path) -> Result<NodeKeys, IdentityError> {
         if !dir.join(IDENTITY_FILE).exists() {
-            return Err(IdentityError::Missing(data_dir.display().to_string()));
+            return Err(IdentityError::Missing(dir.display().to_string()));
         }
         let identity = read_key(&dir.join(IDENTITY_FILE))?;
         let agreement = read_key(&dir.join(AGREEMENT_FILE))?;

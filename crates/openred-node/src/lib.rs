@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod agent;
 pub mod config;
 pub mod directory_client;
 pub mod error;
@@ -31,6 +32,7 @@ pub mod handshake;
 pub mod identity;
 pub mod node;
 mod p2p;
+pub mod sandbox;
 pub mod sessions;
 pub mod store;
 

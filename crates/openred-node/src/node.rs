@@ -15,10 +15,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin;
+use crate::agent::{Crypto, CryptoError};
 use crate::config::{ConfigError, NodeConfig};
 use crate::directory_client::{expect_ok, DirectoryClient};
 use crate::error::NodeError;
-use crate::handshake::{self, HandshakeContext};
+use crate::handshake::HandshakeContext;
 use crate::identity::{IdentityError, NodeKeys};
 use crate::p2p::{self, PING, PONG};
 use crate::sessions::{LiveSession, SessionTable};
@@ -42,13 +43,22 @@ pub enum StartError {
     /// Admin token file.
     #[error("admin token: {0}")]
     AdminToken(std::io::Error),
+    /// The crypto agent could not be started.
+    #[error("crypto agent: {0}")]
+    Agent(String),
+}
+
+impl From<CryptoError> for StartError {
+    fn from(e: CryptoError) -> StartError {
+        StartError::Agent(e.to_string())
+    }
 }
 
 /// Everything the node's handlers and tasks share.
 pub struct NodeState {
     pub(crate) config: NodeConfig,
     pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) keys: NodeKeys,
+    pub(crate) crypto: Crypto,
     pub(crate) store: NodeStore,
     pub(crate) outbound: OutboundClient,
     pub(crate) directory: DirectoryClient,
@@ -73,7 +83,7 @@ pub struct Connected {
     /// answered message 2, and A has checked it and installed the session.
     pub established: Duration,
     /// From asking the directory to the session being confirmed by the
-    /// first authenticated frame (the ping) and A's records committed.
+    /// first authenticated frame (the ping).
     pub elapsed: Duration,
 }
 
@@ -81,7 +91,22 @@ impl Node {
     /// Loads keys, opens the database, writes the admin token file.
     pub async fn open(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Node, StartError> {
         config.validate()?;
-        let keys = NodeKeys::load(&config.data_dir)?;
+        let crypto = if config.danger_in_process_crypto {
+            tracing::warn!(
+                "danger: the node's private keys are used in process, without the agent's sandbox"
+            );
+            Crypto::in_process(NodeKeys::load(&config.data_dir)?).await?
+        } else {
+            let program = match &config.agent_program {
+                Some(p) => p.clone(),
+                None => std::env::current_exe().map_err(|e| {
+                    StartError::Agent(format!("cannot find this program to start the agent: {e}"))
+                })?,
+            };
+            // The keys must be there before an agent tries to load them.
+            NodeKeys::load(&config.data_dir)?;
+            Crypto::start_agent(&program, &crate::agent::process::key_dir(&config.data_dir)).await?
+        };
         let store = NodeStore::open(&config.data_dir.join("node.db")).await?;
         let outbound = OutboundClient::new(OutboundConfig {
             allow_private: config.danger_allow_private_addresses,
@@ -95,7 +120,7 @@ impl Node {
             state: Arc::new(NodeState {
                 config,
                 clock,
-                keys,
+                crypto,
                 store,
                 outbound,
                 directory,
@@ -108,7 +133,7 @@ impl Node {
 
     /// The node's ID.
     pub fn node_id(&self) -> NodeId {
-        self.state.keys.node_id()
+        self.state.crypto.node_id()
     }
 
     /// Shared state, for in-process tests.
@@ -163,7 +188,7 @@ impl Node {
             let now = state.clock.now();
             match state
                 .directory
-                .deregister(&state.outbound, &state.store, &state.keys, now)
+                .deregister(&state.outbound, &state.store, &state.crypto, now)
                 .await
             {
                 Ok(()) => tracing::info!("deregistered from the directory"),
@@ -210,7 +235,7 @@ async fn register_once(state: &NodeState) -> Result<u64, NodeError> {
         .register(
             &state.outbound,
             &state.store,
-            &state.keys,
+            &state.crypto,
             &state.config.public_url,
             now,
             state.config.record_lifetime_s,
@@ -220,7 +245,7 @@ async fn register_once(state: &NodeState) -> Result<u64, NodeError> {
         .registered
         .swap(true, std::sync::atomic::Ordering::SeqCst)
     {
-        tracing::info!(node_id = %state.keys.node_id(), seq = answer.seq, "registered with the directory");
+        tracing::info!(node_id = %state.crypto.node_id(), seq = answer.seq, "registered with the directory");
     }
     Ok(answer.next_heartbeat_s)
 }
@@ -249,12 +274,12 @@ async fn housekeeping_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool
 impl NodeState {
     /// This node's ID.
     pub fn node_id(&self) -> NodeId {
-        self.keys.node_id()
+        self.crypto.node_id()
     }
 
-    /// The node's keys (the crypto agent's, from issue 4 on).
-    pub fn keys(&self) -> &NodeKeys {
-        &self.keys
+    /// The node's private-key operations (the crypto agent).
+    pub fn crypto(&self) -> &Crypto {
+        &self.crypto
     }
 
     /// The node's database.
@@ -304,19 +329,24 @@ impl NodeState {
         let now = self.clock.now();
         let envelope = self
             .directory
-            .request_connection(&self.outbound, &self.store, &self.keys, &peer, now)
+            .request_connection(&self.outbound, &self.store, &self.crypto, &peer, now)
             .await?;
         if envelope.role() != TokenRole::Initiator {
             return Err(NodeError::Malformed("a token for the wrong role"));
         }
-        let me = self.keys.node_id();
-        let opened = envelope.open(&me, &self.keys.agreement_secret())?;
-        let intro = opened.introduction;
-        if intro.target != peer {
-            return Err(NodeError::Malformed("a token for another target"));
+        let me = self.crypto.node_id();
+        let intro = *envelope.introduction();
+        if intro.initiator != me || intro.target != peer {
+            return Err(NodeError::Malformed("a token for another introduction"));
         }
         intro.check_unexpired(now)?;
-        let peer_record = opened.peer_record.clone();
+        let opened = self.crypto.open_token(&envelope).await?;
+        let peer_record = opened.peer_record;
+        if peer_record.record().node_id != peer {
+            return Err(NodeError::Malformed(
+                "a token carrying another node's record",
+            ));
+        }
         peer_record
             .check_unexpired(now)
             .map_err(|_| NodeError::Malformed("a token carrying an expired peer record"))?;
@@ -329,22 +359,13 @@ impl NodeState {
             connection_id: intro.connection_id,
             initiator: me,
             target: peer,
-            link_public: opened.link.verifying_bytes(),
+            link_public: opened.link_public,
             offer: self.config.suites.clone(),
         };
-        let link = match &opened.link {
-            openred_core::token::LinkKey::Signing(key) => key,
-            openred_core::token::LinkKey::Verifying(_) => {
-                return Err(NodeError::Malformed("a token without the signing half"))
-            }
-        };
-        let (pending, message) = handshake::initiate(
-            &self.keys.agreement_secret(),
-            &self.keys.agreement_public().0,
-            &peer_record.record().agreement_key.0,
-            &context,
-            |hash| link.sign_handshake_proof(hash),
-        )?;
+        let (pending, message) = self
+            .crypto
+            .initiate(&context, &peer_record.record().agreement_key.0)
+            .await?;
         let request = HandshakeRequest {
             connection_id: b64_encode(&intro.connection_id),
             suites: self.config.suites.iter().map(|s| s.id()).collect(),
@@ -366,17 +387,8 @@ impl NodeState {
         stored?;
         let answer: HandshakeResponse = expect_ok(answer?, false)?;
         let reply = b64_decode(&answer.message).map_err(|_| NodeError::Malformed("the peer"))?;
-        let result = pending.finish(&reply)?;
-        let session = Session::new(
-            Role::Initiator,
-            result.suite,
-            &result.handshake_hash,
-            &result.i2r,
-            &result.r2i,
-            self.clock.now(),
-            self.config.epoch,
-        )
-        .with_max_plaintext(self.config.max_frame_bytes);
+        let keys = self.crypto.finish(pending, &reply).await?;
+        let session = session_from(Role::Initiator, &keys, self.clock.now(), &self.config)?;
         if answer.session_id != session.session_id().to_string() {
             return Err(NodeError::Malformed(
                 "a session ID not derived from the handshake",
@@ -390,7 +402,7 @@ impl NodeState {
             confirmed: AtomicBool::new(true),
             last_activity: AtomicU64::new(now.0),
         });
-        tracing::info!(%peer, session = %live.id(), suite = %result.suite, "session established (initiator)");
+        tracing::info!(%peer, session = %live.id(), suite = %live.session.suite(), "session established (initiator)");
         let established = started.elapsed();
         self.ping(&peer).await?;
         Ok(Connected {
@@ -436,4 +448,25 @@ impl NodeState {
         live.touch(now);
         Ok(started.elapsed())
     }
+}
+
+/// A session from the keys a handshake exported.
+pub(crate) fn session_from(
+    role: Role,
+    keys: &crate::agent::proto::SessionKeys,
+    now: openred_core::UnixTime,
+    config: &NodeConfig,
+) -> Result<Session, NodeError> {
+    let suite = openred_core::session::Suite::from_id(keys.suite)
+        .ok_or(NodeError::Malformed("the agent: an unknown suite"))?;
+    Ok(Session::new(
+        role,
+        suite,
+        &keys.handshake_hash,
+        &keys.i2r,
+        &keys.r2i,
+        now,
+        config.epoch,
+    )
+    .with_max_plaintext(config.max_frame_bytes))
 }

@@ -11,19 +11,20 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use openred_core::session::{FrameHeader, Role, Session};
-use openred_core::token::{LinkVerifyingKey, Role as TokenRole, TokenEnvelope};
+use openred_core::session::{FrameHeader, Role};
+use openred_core::token::{Role as TokenRole, TokenEnvelope};
 use openred_core::wire::{
-    b64_decode, b64_encode, reachability_message, HandshakeRequest, HandshakeResponse,
-    ReachabilityChallenge, ReachabilityProof, TokenAccepted, TokenPush,
+    b64_decode, b64_encode, HandshakeRequest, HandshakeResponse, ReachabilityChallenge,
+    ReachabilityProof, TokenAccepted, TokenPush,
 };
 use openred_http::ApiError;
 use serde::Serialize;
 
+use crate::agent::CryptoError;
 use crate::config::IntroductionPolicy;
+use crate::error::NodeError;
 use crate::handshake::{self, HandshakeContext};
-use crate::identity::NodeSignature;
-use crate::node::NodeState;
+use crate::node::{session_from, NodeState};
 use crate::sessions::LiveSession;
 use crate::store::{StoredToken, TokenState};
 
@@ -49,7 +50,7 @@ struct Health {
 async fn health(State(state): Shared) -> Json<Health> {
     Json(Health {
         status: "ok",
-        node_id: state.keys.node_id().to_string(),
+        node_id: state.crypto.node_id().to_string(),
         version: env!("CARGO_PKG_VERSION"),
     })
 }
@@ -59,7 +60,7 @@ async fn reachability(
     body: Result<Json<ReachabilityChallenge>, JsonRejection>,
 ) -> Result<Json<ReachabilityProof>, ApiError> {
     let Json(body) = body?;
-    let me = state.keys.node_id();
+    let me = state.crypto.node_id();
     if body.node_id != me.to_string() {
         return Err(ApiError::bad_request(
             "wrong_node",
@@ -75,13 +76,15 @@ async fn reachability(
     // The proof names the directory this node trusts: it cannot be shown to
     // another directory.
     let directory = pinned_directory(&state)?;
-    let message = reachability_message(
-        &challenge,
-        &me,
-        &directory.directory_fingerprint().to_string(),
-        state.config.public_url.as_str(),
-    );
-    let signature = state.keys.sign(NodeSignature::ReachabilityProof, &message);
+    let signature = state
+        .crypto
+        .sign_reachability(
+            &challenge,
+            &directory.directory_fingerprint(),
+            &state.config.public_url,
+        )
+        .await
+        .map_err(|e| NodeError::from(e).to_api())?;
     Ok(Json(ReachabilityProof {
         node_id: me.to_string(),
         signature: b64_encode(&signature),
@@ -111,11 +114,25 @@ async fn receive_token(
             "only the target's token is pushed".into(),
         ));
     }
-    let me = state.keys.node_id();
-    let opened = envelope
-        .open(&me, &state.keys.agreement_secret())
-        .map_err(|e| ApiError::new(StatusCode::FORBIDDEN, "not_for_this_node", e.to_string()))?;
-    let intro = opened.introduction;
+    let me = state.crypto.node_id();
+    let intro = *envelope.introduction();
+    if intro.target != me {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_for_this_node",
+            "the token is addressed to another node",
+        ));
+    }
+    let opened = state
+        .crypto
+        .open_token(&envelope)
+        .await
+        .map_err(|e| match e {
+            CryptoError::Failed { message, .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, "not_for_this_node", message)
+            }
+            other => NodeError::from(other).to_api(),
+        })?;
     if body.from != intro.initiator.to_string() {
         return Err(bad(
             "from_mismatch",
@@ -148,7 +165,7 @@ async fn receive_token(
     let stored = StoredToken {
         initiator: intro.initiator,
         expires_at: intro.expires_at,
-        link_public: opened.link.verifying_bytes(),
+        link_public: opened.link_public,
         initiator_record: opened.peer_record,
     };
     match state
@@ -227,26 +244,29 @@ async fn handshake_route(
     let message = b64_decode(&body.message)
         .map_err(|_| ApiError::bad_request("bad_message", "message is not base64url"))?;
     let offer = handshake::parse_offer(&body.suites).map_err(handshake_error)?;
-    let link = LinkVerifyingKey::from_bytes(&token.link_public)
-        .map_err(|e| ApiError::internal("stored token", e))?;
     let initiator_record = token.initiator_record;
     let context = HandshakeContext {
         connection_id,
         initiator: token.initiator,
-        target: state.keys.node_id(),
+        target: state.crypto.node_id(),
         link_public: token.link_public,
         offer,
     };
-    let (result, reply) = handshake::respond(
-        &state.keys.agreement_secret(),
-        &state.keys.agreement_public().0,
-        &initiator_record.record().agreement_key.0,
-        &context,
-        &message,
-        &state.config.suites,
-        |hash, proof| link.verify_handshake_proof(hash, proof).is_ok(),
-    )
-    .map_err(handshake_error)?;
+    let (keys, reply) = state
+        .crypto
+        .respond(
+            &context,
+            &initiator_record.record().agreement_key.0,
+            &message,
+            &state.config.suites,
+        )
+        .await
+        .map_err(|e| match e {
+            CryptoError::Failed { message, .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, "handshake_failed", message)
+            }
+            other => NodeError::from(other).to_api(),
+        })?;
     // Burn before answering: exactly one handshake wins a connection ID,
     // and its tombstone outlives the token.
     if state
@@ -261,16 +281,8 @@ async fn handshake_route(
             "this connection ID was used already",
         ));
     }
-    let session = Session::new(
-        Role::Responder,
-        result.suite,
-        &result.handshake_hash,
-        &result.i2r,
-        &result.r2i,
-        now,
-        state.config.epoch,
-    )
-    .with_max_plaintext(state.config.max_frame_bytes);
+    let session =
+        session_from(Role::Responder, &keys, now, &state.config).map_err(|e| e.to_api())?;
     let live = state.sessions.insert(LiveSession {
         peer: token.initiator,
         peer_record: initiator_record,
@@ -279,7 +291,7 @@ async fn handshake_route(
         confirmed: AtomicBool::new(false),
         last_activity: AtomicU64::new(now.0),
     });
-    tracing::info!(peer = %token.initiator, session = %live.id(), suite = %result.suite, "session established (responder)");
+    tracing::info!(peer = %token.initiator, session = %live.id(), suite = %live.session.suite(), "session established (responder)");
     Ok(Json(HandshakeResponse {
         session_established: true,
         session_id: live.id().to_string(),

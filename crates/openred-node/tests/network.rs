@@ -82,7 +82,7 @@ async fn request_to(
     now: UnixTime,
 ) -> Result<openred_core::token::TokenEnvelope, NodeError> {
     node.directory()
-        .request_connection(node.outbound(), node.store(), node.keys(), &target, now)
+        .request_connection(node.outbound(), node.store(), node.crypto(), &target, now)
         .await
 }
 
@@ -395,20 +395,30 @@ async fn a_token_addressed_to_another_node_is_refused() {
 
 // 7 ----------------------------------------------------------------------
 
+fn assert_agent_refused<T: std::fmt::Debug>(result: Result<T, NodeError>) {
+    match result {
+        Err(NodeError::Crypto(openred_node::agent::CryptoError::Failed { kind, .. })) => {
+            assert_eq!(kind, openred_node::agent::proto::ErrorKind::Refused)
+        }
+        other => panic!("expected the crypto agent to refuse, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cannot_be_introduced_to_itself() {
     let net = Network::start().await;
     let a = net.node("a").await;
     let b = net.node("b").await;
 
-    assert_directory_refused(request_to(&a, a.id(), net.now()).await, 400, "same_node");
+    // The node's own agent refuses to sign such a request at all.
+    assert_agent_refused(request_to(&a, a.id(), net.now()).await);
 
-    // The same by hand, to see the directory's own answer.
+    // The same signed by hand, to see the directory's own answer.
     let body = signed_request(&a, &a.id(), net.now());
     let answer = post_json(&net.http, &net.directory(REQUEST_CONNECTION), &body).await;
     assert_refused(&answer, 400, "same_node");
 
-    assert_directory_refused(a.connect(a.id()).await, 400, "same_node");
+    assert_agent_refused(a.connect(a.id()).await);
     // The admin API refuses before asking anyone.
     let me = json!({ "node_id": a.id().to_string() });
     let answer = a
@@ -869,7 +879,7 @@ async fn introductions_to_unknown_or_inactive_targets_are_refused() {
         .register(
             a.outbound(),
             a.store(),
-            a.keys(),
+            a.crypto(),
             &a.config().public_url,
             net.now(),
             a.config().record_lifetime_s,
@@ -888,7 +898,7 @@ async fn introductions_to_unknown_or_inactive_targets_are_refused() {
         .register(
             b.outbound(),
             b.store(),
-            b.keys(),
+            b.crypto(),
             &b.config().public_url,
             net.now(),
             b.config().record_lifetime_s,

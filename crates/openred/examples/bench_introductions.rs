@@ -97,6 +97,15 @@ struct Args {
     /// Append `intro<TAB>metric<TAB>value` lines to this file.
     #[arg(long)]
     summary: Option<PathBuf>,
+    /// The `openred` binary to start each node's crypto agent with
+    /// (default: `openred` next to the folder of this example; see
+    /// `--in-process` for none).
+    #[arg(long)]
+    agent_program: Option<PathBuf>,
+    /// Keep the keys in this process (`danger_in_process_crypto`): the
+    /// comparison without the agent.
+    #[arg(long)]
+    in_process: bool,
 }
 
 struct Stats {
@@ -184,6 +193,29 @@ async fn main() -> anyhow::Result<()> {
     let directory_url = ApiUrl::parse_origin(&format!("http://{directory_addr}"))?;
     let directory_task = tokio::spawn(directory.serve(listener, stopped(stop_dir_rx)));
 
+    // target/<profile>/examples/bench_introductions -> target/<profile>/openred
+    let agent_program = match &args.agent_program {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .and_then(|examples| examples.parent())
+            .map(|profile| profile.join("openred"))
+            .context("locating the openred binary")?,
+    };
+    if args.in_process {
+        println!("crypto: in process (danger_in_process_crypto)");
+    } else {
+        if !agent_program.exists() {
+            bail!(
+                "{} is missing: build it (cargo build --release -p openred) or pass --agent-program or --in-process",
+                agent_program.display()
+            );
+        }
+        println!(
+            "crypto: agent processes ({} agent)",
+            agent_program.display()
+        );
+    }
     let mut states: Vec<Arc<NodeState>> = Vec::new();
     let mut tasks = Vec::new();
     for i in 0..args.nodes {
@@ -201,6 +233,8 @@ async fn main() -> anyhow::Result<()> {
         );
         config.danger_allow_private_addresses = true;
         config.directory_key = Some(fingerprint);
+        config.danger_in_process_crypto = args.in_process;
+        config.agent_program = Some(agent_program.clone());
         let node = Node::open(config, Arc::new(SystemClock)).await?;
         states.push(node.state());
         tasks.push(tokio::spawn(node.serve(
@@ -452,7 +486,7 @@ async fn split(
         let t0 = Instant::now();
         let envelope = a
             .directory()
-            .request_connection(a.outbound(), a.store(), a.keys(), &b.node_id(), now)
+            .request_connection(a.outbound(), a.store(), a.crypto(), &b.node_id(), now)
             .await?;
         directory.push(t0.elapsed());
         last = Some((envelope, a, b));
@@ -460,19 +494,23 @@ async fn split(
     let (envelope_a, a, b) = last.context("no token")?;
     let me: NodeId = a.node_id();
     let peer: NodeId = b.node_id();
+    // The raw computations below run on keys read from disk, in this
+    // process, whichever mode the nodes use.
+    let a_keys = NodeKeys::load(a.data_dir())?;
+    let b_keys = NodeKeys::load(b.data_dir())?;
 
     // 2. A's HPKE open of token_a.
     let mut open = Vec::with_capacity(n);
     for _ in 0..n {
         let t0 = Instant::now();
-        let opened = envelope_a.open(&me, &a.keys().agreement_secret())?;
+        let opened = envelope_a.open(&me, &a_keys.agreement_secret())?;
         open.push(t0.elapsed());
         std::hint::black_box(opened);
     }
 
     // 3. The handshake's computation, both sides, no I/O: the link keys of
     // the last token pair (B's half read back from B's store).
-    let opened_a = envelope_a.open(&me, &a.keys().agreement_secret())?;
+    let opened_a = envelope_a.open(&me, &a_keys.agreement_secret())?;
     let connection_id = envelope_a.connection_id();
     let (_, stored) = b.store().token(&connection_id).await?;
     let stored = stored.context("token_b not in B's store")?;
@@ -494,15 +532,15 @@ async fn split(
         let now = SystemClock.now();
         let t0 = Instant::now();
         let (pending, m1) = handshake::initiate(
-            &a.keys().agreement_secret(),
-            &a.keys().agreement_public().0,
+            &a_keys.agreement_secret(),
+            &a_keys.agreement_public().0,
             &b_record_key,
             &context,
             |h| sign.sign_handshake_proof(h),
         )?;
         let (rb, m2) = handshake::respond(
-            &b.keys().agreement_secret(),
-            &b.keys().agreement_public().0,
+            &b_keys.agreement_secret(),
+            &b_keys.agreement_public().0,
             &a_record_key,
             &context,
             &m1,

@@ -78,6 +78,18 @@ enum Command {
     },
     /// Identity, directory and sessions of the running node.
     Status,
+    /// The crypto agent, or with `--launcher` the process that starts
+    /// agents. Started by the node over an inherited socket; not for use by
+    /// hand.
+    #[command(hide = true)]
+    Agent {
+        /// Start agents on request instead of serving as one.
+        #[arg(long)]
+        launcher: bool,
+        /// The node's key folder.
+        #[arg(long)]
+        keys: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -90,6 +102,22 @@ fn main() -> ExitCode {
         "info"
     };
     init_logging(cli.log_format, default_level);
+    // The agent and its launcher confine themselves before any thread
+    // exists: no async runtime for them.
+    if let Command::Agent { launcher, keys } = &cli.command {
+        let result = if *launcher {
+            openred_node::agent::run_launcher(keys)
+        } else {
+            openred_node::agent::run_agent(keys)
+        };
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -116,6 +144,7 @@ fn main() -> ExitCode {
             }
             Command::Ping { node_id } => client::ping(&need_data()?, &node_id, cli.json).await,
             Command::Status => client::status(&need_data()?, cli.json).await,
+            Command::Agent { .. } => Ok(()),
         }
     });
     match result {

@@ -94,6 +94,9 @@ struct NodeSection {
     introduction_policy: Option<PolicyArg>,
     epoch_len_s: Option<u64>,
     record_lifetime_s: Option<u64>,
+    /// Keep the private keys in the node process, without the agent's
+    /// sandbox: only for platforms without seccomp or socket pairs.
+    danger_in_process_crypto: Option<bool>,
 }
 
 /// Runs a node subcommand.
@@ -159,6 +162,7 @@ fn build_config(args: RunArgs, data: &Path) -> anyhow::Result<(NodeConfig, bool)
     if let Some(l) = f.record_lifetime_s {
         config.record_lifetime_s = l;
     }
+    config.danger_in_process_crypto = f.danger_in_process_crypto.unwrap_or(false);
     config.validate()?;
     Ok((config, derive))
 }

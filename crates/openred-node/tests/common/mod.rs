@@ -310,6 +310,9 @@ impl Network {
         );
         config.danger_allow_private_addresses = true;
         config.directory_key = Some(self.fingerprint);
+        // These tests run nodes inside the test process, which has no agent
+        // program to start; the binary crate's tests run the real agent.
+        config.danger_in_process_crypto = true;
         tweak(&mut config);
         self.launch(name, config).await
     }
@@ -492,12 +495,25 @@ impl Intro {
     }
 }
 
+/// A node's private keys, read from its data directory as an attacker
+/// holding them (or a test forging what the node would send) would.
+pub trait KeysOnDisk {
+    /// The keys.
+    fn keys(&self) -> NodeKeys;
+}
+
+impl KeysOnDisk for NodeState {
+    fn keys(&self) -> NodeKeys {
+        NodeKeys::load(self.data_dir()).expect("the node's keys are on disk")
+    }
+}
+
 /// `a` asks the directory to meet `target` (the directory pushes token_b
 /// to it) and opens token_a.
 pub async fn introduce(a: &NodeState, target: NodeId, now: UnixTime) -> Intro {
     let token_a = a
         .directory()
-        .request_connection(a.outbound(), a.store(), a.keys(), &target, now)
+        .request_connection(a.outbound(), a.store(), a.crypto(), &target, now)
         .await
         .expect("the directory introduces");
     let opened = token_a

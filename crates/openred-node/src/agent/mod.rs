@@ -1,0 +1,55 @@
+//! The crypto agent: a separate, sandboxed process that alone holds the
+//! node's long-term private keys, runs whole Noise handshakes, opens token
+//! envelopes and signs, each kind of signature under its own label.
+//!
+//! - [`proto`]: the IPC frames (pure, fuzzed).
+//! - [`core`]: what the agent does with a request.
+//! - [`process`]: the agent's serving loop, the launcher, socket passing.
+//! - [`client`]: [`Crypto`], the node's handle on all of it.
+
+pub mod client;
+pub mod core;
+pub mod process;
+pub mod proto;
+
+pub use client::{Crypto, CryptoError, InitiatorHandle, OpenedToken, PublicKeys};
+
+use std::path::Path;
+use std::sync::Arc;
+
+/// Why the agent or the launcher stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The keys could not be loaded.
+    #[error(transparent)]
+    Keys(#[from] crate::identity::IdentityError),
+    /// The sandbox could not be applied (the agent refuses to run without).
+    #[error("sandbox: {0}")]
+    Sandbox(String),
+    /// The socket failed.
+    #[error("agent socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// `openred agent --keys DIR`: loads the keys, confines itself, then serves
+/// the node on its standard input until the node closes it. Call before any
+/// other thread or runtime exists.
+pub fn run_agent(key_dir: &Path) -> Result<(), AgentError> {
+    let stream = process::inherited_socket()?;
+    let keys = crate::identity::NodeKeys::load_key_dir(key_dir)?;
+    let protections =
+        crate::sandbox::confine_agent(key_dir).map_err(|e| AgentError::Sandbox(e.to_string()))?;
+    let protections = serde_json::to_string(&protections).unwrap_or_default();
+    process::serve(stream, Arc::new(core::AgentCore::new(keys, protections)))?;
+    Ok(())
+}
+
+/// `openred agent --launcher --keys DIR`: confines itself, then starts an
+/// agent (this same program) each time the node asks.
+pub fn run_launcher(key_dir: &Path) -> Result<(), AgentError> {
+    let control = process::inherited_socket()?;
+    let program = std::env::current_exe()?;
+    crate::sandbox::confine_launcher().map_err(|e| AgentError::Sandbox(e.to_string()))?;
+    process::run_launcher(control, &program, key_dir)?;
+    Ok(())
+}
