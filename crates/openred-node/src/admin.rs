@@ -69,9 +69,23 @@ pub fn write_address(data_dir: &Path, address: SocketAddr) -> io::Result<()> {
     fs::write(address_path(data_dir), address.to_string())
 }
 
+/// Creates the address file if missing, so that it exists before the node
+/// confines itself (it is rewritten in place once the API listens).
+pub fn touch_address_file(data_dir: &Path) -> io::Result<()> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(address_path(data_dir))
+        .map(|_| ())
+}
+
 /// The admin routes, behind the bearer-token check.
 pub fn routes(state: Arc<NodeState>) -> Router {
-    Router::new()
+    let router = Router::new();
+    // Test builds only: lets a test see the node's confinement from inside.
+    #[cfg(feature = "agent-probes")]
+    let router = router.route("/admin/v1/probe", post(probe));
+    router
         .route("/admin/v1/status", get(status))
         .route("/admin/v1/peers", get(peers))
         .route("/admin/v1/connect", post(connect))
@@ -144,9 +158,45 @@ pub struct StatusView {
     pub registered: bool,
     /// Live sessions.
     pub sessions: Vec<SessionView>,
+    /// The node's and the agent's protections.
+    pub protections: ProtectionsView,
+}
+
+/// What protects the keys, as `status` shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProtectionsView {
+    /// `process` (the sandboxed agent) or `in-process (danger)`.
+    pub agent_mode: String,
+    /// The agent's process ID and restarts, when it is a process.
+    pub agent_pid: Option<u32>,
+    /// How many times the agent was restarted.
+    pub agent_restarts: u64,
+    /// What the agent applied to itself (None: it does not answer now).
+    pub agent: Option<serde_json::Value>,
+    /// What the node process applied to itself (None: it did not confine
+    /// itself, e.g. nodes inside `openred demo`).
+    pub node: Option<crate::sandbox::Protections>,
 }
 
 async fn status(State(state): State<Arc<NodeState>>) -> Json<StatusView> {
+    let agent = state
+        .crypto
+        .agent_status()
+        .await
+        .ok()
+        .and_then(|json| serde_json::from_str(&json).ok());
+    let process = state.crypto.agent_process();
+    let protections = ProtectionsView {
+        agent_mode: if state.crypto.is_separate_process() {
+            "process".into()
+        } else {
+            "in-process (danger)".into()
+        },
+        agent_pid: process.map(|(pid, _)| pid),
+        agent_restarts: process.map(|(_, r)| r).unwrap_or(0),
+        agent,
+        node: state.confinement.get().cloned(),
+    };
     let now = state.clock.now();
     let sessions = state
         .sessions
@@ -173,6 +223,7 @@ async fn status(State(state): State<Arc<NodeState>>) -> Json<StatusView> {
             .map(|k| k.directory_fingerprint().to_string()),
         registered: state.registered.load(Ordering::SeqCst),
         sessions,
+        protections,
     })
 }
 
@@ -278,5 +329,34 @@ async fn ping(
     Ok(Json(PingView {
         node_id: peer.to_string(),
         rtt_ms: rtt.as_secs_f64() * 1000.0,
+    }))
+}
+
+/// What a test asks the node process to try (test builds only).
+#[cfg(feature = "agent-probes")]
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeProbe {
+    /// Read this file.
+    ReadFile(String),
+    /// Open the agent's memory through /proc (a ptrace access check).
+    AgentMemory,
+}
+
+#[cfg(feature = "agent-probes")]
+async fn probe(
+    State(state): State<Arc<NodeState>>,
+    Json(probe): Json<NodeProbe>,
+) -> Json<serde_json::Value> {
+    let outcome = match probe {
+        NodeProbe::ReadFile(path) => fs::read(&path).map(|_| ()),
+        NodeProbe::AgentMemory => match state.crypto.agent_process() {
+            Some((pid, _)) => fs::File::open(format!("/proc/{pid}/mem")).map(|_| ()),
+            None => Err(io::Error::other("no agent process")),
+        },
+    };
+    Json(serde_json::json!({
+        "succeeded": outcome.is_ok(),
+        "detail": outcome.err().map(|e| e.to_string()),
     }))
 }

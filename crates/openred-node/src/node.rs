@@ -65,6 +65,8 @@ pub struct NodeState {
     pub(crate) sessions: SessionTable,
     pub(crate) admin_token: String,
     pub(crate) registered: AtomicBool,
+    /// What the node process applied to itself, if it did.
+    pub(crate) confinement: std::sync::OnceLock<crate::sandbox::Protections>,
 }
 
 /// A node, opened and ready to serve.
@@ -90,8 +92,20 @@ pub struct Connected {
 impl Node {
     /// Loads keys, opens the database, writes the admin token file.
     pub async fn open(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Node, StartError> {
+        Node::open_with(config, clock, None).await
+    }
+
+    /// As [`Node::open`], with an agent launcher started earlier (before the
+    /// process confined itself; see [`prepare_confinement`]).
+    pub async fn open_with(
+        config: NodeConfig,
+        clock: Arc<dyn Clock>,
+        launcher: Option<crate::agent::process::Launcher>,
+    ) -> Result<Node, StartError> {
         config.validate()?;
-        let crypto = if config.danger_in_process_crypto {
+        let crypto = if let Some(launcher) = launcher {
+            Crypto::with_launcher(launcher).await?
+        } else if config.danger_in_process_crypto {
             tracing::warn!(
                 "danger: the node's private keys are used in process, without the agent's sandbox"
             );
@@ -107,7 +121,7 @@ impl Node {
             NodeKeys::load(&config.data_dir)?;
             Crypto::start_agent(&program, &crate::agent::process::key_dir(&config.data_dir)).await?
         };
-        let store = NodeStore::open(&config.data_dir.join("node.db")).await?;
+        let store = NodeStore::open(&prepare_state_dir(&config.data_dir)?).await?;
         let outbound = OutboundClient::new(OutboundConfig {
             allow_private: config.danger_allow_private_addresses,
             ..OutboundConfig::default()
@@ -127,8 +141,14 @@ impl Node {
                 sessions: SessionTable::default(),
                 admin_token,
                 registered: AtomicBool::new(false),
+                confinement: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Records what the process applied to itself, for `status`.
+    pub fn set_confinement(&self, protections: crate::sandbox::Protections) {
+        let _ = self.state.confinement.set(protections);
     }
 
     /// The node's ID.
@@ -469,4 +489,49 @@ pub(crate) fn session_from(
         config.epoch,
     )
     .with_max_plaintext(config.max_frame_bytes))
+}
+
+/// The folder of the node's database, `DATA/state`. A folder of its own,
+/// because once the node has confined itself it can create and delete
+/// files only inside folders that existed beside the key folder (see
+/// `sandbox::confine_node`). A database left directly in `DATA` by an
+/// earlier version is moved in. Returns the database's path.
+pub fn prepare_state_dir(data_dir: &std::path::Path) -> Result<std::path::PathBuf, StartError> {
+    let state = data_dir.join("state");
+    std::fs::create_dir_all(&state).map_err(StartError::AdminToken)?;
+    let database = state.join("node.db");
+    if !database.exists() && data_dir.join("node.db").exists() {
+        for suffix in ["", "-wal", "-shm"] {
+            let old = data_dir.join(format!("node.db{suffix}"));
+            if old.exists() {
+                std::fs::rename(&old, state.join(format!("node.db{suffix}")))
+                    .map_err(StartError::AdminToken)?;
+            }
+        }
+    }
+    Ok(database)
+}
+
+/// What `openred node run` does before it confines itself, with no thread
+/// but the main one: creates every file and folder the node writes in the
+/// data directory (after confinement it cannot create any directly there),
+/// and starts the agent launcher (which must not inherit the
+/// confinement). Then the caller applies `sandbox::confine_node`.
+pub fn prepare_confinement(
+    config: &NodeConfig,
+) -> Result<crate::agent::process::Launcher, StartError> {
+    prepare_state_dir(&config.data_dir)?;
+    admin::load_or_create_token(&config.data_dir).map_err(StartError::AdminToken)?;
+    admin::touch_address_file(&config.data_dir).map_err(StartError::AdminToken)?;
+    NodeKeys::load(&config.data_dir)?;
+    let program = match &config.agent_program {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| StartError::Agent(format!("cannot find this program: {e}")))?,
+    };
+    crate::agent::process::Launcher::start(
+        &program,
+        &crate::agent::process::key_dir(&config.data_dir),
+    )
+    .map_err(|e| StartError::Agent(format!("starting the agent launcher: {e}")))
 }

@@ -156,6 +156,28 @@ pub async fn status(data: &Path, json: bool) -> anyhow::Result<()> {
             ", not registered"
         }
     );
+    let p = &view.protections;
+    println!(
+        "agent      {}{}",
+        p.agent_mode,
+        match p.agent_pid {
+            Some(pid) => format!(", pid {pid}, restarted {} times", p.agent_restarts),
+            None => String::new(),
+        }
+    );
+    match &p.agent {
+        Some(agent) => println!("  agent    {}", describe_protections(agent)),
+        None => println!("  agent    not answering now (restarting?)"),
+    }
+    match &p.node {
+        Some(node) => println!(
+            "  node     {}",
+            describe_protections(&serde_json::to_value(node)?)
+        ),
+        None => println!(
+            "  node     not confined (in process, e.g. the demo or danger_in_process_crypto)"
+        ),
+    }
     if view.sessions.is_empty() {
         println!("no sessions");
     }
@@ -173,4 +195,29 @@ pub async fn status(data: &Path, json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// One line for a process's protections, e.g. `seccomp on, Landlock ABI 7,
+/// no_new_privs on, not dumpable`.
+fn describe_protections(p: &serde_json::Value) -> String {
+    if p.get("in_process").is_some() {
+        return "in the node process: no separate sandbox".into();
+    }
+    let on = |key: &str| if p[key] == true { "on" } else { "OFF" };
+    let landlock = match p["landlock"]["state"].as_str() {
+        Some("enforced") => format!("Landlock ABI {} enforced", p["landlock"]["abi"]),
+        Some("partial") => format!("Landlock ABI {} partly enforced", p["landlock"]["abi"]),
+        Some("unsupported") => "Landlock not supported by this kernel".into(),
+        _ => "Landlock not applied".into(),
+    };
+    format!(
+        "seccomp {}, {landlock}, no_new_privs {}, {}",
+        on("seccomp"),
+        on("no_new_privs"),
+        if p["dumpable"] == false {
+            "not dumpable"
+        } else {
+            "DUMPABLE"
+        }
+    )
 }

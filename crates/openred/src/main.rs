@@ -118,6 +118,17 @@ fn main() -> ExitCode {
             }
         };
     }
+    // `node run` confines itself before the runtime starts its threads.
+    let prepared = match &cli.command {
+        Command::Node { command } => match node::prepare(command, cli.data.as_deref()) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -136,7 +147,7 @@ fn main() -> ExitCode {
         };
         match cli.command {
             Command::Directory { command } => directory::run(command, data.clone()).await,
-            Command::Node { command } => node::run(command, data.clone()).await,
+            Command::Node { command } => node::run(command, data.clone(), prepared).await,
             Command::Demo { keep } => demo::run(keep).await,
             Command::Peers => client::peers(&need_data()?, cli.json).await,
             Command::Connect { node_id } => {

@@ -29,7 +29,7 @@ pub enum NodeCommand {
 }
 
 /// Flags of `openred node run`.
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct RunArgs {
     /// Address of the P2P API [default: 127.0.0.1:7800].
     #[arg(long, env = "OPENRED_LISTEN")]
@@ -100,7 +100,11 @@ struct NodeSection {
 }
 
 /// Runs a node subcommand.
-pub async fn run(command: NodeCommand, data: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn run(
+    command: NodeCommand,
+    data: Option<PathBuf>,
+    prepared: Option<Prepared>,
+) -> anyhow::Result<()> {
     let data = data.context("--data DIR is required (or OPENRED_DATA)")?;
     match command {
         NodeCommand::Init => {
@@ -113,13 +117,56 @@ pub async fn run(command: NodeCommand, data: Option<PathBuf>) -> anyhow::Result<
             println!("{}", NodeKeys::load(&data)?.node_id());
             Ok(())
         }
-        NodeCommand::Run(args) => run_node(args, &data).await,
+        NodeCommand::Run(_) => run_node(prepared.context("the node was not prepared")?).await,
     }
+}
+
+/// `node run` up to its confinement, done before any thread exists.
+pub struct Prepared {
+    config: NodeConfig,
+    derive: bool,
+    launcher: Option<openred_node::agent::process::Launcher>,
+    protections: Option<openred_node::sandbox::Protections>,
+}
+
+/// Builds the configuration, starts the agent launcher, creates the files
+/// the node will write, and confines the process away from the key folder
+/// (see `sandbox::confine_node`). Runs before the async runtime exists, so
+/// the confinement covers every thread started afterwards.
+pub fn prepare(command: &NodeCommand, data: Option<&Path>) -> anyhow::Result<Option<Prepared>> {
+    let NodeCommand::Run(args) = command else {
+        return Ok(None);
+    };
+    let data = data.context("--data DIR is required (or OPENRED_DATA)")?;
+    let (config, derive) = build_config(args, data)?;
+    if config.danger_in_process_crypto {
+        tracing::warn!(
+            "danger_in_process_crypto: the keys are used in the node process, which therefore does not confine itself"
+        );
+        return Ok(Some(Prepared {
+            config,
+            derive,
+            launcher: None,
+            protections: None,
+        }));
+    }
+    let launcher =
+        openred_node::node::prepare_confinement(&config).context("preparing the node")?;
+    let key_dir = openred_node::agent::process::key_dir(&config.data_dir);
+    let protections =
+        openred_node::sandbox::confine_node(&key_dir).context("confining the node process")?;
+    Ok(Some(Prepared {
+        config,
+        derive,
+        launcher: Some(launcher),
+        protections: Some(protections),
+    }))
 }
 
 /// The configuration, and whether the public URL is to be derived from the
 /// bound address (so that `--listen 127.0.0.1:0` publishes the real port).
-fn build_config(args: RunArgs, data: &Path) -> anyhow::Result<(NodeConfig, bool)> {
+fn build_config(args: &RunArgs, data: &Path) -> anyhow::Result<(NodeConfig, bool)> {
+    let args = args.clone();
     let file: FileConfig = read_toml(args.config.as_deref())?;
     let f = file.node;
     let listen = match args.listen.or(f.listen) {
@@ -172,8 +219,13 @@ fn derived_url(listen: SocketAddr, allow_private: bool) -> anyhow::Result<ApiUrl
     ApiUrl::parse_origin(&format!("{scheme}://{listen}")).context("deriving the public URL")
 }
 
-async fn run_node(args: RunArgs, data: &Path) -> anyhow::Result<()> {
-    let (mut config, derive) = build_config(args, data)?;
+async fn run_node(prepared: Prepared) -> anyhow::Result<()> {
+    let Prepared {
+        mut config,
+        derive,
+        launcher,
+        protections,
+    } = prepared;
     if config.danger_allow_private_addresses {
         tracing::warn!("--danger-allow-private-addresses: loopback, private addresses and plain http allowed; never use this in production");
     }
@@ -184,9 +236,13 @@ async fn run_node(args: RunArgs, data: &Path) -> anyhow::Result<()> {
     if derive {
         config.public_url = derived_url(p2p.local_addr()?, config.danger_allow_private_addresses)?;
     }
-    let node = Node::open(config, Arc::new(SystemClock))
+    let node = Node::open_with(config, Arc::new(SystemClock), launcher)
         .await
         .context("opening the node")?;
+    if let Some(p) = protections {
+        tracing::info!(protections = %serde_json::to_string(&p).unwrap_or_default(), "the node process is confined");
+        node.set_confinement(p);
+    }
     let admin = tokio::net::TcpListener::bind(admin_listen)
         .await
         .with_context(|| format!("binding {admin_listen}"))?;

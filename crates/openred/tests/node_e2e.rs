@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -341,4 +341,105 @@ mod reqwest {
                 .unwrap()
         })
     }
+}
+
+/// Asks the running node (a test build) to try something from inside.
+fn node_probe(data: &Path, admin: &str, probe: Value) -> (bool, String) {
+    let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    let address = admin.strip_prefix("http://").unwrap();
+    let body = probe.to_string();
+    // A plain HTTP/1.1 exchange: enough for one JSON call.
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "POST /admin/v1/probe HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        token.trim(),
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, json) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let answer: Value = serde_json::from_str(json).unwrap();
+    (
+        answer["succeeded"].as_bool().unwrap(),
+        answer["detail"].to_string(),
+    )
+}
+
+#[test]
+fn the_node_daemon_cannot_read_its_keys_nor_reach_into_its_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("n");
+    ok(openred()
+        .args(["node", "init", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap());
+    let mut c = openred();
+    c.args([
+        "node",
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--danger-allow-private-addresses",
+        // Nobody listens there: the node keeps retrying, which is enough.
+        "--directory",
+        "http://127.0.0.1:9",
+    ])
+    .arg("--data")
+    .arg(&data);
+    let (_node, lines) = start(c, "admin on ");
+    let admin = field(&lines, "admin on ").to_owned();
+
+    let view = status(&data);
+    let p = &view["protections"];
+    assert_eq!(p["agent_mode"], "process", "{p}");
+    assert!(p["agent_pid"].as_u64().unwrap() > 0, "{p}");
+    for who in ["node", "agent"] {
+        assert_eq!(p[who]["no_new_privs"], true, "{who}: {p}");
+        assert_eq!(p[who]["dumpable"], false, "{who}: {p}");
+        assert_eq!(p[who]["seccomp"], true, "{who}: {p}");
+    }
+    let landlock = p["node"]["landlock"]["state"].as_str().unwrap();
+
+    // The database, in a folder beside the keys, is the node's to use.
+    let (worked, detail) = node_probe(
+        &data,
+        &admin,
+        serde_json::json!({ "read_file": data.join("state/node.db") }),
+    );
+    assert!(worked, "the node cannot read its own database: {detail}");
+    // The key files are not, though the node created them.
+    for key in ["identity.key", "agreement.key"] {
+        let (worked, _) = node_probe(
+            &data,
+            &admin,
+            serde_json::json!({ "read_file": data.join("keys").join(key) }),
+        );
+        if landlock == "unsupported" {
+            println!("skipped: Landlock is not supported by this kernel");
+        } else {
+            assert!(!worked, "the confined node read its {key}");
+        }
+    }
+    // Nor can it look into the agent's memory (a ptrace access check),
+    // although it runs as the same user (root, here).
+    let (worked, detail) = node_probe(&data, &admin, serde_json::json!("agent_memory"));
+    assert!(!worked, "the node opened the agent's memory");
+    assert!(
+        detail.contains("denied") || detail.contains("not permitted"),
+        "{detail}"
+    );
+
+    // And `status` says so in words.
+    let text = ok(openred()
+        .arg("--data")
+        .arg(&data)
+        .arg("status")
+        .output()
+        .unwrap());
+    assert!(text.contains("seccomp"), "{text}");
 }

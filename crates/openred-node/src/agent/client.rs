@@ -308,6 +308,11 @@ impl Crypto {
             tracing::error!(error = %e, "could not start the agent launcher");
             CryptoError::Unavailable
         })?;
+        Crypto::with_launcher(launcher).await
+    }
+
+    /// A first agent from a launcher started earlier.
+    pub async fn with_launcher(launcher: Launcher) -> Result<Crypto, CryptoError> {
         let agent = Arc::new(AgentProcess {
             launcher,
             current: RwLock::new(None),
