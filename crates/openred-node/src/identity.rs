@@ -50,6 +50,9 @@ pub enum IdentityError {
     /// No randomness.
     #[error("no randomness available: {0}")]
     Random(String),
+    /// The master key's passphrase is missing or wrong.
+    #[error("{0}")]
+    Passphrase(String),
 }
 
 /// What a node may sign with its identity key.
@@ -86,6 +89,8 @@ pub struct NodeKeys {
     /// Derived once: a scalar multiplication the handshake would otherwise
     /// repeat on every call.
     agreement_public: AgreementPublicKey,
+    /// The root of the storage keys (see `master_key`).
+    master: Zeroizing<[u8; 32]>,
 }
 
 impl NodeKeys {
@@ -106,7 +111,9 @@ impl NodeKeys {
         getrandom::fill(&mut agreement[..]).map_err(|e| IdentityError::Random(e.to_string()))?;
         write_key(&dir.join(IDENTITY_FILE), &identity)?;
         write_key(&dir.join(AGREEMENT_FILE), &agreement)?;
-        Ok(NodeKeys::from_secrets(&identity, *agreement))
+        let passphrase = crate::master_key::passphrase_from_env()?;
+        let master = crate::master_key::create(&dir, passphrase.as_ref().map(|p| p.as_slice()))?;
+        Ok(NodeKeys::from_parts(&identity, *agreement, master))
     }
 
     /// Loads the identity from `data_dir`.
@@ -122,17 +129,41 @@ impl NodeKeys {
         }
         let identity = read_key(&dir.join(IDENTITY_FILE))?;
         let agreement = read_key(&dir.join(AGREEMENT_FILE))?;
-        Ok(NodeKeys::from_secrets(&identity, *agreement))
+        // A key folder from before the master key gets one now (the agent
+        // loads its keys before it confines itself, so it may still write).
+        let passphrase = crate::master_key::passphrase_from_env()?;
+        let master =
+            crate::master_key::load_or_create(dir, passphrase.as_ref().map(|p| p.as_slice()))?;
+        Ok(NodeKeys::from_parts(&identity, *agreement, master))
     }
 
-    /// Keys from raw secrets, for tests and simulations.
+    /// Keys from raw secrets, for tests and simulations; the master key is
+    /// derived from them.
     pub fn from_secrets(identity: &[u8; 32], agreement: [u8; 32]) -> NodeKeys {
+        let mut hasher = blake3::Hasher::new_derive_key("openred/v1/test-master-key");
+        hasher.update(identity);
+        hasher.update(&agreement);
+        let master = Zeroizing::new(*hasher.finalize().as_bytes());
+        NodeKeys::from_parts(identity, agreement, master)
+    }
+
+    fn from_parts(
+        identity: &[u8; 32],
+        agreement: [u8; 32],
+        master: Zeroizing<[u8; 32]>,
+    ) -> NodeKeys {
         let agreement = AgreementSecret::from_secret_bytes(agreement);
         NodeKeys {
             identity: IdentityKeypair::from_secret_bytes(identity),
             agreement_public: agreement.public(),
             agreement,
+            master,
         }
+    }
+
+    /// The storage key for `purpose`, derived from the master key.
+    pub fn storage_key(&self, purpose: crate::master_key::Purpose) -> Zeroizing<[u8; 32]> {
+        crate::master_key::storage_key(&self.master, purpose)
     }
 
     /// The node's ID.

@@ -30,6 +30,7 @@ pub mod directory_client;
 pub mod error;
 pub mod handshake;
 pub mod identity;
+pub mod master_key;
 pub mod node;
 mod p2p;
 pub mod sandbox;

@@ -119,9 +119,12 @@ impl Node {
             };
             // The keys must be there before an agent tries to load them.
             NodeKeys::load(&config.data_dir)?;
-            Crypto::start_agent(&program, &crate::agent::process::key_dir(&config.data_dir)).await?
+            Crypto::start_agent(&program, &crate::identity::key_dir(&config.data_dir)).await?
         };
-        let store = NodeStore::open(&prepare_state_dir(&config.data_dir)?).await?;
+        let storage_key = crypto
+            .storage_key(crate::master_key::Purpose::NodeDatabase)
+            .await?;
+        let store = NodeStore::open(&prepare_state_dir(&config.data_dir)?, &storage_key.0).await?;
         let outbound = OutboundClient::new(OutboundConfig {
             allow_private: config.danger_allow_private_addresses,
             ..OutboundConfig::default()
@@ -529,9 +532,6 @@ pub fn prepare_confinement(
         None => std::env::current_exe()
             .map_err(|e| StartError::Agent(format!("cannot find this program: {e}")))?,
     };
-    crate::agent::process::Launcher::start(
-        &program,
-        &crate::agent::process::key_dir(&config.data_dir),
-    )
-    .map_err(|e| StartError::Agent(format!("starting the agent launcher: {e}")))
+    crate::agent::process::Launcher::start(&program, &crate::identity::key_dir(&config.data_dir))
+        .map_err(|e| StartError::Agent(format!("starting the agent launcher: {e}")))
 }

@@ -12,9 +12,14 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::XChaCha20Poly1305;
 use openred_core::{NodeId, SignedRecord, UnixTime};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
+use zeroize::Zeroizing;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -62,17 +67,78 @@ pub struct StoredToken {
 }
 
 /// The node database.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NodeStore {
     /// Reads.
     pool: SqlitePool,
     /// Writes: one connection.
     writer: SqlitePool,
+    /// Seals the secrets stored (see [`Sealer`]).
+    sealer: Arc<Sealer>,
+}
+
+impl std::fmt::Debug for NodeStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeStore").finish_non_exhaustive()
+    }
+}
+
+/// Seals values stored at rest: XChaCha20-Poly1305 under the storage key
+/// the agent derives from its master key, a random 24-byte nonce per value
+/// (`nonce || ciphertext || tag`), and associated data naming the table
+/// and binding the row's clear columns, so a sealed value cannot be moved
+/// to another row or have its clear columns changed unnoticed.
+pub struct Sealer(XChaCha20Poly1305);
+
+impl Sealer {
+    /// A sealer for `key`.
+    pub fn new(key: &[u8; 32]) -> Sealer {
+        Sealer(XChaCha20Poly1305::new(key.into()))
+    }
+
+    fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let mut nonce = [0u8; 24];
+        getrandom::fill(&mut nonce).map_err(|e| StoreError::Corrupt(format!("randomness: {e}")))?;
+        let sealed = self
+            .0
+            .encrypt(
+                (&nonce).into(),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
+            .map_err(|_| StoreError::Corrupt("sealing failed".into()))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        let corrupt =
+            || StoreError::Corrupt("a sealed value does not open under this node's key".into());
+        let (nonce, body) = sealed.split_at_checked(24).ok_or_else(corrupt)?;
+        let nonce: [u8; 24] = nonce.try_into().map_err(|_| corrupt())?;
+        self.0
+            .decrypt((&nonce).into(), Payload { msg: body, aad })
+            .map(Zeroizing::new)
+            .map_err(|_| corrupt())
+    }
+}
+
+const TOKEN_AAD: &[u8] = b"openred/v1/sealed-token";
+
+fn token_aad(connection_id: &[u8; 16], expires_at: UnixTime) -> Vec<u8> {
+    let mut aad = TOKEN_AAD.to_vec();
+    aad.extend_from_slice(connection_id);
+    aad.extend_from_slice(&expires_at.0.to_be_bytes());
+    aad
 }
 
 impl NodeStore {
-    /// Opens (creating) `path` and migrates it.
-    pub async fn open(path: &Path) -> Result<NodeStore, StoreError> {
+    /// Opens (creating) `path` and migrates it; secrets are sealed with
+    /// `storage_key`.
+    pub async fn open(path: &Path, storage_key: &[u8; 32]) -> Result<NodeStore, StoreError> {
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -91,7 +157,11 @@ impl NodeStore {
             .test_before_acquire(false)
             .connect_with(options)
             .await?;
-        Ok(NodeStore { pool, writer })
+        Ok(NodeStore {
+            pool,
+            writer,
+            sealer: Arc::new(Sealer::new(storage_key)),
+        })
     }
 
     /// Stores a received token and remembers its initiator's record, in
@@ -117,15 +187,20 @@ impl NodeStore {
         if !upsert_peer(&mut tx, &token.initiator_record, now).await? {
             return Ok(TokenState::StalePeerRecord);
         }
+        let mut plaintext = Zeroizing::new(Vec::with_capacity(64 + 512));
+        plaintext.extend_from_slice(token.initiator.as_bytes());
+        plaintext.extend_from_slice(&token.link_public);
+        plaintext.extend_from_slice(token.initiator_record.as_bytes());
+        let sealed = self
+            .sealer
+            .seal(&token_aad(connection_id, token.expires_at), &plaintext)?;
         let inserted = sqlx::query(
-            "INSERT INTO tokens (connection_id, initiator, expires_at, initiator_record, link_public) \
-             VALUES (?, ?, ?, ?, ?) ON CONFLICT (connection_id) DO NOTHING",
+            "INSERT INTO tokens (connection_id, expires_at, sealed) VALUES (?, ?, ?) \
+             ON CONFLICT (connection_id) DO NOTHING",
         )
         .bind(&connection_id[..])
-        .bind(&token.initiator.as_bytes()[..])
         .bind(to_i64(token.expires_at.0)?)
-        .bind(token.initiator_record.as_bytes())
-        .bind(&token.link_public[..])
+        .bind(&sealed)
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() != 1 {
@@ -144,14 +219,15 @@ impl NodeStore {
         // The token first, the tombstone only if it is gone: a burn deletes
         // the one and writes the other in one transaction, so in this order a
         // concurrent burn can never make a used ID look unknown.
-        let row = sqlx::query(
-            "SELECT initiator, expires_at, initiator_record, link_public FROM tokens WHERE connection_id = ?",
-        )
-        .bind(&connection_id[..])
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query("SELECT expires_at, sealed FROM tokens WHERE connection_id = ?")
+            .bind(&connection_id[..])
+            .fetch_optional(&self.pool)
+            .await?;
         if let Some(row) = row {
-            return Ok((TokenState::Ok, Some(decode_token(&row)?)));
+            return Ok((
+                TokenState::Ok,
+                Some(self.decode_token(connection_id, &row)?),
+            ));
         }
         let dead = sqlx::query("SELECT 1 FROM tombstones WHERE connection_id = ?")
             .bind(&connection_id[..])
@@ -363,25 +439,42 @@ async fn upsert_peer(
     Ok(result.rows_affected() == 1)
 }
 
-fn decode_token(row: &sqlx::sqlite::SqliteRow) -> Result<StoredToken, StoreError> {
-    let initiator: Vec<u8> = row.try_get("initiator")?;
-    let initiator: [u8; 32] = initiator
-        .try_into()
-        .map_err(|_| StoreError::Corrupt("token initiator".into()))?;
-    let expires_at: i64 = row.try_get("expires_at")?;
-    let record: Vec<u8> = row.try_get("initiator_record")?;
-    let link_public: Vec<u8> = row.try_get("link_public")?;
-    Ok(StoredToken {
-        initiator: NodeId::from_bytes(initiator),
-        expires_at: UnixTime(
-            u64::try_from(expires_at).map_err(|_| StoreError::Corrupt("expiry".into()))?,
-        ),
-        initiator_record: SignedRecord::decode(&record)
-            .map_err(|e| StoreError::Corrupt(format!("token initiator record: {e}")))?,
-        link_public: link_public
+impl NodeStore {
+    fn decode_token(
+        &self,
+        connection_id: &[u8; 16],
+        row: &sqlx::sqlite::SqliteRow,
+    ) -> Result<StoredToken, StoreError> {
+        let expires_at: i64 = row.try_get("expires_at")?;
+        let expires_at =
+            UnixTime(u64::try_from(expires_at).map_err(|_| StoreError::Corrupt("expiry".into()))?);
+        let sealed: Vec<u8> = row.try_get("sealed")?;
+        let plain = self
+            .sealer
+            .open(&token_aad(connection_id, expires_at), &sealed)?;
+        let corrupt = || StoreError::Corrupt("sealed token".into());
+        let initiator: [u8; 32] = plain
+            .get(..32)
+            .ok_or_else(corrupt)?
             .try_into()
-            .map_err(|_| StoreError::Corrupt("token link key".into()))?,
-    })
+            .map_err(|_| corrupt())?;
+        let link_public: [u8; 32] = plain
+            .get(32..64)
+            .ok_or_else(corrupt)?
+            .try_into()
+            .map_err(|_| corrupt())?;
+        let record = SignedRecord::decode(plain.get(64..).ok_or_else(corrupt)?)
+            .map_err(|e| StoreError::Corrupt(format!("token initiator record: {e}")))?;
+        if record.record().node_id != NodeId::from_bytes(initiator) {
+            return Err(corrupt());
+        }
+        Ok(StoredToken {
+            initiator: NodeId::from_bytes(initiator),
+            expires_at,
+            initiator_record: record,
+            link_public,
+        })
+    }
 }
 
 fn to_i64(value: u64) -> Result<i64, StoreError> {
@@ -395,7 +488,9 @@ mod tests {
     #[tokio::test]
     async fn a_token_burns_once_and_its_tombstone_refuses_a_replayed_push() {
         let dir = tempfile::tempdir().unwrap();
-        let store = NodeStore::open(&dir.path().join("node.db")).await.unwrap();
+        let store = NodeStore::open(&dir.path().join("node.db"), &[7; 32])
+            .await
+            .unwrap();
         let id = [7u8; 16];
         let token = token(record(5));
         let now = UnixTime(10);
@@ -450,7 +545,9 @@ mod tests {
     #[tokio::test]
     async fn a_token_with_a_rolled_back_record_is_refused_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let store = NodeStore::open(&dir.path().join("node.db")).await.unwrap();
+        let store = NodeStore::open(&dir.path().join("node.db"), &[7; 32])
+            .await
+            .unwrap();
         let now = UnixTime(10);
         assert_eq!(
             store
@@ -480,7 +577,9 @@ mod tests {
     #[tokio::test]
     async fn the_initiator_records_its_tombstone_and_the_peer_together() {
         let dir = tempfile::tempdir().unwrap();
-        let store = NodeStore::open(&dir.path().join("node.db")).await.unwrap();
+        let store = NodeStore::open(&dir.path().join("node.db"), &[7; 32])
+            .await
+            .unwrap();
         let id = [9u8; 16];
         assert!(store
             .record_introduction(&id, UnixTime(100), &record(4), UnixTime(10))
@@ -499,15 +598,56 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_sealed_token_opens_only_under_its_key_and_with_its_clear_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.db");
+        let store = NodeStore::open(&path, &[7; 32]).await.unwrap();
+        let id = [4u8; 16];
+        let t = token(record(5));
+        store.accept_token(&id, &t, UnixTime(10)).await.unwrap();
+        assert!(store.token(&id).await.is_ok());
+
+        // Another node's key (or a lost master key) opens nothing.
+        store.close().await;
+        let other = NodeStore::open(&path, &[8; 32]).await.unwrap();
+        assert!(matches!(
+            other.token(&id).await,
+            Err(StoreError::Corrupt(_))
+        ));
+        other.close().await;
+
+        // Moving the expiry in the clear column breaks the seal.
+        let store = NodeStore::open(&path, &[7; 32]).await.unwrap();
+        sqlx::query("UPDATE tokens SET expires_at = expires_at + 100")
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.token(&id).await,
+            Err(StoreError::Corrupt(_))
+        ));
+        // So does moving a sealed value to another connection ID.
+        sqlx::query("UPDATE tokens SET expires_at = expires_at - 100, connection_id = ?")
+            .bind(&[5u8; 16][..])
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.token(&[5; 16]).await,
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[tokio::test]
     async fn record_seq_grows_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.db");
-        let store = NodeStore::open(&path).await.unwrap();
+        let store = NodeStore::open(&path, &[7; 32]).await.unwrap();
         let a = store.next_record_seq(UnixTime(5)).await.unwrap();
         let b = store.next_record_seq(UnixTime(5)).await.unwrap();
         assert!(b > a);
         store.close().await;
-        let store = NodeStore::open(&path).await.unwrap();
+        let store = NodeStore::open(&path, &[7; 32]).await.unwrap();
         assert!(store.next_record_seq(UnixTime(5)).await.unwrap() > b);
     }
 }

@@ -1294,7 +1294,9 @@ async fn concurrent_introductions_to_one_target_all_succeed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_store_accepts_concurrent_tokens_and_seq_reservations() {
     let dir = tempfile::tempdir().unwrap();
-    let store = NodeStore::open(&dir.path().join("node.db")).await.unwrap();
+    let store = NodeStore::open(&dir.path().join("node.db"), &[7; 32])
+        .await
+        .unwrap();
     let mut puts = tokio::task::JoinSet::new();
     let initiator = IdentityKeypair::from_secret_bytes(&[1; 32]);
     let record = NodeRecord::sign(
@@ -1342,4 +1344,64 @@ async fn the_node_store_accepts_concurrent_tokens_and_seq_reservations() {
     seqs.sort_unstable();
     seqs.dedup();
     assert_eq!(seqs.len(), 8);
+}
+
+/// Every byte of the files of a node's database (the WAL included).
+fn database_bytes(node: &NodeState) -> Vec<u8> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(node.data_dir().join("state")).unwrap() {
+        let path = entry.unwrap().path();
+        all.extend(std::fs::read(&path).unwrap());
+    }
+    all
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_never_holds_a_token_or_a_key_in_clear() {
+    let net = Network::start().await;
+    let a = net.node("a").await;
+    let b = net.node("b").await;
+
+    // token_b waits in B's store: what it carries must be sealed.
+    let intro = introduce(&a, b.id(), net.now()).await;
+    assert_eq!(token_state(&b, &intro.connection_id).await, TokenState::Ok);
+    let pushed = net.pushed_token(&intro.connection_id);
+    let keys = b.keys();
+    let storage_key = keys.storage_key(openred_node::master_key::Purpose::NodeDatabase);
+    let secrets: [(&str, &[u8]); 4] = [
+        (
+            "the link key's public half",
+            &intro.opened.link.verifying_bytes(),
+        ),
+        ("the token as pushed", &pushed),
+        ("the storage key", &storage_key[..]),
+        ("the agreement secret", &keys.agreement_secret()[..]),
+    ];
+    let bytes = database_bytes(&b);
+    assert!(
+        contains(&bytes, &intro.connection_id),
+        "the scan reads the token's row"
+    );
+    for (what, secret) in &secrets {
+        assert!(
+            !contains(&bytes, secret),
+            "{what} is in B's database in clear"
+        );
+    }
+
+    // And after the handshake and a ping, on both sides.
+    a.connect(b.id()).await.unwrap();
+    for node in [&a, &b] {
+        let bytes = database_bytes(node);
+        let keys = node.keys();
+        assert!(!contains(&bytes, &keys.agreement_secret()[..]));
+        assert!(!contains(
+            &bytes,
+            &keys.storage_key(openred_node::master_key::Purpose::NodeDatabase)[..]
+        ));
+    }
 }

@@ -37,6 +37,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/stats.rs"]
+mod support_stats;
+use support_stats::{stats, Stats};
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -106,33 +110,6 @@ struct Args {
     /// comparison without the agent.
     #[arg(long)]
     in_process: bool,
-}
-
-struct Stats {
-    n: usize,
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    max: f64,
-    min: f64,
-    mean: f64,
-}
-
-/// Nearest-rank percentiles, in milliseconds.
-fn stats(samples: &[Duration]) -> Stats {
-    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-    ms.sort_by(f64::total_cmp);
-    let n = ms.len().max(1);
-    let rank = |p: f64| ms[((p * n as f64).ceil() as usize).clamp(1, n) - 1];
-    Stats {
-        n: ms.len(),
-        p50: rank(0.50),
-        p90: rank(0.90),
-        p99: rank(0.99),
-        max: ms.last().copied().unwrap_or(0.0),
-        min: ms.first().copied().unwrap_or(0.0),
-        mean: ms.iter().sum::<f64>() / n as f64,
-    }
 }
 
 fn print_row(what: &str, s: &Stats) {
@@ -328,13 +305,13 @@ async fn main() -> anyhow::Result<()> {
     // established (message 2 checked and the session installed on A; B
     // installed it before answering). `connect` then confirms it with a
     // ping, the next two rows.
-    let timed = stats(&established);
-    let confirmed = stats(&outer);
+    let timed = stats(&established, 1e3);
+    let confirmed = stats(&outer, 1e3);
     print_row("introduction, to established", &timed);
     print_row("introduction + confirming ping", &confirmed);
-    print_row("  the same, inside connect", &stats(&inner));
+    print_row("  the same, inside connect", &stats(&inner, 1e3));
     if !warm.is_empty() {
-        print_row("  warm-up introductions", &stats(&warm));
+        print_row("  warm-up introductions", &stats(&warm, 1e3));
     }
     println!(
         "{} introductions in {:.2} s: {:.1} introductions/s (concurrency {})",
@@ -387,7 +364,7 @@ async fn main() -> anyhow::Result<()> {
         print_header();
         let split = split(&states, &pairs, &pacer, args.split).await?;
         for (name, key, samples) in &split {
-            let s = stats(samples);
+            let s = stats(samples, 1e3);
             print_row(name, &s);
             let _ = writeln!(summary, "intro\tsplit_{key}_p50_ms\t{:.3}", s.p50);
         }

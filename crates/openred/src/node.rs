@@ -152,7 +152,7 @@ pub fn prepare(command: &NodeCommand, data: Option<&Path>) -> anyhow::Result<Opt
     }
     let launcher =
         openred_node::node::prepare_confinement(&config).context("preparing the node")?;
-    let key_dir = openred_node::agent::process::key_dir(&config.data_dir);
+    let key_dir = openred_node::identity::key_dir(&config.data_dir);
     let protections =
         openred_node::sandbox::confine_node(&key_dir).context("confining the node process")?;
     Ok(Some(Prepared {

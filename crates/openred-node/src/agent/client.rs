@@ -70,7 +70,9 @@ impl Connection {
     ) -> std::io::Result<Arc<Connection>> {
         stream.set_nonblocking(true)?;
         let stream = tokio::net::UnixStream::from_std(stream)?;
-        let (mut reader, writer) = stream.into_split();
+        let (reader, writer) = stream.into_split();
+        // Answers often arrive back to back: one read for several.
+        let mut reader = tokio::io::BufReader::with_capacity(16 * 1024, reader);
         let connection = Arc::new(Connection {
             writer: tokio::sync::Mutex::new(writer),
             pending: Mutex::new(HashMap::new()),
@@ -563,6 +565,17 @@ impl Crypto {
             .await?
         {
             Response::Responded { keys, message } => Ok((keys, message)),
+            other => Err(failed(other)),
+        }
+    }
+
+    /// The storage key for `purpose`.
+    pub async fn storage_key(
+        &self,
+        purpose: crate::master_key::Purpose,
+    ) -> Result<super::proto::StorageKey, CryptoError> {
+        match self.call(Request::StorageKey(purpose)).await? {
+            Response::StorageKey(key) => Ok(key),
             other => Err(failed(other)),
         }
     }

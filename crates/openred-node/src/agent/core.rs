@@ -194,6 +194,9 @@ impl AgentCore {
                 message,
                 accepted,
             } => self.respond(&wire, &initiator_static, &message, &accepted),
+            Request::StorageKey(purpose) => {
+                Response::StorageKey(super::proto::StorageKey(*self.keys.storage_key(purpose)))
+            }
             #[cfg(feature = "agent-probes")]
             Request::Probe(probe) => probe_response(probe),
         }

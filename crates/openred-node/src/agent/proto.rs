@@ -98,6 +98,8 @@ pub enum Request {
         /// The suites this node accepts, in preference order.
         accepted: Vec<u8>,
     },
+    /// A storage key derived from the master key, for this purpose only.
+    StorageKey(crate::master_key::Purpose),
     /// Test builds only: try something the sandbox must forbid.
     #[cfg(feature = "agent-probes")]
     Probe(Probe),
@@ -172,6 +174,8 @@ pub enum Response {
         /// Message 2.
         message: Vec<u8>,
     },
+    /// A derived storage key.
+    StorageKey(StorageKey),
     /// What a probe did.
     #[cfg(feature = "agent-probes")]
     Probed {
@@ -200,6 +204,16 @@ impl std::fmt::Debug for SessionKeys {
         f.debug_struct("SessionKeys")
             .field("suite", &self.suite)
             .finish_non_exhaustive()
+    }
+}
+
+/// A derived storage key, erased when dropped.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub struct StorageKey(pub [u8; 32]);
+
+impl std::fmt::Debug for StorageKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StorageKey(..)")
     }
 }
 
