@@ -402,6 +402,10 @@ fn the_node_daemon_cannot_read_its_keys_nor_reach_into_its_agent() {
         assert_eq!(p[who]["no_new_privs"], true, "{who}: {p}");
         assert_eq!(p[who]["dumpable"], false, "{who}: {p}");
         assert_eq!(p[who]["seccomp"], true, "{who}: {p}");
+        // Both confine themselves before any second thread exists, so
+        // Landlock covers the whole process (never "partial").
+        let state = p[who]["landlock"]["state"].as_str().unwrap();
+        assert!(state == "enforced" || state == "unsupported", "{who}: {p}");
     }
     let landlock = p["node"]["landlock"]["state"].as_str().unwrap();
 
