@@ -197,7 +197,17 @@ impl NodeKeys {
     }
 }
 
-/// The key folder of a data directory (the agent's, in issue 4).
+/// Fails with [`IdentityError::Missing`] unless `data_dir` holds an
+/// identity; reads no key (the node leaves that to its agent).
+pub fn check_present(data_dir: &Path) -> Result<(), IdentityError> {
+    if key_dir(data_dir).join(IDENTITY_FILE).exists() {
+        Ok(())
+    } else {
+        Err(IdentityError::Missing(data_dir.display().to_string()))
+    }
+}
+
+/// The key folder of a data directory (the crypto agent's).
 pub fn key_dir(data_dir: &Path) -> PathBuf {
     data_dir.join(KEY_DIR)
 }

@@ -117,8 +117,9 @@ impl Node {
                     StartError::Agent(format!("cannot find this program to start the agent: {e}"))
                 })?,
             };
-            // The keys must be there before an agent tries to load them.
-            NodeKeys::load(&config.data_dir)?;
+            // The keys must be there before an agent tries to load them; only
+            // the agent reads them (and unwraps the master key).
+            crate::identity::check_present(&config.data_dir)?;
             Crypto::start_agent(&program, &crate::identity::key_dir(&config.data_dir)).await?
         };
         let storage_key = crypto
@@ -526,7 +527,7 @@ pub fn prepare_confinement(
     prepare_state_dir(&config.data_dir)?;
     admin::load_or_create_token(&config.data_dir).map_err(StartError::AdminToken)?;
     admin::touch_address_file(&config.data_dir).map_err(StartError::AdminToken)?;
-    NodeKeys::load(&config.data_dir)?;
+    crate::identity::check_present(&config.data_dir)?;
     let program = match &config.agent_program {
         Some(p) => p.clone(),
         None => std::env::current_exe()
