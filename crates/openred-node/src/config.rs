@@ -57,6 +57,11 @@ pub struct NodeConfig {
     pub danger_in_process_crypto: bool,
     /// The program to start as `PROGRAM agent` (default: this program).
     pub agent_program: Option<PathBuf>,
+    /// Idle connections kept open per peer by the node's one HTTP client
+    /// (default 100, as the seed).
+    pub pool_max_idle_per_peer: usize,
+    /// How long an idle connection is kept (default 300 s, as the seed).
+    pub pool_idle_timeout_s: u64,
 }
 
 /// A configuration that cannot work.
@@ -90,6 +95,8 @@ impl NodeConfig {
             max_backoff_s: 60,
             danger_in_process_crypto: false,
             agent_program: None,
+            pool_max_idle_per_peer: 100,
+            pool_idle_timeout_s: 300,
         }
     }
 
@@ -109,6 +116,9 @@ impl NodeConfig {
             return Err(ConfigError(
                 "session_max_age_s must be at least one epoch".into(),
             ));
+        }
+        if self.pool_idle_timeout_s == 0 {
+            return Err(ConfigError("pool_idle_timeout_s must be at least 1".into()));
         }
         if self.record_lifetime_s < 60 {
             return Err(ConfigError("record_lifetime_s must be at least 60".into()));

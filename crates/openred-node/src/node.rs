@@ -126,8 +126,11 @@ impl Node {
             .storage_key(crate::master_key::Purpose::NodeDatabase)
             .await?;
         let store = NodeStore::open(&prepare_state_dir(&config.data_dir)?, &storage_key.0).await?;
+        // One client for the whole node: every peer, the directory.
         let outbound = OutboundClient::new(OutboundConfig {
             allow_private: config.danger_allow_private_addresses,
+            pool_max_idle_per_host: config.pool_max_idle_per_peer,
+            pool_idle_timeout: std::time::Duration::from_secs(config.pool_idle_timeout_s),
             ..OutboundConfig::default()
         })
         .map_err(|e| StartError::Outbound(e.to_string()))?;

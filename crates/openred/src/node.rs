@@ -97,6 +97,8 @@ struct NodeSection {
     /// Keep the private keys in the node process, without the agent's
     /// sandbox: only for platforms without seccomp or socket pairs.
     danger_in_process_crypto: Option<bool>,
+    pool_max_idle_per_peer: Option<usize>,
+    pool_idle_timeout_s: Option<u64>,
 }
 
 /// Runs a node subcommand.
@@ -210,6 +212,12 @@ fn build_config(args: &RunArgs, data: &Path) -> anyhow::Result<(NodeConfig, bool
         config.record_lifetime_s = l;
     }
     config.danger_in_process_crypto = f.danger_in_process_crypto.unwrap_or(false);
+    if let Some(n) = f.pool_max_idle_per_peer {
+        config.pool_max_idle_per_peer = n;
+    }
+    if let Some(s) = f.pool_idle_timeout_s {
+        config.pool_idle_timeout_s = s;
+    }
     config.validate()?;
     Ok((config, derive))
 }
@@ -253,4 +261,53 @@ async fn run_node(prepared: Prepared) -> anyhow::Result<()> {
         .await
         .context("serving")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: RunArgs,
+    }
+
+    #[test]
+    fn the_config_file_sets_the_pool_and_the_danger_option_and_refuses_typos() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "[node]\ndirectory = \"https://d.example.org\"\npublic_url = \"https://n.example.org\"\n\
+             pool_max_idle_per_peer = 7\n\
+             pool_idle_timeout_s = 9\ndanger_in_process_crypto = true\n",
+        )
+        .unwrap();
+        let args = Wrapper::parse_from(["x", "--config", file.to_str().unwrap()]).args;
+        let (config, _) = build_config(&args, dir.path()).unwrap();
+        assert_eq!(config.pool_max_idle_per_peer, 7);
+        assert_eq!(config.pool_idle_timeout_s, 9);
+        assert!(config.danger_in_process_crypto);
+
+        let defaults = Wrapper::parse_from([
+            "x",
+            "--directory",
+            "https://d.example.org",
+            "--public-url",
+            "https://n.example.org",
+        ])
+        .args;
+        let (config, _) = build_config(&defaults, dir.path()).unwrap();
+        assert_eq!(
+            (config.pool_max_idle_per_peer, config.pool_idle_timeout_s),
+            (100, 300)
+        );
+        assert!(!config.danger_in_process_crypto);
+
+        std::fs::write(&file, "[node]\ndanger_in_proces_crypto = true\n").unwrap();
+        let args = Wrapper::parse_from(["x", "--config", file.to_str().unwrap()]).args;
+        assert!(build_config(&args, dir.path()).is_err());
+    }
 }
