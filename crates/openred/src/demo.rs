@@ -93,6 +93,15 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         "all three nodes registered in {:.0} ms",
         started.elapsed().as_secs_f64() * 1000.0
     );
+    // Each node's keys are in its own sandboxed agent process.
+    let agents: Vec<String> = nodes
+        .iter()
+        .map(|n| match n.state.crypto().agent_process() {
+            Some((pid, _)) => format!("{} pid {pid}", n.name),
+            None => format!("{} in process", n.name),
+        })
+        .collect();
+    println!("keys held by crypto agents: {}", agents.join(", "));
     println!();
 
     // Introduce every pair, then ping over each session.
