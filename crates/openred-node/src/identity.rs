@@ -1,12 +1,12 @@
-//! The node's long-term keys on disk: `DATA/keys/identity.key` (Ed25519)
-//! and `DATA/keys/agreement.key` (X25519), hex, mode 0600, in a 0700
-//! folder.
+//! The node's long-term keys on disk: `DATA/keys/identity.key` (Ed25519),
+//! `DATA/keys/agreement.key` (X25519), hex, and `DATA/keys/master.key` (see
+//! `master_key`), mode 0600, in a 0700 folder.
 //!
 //! Only [`NodeKeys`] touches the secret halves, and it signs only the kinds
-//! of message a node has a reason to sign, each under its own context label,
-//! so that this component cannot be used as a signing oracle. The crypto
-//! agent takes this role over in a separate process (issue 4), with the same
-//! interface.
+//! of message a node has a reason to sign, each under its own context label.
+//! A `NodeKeys` lives in the crypto agent process (`agent`), which exposes
+//! only typed requests, so that it cannot be used as a signing oracle; the
+//! node process itself holds one only with `danger_in_process_crypto`.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
