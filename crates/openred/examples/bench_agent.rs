@@ -449,15 +449,8 @@ async fn main() -> anyhow::Result<()> {
         bail!("--concurrency values must be at least 1");
     }
 
-    // target/<profile>/examples/bench_agent -> target/<profile>/openred
-    let program = match &args.agent_program {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .and_then(|examples| examples.parent())
-            .map(|profile| profile.join("openred"))
-            .context("locating the openred binary")?,
-    };
+    let program = support_stats::openred_program(args.agent_program.as_ref())
+        .context("locating the openred binary")?;
     if !program.exists() {
         bail!(
             "{} is missing: build it (cargo build --release -p openred --bin openred) or pass --agent-program",

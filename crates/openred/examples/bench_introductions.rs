@@ -170,15 +170,8 @@ async fn main() -> anyhow::Result<()> {
     let directory_url = ApiUrl::parse_origin(&format!("http://{directory_addr}"))?;
     let directory_task = tokio::spawn(directory.serve(listener, stopped(stop_dir_rx)));
 
-    // target/<profile>/examples/bench_introductions -> target/<profile>/openred
-    let agent_program = match &args.agent_program {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .and_then(|examples| examples.parent())
-            .map(|profile| profile.join("openred"))
-            .context("locating the openred binary")?,
-    };
+    let agent_program = support_stats::openred_program(args.agent_program.as_ref())
+        .context("locating the openred binary")?;
     if args.in_process {
         println!("crypto: in process (danger_in_process_crypto)");
     } else {

@@ -98,6 +98,23 @@ fn init_prints_the_id_alone_refuses_to_overwrite_and_keeps_keys_private() {
     }
 }
 
+/// `openred node run` on a free loopback port, private addresses allowed.
+fn node_run(data: &Path, directory: &str) -> Command {
+    let mut c = openred();
+    c.args([
+        "node",
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--danger-allow-private-addresses",
+        "--directory",
+        directory,
+    ])
+    .arg("--data")
+    .arg(data);
+    c
+}
+
 fn status(data: &Path) -> Value {
     let out = ok(openred()
         .arg("--data")
@@ -138,22 +155,8 @@ fn two_node_daemons_meet_through_a_directory_daemon() {
             .arg(&data)
             .output()
             .unwrap());
-        let mut c = openred();
-        c.args([
-            "node",
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--danger-allow-private-addresses",
-        ])
-        .args([
-            "--directory",
-            &directory_url,
-            "--directory-key",
-            &fingerprint,
-        ])
-        .arg("--data")
-        .arg(&data);
+        let mut c = node_run(&data, &directory_url);
+        c.args(["--directory-key", &fingerprint]);
         nodes.push((start(c, "admin on ").0, data, id.trim().to_owned()));
     }
     // --listen 127.0.0.1:0 picks a free port; the public URL is derived from
@@ -249,18 +252,8 @@ fn a_node_keeps_serving_while_the_directory_is_down_then_registers_and_deregiste
         .output()
         .unwrap());
     let id = id.trim().to_owned();
-    let mut c = openred();
     // No --directory-key: the node trusts the key on first use.
-    c.args([
-        "node",
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--danger-allow-private-addresses",
-    ])
-    .args(["--directory", &directory_url])
-    .arg("--data")
-    .arg(&data);
+    let c = node_run(&data, &directory_url);
     let (mut node, lines) = start(c, "admin on ");
     let p2p = field(&lines, "listening on ").to_owned();
 
@@ -378,19 +371,9 @@ fn the_node_daemon_cannot_read_its_keys_nor_reach_into_its_agent() {
         .arg(&data)
         .output()
         .unwrap());
-    let mut c = openred();
-    c.args([
-        "node",
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--danger-allow-private-addresses",
-        // Nobody listens there: the node keeps retrying, which is enough.
-        "--directory",
-        "http://127.0.0.1:9",
-    ])
-    .arg("--data")
-    .arg(&data);
+    // Nobody listens at that directory: the node keeps retrying, which is
+    // enough here.
+    let c = node_run(&data, "http://127.0.0.1:9");
     let (_node, lines) = start(c, "admin on ");
     let admin = field(&lines, "admin on ").to_owned();
 

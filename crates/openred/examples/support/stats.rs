@@ -1,6 +1,21 @@
-//! Percentiles for the benchmark examples (included with `#[path]`).
+//! Shared by the benchmark examples (included with `#[path]`): percentiles,
+//! and where the `openred` binary is.
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// `given`, or the `openred` binary beside this example's folder:
+/// `target/<profile>/examples/NAME` -> `target/<profile>/openred`.
+pub fn openred_program(given: Option<&PathBuf>) -> Option<PathBuf> {
+    match given {
+        Some(p) => Some(p.clone()),
+        None => std::env::current_exe()
+            .ok()?
+            .parent()
+            .and_then(|examples| examples.parent())
+            .map(|profile| profile.join("openred")),
+    }
+}
 
 /// Nearest-rank percentiles of a set of samples, in one unit.
 pub struct Stats {
