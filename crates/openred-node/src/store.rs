@@ -487,10 +487,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_token_burns_once_and_its_tombstone_refuses_a_replayed_push() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = NodeStore::open(&dir.path().join("node.db"), &[7; 32])
-            .await
-            .unwrap();
+        let (_dir, store) = temp_store().await;
         let id = [7u8; 16];
         let token = token(record(5));
         let now = UnixTime(10);
@@ -522,6 +519,15 @@ mod tests {
         assert_eq!(store.purge_expired(UnixTime(100)).await.unwrap(), (0, 1));
     }
 
+    /// A store in a new temporary folder (kept alive by the first value).
+    async fn temp_store() -> (tempfile::TempDir, NodeStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = NodeStore::open(&dir.path().join("node.db"), &[7; 32])
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
     fn record(seq: u64) -> SignedRecord {
         openred_core::NodeRecord::sign(
             &openred_core::IdentityKeypair::from_secret_bytes(&[1; 32]),
@@ -544,10 +550,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_token_with_a_rolled_back_record_is_refused_and_leaves_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = NodeStore::open(&dir.path().join("node.db"), &[7; 32])
-            .await
-            .unwrap();
+        let (_dir, store) = temp_store().await;
         let now = UnixTime(10);
         assert_eq!(
             store
@@ -576,10 +579,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_initiator_records_its_tombstone_and_the_peer_together() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = NodeStore::open(&dir.path().join("node.db"), &[7; 32])
-            .await
-            .unwrap();
+        let (_dir, store) = temp_store().await;
         let id = [9u8; 16];
         assert!(store
             .record_introduction(&id, UnixTime(100), &record(4), UnixTime(10))
