@@ -21,7 +21,10 @@
 //!   only, short connect and request timeouts;
 //! - response bodies are read incrementally and capped
 //!   ([`OutboundConfig::max_response_bytes`]);
-//! - a rate limit per target `host:port`.
+//! - a rate limit per target `host:port`, and a bound on the requests in
+//!   flight to it (HTTP/1.1 carries one request per connection at a time, so
+//!   this bounds the open connections per peer; a request over the bound
+//!   waits for a slot within its timeout).
 //!
 //! `allow_private` (only from `--danger-allow-private-addresses`) allows
 //! plain `http`, loopback and private addresses, and nothing else.
@@ -41,9 +44,10 @@
 mod api_error;
 mod resolve;
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -97,6 +101,9 @@ pub struct OutboundConfig {
     pub max_response_bytes: usize,
     /// Rate limit per target `host:port`. Default 20/s, burst 40.
     pub per_host: HostQuota,
+    /// Requests in flight, hence connections open, per host at most.
+    /// Default 100.
+    pub max_connections_per_host: usize,
     /// Idle connections kept per host. Default 100.
     pub pool_max_idle_per_host: usize,
     /// How long an idle connection is kept. Default 300 s.
@@ -113,6 +120,7 @@ impl Default for OutboundConfig {
             request_timeout: Duration::from_secs(10),
             max_response_bytes: 64 * 1024,
             per_host: HostQuota::default(),
+            max_connections_per_host: 100,
             pool_max_idle_per_host: 100,
             pool_idle_timeout: Duration::from_secs(300),
             user_agent: concat!("openred/", env!("CARGO_PKG_VERSION")).to_owned(),
@@ -192,6 +200,10 @@ struct Inner {
     max_response_bytes: usize,
     limiter: DefaultKeyedRateLimiter<String>,
     requests: AtomicU64,
+    request_timeout: Duration,
+    max_connections_per_host: usize,
+    /// The slots of each host with requests in flight (or recently).
+    in_flight: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
 
 impl std::fmt::Debug for OutboundClient {
@@ -216,6 +228,11 @@ impl OutboundClient {
     ) -> Result<OutboundClient, OutboundError> {
         if config.connect_timeout.is_zero() || config.request_timeout.is_zero() {
             return Err(OutboundError::Config("timeouts must not be zero".into()));
+        }
+        if config.max_connections_per_host == 0 {
+            return Err(OutboundError::Config(
+                "max_connections_per_host must not be zero".into(),
+            ));
         }
         if config.max_response_bytes == 0 {
             return Err(OutboundError::Config(
@@ -248,6 +265,9 @@ impl OutboundClient {
                 max_response_bytes: config.max_response_bytes,
                 limiter: RateLimiter::keyed(config.per_host.to_quota()),
                 requests: AtomicU64::new(0),
+                request_timeout: config.request_timeout,
+                max_connections_per_host: config.max_connections_per_host,
+                in_flight: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -263,8 +283,8 @@ impl OutboundClient {
         origin: &ApiUrl,
         path: &'static str,
     ) -> Result<Response, OutboundError> {
-        let url = self.prepare(origin, path)?;
-        self.send(origin, self.inner.http.get(url)).await
+        let Prepared { url, slots } = self.prepare(origin, path)?;
+        self.send(origin, slots, self.inner.http.get(url)).await
     }
 
     /// `GET origin + path?query`, the query encoded by us from
@@ -275,10 +295,10 @@ impl OutboundClient {
         path: &'static str,
         query: &[(&'static str, String)],
     ) -> Result<Response, OutboundError> {
-        let mut url = self.prepare(origin, path)?;
+        let Prepared { mut url, slots } = self.prepare(origin, path)?;
         url.query_pairs_mut()
             .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
-        self.send(origin, self.inner.http.get(url)).await
+        self.send(origin, slots, self.inner.http.get(url)).await
     }
 
     /// `POST origin + path` with `body` as JSON.
@@ -288,7 +308,7 @@ impl OutboundClient {
         path: &'static str,
         body: &B,
     ) -> Result<Response, OutboundError> {
-        let url = self.prepare(origin, path)?;
+        let Prepared { url, slots } = self.prepare(origin, path)?;
         let bytes = serde_json::to_vec(body).map_err(|error| {
             tracing::debug!(%error, "encoding an outbound JSON body failed");
             OutboundError::Encode
@@ -299,7 +319,7 @@ impl OutboundClient {
             .post(url)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(bytes);
-        self.send(origin, request).await
+        self.send(origin, slots, request).await
     }
 
     /// `POST origin + path` with raw `bytes` of the given content type.
@@ -310,7 +330,7 @@ impl OutboundClient {
         bytes: impl Into<Bytes>,
         content_type: &'static str,
     ) -> Result<Response, OutboundError> {
-        let url = self.prepare(origin, path)?;
+        let Prepared { url, slots } = self.prepare(origin, path)?;
         let content_type =
             HeaderValue::from_str(content_type).map_err(|_| OutboundError::Encode)?;
         let request = self
@@ -319,12 +339,12 @@ impl OutboundClient {
             .post(url)
             .header(CONTENT_TYPE, content_type)
             .body(bytes.into());
-        self.send(origin, request).await
+        self.send(origin, slots, request).await
     }
 
     /// Applies the policy and the rate limit, and builds the URL. Nothing
     /// has been sent when this fails.
-    fn prepare(&self, origin: &ApiUrl, path: &'static str) -> Result<reqwest::Url, OutboundError> {
+    fn prepare(&self, origin: &ApiUrl, path: &'static str) -> Result<Prepared, OutboundError> {
         origin
             .check_policy(self.inner.allow_private)
             .map_err(|error| OutboundError::Policy(error.to_string()))?;
@@ -349,20 +369,42 @@ impl OutboundClient {
         let inner = &self.inner;
         if inner.requests.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
             inner.limiter.retain_recent();
+            // Hosts with nothing in flight: nobody else holds their slots.
+            inner
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|_, slots| Arc::strong_count(slots) > 1);
         }
         if inner.limiter.check_key(&key).is_err() {
             tracing::debug!(%origin, "outbound request rate limited");
             return Err(OutboundError::RateLimited);
         }
-        Ok(url)
+        let slots = inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Semaphore::new(inner.max_connections_per_host))
+            })
+            .clone();
+        Ok(Prepared { url, slots })
     }
 
     async fn send(
         &self,
         origin: &ApiUrl,
+        slots: Arc<tokio::sync::Semaphore>,
         request: reqwest::RequestBuilder,
     ) -> Result<Response, OutboundError> {
         let result = async {
+            // Held until the whole body is read: the connection is busy
+            // until then.
+            let _slot = tokio::time::timeout(self.inner.request_timeout, slots.acquire_owned())
+                .await
+                .map_err(|_| OutboundError::Timeout)?
+                .map_err(|_| OutboundError::Unreachable)?;
             let response = request.send().await.map_err(classify)?;
             let status = response.status().as_u16();
             let body = read_capped(response, self.inner.max_response_bytes).await?;
@@ -374,6 +416,12 @@ impl OutboundClient {
         }
         result
     }
+}
+
+/// A request that passed the policy: its URL and its host's slots.
+struct Prepared {
+    url: reqwest::Url,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Reads the body chunk by chunk, failing as soon as it exceeds `max`.
@@ -495,9 +543,9 @@ mod tests {
                 "{bad}"
             );
         }
-        let url = client.prepare(&origin, "/api/v3/tokens/receive").unwrap();
+        let prepared = client.prepare(&origin, "/api/v3/tokens/receive").unwrap();
         assert_eq!(
-            url.as_str(),
+            prepared.url.as_str(),
             "https://node.example.com/api/v3/tokens/receive"
         );
     }
@@ -520,7 +568,16 @@ mod tests {
             OutboundClient::new(zero),
             Err(OutboundError::Config(_))
         ));
+        let zero = OutboundConfig {
+            max_connections_per_host: 0,
+            ..OutboundConfig::default()
+        };
+        assert!(matches!(
+            OutboundClient::new(zero),
+            Err(OutboundError::Config(_))
+        ));
         let defaults = OutboundConfig::default();
+        assert_eq!(defaults.max_connections_per_host, 100);
         assert_eq!(defaults.max_response_bytes, 65536);
         assert_eq!(defaults.per_host.per_second.get(), 20);
         assert_eq!(defaults.per_host.burst.get(), 40);

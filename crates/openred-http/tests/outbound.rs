@@ -22,6 +22,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 struct Hits {
     all: AtomicUsize,
     target: AtomicUsize,
+    /// Requests to `/held` being served now, and the most at once.
+    held_now: AtomicUsize,
+    held_max: AtomicUsize,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -92,6 +95,17 @@ async fn server() -> (u16, Arc<Hits>) {
             get(|State(h): State<Arc<Hits>>| async move {
                 h.all.fetch_add(1, Ordering::SeqCst);
                 vec![b'x'; 1024 * 1024].into_response()
+            }),
+        )
+        .route(
+            "/held",
+            get(|State(h): State<Arc<Hits>>| async move {
+                h.all.fetch_add(1, Ordering::SeqCst);
+                let now = h.held_now.fetch_add(1, Ordering::SeqCst) + 1;
+                h.held_max.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                h.held_now.fetch_sub(1, Ordering::SeqCst);
+                "held"
             }),
         )
         .route(
@@ -408,4 +422,40 @@ async fn rate_limited_per_host_after_the_burst() {
         clone.get(&local(port), "/hit").await.unwrap_err(),
         OutboundError::RateLimited
     );
+}
+
+/// Six requests at once to one host, through a client allowing `bound`
+/// connections per host: returns the most the server saw at once.
+async fn most_at_once(bound: usize) -> usize {
+    let (port, hits) = server().await;
+    let client = OutboundClient::new(OutboundConfig {
+        allow_private: true,
+        max_connections_per_host: bound,
+        ..OutboundConfig::default()
+    })
+    .unwrap();
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let client = client.clone();
+        requests.spawn(async move { client.get(&local(port), "/held").await });
+    }
+    while let Some(answer) = requests.join_next().await {
+        assert_eq!(
+            answer.unwrap().unwrap().status,
+            200,
+            "every request is served"
+        );
+    }
+    assert_eq!(hits.all.load(Ordering::SeqCst), 6);
+    hits.held_max.load(Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_host_are_bounded_and_requests_over_the_bound_wait() {
+    assert!(
+        most_at_once(2).await <= 2,
+        "at most two connections to the host"
+    );
+    // The server does see concurrency when the bound allows it.
+    assert!(most_at_once(100).await > 2);
 }

@@ -22,6 +22,7 @@ use openred_core::NodeId;
 use openred_http::ApiError;
 use serde::{Deserialize, Serialize};
 
+use crate::error::NodeError;
 use crate::node::NodeState;
 
 const TOKEN_FILE: &str = "admin.token";
@@ -90,6 +91,7 @@ pub fn routes(state: Arc<NodeState>) -> Router {
         .route("/admin/v1/peers", get(peers))
         .route("/admin/v1/connect", post(connect))
         .route("/admin/v1/ping", post(ping))
+        .route("/admin/v1/renew", post(renew))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
@@ -329,6 +331,40 @@ async fn ping(
     Ok(Json(PingView {
         node_id: peer.to_string(),
         rtt_ms: rtt.as_secs_f64() * 1000.0,
+    }))
+}
+
+/// The answer to `renew`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RenewView {
+    /// The peer.
+    pub node_id: String,
+    /// The session that authorised the renewal.
+    pub previous_session_id: String,
+    /// The new session, now used to reach the peer.
+    pub session_id: String,
+    /// The renewal's duration: handshake and first frame.
+    pub elapsed_ms: f64,
+}
+
+/// Renews the session with a peer now, without the directory, as the
+/// lifecycle does before a session's maximum age.
+async fn renew(
+    State(state): State<Arc<NodeState>>,
+    body: Result<Json<PeerRequest>, JsonRejection>,
+) -> Result<Json<RenewView>, ApiError> {
+    let peer = peer_id(body)?;
+    let live = state
+        .sessions
+        .with_peer(&peer)
+        .ok_or_else(|| NodeError::NoSession(peer.to_string()).to_api())?;
+    let started = std::time::Instant::now();
+    let renewed = state.renew(&live).await.map_err(|e| e.to_api())?;
+    Ok(Json(RenewView {
+        node_id: peer.to_string(),
+        previous_session_id: live.id().to_string(),
+        session_id: renewed.id().to_string(),
+        elapsed_ms: started.elapsed().as_secs_f64() * 1000.0,
     }))
 }
 

@@ -57,6 +57,10 @@ pub struct NodeConfig {
     pub danger_in_process_crypto: bool,
     /// The program to start as `PROGRAM agent` (default: this program).
     pub agent_program: Option<PathBuf>,
+    /// Connections open at once to one peer (or the directory) by the
+    /// node's one HTTP client; more requests wait for one to free up
+    /// (default 100, as the seed).
+    pub max_connections_per_peer: usize,
     /// Idle connections kept open per peer by the node's one HTTP client
     /// (default 100, as the seed).
     pub pool_max_idle_per_peer: usize,
@@ -95,6 +99,7 @@ impl NodeConfig {
             max_backoff_s: 60,
             danger_in_process_crypto: false,
             agent_program: None,
+            max_connections_per_peer: 100,
             pool_max_idle_per_peer: 100,
             pool_idle_timeout_s: 300,
         }
@@ -115,6 +120,11 @@ impl NodeConfig {
         if self.session_max_age_s < self.epoch.epoch_len_s {
             return Err(ConfigError(
                 "session_max_age_s must be at least one epoch".into(),
+            ));
+        }
+        if self.max_connections_per_peer == 0 {
+            return Err(ConfigError(
+                "max_connections_per_peer must be at least 1".into(),
             ));
         }
         if self.pool_idle_timeout_s == 0 {

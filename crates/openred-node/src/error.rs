@@ -58,6 +58,9 @@ pub enum NodeError {
     /// A frame was refused.
     #[error("frame refused: {0}")]
     Frame(#[from] FrameError),
+    /// The operation is already running.
+    #[error("busy: {0}")]
+    Busy(&'static str),
     /// No session with that peer.
     #[error("no session with {0}; connect first")]
     NoSession(String),
@@ -90,6 +93,7 @@ impl NodeError {
                 ApiError::new(StatusCode::BAD_GATEWAY, "unreachable", e.to_string())
             }
             NodeError::NoSession(_) => ApiError::not_found("no_session", self.to_string()),
+            NodeError::Busy(_) => ApiError::conflict("busy", self.to_string()),
             NodeError::Store(e) => ApiError::internal("node storage", e),
             NodeError::Crypto(CryptoError::Unavailable) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -4,14 +4,20 @@
 //! carry, so KK gives mutual authentication and forward secrecy in two
 //! messages. What we add on top, all inside the Noise transcript:
 //!
-//! - the **prologue** binds the connection ID, both node IDs, the public half
-//!   of the token pair and the suite offer, so a message cannot be moved to
-//!   another introduction or have its offer rewritten;
-//! - the initiator's **proof of possession**: a signature with token_a's
-//!   secret half over the handshake hash as it stands before message 1 (it
-//!   covers the protocol name, the prologue and both static keys), under the
-//!   handshake-proof context label. It travels in message 1's payload, which
-//!   KK already encrypts (after `es, ss`), so only the target can read it;
+//! - the **prologue** binds the kind of handshake, the connection ID, both
+//!   node IDs, what authorises the handshake and the suite offer, so a
+//!   message cannot be moved to another introduction or renewal, or have its
+//!   offer rewritten;
+//! - what **authorises** it ([`Authority`]): for an introduction, the public
+//!   half of the directory's token pair, and the initiator's **proof of
+//!   possession** of the secret half: a signature over the handshake hash as
+//!   it stands before message 1 (it covers the protocol name, the prologue
+//!   and both static keys), under the handshake-proof context label, carried
+//!   in message 1's payload, which KK already encrypts (after `es, ss`), so
+//!   only the target can read it. For a **renewal**, the handshake hash of
+//!   the live session that authorises it: the messages travel inside that
+//!   session's frames (see `p2p::renew`), so only the holder of the session
+//!   can ask, and the Noise static keys still prove who both ends are;
 //! - the **suite negotiation**: offered in message 1, chosen in message 2,
 //!   both encrypted; the choice must come from the offer, with no fallback.
 //!
@@ -27,6 +33,7 @@ use zeroize::Zeroizing;
 /// The Noise protocol name. Changing it changes every handshake hash.
 pub const NOISE_PARAMS: &str = "Noise_KK_25519_ChaChaPoly_BLAKE2s";
 const PROLOGUE_LABEL: &[u8] = b"openred/v1/handshake-prologue";
+const RENEWAL_PROLOGUE_LABEL: &[u8] = b"openred/v1/renewal-prologue";
 const PAYLOAD_VERSION: u8 = 1;
 /// The most suites an offer may list.
 pub const MAX_OFFER: usize = 8;
@@ -59,17 +66,37 @@ pub enum HandshakeError {
     SelfSession,
 }
 
-/// What both sides of an introduction agree on before the handshake.
+/// What authorises a handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Authority {
+    /// An introduction by the directory: the public half of the token pair
+    /// (token_b's verifying key). The initiator proves it holds the secret
+    /// half.
+    Introduction {
+        /// token_b's verifying key.
+        link_public: [u8; 32],
+    },
+    /// The renewal of a live session between the two nodes, which carries
+    /// both messages in its frames: no directory, no token.
+    Renewal {
+        /// The handshake hash of the session being renewed.
+        previous: [u8; 32],
+    },
+}
+
+/// What both sides agree on before the handshake.
 #[derive(Debug, Clone)]
 pub struct HandshakeContext {
-    /// The introduction's connection ID.
+    /// The introduction's connection ID, or a fresh random one for a
+    /// renewal.
     pub connection_id: [u8; 16],
-    /// Node A, who asked for the introduction and starts the handshake.
+    /// The node that starts the handshake: A, who asked for the
+    /// introduction, or the node that renews.
     pub initiator: NodeId,
-    /// Node B.
+    /// The other node.
     pub target: NodeId,
-    /// The public half of the token pair (token_b's verifying key).
-    pub link_public: [u8; 32],
+    /// What authorises the handshake.
+    pub authority: Authority,
     /// The suites the initiator offers, in its order of preference.
     pub offer: Vec<Suite>,
 }
@@ -77,13 +104,17 @@ pub struct HandshakeContext {
 impl HandshakeContext {
     fn prologue(&self) -> Result<Vec<u8>, HandshakeError> {
         check_offer(&self.offer)?;
-        let mut p = Vec::with_capacity(PROLOGUE_LABEL.len() + 1 + 16 + 96 + 1 + self.offer.len());
-        p.extend_from_slice(PROLOGUE_LABEL);
+        let (label, bound) = match &self.authority {
+            Authority::Introduction { link_public } => (PROLOGUE_LABEL, link_public),
+            Authority::Renewal { previous } => (RENEWAL_PROLOGUE_LABEL, previous),
+        };
+        let mut p = Vec::with_capacity(label.len() + 1 + 16 + 96 + 1 + self.offer.len());
+        p.extend_from_slice(label);
         p.push(0);
         p.extend_from_slice(&self.connection_id);
         p.extend_from_slice(self.initiator.as_bytes());
         p.extend_from_slice(self.target.as_bytes());
-        p.extend_from_slice(&self.link_public);
+        p.extend_from_slice(bound);
         p.push(self.offer.len() as u8);
         p.extend(self.offer.iter().map(|s| s.id()));
         Ok(p)
@@ -178,8 +209,9 @@ pub struct InitiatorHandshake {
     offer: Vec<Suite>,
 }
 
-/// Starts the handshake as the initiator: returns message 1.
-/// `sign_proof` signs the pre-message-1 handshake hash with token_a's half.
+/// Starts the handshake as the initiator: returns message 1. For an
+/// introduction, `sign_proof` signs the pre-message-1 handshake hash with
+/// token_a's half; a renewal carries no proof and does not call it.
 pub fn initiate(
     local_secret: &[u8; 32],
     local_public: &[u8; 32],
@@ -191,10 +223,11 @@ pub fn initiate(
         return Err(HandshakeError::SelfSession);
     }
     let mut state = build(local_secret, target_public, &context.prologue()?, true)?;
-    let proof = sign_proof(&hash32(&state)?);
     let mut payload = Vec::with_capacity(2 + 64 + context.offer.len());
     payload.push(PAYLOAD_VERSION);
-    payload.extend_from_slice(&proof);
+    if let Authority::Introduction { .. } = context.authority {
+        payload.extend_from_slice(&sign_proof(&hash32(&state)?));
+    }
     payload.push(context.offer.len() as u8);
     payload.extend(context.offer.iter().map(|s| s.id()));
     let mut message = vec![0u8; MAX_MESSAGE];
@@ -239,8 +272,9 @@ impl InitiatorHandshake {
     }
 }
 
-/// Answers message 1 as the target: verifies the initiator's proof with
-/// `verify_proof` (token_b's verifying half), picks the first offered suite
+/// Answers message 1 as the target: for an introduction, verifies the
+/// initiator's proof with `verify_proof` (token_b's verifying half; a
+/// renewal has no proof and does not call it), picks the first offered suite
 /// that `accepted` allows, and returns message 2 with the session keys. The
 /// caller must burn the connection ID before sending message 2.
 pub fn respond(
@@ -265,13 +299,16 @@ pub fn respond(
         .read_message(message, &mut payload)
         .map_err(builder_error)?;
     let payload = &payload[..n];
-    if payload.len() < 66 || payload[0] != PAYLOAD_VERSION {
+    let proof_len = match context.authority {
+        Authority::Introduction { .. } => 64,
+        Authority::Renewal { .. } => 0,
+    };
+    if payload.len() < 2 + proof_len || payload[0] != PAYLOAD_VERSION {
         return Err(HandshakeError::Payload("message 1 payload is malformed"));
     }
-    let mut proof = [0u8; 64];
-    proof.copy_from_slice(&payload[1..65]);
-    let count = payload[65] as usize;
-    let ids = &payload[66..];
+    let (proof, rest) = payload[1..].split_at(proof_len);
+    let count = rest[0] as usize;
+    let ids = &rest[1..];
     if ids.len() != count {
         return Err(HandshakeError::Payload("suite list length"));
     }
@@ -279,8 +316,13 @@ pub fn respond(
     if parse_offer(ids)? != context.offer {
         return Err(HandshakeError::Downgrade);
     }
-    if !verify_proof(&before, &proof) {
-        return Err(HandshakeError::Proof);
+    if let Authority::Introduction { .. } = context.authority {
+        let proof: &[u8; 64] = proof
+            .try_into()
+            .map_err(|_| HandshakeError::Payload("proof length"))?;
+        if !verify_proof(&before, proof) {
+            return Err(HandshakeError::Proof);
+        }
     }
     let suite = context
         .offer
@@ -320,7 +362,9 @@ mod tests {
             connection_id: [cid; 16],
             initiator: NodeId::from_bytes([1; 32]),
             target: NodeId::from_bytes([2; 32]),
-            link_public: link.public().to_bytes(),
+            authority: Authority::Introduction {
+                link_public: link.public().to_bytes(),
+            },
             offer,
         }
     }
@@ -536,5 +580,106 @@ mod tests {
         .unwrap();
         m2[40] ^= 0x80;
         assert_eq!(pending.finish(&m2).err(), Some(HandshakeError::Noise));
+    }
+
+    fn renewal(previous: u8, offer: Vec<Suite>) -> HandshakeContext {
+        HandshakeContext {
+            connection_id: [5; 16],
+            initiator: NodeId::from_bytes([1; 32]),
+            target: NodeId::from_bytes([2; 32]),
+            authority: Authority::Renewal {
+                previous: [previous; 32],
+            },
+            offer,
+        }
+    }
+
+    fn no_proof(_: &[u8; 32]) -> [u8; 64] {
+        panic!("a renewal carries no token proof")
+    }
+
+    fn no_check(_: &[u8; 32], _: &[u8; 64]) -> bool {
+        panic!("a renewal checks no token proof")
+    }
+
+    #[test]
+    fn a_renewal_agrees_on_fresh_keys_without_a_token() {
+        let (a, b) = (side(1), side(2));
+        let ctx = renewal(7, BOTH.to_vec());
+        let (pending, m1) = initiate(&a.secret, &a.public, &b.public, &ctx, no_proof).unwrap();
+        let (rb, m2) =
+            respond(&b.secret, &b.public, &a.public, &ctx, &m1, &BOTH, no_check).unwrap();
+        let ra = pending.finish(&m2).unwrap();
+        assert_eq!(ra.handshake_hash, rb.handshake_hash);
+        assert_eq!(*ra.i2r, *rb.i2r);
+        assert_ne!(ra.handshake_hash, [7; 32]);
+        // Two renewals of one session make unrelated keys (fresh ephemerals).
+        let (pending, m1) = initiate(&a.secret, &a.public, &b.public, &ctx, no_proof).unwrap();
+        let (_, m2) = respond(&b.secret, &b.public, &a.public, &ctx, &m1, &BOTH, no_check).unwrap();
+        let again = pending.finish(&m2).unwrap();
+        assert_ne!(*again.i2r, *ra.i2r);
+    }
+
+    #[test]
+    fn a_renewal_is_bound_to_its_session_and_to_both_static_keys() {
+        let (a, b, thief) = (side(1), side(2), side(3));
+        let ctx = renewal(7, BOTH.to_vec());
+        let (_, m1) = initiate(&a.secret, &a.public, &b.public, &ctx, no_proof).unwrap();
+        // Shown to B as the renewal of another session: the prologue differs.
+        let err = respond(
+            &b.secret,
+            &b.public,
+            &a.public,
+            &renewal(8, BOTH.to_vec()),
+            &m1,
+            &BOTH,
+            no_check,
+        );
+        assert_eq!(err.err(), Some(HandshakeError::Noise));
+        // Someone holding the session's keys but not A's static key.
+        let (_, forged) =
+            initiate(&thief.secret, &thief.public, &b.public, &ctx, no_proof).unwrap();
+        let err = respond(
+            &b.secret, &b.public, &a.public, &ctx, &forged, &BOTH, no_check,
+        );
+        assert_eq!(err.err(), Some(HandshakeError::Noise));
+    }
+
+    #[test]
+    fn an_introduction_message_is_no_renewal_and_the_other_way_round() {
+        let (a, b, link) = (
+            side(1),
+            side(2),
+            IdentityKeypair::from_secret_bytes(&[9; 32]),
+        );
+        let intro = context(&link, 5, BOTH.to_vec());
+        let (_, m1) = initiate(&a.secret, &a.public, &b.public, &intro, sign(&link)).unwrap();
+        let as_renewal = HandshakeContext {
+            authority: Authority::Renewal {
+                previous: link.public().to_bytes(),
+            },
+            ..intro.clone()
+        };
+        let err = respond(
+            &b.secret,
+            &b.public,
+            &a.public,
+            &as_renewal,
+            &m1,
+            &BOTH,
+            no_check,
+        );
+        assert_eq!(err.err(), Some(HandshakeError::Noise));
+        let (_, m1) = initiate(&a.secret, &a.public, &b.public, &as_renewal, no_proof).unwrap();
+        let err = respond(
+            &b.secret,
+            &b.public,
+            &a.public,
+            &intro,
+            &m1,
+            &BOTH,
+            verify(&link),
+        );
+        assert_eq!(err.err(), Some(HandshakeError::Noise));
     }
 }

@@ -10,6 +10,7 @@
 //! - [`handshake`]: the Noise KK handshake with the token proof and suite
 //!   negotiation.
 //! - [`sessions`]: established sessions, in memory only.
+//! - [`lifecycle`]: purging what expired, renewing sessions in use.
 //! - `p2p`: the API peers and the directory call.
 //! - [`admin`]: the owner's API.
 //! - [`node`]: [`Node`]: serving, the registration loop, connecting.
@@ -30,6 +31,7 @@ pub mod directory_client;
 pub mod error;
 pub mod handshake;
 pub mod identity;
+pub mod lifecycle;
 pub mod master_key;
 pub mod node;
 mod p2p;

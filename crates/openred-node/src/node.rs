@@ -2,7 +2,7 @@
 //! registration loop, and serving the P2P and admin APIs.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use crate::agent::{Crypto, CryptoError};
 use crate::config::{ConfigError, NodeConfig};
 use crate::directory_client::{expect_ok, DirectoryClient};
 use crate::error::NodeError;
-use crate::handshake::HandshakeContext;
+use crate::handshake::{Authority, HandshakeContext};
 use crate::identity::{IdentityError, NodeKeys};
 use crate::p2p::{self, PING, PONG};
 use crate::sessions::{LiveSession, SessionTable};
@@ -129,6 +129,7 @@ impl Node {
         // One client for the whole node: every peer, the directory.
         let outbound = OutboundClient::new(OutboundConfig {
             allow_private: config.danger_allow_private_addresses,
+            max_connections_per_host: config.max_connections_per_peer,
             pool_max_idle_per_host: config.pool_max_idle_per_peer,
             pool_idle_timeout: std::time::Duration::from_secs(config.pool_idle_timeout_s),
             ..OutboundConfig::default()
@@ -206,7 +207,10 @@ impl Node {
             }
         });
         let registration = tokio::spawn(registration_loop(state.clone(), stop_rx.clone()));
-        let housekeeping = tokio::spawn(housekeeping_loop(state.clone(), stop_rx.clone()));
+        let housekeeping = tokio::spawn(crate::lifecycle::lifecycle_loop(
+            state.clone(),
+            stop_rx.clone(),
+        ));
         shutdown.await;
         let _ = stop_tx.send(true);
         let _ = registration.await;
@@ -275,27 +279,6 @@ async fn register_once(state: &NodeState) -> Result<u64, NodeError> {
         tracing::info!(node_id = %state.crypto.node_id(), seq = answer.seq, "registered with the directory");
     }
     Ok(answer.next_heartbeat_s)
-}
-
-/// Purges expired tokens, tombstones and idle sessions.
-async fn housekeeping_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(30));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let now = state.clock.now();
-        if let Err(e) = state.store.purge_expired(now).await {
-            tracing::warn!(error = %e, "purging expired tokens failed");
-        }
-        for live in state.sessions.all() {
-            live.session.erase_expired(now);
-        }
-        state
-            .sessions
-            .purge_idle(now.minus(2 * state.config.epoch.epoch_len_s));
-    }
 }
 
 impl NodeState {
@@ -386,7 +369,9 @@ impl NodeState {
             connection_id: intro.connection_id,
             initiator: me,
             target: peer,
-            link_public: opened.link_public,
+            authority: Authority::Introduction {
+                link_public: opened.link_public,
+            },
             offer: self.config.suites.clone(),
         };
         let (pending, message) = self
@@ -415,21 +400,12 @@ impl NodeState {
         let answer: HandshakeResponse = expect_ok(answer?, false)?;
         let reply = b64_decode(&answer.message).map_err(|_| NodeError::Malformed("the peer"))?;
         let keys = self.crypto.finish(pending, &reply).await?;
-        let session = session_from(Role::Initiator, &keys, self.clock.now(), &self.config)?;
-        if answer.session_id != session.session_id().to_string() {
-            return Err(NodeError::Malformed(
-                "a session ID not derived from the handshake",
-            ));
-        }
-        let live = self.sessions.insert(LiveSession {
-            peer,
+        let live = self.install_session(
+            Role::Initiator,
+            &keys,
             peer_record,
-            established_at: now,
-            session,
-            confirmed: AtomicBool::new(true),
-            last_activity: AtomicU64::new(now.0),
-        });
-        tracing::info!(%peer, session = %live.id(), suite = %live.session.suite(), "session established (initiator)");
+            Some(&answer.session_id),
+        )?;
         let established = started.elapsed();
         self.ping(&peer).await?;
         Ok(Connected {
@@ -452,12 +428,27 @@ impl NodeState {
         let mut payload = PING.to_vec();
         payload.extend_from_slice(&nonce);
         let started = Instant::now();
-        let frame = live.session.seal(&payload, self.clock.now())?;
+        let reply = self.exchange(&live, "/p2p/ping", &payload).await?;
+        if reply.len() != 12 || &reply[..4] != PONG || reply[4..] != nonce {
+            return Err(NodeError::Malformed("a pong that does not match the ping"));
+        }
+        Ok(started.elapsed())
+    }
+
+    /// Sends `plaintext` to `path` on the peer, sealed in a frame of
+    /// `live`, and opens the peer's answer, a frame of the same session.
+    pub(crate) async fn exchange(
+        &self,
+        live: &LiveSession,
+        path: &'static str,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, NodeError> {
+        let frame = live.session.seal(plaintext, self.clock.now())?;
         let response = self
             .outbound
             .post_bytes(
                 &live.peer_record.record().api_url,
-                "/p2p/ping",
+                path,
                 frame,
                 "application/octet-stream",
             )
@@ -469,33 +460,49 @@ impl NodeState {
         }
         let now = self.clock.now();
         let reply = live.session.open(&response.body, now)?;
-        if reply.len() != 12 || &reply[..4] != PONG || reply[4..] != nonce {
-            return Err(NodeError::Malformed("a pong that does not match the ping"));
-        }
         live.touch(now);
-        Ok(started.elapsed())
+        Ok(reply)
     }
 }
 
-/// A session from the keys a handshake exported.
-pub(crate) fn session_from(
-    role: Role,
-    keys: &crate::agent::proto::SessionKeys,
-    now: openred_core::UnixTime,
-    config: &NodeConfig,
-) -> Result<Session, NodeError> {
-    let suite = openred_core::session::Suite::from_id(keys.suite)
-        .ok_or(NodeError::Malformed("the agent: an unknown suite"))?;
-    Ok(Session::new(
-        role,
-        suite,
-        &keys.handshake_hash,
-        &keys.i2r,
-        &keys.r2i,
-        now,
-        config.epoch,
-    )
-    .with_max_plaintext(config.max_frame_bytes))
+impl NodeState {
+    /// Installs the session a finished handshake exported, with the peer
+    /// whose record the handshake used. The initiator passes the session ID
+    /// the responder announced, which must be the one the keys derive.
+    pub(crate) fn install_session(
+        &self,
+        role: Role,
+        keys: &crate::agent::proto::SessionKeys,
+        peer_record: openred_core::SignedRecord,
+        announced: Option<&str>,
+    ) -> Result<Arc<LiveSession>, NodeError> {
+        let suite = openred_core::session::Suite::from_id(keys.suite)
+            .ok_or(NodeError::Malformed("the agent: an unknown suite"))?;
+        let now = self.clock.now();
+        let session = Session::new(
+            role,
+            suite,
+            &keys.handshake_hash,
+            &keys.i2r,
+            &keys.r2i,
+            now,
+            self.config.epoch,
+        )
+        .with_max_plaintext(self.config.max_frame_bytes);
+        if announced.is_some_and(|id| id != session.session_id().to_string()) {
+            return Err(NodeError::Malformed(
+                "a session ID not derived from the handshake",
+            ));
+        }
+        let live = self.sessions.insert(LiveSession::new(
+            peer_record,
+            session,
+            keys.handshake_hash,
+            now,
+        ));
+        tracing::info!(peer = %live.peer, session = %live.id(), suite = %suite, ?role, "session established");
+        Ok(live)
+    }
 }
 
 /// The folder of the node's database, `DATA/state`. A folder of its own,

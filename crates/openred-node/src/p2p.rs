@@ -1,7 +1,7 @@
 //! The P2P API other nodes and the directory call: health, the
 //! reachability proof, token pushes, the handshake, and the encrypted ping.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -17,14 +17,15 @@ use openred_core::wire::{
     b64_decode, b64_encode, HandshakeRequest, HandshakeResponse, ReachabilityChallenge,
     ReachabilityProof, TokenAccepted, TokenPush,
 };
+use openred_core::UnixTime;
 use openred_http::ApiError;
 use serde::Serialize;
 
 use crate::agent::CryptoError;
 use crate::config::IntroductionPolicy;
 use crate::error::NodeError;
-use crate::handshake::{self, HandshakeContext};
-use crate::node::{session_from, NodeState};
+use crate::handshake::{self, Authority, HandshakeContext};
+use crate::node::NodeState;
 use crate::sessions::LiveSession;
 use crate::store::{StoredToken, TokenState};
 
@@ -38,6 +39,7 @@ pub fn routes() -> Router<Arc<NodeState>> {
         .route("/api/v3/tokens/receive", post(receive_token))
         .route("/p2p/handshake", post(handshake_route))
         .route("/p2p/ping", post(ping))
+        .route("/p2p/renew", post(renew))
 }
 
 #[derive(Serialize)]
@@ -207,15 +209,7 @@ async fn handshake_route(
     body: Result<Json<HandshakeRequest>, JsonRejection>,
 ) -> Result<Json<HandshakeResponse>, ApiError> {
     let Json(body) = body?;
-    let connection_id: [u8; 16] = b64_decode(&body.connection_id)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "bad_connection_id",
-                "connection_id must be 16 bytes, base64url",
-            )
-        })?;
+    let connection_id = connection_id(&body.connection_id, "bad_connection_id")?;
     // The connection ID first: unknown or used IDs cost one indexed read
     // and no public-key work.
     let (token_state, token) = state.store.token(&connection_id).await.map_err(internal)?;
@@ -249,7 +243,9 @@ async fn handshake_route(
         connection_id,
         initiator: token.initiator,
         target: state.crypto.node_id(),
-        link_public: token.link_public,
+        authority: Authority::Introduction {
+            link_public: token.link_public,
+        },
         offer,
     };
     let (keys, reply) = state
@@ -261,12 +257,7 @@ async fn handshake_route(
             &state.config.suites,
         )
         .await
-        .map_err(|e| match e {
-            CryptoError::Failed { message, .. } => {
-                ApiError::new(StatusCode::FORBIDDEN, "handshake_failed", message)
-            }
-            other => NodeError::from(other).to_api(),
-        })?;
+        .map_err(handshake_refused)?;
     // Burn before answering: exactly one handshake wins a connection ID,
     // and its tombstone outlives the token.
     if state
@@ -281,17 +272,9 @@ async fn handshake_route(
             "this connection ID was used already",
         ));
     }
-    let session =
-        session_from(Role::Responder, &keys, now, &state.config).map_err(|e| e.to_api())?;
-    let live = state.sessions.insert(LiveSession {
-        peer: token.initiator,
-        peer_record: initiator_record,
-        established_at: now,
-        session,
-        confirmed: AtomicBool::new(false),
-        last_activity: AtomicU64::new(now.0),
-    });
-    tracing::info!(peer = %token.initiator, session = %live.id(), suite = %live.session.suite(), "session established (responder)");
+    let live = state
+        .install_session(Role::Responder, &keys, initiator_record, None)
+        .map_err(|e| e.to_api())?;
     Ok(Json(HandshakeResponse {
         session_established: true,
         session_id: live.id().to_string(),
@@ -311,6 +294,24 @@ fn pinned_directory(state: &NodeState) -> Result<openred_core::IdentityPublicKey
     })
 }
 
+fn connection_id(text: &str, code: &'static str) -> Result<[u8; 16], ApiError> {
+    b64_decode(text)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| ApiError::bad_request(code, "connection_id must be 16 bytes, base64url"))
+}
+
+/// The agent refused a handshake message (it does not authenticate, or
+/// its payload is wrong), or could not answer.
+fn handshake_refused(e: CryptoError) -> ApiError {
+    match e {
+        CryptoError::Failed { message, .. } => {
+            ApiError::new(StatusCode::FORBIDDEN, "handshake_failed", message)
+        }
+        other => NodeError::from(other).to_api(),
+    }
+}
+
 fn handshake_error(e: handshake::HandshakeError) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "handshake_failed", e.to_string())
 }
@@ -320,7 +321,10 @@ pub const PING: &[u8; 4] = b"ping";
 /// See [`PING`].
 pub const PONG: &[u8; 4] = b"pong";
 
-async fn ping(State(state): Shared, body: Bytes) -> Result<Response, ApiError> {
+/// Opens a frame sent to this node: finds its session, checks it (one
+/// AEAD, the replay window), and counts the peer's first frame on a new
+/// session as its confirmation.
+fn open_frame(state: &NodeState, body: &[u8]) -> Result<(Arc<LiveSession>, Vec<u8>), ApiError> {
     if body.len() > state.config.max_frame_bytes + 64 {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -328,21 +332,99 @@ async fn ping(State(state): Shared, body: Bytes) -> Result<Response, ApiError> {
             "frame too large",
         ));
     }
-    let (header, _) = FrameHeader::parse(&body).map_err(frame_error)?;
+    let (header, _) = FrameHeader::parse(body).map_err(frame_error)?;
     let live = state.sessions.get(&header.session_id).ok_or_else(|| {
         ApiError::not_found("unknown_session", "no such session; handshake again")
     })?;
     let now = state.clock.now();
-    let plaintext = live.session.open(&body, now).map_err(frame_error)?;
-    live.confirmed.store(true, Ordering::Relaxed);
+    let plaintext = live.session.open(body, now).map_err(frame_error)?;
+    state.sessions.confirm(&live);
     live.touch(now);
+    Ok((live, plaintext))
+}
+
+/// A frame answer.
+fn frame_response(
+    live: &LiveSession,
+    plaintext: &[u8],
+    now: UnixTime,
+) -> Result<Response, ApiError> {
+    let frame = live.session.seal(plaintext, now).map_err(frame_error)?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], frame).into_response())
+}
+
+async fn ping(State(state): Shared, body: Bytes) -> Result<Response, ApiError> {
+    let (live, plaintext) = open_frame(&state, &body)?;
     if plaintext.len() != 12 || &plaintext[..4] != PING {
         return Err(ApiError::bad_request("bad_ping", "not a ping"));
     }
     let mut reply = PONG.to_vec();
     reply.extend_from_slice(&plaintext[4..]);
-    let frame = live.session.seal(&reply, now).map_err(frame_error)?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], frame).into_response())
+    frame_response(&live, &reply, state.clock.now())
+}
+
+/// How many renewals one session may authorise: one, and retries of it
+/// when an answer is lost.
+pub const MAX_RENEWALS_PER_SESSION: u32 = 3;
+
+/// A renewal: a new handshake asked for inside a frame of the live session
+/// it replaces, answered inside a frame of the same session. The frame
+/// proves the request comes from the holder of the session, once (the
+/// replay window); the Noise static keys prove both nodes again, so a
+/// thief of session keys alone cannot renew; the new keys owe nothing to
+/// the old ones. No directory and no token take part.
+async fn renew(State(state): Shared, body: Bytes) -> Result<Response, ApiError> {
+    let (live, plaintext) = open_frame(&state, &body)?;
+    let now = state.clock.now();
+    if live.age(now) >= state.config.session_max_age_s {
+        return Err(ApiError::conflict(
+            "session_expired",
+            "this session is past its maximum age; ask the directory for an introduction",
+        ));
+    }
+    let request: HandshakeRequest = serde_json::from_slice(&plaintext)
+        .map_err(|e| ApiError::bad_request("bad_renewal", e.to_string()))?;
+    let connection_id = connection_id(&request.connection_id, "bad_renewal")?;
+    let message = b64_decode(&request.message)
+        .map_err(|_| ApiError::bad_request("bad_renewal", "message is not base64url"))?;
+    let offer = handshake::parse_offer(&request.suites).map_err(handshake_error)?;
+    if live.renewals.fetch_add(1, Ordering::AcqRel) >= MAX_RENEWALS_PER_SESSION {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "renewal_limit",
+            "this session has authorised all the renewals it may",
+        ));
+    }
+    let context = HandshakeContext {
+        connection_id,
+        initiator: live.peer,
+        target: state.crypto.node_id(),
+        authority: Authority::Renewal {
+            previous: live.handshake_hash,
+        },
+        offer,
+    };
+    let (keys, reply) = state
+        .crypto
+        .respond(
+            &context,
+            &live.peer_record.record().agreement_key.0,
+            &message,
+            &state.config.suites,
+        )
+        .await
+        .map_err(handshake_refused)?;
+    let renewed = state
+        .install_session(Role::Responder, &keys, live.peer_record.clone(), None)
+        .map_err(|e| e.to_api())?;
+    let answer = HandshakeResponse {
+        session_established: true,
+        session_id: renewed.id().to_string(),
+        message: b64_encode(&reply),
+    };
+    let plaintext = serde_json::to_vec(&answer)
+        .map_err(|e| ApiError::internal("encoding the renewal answer", e))?;
+    frame_response(&live, &plaintext, now)
 }
 
 /// The answer to a refused frame. The reason is given: it tells an

@@ -29,7 +29,7 @@ use openred_core::wire::{
 use openred_core::{AgreementSecret, ApiUrl, IdentityKeypair, NodeId, NodeRecord, UnixTime};
 use openred_node::admin::StatusView;
 use openred_node::error::NodeError;
-use openred_node::handshake::{self, HandshakeContext, HandshakeError};
+use openred_node::handshake::{self, Authority, HandshakeContext, HandshakeError};
 use openred_node::identity::NodeSignature;
 use openred_node::store::{NodeStore, StoredToken, TokenState};
 use openred_node::{IntroductionPolicy, NodeState};
@@ -432,7 +432,9 @@ async fn a_node_cannot_be_introduced_to_itself() {
         connection_id: random16(),
         initiator: a.id(),
         target: b.id(),
-        link_public: [0; 32],
+        authority: Authority::Introduction {
+            link_public: [0; 32],
+        },
         offer: vec![Suite::ChaCha20Poly1305],
     };
     let result = handshake::initiate(&a.keys().agreement_secret(), &me, &me, &context, |_| {

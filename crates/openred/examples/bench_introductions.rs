@@ -492,7 +492,9 @@ async fn split(
         connection_id,
         initiator: me,
         target: peer,
-        link_public: opened_a.link.verifying_bytes(),
+        authority: openred_node::handshake::Authority::Introduction {
+            link_public: opened_a.link.verifying_bytes(),
+        },
         offer: a.config().suites.clone(),
     };
     let b_record_key = opened_a.peer_record.record().agreement_key.0;

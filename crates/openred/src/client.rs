@@ -5,7 +5,9 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use openred_node::admin::{self, ConnectView, PeerRequest, PeerView, PingView, StatusView};
+use openred_node::admin::{
+    self, ConnectView, PeerRequest, PeerView, PingView, RenewView, StatusView,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -105,37 +107,60 @@ pub async fn peers(data: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `openred connect NODE_ID`.
-pub async fn connect(data: &Path, node_id: &str, json: bool) -> anyhow::Result<()> {
+/// Asks the admin API to act on one peer at `path`; prints the answer as
+/// JSON, or as `text` says.
+async fn peer_command<V: serde::Serialize + serde::de::DeserializeOwned>(
+    data: &Path,
+    path: &str,
+    node_id: &str,
+    json: bool,
+    text: impl FnOnce(&V) -> String,
+) -> anyhow::Result<()> {
     let body = PeerRequest {
         node_id: node_id.to_owned(),
     };
-    let view: ConnectView = AdminClient::new(data)?
-        .post("/admin/v1/connect", &body)
-        .await?;
+    let view: V = AdminClient::new(data)?.post(path, &body).await?;
     if json {
         return print_json(&view);
     }
-    println!(
-        "session {} with {} established in {:.1} ms",
-        view.session_id, view.node_id, view.elapsed_ms
-    );
+    println!("{}", text(&view));
     Ok(())
+}
+
+/// `openred connect NODE_ID`.
+pub async fn connect(data: &Path, node_id: &str, json: bool) -> anyhow::Result<()> {
+    peer_command(
+        data,
+        "/admin/v1/connect",
+        node_id,
+        json,
+        |v: &ConnectView| {
+            format!(
+                "session {} with {} established in {:.1} ms",
+                v.session_id, v.node_id, v.elapsed_ms
+            )
+        },
+    )
+    .await
+}
+
+/// `openred renew NODE_ID`.
+pub async fn renew(data: &Path, node_id: &str, json: bool) -> anyhow::Result<()> {
+    peer_command(data, "/admin/v1/renew", node_id, json, |v: &RenewView| {
+        format!(
+            "session {} with {} renewed as {} in {:.1} ms",
+            v.previous_session_id, v.node_id, v.session_id, v.elapsed_ms
+        )
+    })
+    .await
 }
 
 /// `openred ping NODE_ID`.
 pub async fn ping(data: &Path, node_id: &str, json: bool) -> anyhow::Result<()> {
-    let body = PeerRequest {
-        node_id: node_id.to_owned(),
-    };
-    let view: PingView = AdminClient::new(data)?
-        .post("/admin/v1/ping", &body)
-        .await?;
-    if json {
-        return print_json(&view);
-    }
-    println!("encrypted ping to {}: {:.2} ms", view.node_id, view.rtt_ms);
-    Ok(())
+    peer_command(data, "/admin/v1/ping", node_id, json, |v: &PingView| {
+        format!("encrypted ping to {}: {:.2} ms", v.node_id, v.rtt_ms)
+    })
+    .await
 }
 
 /// `openred status`.

@@ -76,6 +76,12 @@ enum Command {
         /// The peer's node ID.
         node_id: String,
     },
+    /// Renew the session with a node now: a fresh handshake carried by the
+    /// live session, without the directory.
+    Renew {
+        /// The peer's node ID.
+        node_id: String,
+    },
     /// Identity, directory and sessions of the running node.
     Status,
     /// The crypto agent, or with `--launcher` the process that starts
@@ -154,6 +160,7 @@ fn main() -> ExitCode {
                 client::connect(&need_data()?, &node_id, cli.json).await
             }
             Command::Ping { node_id } => client::ping(&need_data()?, &node_id, cli.json).await,
+            Command::Renew { node_id } => client::renew(&need_data()?, &node_id, cli.json).await,
             Command::Status => client::status(&need_data()?, cli.json).await,
             Command::Agent { .. } => Ok(()),
         }

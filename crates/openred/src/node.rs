@@ -97,6 +97,8 @@ struct NodeSection {
     /// Keep the private keys in the node process, without the agent's
     /// sandbox: only for platforms without seccomp or socket pairs.
     danger_in_process_crypto: Option<bool>,
+    session_max_age_s: Option<u64>,
+    max_connections_per_peer: Option<usize>,
     pool_max_idle_per_peer: Option<usize>,
     pool_idle_timeout_s: Option<u64>,
 }
@@ -212,6 +214,12 @@ fn build_config(args: &RunArgs, data: &Path) -> anyhow::Result<(NodeConfig, bool
         config.record_lifetime_s = l;
     }
     config.danger_in_process_crypto = f.danger_in_process_crypto.unwrap_or(false);
+    if let Some(s) = f.session_max_age_s {
+        config.session_max_age_s = s;
+    }
+    if let Some(n) = f.max_connections_per_peer {
+        config.max_connections_per_peer = n;
+    }
     if let Some(n) = f.pool_max_idle_per_peer {
         config.pool_max_idle_per_peer = n;
     }
@@ -281,13 +289,16 @@ mod tests {
         std::fs::write(
             &file,
             "[node]\ndirectory = \"https://d.example.org\"\npublic_url = \"https://n.example.org\"\n\
-             pool_max_idle_per_peer = 7\n\
+             pool_max_idle_per_peer = 7\nmax_connections_per_peer = 5\n\
+             session_max_age_s = 7200\n\
              pool_idle_timeout_s = 9\ndanger_in_process_crypto = true\n",
         )
         .unwrap();
         let args = Wrapper::parse_from(["x", "--config", file.to_str().unwrap()]).args;
         let (config, _) = build_config(&args, dir.path()).unwrap();
         assert_eq!(config.pool_max_idle_per_peer, 7);
+        assert_eq!(config.max_connections_per_peer, 5);
+        assert_eq!(config.session_max_age_s, 7200);
         assert_eq!(config.pool_idle_timeout_s, 9);
         assert!(config.danger_in_process_crypto);
 
@@ -301,8 +312,13 @@ mod tests {
         .args;
         let (config, _) = build_config(&defaults, dir.path()).unwrap();
         assert_eq!(
-            (config.pool_max_idle_per_peer, config.pool_idle_timeout_s),
-            (100, 300)
+            (
+                config.max_connections_per_peer,
+                config.pool_max_idle_per_peer,
+                config.pool_idle_timeout_s,
+                config.session_max_age_s
+            ),
+            (100, 100, 300, 86400)
         );
         assert!(!config.danger_in_process_crypto);
 

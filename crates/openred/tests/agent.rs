@@ -95,7 +95,9 @@ async fn the_agent_runs_confined_and_its_sandbox_holds_from_inside() {
         connection_id: [9; 16],
         initiator: crypto.node_id(),
         target: NodeId::from_bytes([3; 32]),
-        link_public: [4; 32],
+        authority: openred_node::handshake::Authority::Introduction {
+            link_public: [4; 32],
+        },
         offer: vec![openred_core::session::Suite::ChaCha20Poly1305],
     };
     assert!(matches!(

@@ -128,7 +128,7 @@ fn status(data: &Path) -> Value {
 #[test]
 fn two_node_daemons_meet_through_a_directory_daemon() {
     let dir = tempfile::tempdir().unwrap();
-    let (_directory, lines) = start(
+    let (directory, lines) = start(
         {
             let mut c = openred();
             c.args([
@@ -222,6 +222,34 @@ fn two_node_daemons_meet_through_a_directory_daemon() {
         text.contains(&session) && text.contains("epoch 0/0"),
         "{text}"
     );
+
+    // With the directory gone, the session renews through the real agents:
+    // a fresh handshake carried by the session itself.
+    drop(directory);
+    let renewed = ok(openred()
+        .arg("--data")
+        .arg(&a.1)
+        .args(["renew", &b.2, "--json"])
+        .output()
+        .unwrap());
+    let renewed: Value = serde_json::from_str(&renewed).unwrap();
+    assert_eq!(renewed["previous_session_id"], session.as_str());
+    let fresh = renewed["session_id"].as_str().unwrap();
+    assert_ne!(fresh, session);
+    for (from, to) in [(&a.1, &b.2), (&b.1, &a.2)] {
+        let pinged = ok(openred()
+            .arg("--data")
+            .arg(from)
+            .args(["ping", to, "--json"])
+            .output()
+            .unwrap());
+        assert!(pinged.contains("rtt_ms"), "{pinged}");
+    }
+    for data in [&a.1, &b.1] {
+        let s = status(data);
+        let sessions = s["sessions"].as_array().unwrap();
+        assert!(sessions.iter().any(|x| x["session_id"] == fresh), "{s}");
+    }
 
     // A client without the right token is refused.
     std::fs::write(a.1.join("admin.token"), "wrong").unwrap();

@@ -273,7 +273,7 @@ fn wire_context(context: &HandshakeContext) -> WireContext {
         connection_id: context.connection_id,
         initiator: *context.initiator.as_bytes(),
         target: *context.target.as_bytes(),
-        link_public: context.link_public,
+        authority: context.authority,
         offer: context.offer.iter().map(|s| s.id()).collect(),
     }
 }

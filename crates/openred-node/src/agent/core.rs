@@ -21,7 +21,7 @@ use openred_core::wire::{
 use openred_core::{ApiUrl, NodeId, NodeRecord, UnixTime};
 
 use super::proto::{ErrorKind, Request, Response, SessionKeys, WireContext, WireError};
-use crate::handshake::{self, HandshakeContext, HandshakeResult, InitiatorHandshake};
+use crate::handshake::{self, Authority, HandshakeContext, HandshakeResult, InitiatorHandshake};
 use crate::identity::{NodeKeys, NodeSignature};
 
 /// How long the initiator's link key and a half-done handshake are kept.
@@ -85,7 +85,7 @@ fn context(wire: &WireContext) -> Result<HandshakeContext, Response> {
         connection_id: wire.connection_id,
         initiator: NodeId::from_bytes(wire.initiator),
         target: NodeId::from_bytes(wire.target),
-        link_public: wire.link_public,
+        authority: wire.authority,
         offer: handshake::parse_offer(&wire.offer).map_err(handshake_failed)?,
     })
 }
@@ -231,21 +231,28 @@ impl AgentCore {
             Err(r) => return r,
         };
         if context.initiator != self.keys.node_id() {
-            return refused("this node is not the initiator of the introduction");
+            return refused("this node is not the initiator of the handshake");
         }
-        // One use: the link key is gone once a message 1 is made with it.
-        let Some(link) = take_pending(&self.links, &context.connection_id) else {
-            return refused("no opened token for this connection ID");
+        let link = match context.authority {
+            Authority::Introduction { link_public } => {
+                // One use: the link key is gone once a message 1 is made
+                // with it.
+                let Some(link) = take_pending(&self.links, &context.connection_id) else {
+                    return refused("no opened token for this connection ID");
+                };
+                if link.verifying_bytes() != link_public {
+                    return refused("the link key does not match the context");
+                }
+                Some(link)
+            }
+            Authority::Renewal { .. } => None,
         };
-        if link.verifying_bytes() != context.link_public {
-            return refused("the link key does not match the context");
-        }
         let result = handshake::initiate(
             &self.keys.agreement_secret(),
             &self.keys.agreement_public().0,
             peer_static,
             &context,
-            |hash| link.sign_handshake_proof(hash),
+            |hash| link.map_or([0; 64], |link| link.sign_handshake_proof(hash)),
         );
         match result {
             Ok((pending, message)) => {
@@ -269,10 +276,16 @@ impl AgentCore {
             Err(r) => return r,
         };
         if context.target != self.keys.node_id() {
-            return refused("this node is not the target of the introduction");
+            return refused("this node is not the target of the handshake");
         }
-        let Ok(link) = LinkVerifyingKey::from_bytes(&context.link_public) else {
-            return refused("the link key is not a valid public key");
+        let link = match context.authority {
+            Authority::Introduction { link_public } => {
+                match LinkVerifyingKey::from_bytes(&link_public) {
+                    Ok(link) => Some(link),
+                    Err(_) => return refused("the link key is not a valid public key"),
+                }
+            }
+            Authority::Renewal { .. } => None,
         };
         let accepted: Vec<Suite> = accepted
             .iter()
@@ -285,7 +298,7 @@ impl AgentCore {
             &context,
             message,
             &accepted,
-            |hash, proof| link.verify_handshake_proof(hash, proof).is_ok(),
+            |hash, proof| link.is_some_and(|link| link.verify_handshake_proof(hash, proof).is_ok()),
         );
         match result {
             Ok((result, message)) => Response::Responded {

@@ -72,8 +72,10 @@ pub enum Request {
         /// The envelope's bytes (already checked against the pinned key).
         envelope: Vec<u8>,
     },
-    /// Start a handshake as the initiator with the link key kept from
-    /// [`Request::OpenToken`]: answered with message 1 and a handle.
+    /// Start a handshake as the initiator: for an introduction, with the
+    /// link key kept from [`Request::OpenToken`]; for a renewal, with none
+    /// (the node checked the live session that asks for it). Answered with
+    /// message 1 and a handle.
     Initiate {
         /// The handshake's context.
         context: WireContext,
@@ -126,8 +128,8 @@ pub struct WireContext {
     pub initiator: [u8; 32],
     /// Node B.
     pub target: [u8; 32],
-    /// token_b's verifying half.
-    pub link_public: [u8; 32],
+    /// What authorises the handshake.
+    pub authority: crate::handshake::Authority,
     /// Offered suite IDs, in order.
     pub offer: Vec<u8>,
 }
@@ -335,7 +337,9 @@ mod tests {
                     connection_id: [2; 16],
                     initiator: [3; 32],
                     target: [4; 32],
-                    link_public: [5; 32],
+                    authority: crate::handshake::Authority::Introduction {
+                        link_public: [5; 32],
+                    },
                     offer: vec![1, 2],
                 },
                 initiator_static: [6; 32],

@@ -24,7 +24,7 @@ use openred_directory::transport::{BoxFuture, NodeTransport, OutboundTransport, 
 use openred_directory::{Config as DirectoryConfig, Directory};
 use openred_http::{OutboundClient, OutboundConfig};
 use openred_node::error::NodeError;
-use openred_node::handshake::{self, HandshakeContext, InitiatorHandshake};
+use openred_node::handshake::{self, Authority, HandshakeContext, InitiatorHandshake};
 use openred_node::{Node, NodeConfig, NodeKeys, NodeState};
 use serde::Serialize;
 use serde_json::Value;
@@ -260,6 +260,17 @@ impl Network {
         }
     }
 
+    /// Stops the directory; its port then refuses connections.
+    pub async fn stop_directory(&self) {
+        let _ = self.stop_directory.send(true);
+        let health = self.directory("/api/v3/health");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.http.get(&health).send().await.is_ok() {
+            assert!(Instant::now() < deadline, "the directory stops within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// token_b of `connection_id`, exactly as the directory pushed it.
     pub fn pushed_token(&self, connection_id: &[u8; 16]) -> Vec<u8> {
         self.recording
@@ -489,7 +500,9 @@ impl Intro {
             connection_id: intro.connection_id,
             initiator: intro.initiator,
             target: intro.target,
-            link_public: self.opened.link.verifying_bytes(),
+            authority: Authority::Introduction {
+                link_public: self.opened.link.verifying_bytes(),
+            },
             offer: offer.to_vec(),
         }
     }

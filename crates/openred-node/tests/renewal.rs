@@ -1,0 +1,283 @@
+//! Session renewal: a fresh handshake between two nodes, authorised by
+//! their live session and carried in its frames, with the directory down;
+//! and what an attacker can and cannot do with a renewal.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use openred_core::session::Session;
+use openred_core::wire::{b64_decode, b64_encode, HandshakeRequest};
+use openred_node::handshake::{self, Authority, HandshakeContext, InitiatorHandshake};
+use openred_node::lifecycle::renewal_due;
+use openred_node::{NodeConfig, NodeState};
+
+const RENEW: &str = "/p2p/renew";
+const PING: &str = "/p2p/ping";
+
+/// Epochs of 300 s, sessions of at most 1200 s: the initiator renews from
+/// an age of 1050 s, the responder from 1125 s.
+fn short_sessions(config: &mut NodeConfig) {
+    config.epoch.epoch_len_s = 300;
+    config.session_max_age_s = 1200;
+}
+
+fn current(node: &NodeState, peer: &TestNode) -> openred_core::session::SessionId {
+    node.sessions()
+        .with_peer(&peer.id())
+        .expect("a session with the peer")
+        .id()
+}
+
+async fn ping_both_ways(a: &TestNode, b: &TestNode) {
+    a.ping(&b.id()).await.expect("a pings b");
+    b.ping(&a.id()).await.expect("b pings a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_renew_without_the_directory_and_frames_keep_flowing() {
+    let net = Network::start().await;
+    let a = net.node_with("a", short_sessions).await;
+    let b = net.node_with("b", short_sessions).await;
+    let c = net.node_with("c", short_sessions).await;
+    a.connect(b.id()).await.unwrap();
+    let first = current(&a, &b);
+    let first_at_a = a.sessions().get(&first).unwrap();
+
+    net.stop_directory().await;
+    // Without the directory, a node with no session reaches nobody.
+    assert!(matches!(
+        a.connect(c.id()).await,
+        Err(openred_node::error::NodeError::Outbound(_))
+    ));
+
+    // Up to t = 900 s nothing is due, and frames flow across three epochs.
+    for _ in 0..3 {
+        net.clock.advance(300);
+        ping_both_ways(&a, &b).await;
+        assert_eq!(a.state.run_lifecycle().await.renewed, 0);
+        assert_eq!(b.state.run_lifecycle().await.renewed, 0);
+    }
+    // t = 1060 s: A, the handshake's initiator, renews.
+    net.clock.advance(160);
+    a.ping(&b.id()).await.unwrap();
+    let report = a.state.run_lifecycle().await;
+    assert_eq!((report.renewed, report.failed), (1, 0), "{report:?}");
+    let second = current(&a, &b);
+    assert_ne!(second, first);
+    assert_eq!(current(&b, &a), second, "A's first frame confirmed it at B");
+    assert_eq!(
+        b.state.run_lifecycle().await.renewed,
+        0,
+        "B's session is young"
+    );
+    ping_both_ways(&a, &b).await;
+
+    // t = 1260 s: the first session is past its maximum age on both sides.
+    net.clock.advance(200);
+    assert_eq!(a.state.run_lifecycle().await.ended, 1);
+    assert_eq!(b.state.run_lifecycle().await.ended, 1);
+    assert!(a.sessions().get(&first).is_none() && b.sessions().get(&first).is_none());
+    ping_both_ways(&a, &b).await;
+    let stale = first_at_a.session.seal(&ping_payload(), net.now()).unwrap();
+    assert_refused(
+        &post_bytes(&net.http, &b.p2p(PING), stale).await,
+        404,
+        "unknown_session",
+    );
+
+    // Now only B uses the session, and only B runs its lifecycle: the
+    // responder renews too, at t = 2190 s (age 1130 s).
+    for step in [300, 300, 300, 30] {
+        net.clock.advance(step);
+        b.ping(&a.id()).await.unwrap();
+    }
+    let report = b.state.run_lifecycle().await;
+    assert_eq!((report.renewed, report.failed), (1, 0), "{report:?}");
+    let third = current(&b, &a);
+    assert_ne!(third, second);
+    assert_eq!(current(&a, &b), third);
+    ping_both_ways(&a, &b).await;
+
+    // And the directory never came back.
+    assert!(a.connect(c.id()).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_is_not_renewed_and_ends_at_its_maximum_age() {
+    let net = Network::start().await;
+    let a = net.node_with("a", short_sessions).await;
+    let b = net.node_with("b", short_sessions).await;
+    a.connect(b.id()).await.unwrap();
+    let live = a.sessions().with_peer(&b.id()).unwrap();
+    // Idle since the first ping: not renewed, and ended at its maximum age.
+    net.clock.advance(1100);
+    assert_eq!(a.state.run_lifecycle().await.renewed, 0);
+    net.clock.advance(100);
+    assert_eq!(a.state.run_lifecycle().await.ended, 1);
+    // The rule itself: in use (a frame within the last 150 s), it is due
+    // from an age of 1050 s; idle longer, or at its maximum age, it is not.
+    let start = live.established_at;
+    assert!(!renewal_due(&live, start.plus(1049), 1200));
+    live.touch(start.plus(1000));
+    assert!(renewal_due(&live, start.plus(1050), 1200));
+    assert!(!renewal_due(&live, start.plus(1151), 1200));
+    live.touch(start.plus(1190));
+    assert!(!renewal_due(&live, start.plus(1200), 1200));
+    assert!(matches!(
+        a.ping(&b.id()).await,
+        Err(openred_node::error::NodeError::NoSession(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_past_its_maximum_age_authorises_no_renewal() {
+    let net = Network::start().await;
+    let a = net.node_with("a", short_sessions).await;
+    let b = net.node_with("b", short_sessions).await;
+    a.connect(b.id()).await.unwrap();
+    let live = a.sessions().with_peer(&b.id()).unwrap();
+    // B has not run its lifecycle yet, so the session is still in its
+    // table; it must refuse to renew it anyway.
+    net.clock.advance(1200);
+    assert_peer_refused(a.renew(&live).await.map(|s| s.id()), 409, "session_expired");
+}
+
+/// A handshake with B done by hand as A (with A's keys read from disk):
+/// the test holds A's side of the session.
+async fn session_by_hand(net: &Network, a: &TestNode, b: &TestNode) -> (Session, [u8; 32]) {
+    let intro = introduce(a, b.id(), net.now()).await;
+    let (pending, request) = genuine_message_1(a, &intro);
+    let answer = post_json(&net.http, &b.p2p("/p2p/handshake"), &request).await;
+    let session = finish_by_hand(pending, &answer, net.now(), a.config().epoch);
+    let hash = b
+        .sessions()
+        .get(&session.session_id())
+        .expect("B installed the session")
+        .handshake_hash;
+    (session, hash)
+}
+
+/// A renewal's message 1 from the static key `(secret, public)`, bound to
+/// the session whose handshake hash is `previous`, as the plaintext of a
+/// renewal frame.
+fn renewal_request(
+    a: &TestNode,
+    b: &TestNode,
+    (secret, public): ([u8; 32], [u8; 32]),
+    previous: [u8; 32],
+) -> (InitiatorHandshake, Vec<u8>) {
+    let context = HandshakeContext {
+        connection_id: random16(),
+        initiator: a.id(),
+        target: b.id(),
+        authority: Authority::Renewal { previous },
+        offer: a.config().suites.clone(),
+    };
+    let b_static = b.keys().agreement_public().0;
+    let (pending, message) =
+        handshake::initiate(&secret, &public, &b_static, &context, |_| [0; 64]).unwrap();
+    let request = HandshakeRequest {
+        connection_id: b64_encode(&context.connection_id),
+        suites: context.offer.iter().map(|s| s.id()).collect(),
+        message: b64_encode(&message),
+    };
+    (pending, serde_json::to_vec(&request).unwrap())
+}
+
+fn a_static(a: &TestNode) -> ([u8; 32], [u8; 32]) {
+    let keys = a.keys();
+    (*keys.agreement_secret(), keys.agreement_public().0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_refuse_strangers_replays_other_sessions_and_repetition() {
+    let net = Network::start().await;
+    let a = net.node("a").await;
+    let b = net.node("b").await;
+    let (session, hash) = session_by_hand(&net, &a, &b).await;
+    let url = b.p2p(RENEW);
+    let before = b.sessions().all().len();
+
+    // Not a frame at all; a frame of no session B knows.
+    let (_, plain) = renewal_request(&a, &b, a_static(&a), hash);
+    assert_refused(
+        &post_bytes(&net.http, &url, plain.clone()).await,
+        400,
+        "bad_frame",
+    );
+    let mut unknown = session.seal(&plain, net.now()).unwrap();
+    unknown[2..18].copy_from_slice(&random16());
+    assert_refused(
+        &post_bytes(&net.http, &url, unknown).await,
+        404,
+        "unknown_session",
+    );
+
+    // A thief holding the session's keys but not A's static key.
+    let (_, forged) = renewal_request(&a, &b, stranger_static(), hash);
+    let frame = session.seal(&forged, net.now()).unwrap();
+    assert_refused(
+        &post_bytes(&net.http, &url, frame).await,
+        403,
+        "handshake_failed",
+    );
+    assert_eq!(
+        b.sessions().all().len(),
+        before,
+        "a refused renewal leaves nothing"
+    );
+
+    // The genuine renewal, answered inside the old session.
+    let (pending, genuine) = renewal_request(&a, &b, a_static(&a), hash);
+    let frame = session.seal(&genuine, net.now()).unwrap();
+    let answer = post_bytes(&net.http, &url, frame.clone()).await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let reply = session
+        .open(&answer.body, net.now())
+        .expect("answered in the old session");
+    let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+    let message = b64_decode(reply["message"].as_str().unwrap()).unwrap();
+    let result = pending.finish(&message).expect("message 2 authenticates");
+    let renewed = openred_core::session::SessionId::from_handshake_hash(&result.handshake_hash);
+    assert_eq!(
+        reply["session_id"].as_str(),
+        Some(renewed.to_string().as_str())
+    );
+    assert!(b.sessions().get(&renewed).is_some());
+    assert_eq!(b.sessions().all().len(), before + 1);
+
+    // The same frame again: the replay window refuses it.
+    assert_refused(&post_bytes(&net.http, &url, frame).await, 400, "bad_frame");
+    // Message 1 bound to another session than the one carrying it.
+    let (_, elsewhere) = renewal_request(&a, &b, a_static(&a), random32());
+    let frame = session.seal(&elsewhere, net.now()).unwrap();
+    assert_refused(
+        &post_bytes(&net.http, &url, frame).await,
+        403,
+        "handshake_failed",
+    );
+    // Garbage inside a good frame.
+    let frame = session.seal(b"not a renewal", net.now()).unwrap();
+    assert_refused(
+        &post_bytes(&net.http, &url, frame).await,
+        400,
+        "bad_renewal",
+    );
+    // Three attempts were counted (the stranger, the genuine one, the one
+    // bound elsewhere): a session authorises no more.
+    let (_, more) = renewal_request(&a, &b, a_static(&a), hash);
+    let frame = session.seal(&more, net.now()).unwrap();
+    assert_refused(
+        &post_bytes(&net.http, &url, frame).await,
+        429,
+        "renewal_limit",
+    );
+    assert_eq!(b.sessions().all().len(), before + 1);
+}
