@@ -32,6 +32,10 @@ pub const LIFECYCLE_PERIOD: Duration = Duration::from_secs(30);
 /// What one pass of the lifecycle did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LifecycleReport {
+    /// Expired tokens deleted (introductions never used).
+    pub tokens: u64,
+    /// Expired tombstones deleted (their tokens can no longer be replayed).
+    pub tombstones: u64,
     /// Sessions ended at their maximum age.
     pub ended: usize,
     /// Replaced or idle sessions dropped.
@@ -62,14 +66,17 @@ impl NodeState {
     /// One pass of the lifecycle at the clock's current time.
     pub async fn run_lifecycle(self: &Arc<Self>) -> LifecycleReport {
         let now = self.clock.now();
-        if let Err(e) = self.store.purge_expired(now).await {
+        let (tokens, tombstones) = self.store.purge_expired(now).await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "purging expired tokens failed");
-        }
+            (0, 0)
+        });
         for live in self.sessions.all() {
             live.session.erase_expired(now);
         }
         let max_age = self.config.session_max_age_s;
         let mut report = LifecycleReport {
+            tokens,
+            tombstones,
             // A session ends when it reaches its maximum age.
             ended: self.sessions.end_older_than(now.minus(max_age).plus(1)),
             purged: self

@@ -281,3 +281,32 @@ async fn renewals_refuse_strangers_replays_other_sessions_and_repetition() {
     );
     assert_eq!(b.sessions().all().len(), before + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lifecycle_purges_unused_tokens_and_old_tombstones() {
+    let net = Network::start().await;
+    let a = net.node("a").await;
+    let b = net.node("b").await;
+    // One introduction used (a tombstone on each side), one left waiting
+    // at B (its token).
+    a.connect(b.id()).await.unwrap();
+    introduce(&a, b.id(), net.now()).await;
+    let (a_report, b_report) = (a.state.run_lifecycle().await, b.state.run_lifecycle().await);
+    assert_eq!((a_report.tokens, a_report.tombstones), (0, 0));
+    assert_eq!((b_report.tokens, b_report.tombstones), (0, 0));
+    // Past the tokens' lifetime (at most 300 s).
+    net.clock.advance(301);
+    let (a_report, b_report) = (a.state.run_lifecycle().await, b.state.run_lifecycle().await);
+    assert_eq!(
+        (a_report.tokens, a_report.tombstones),
+        (0, 1),
+        "{a_report:?}"
+    );
+    assert_eq!(
+        (b_report.tokens, b_report.tombstones),
+        (1, 1),
+        "{b_report:?}"
+    );
+    let again = b.state.run_lifecycle().await;
+    assert_eq!((again.tokens, again.tombstones), (0, 0));
+}

@@ -1,0 +1,48 @@
+//! `openred demo`, the README's main command, through the real binary: a
+//! directory, three nodes with their crypto agents, every introduction, the
+//! pings and a renewal, then a clean exit.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+#[test]
+fn the_demo_runs_the_whole_flow_and_exits_cleanly() {
+    let out = Command::new(env!("CARGO_BIN_EXE_openred"))
+        .arg("demo")
+        .env("OPENRED_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit {}: {stdout}\n{stderr}",
+        out.status
+    );
+    let line = |prefix: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line starting with {prefix:?} in:\n{stdout}"))
+            .to_owned()
+    };
+    assert!(line("all three nodes registered").ends_with(" ms"));
+    // Every node's keys are in an agent process of its own.
+    let agents = line("keys held by crypto agents: ");
+    for name in ["alice", "bob", "carol"] {
+        assert!(agents.contains(&format!("{name} pid ")), "{agents}");
+    }
+    for pair in ["alice → bob", "alice → carol", "bob → carol"] {
+        let row = line(pair);
+        let session = row.split_whitespace().last().unwrap();
+        assert_eq!(session.len(), 32, "a session ID ends the row: {row}");
+    }
+    // The renewal makes a new session for alice → bob.
+    let renewed = line("alice → bob renewed without the directory");
+    let first = line("alice → bob  ");
+    let old = first.split_whitespace().last().unwrap();
+    assert!(renewed.contains(&format!("session {old} → ")), "{renewed}");
+    line("3 introductions, 3 sessions, 7 encrypted pings, 1 renewal in ");
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+}
