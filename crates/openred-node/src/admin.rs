@@ -92,6 +92,9 @@ pub fn routes(state: Arc<NodeState>) -> Router {
         .route("/admin/v1/connect", post(connect))
         .route("/admin/v1/ping", post(ping))
         .route("/admin/v1/renew", post(renew))
+        .route("/admin/v1/modules", get(modules))
+        .route("/admin/v1/modules/{name}/{action}", post(switch_module))
+        .merge(state.modules.admin_router(&state))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
@@ -162,6 +165,8 @@ pub struct StatusView {
     pub sessions: Vec<SessionView>,
     /// The node's and the agent's protections.
     pub protections: ProtectionsView,
+    /// The modules, their state and metrics.
+    pub modules: Vec<crate::modules::ModuleView>,
 }
 
 /// What protects the keys, as `status` shows it.
@@ -226,6 +231,7 @@ async fn status(State(state): State<Arc<NodeState>>) -> Json<StatusView> {
         registered: state.registered.load(Ordering::SeqCst),
         sessions,
         protections,
+        modules: state.modules.views(),
     })
 }
 
@@ -332,6 +338,39 @@ async fn ping(
         node_id: peer.to_string(),
         rtt_ms: rtt.as_secs_f64() * 1000.0,
     }))
+}
+
+async fn modules(State(state): State<Arc<NodeState>>) -> Json<Vec<crate::modules::ModuleView>> {
+    Json(state.modules.views())
+}
+
+/// `POST /admin/v1/modules/{name}/enable|disable`: the module's state
+/// after the switch.
+async fn switch_module(
+    State(state): State<Arc<NodeState>>,
+    axum::extract::Path((name, action)): axum::extract::Path<(String, String)>,
+) -> Result<Json<crate::modules::ModuleView>, ApiError> {
+    let on = match action.as_str() {
+        "enable" => true,
+        "disable" => false,
+        _ => {
+            return Err(ApiError::not_found(
+                "unknown_action",
+                "the action is enable or disable",
+            ))
+        }
+    };
+    state
+        .modules
+        .set_enabled(&name, on)
+        .map_err(|e| ApiError::not_found("unknown_module", e.to_string()))?;
+    state
+        .modules
+        .views()
+        .into_iter()
+        .find(|m| m.name == name)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("unknown_module", "no such module"))
 }
 
 /// The answer to `renew`.

@@ -66,6 +66,12 @@ pub struct NodeConfig {
     pub pool_max_idle_per_peer: usize,
     /// How long an idle connection is kept (default 300 s, as the seed).
     pub pool_idle_timeout_s: u64,
+    /// The modules switched on at start; `None` (the default): every
+    /// module the node has.
+    pub modules: Option<std::collections::BTreeSet<String>>,
+    /// Each module's settings, by module name (`[modules.NAME]` in the
+    /// configuration file); a module takes the defaults without one.
+    pub module_settings: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// A configuration that cannot work.
@@ -102,6 +108,8 @@ impl NodeConfig {
             max_connections_per_peer: 100,
             pool_max_idle_per_peer: 100,
             pool_idle_timeout_s: 300,
+            modules: None,
+            module_settings: Default::default(),
         }
     }
 

@@ -74,14 +74,18 @@ impl NodeState {
             live.session.erase_expired(now);
         }
         let max_age = self.config.session_max_age_s;
+        // A session ends when it reaches its maximum age.
+        let ended = self.sessions.end_older_than(now.minus(max_age).plus(1));
+        let purged = self
+            .sessions
+            .purge_idle(now.minus(2 * self.config.epoch.epoch_len_s));
+        self.modules.sessions_closed(&ended);
+        self.modules.sessions_closed(&purged);
         let mut report = LifecycleReport {
             tokens,
             tombstones,
-            // A session ends when it reaches its maximum age.
-            ended: self.sessions.end_older_than(now.minus(max_age).plus(1)),
-            purged: self
-                .sessions
-                .purge_idle(now.minus(2 * self.config.epoch.epoch_len_s)),
+            ended: ended.len(),
+            purged: purged.len(),
             ..LifecycleReport::default()
         };
         let mut renewals = tokio::task::JoinSet::new();
@@ -132,18 +136,20 @@ impl NodeState {
             authority: Authority::Renewal {
                 previous: live.handshake_hash,
             },
-            offer: self.config.suites.clone(),
+            offer: self.suites(),
         };
         let peer_static = live.peer_record.record().agreement_key.0;
         let (pending, message) = self.crypto.initiate(&context, &peer_static).await?;
         let request = HandshakeRequest {
             connection_id: b64_encode(&connection_id),
-            suites: self.config.suites.iter().map(|s| s.id()).collect(),
+            suites: context.offer.iter().map(|s| s.id()).collect(),
             message: b64_encode(&message),
         };
         let plaintext =
             serde_json::to_vec(&request).map_err(|_| NodeError::Malformed("encoding"))?;
-        let reply = self.exchange(live, "/p2p/renew", &plaintext).await?;
+        let reply = self
+            .exchange(live, crate::p2p::RENEW_PATH, &plaintext)
+            .await?;
         let answer: HandshakeResponse =
             serde_json::from_slice(&reply).map_err(|_| NodeError::Malformed("the peer"))?;
         let message = b64_decode(&answer.message).map_err(|_| NodeError::Malformed("the peer"))?;

@@ -21,6 +21,7 @@ use crate::directory_client::{expect_ok, DirectoryClient};
 use crate::error::NodeError;
 use crate::handshake::{Authority, HandshakeContext};
 use crate::identity::{IdentityError, NodeKeys};
+use crate::modules::{Module, Modules};
 use crate::p2p::{self, PING, PONG};
 use crate::sessions::{LiveSession, SessionTable};
 use crate::store::{NodeStore, StoreError};
@@ -46,6 +47,9 @@ pub enum StartError {
     /// The crypto agent could not be started.
     #[error("crypto agent: {0}")]
     Agent(String),
+    /// The modules or their settings.
+    #[error("modules: {0}")]
+    Modules(#[from] crate::modules::ModuleError),
 }
 
 impl From<CryptoError> for StartError {
@@ -67,6 +71,8 @@ pub struct NodeState {
     pub(crate) registered: AtomicBool,
     /// What the node process applied to itself, if it did.
     pub(crate) confinement: std::sync::OnceLock<crate::sandbox::Protections>,
+    /// The modules and their switches.
+    pub(crate) modules: Modules,
 }
 
 /// A node, opened and ready to serve.
@@ -102,7 +108,20 @@ impl Node {
         clock: Arc<dyn Clock>,
         launcher: Option<crate::agent::process::Launcher>,
     ) -> Result<Node, StartError> {
+        let modules = crate::modules::builtin(&config.module_settings)?;
+        Node::open_with_modules(config, clock, launcher, modules).await
+    }
+
+    /// As [`Node::open_with`], with these modules instead of the built-in
+    /// ones (for tests and for programs that embed the node).
+    pub async fn open_with_modules(
+        config: NodeConfig,
+        clock: Arc<dyn Clock>,
+        launcher: Option<crate::agent::process::Launcher>,
+        modules: Vec<Arc<dyn Module>>,
+    ) -> Result<Node, StartError> {
         config.validate()?;
+        let modules = Modules::new(modules, config.modules.as_ref())?;
         let crypto = if let Some(launcher) = launcher {
             Crypto::with_launcher(launcher).await?
         } else if config.danger_in_process_crypto {
@@ -138,20 +157,21 @@ impl Node {
         let admin_token =
             admin::load_or_create_token(&config.data_dir).map_err(StartError::AdminToken)?;
         let directory = DirectoryClient::new(config.directory_url.clone(), config.directory_key);
-        Ok(Node {
-            state: Arc::new(NodeState {
-                config,
-                clock,
-                crypto,
-                store,
-                outbound,
-                directory,
-                sessions: SessionTable::default(),
-                admin_token,
-                registered: AtomicBool::new(false),
-                confinement: std::sync::OnceLock::new(),
-            }),
-        })
+        let state = Arc::new(NodeState {
+            config,
+            clock,
+            crypto,
+            store,
+            outbound,
+            directory,
+            sessions: SessionTable::default(),
+            admin_token,
+            registered: AtomicBool::new(false),
+            confinement: std::sync::OnceLock::new(),
+            modules,
+        });
+        state.modules.attach(&state);
+        Ok(Node { state })
     }
 
     /// Records what the process applied to itself, for `status`.
@@ -181,8 +201,13 @@ impl Node {
         let (stop_tx, stop_rx) = watch::channel(false);
         let state = self.state.clone();
         admin::write_address(&state.config.data_dir, admin.local_addr()?)?;
+        // Before the first request can reach a module.
+        state.modules.start(&state, &stop_rx);
         let p2p_app = openred_http::harden(
-            p2p::routes().with_state(state.clone()),
+            state
+                .modules
+                .p2p_router(&state, p2p::routes())
+                .with_state(state.clone()),
             state.config.max_frame_bytes + 4096,
         );
         let admin_app = openred_http::harden(admin::routes(state.clone()), 64 * 1024);
@@ -327,6 +352,41 @@ impl NodeState {
         &self.config.data_dir
     }
 
+    /// The modules and their switches.
+    pub fn modules(&self) -> &Modules {
+        &self.modules
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The suites offered and accepted in a new handshake: the configured
+    /// ones, then those the enabled modules switch on.
+    pub fn suites(&self) -> Vec<openred_core::session::Suite> {
+        self.modules.suites(&self.config.suites)
+    }
+
+    /// The session to reach `peer`: the current one, or a new one through
+    /// an introduction by the directory when there is none.
+    pub async fn session_for(&self, peer: &NodeId) -> Result<Arc<LiveSession>, NodeError> {
+        if let Some(live) = self.sessions.with_peer(peer) {
+            return Ok(live);
+        }
+        self.connect(*peer).await?;
+        self.sessions
+            .with_peer(peer)
+            .ok_or_else(|| NodeError::NoSession(peer.to_string()))
+    }
+
+    /// Forgets a session the peer no longer knows (it restarted): the next
+    /// use makes a new one.
+    pub fn forget_session(&self, live: &LiveSession) {
+        let ended = self.sessions.remove(&live.id());
+        self.modules.sessions_closed(&ended);
+    }
+
     /// The suite of the current session with `peer`.
     pub fn session_suite(&self, peer: &NodeId) -> Option<openred_core::session::Suite> {
         self.sessions.with_peer(peer).map(|s| s.session.suite())
@@ -372,7 +432,7 @@ impl NodeState {
             authority: Authority::Introduction {
                 link_public: opened.link_public,
             },
-            offer: self.config.suites.clone(),
+            offer: self.suites(),
         };
         let (pending, message) = self
             .crypto
@@ -380,7 +440,7 @@ impl NodeState {
             .await?;
         let request = HandshakeRequest {
             connection_id: b64_encode(&intro.connection_id),
-            suites: self.config.suites.iter().map(|s| s.id()).collect(),
+            suites: context.offer.iter().map(|s| s.id()).collect(),
             message: b64_encode(&message),
         };
         // Our own half is spent the moment message 1 leaves: its tombstone
@@ -428,40 +488,11 @@ impl NodeState {
         let mut payload = PING.to_vec();
         payload.extend_from_slice(&nonce);
         let started = Instant::now();
-        let reply = self.exchange(&live, "/p2p/ping", &payload).await?;
+        let reply = self.exchange(&live, p2p::PING_PATH, &payload).await?;
         if reply.len() != 12 || &reply[..4] != PONG || reply[4..] != nonce {
             return Err(NodeError::Malformed("a pong that does not match the ping"));
         }
         Ok(started.elapsed())
-    }
-
-    /// Sends `plaintext` to `path` on the peer, sealed in a frame of
-    /// `live`, and opens the peer's answer, a frame of the same session.
-    pub(crate) async fn exchange(
-        &self,
-        live: &LiveSession,
-        path: &'static str,
-        plaintext: &[u8],
-    ) -> Result<Vec<u8>, NodeError> {
-        let frame = live.session.seal(plaintext, self.clock.now())?;
-        let response = self
-            .outbound
-            .post_bytes(
-                &live.peer_record.record().api_url,
-                path,
-                frame,
-                "application/octet-stream",
-            )
-            .await?;
-        if !response.is_success() {
-            return Err(expect_ok::<serde_json::Value>(response, false)
-                .err()
-                .unwrap_or(NodeError::Malformed("the peer")));
-        }
-        let now = self.clock.now();
-        let reply = live.session.open(&response.body, now)?;
-        live.touch(now);
-        Ok(reply)
     }
 }
 
@@ -501,6 +532,7 @@ impl NodeState {
             now,
         ));
         tracing::info!(peer = %live.peer, session = %live.id(), suite = %suite, ?role, "session established");
+        self.modules.session_established(live.peer, live.id());
         Ok(live)
     }
 }

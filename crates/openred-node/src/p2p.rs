@@ -7,17 +7,16 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use openred_core::session::{FrameHeader, Role};
+use openred_core::session::Role;
 use openred_core::token::{Role as TokenRole, TokenEnvelope};
 use openred_core::wire::{
     b64_decode, b64_encode, HandshakeRequest, HandshakeResponse, ReachabilityChallenge,
     ReachabilityProof, TokenAccepted, TokenPush,
 };
-use openred_core::UnixTime;
 use openred_http::ApiError;
 use serde::Serialize;
 
@@ -26,7 +25,6 @@ use crate::config::IntroductionPolicy;
 use crate::error::NodeError;
 use crate::handshake::{self, Authority, HandshakeContext};
 use crate::node::NodeState;
-use crate::sessions::LiveSession;
 use crate::store::{StoredToken, TokenState};
 
 type Shared = State<Arc<NodeState>>;
@@ -38,8 +36,8 @@ pub fn routes() -> Router<Arc<NodeState>> {
         .route("/api/v3/reachability", post(reachability))
         .route("/api/v3/tokens/receive", post(receive_token))
         .route("/p2p/handshake", post(handshake_route))
-        .route("/p2p/ping", post(ping))
-        .route("/p2p/renew", post(renew))
+        .route(PING_PATH, post(ping))
+        .route(RENEW_PATH, post(renew))
 }
 
 #[derive(Serialize)]
@@ -254,7 +252,7 @@ async fn handshake_route(
             &context,
             &initiator_record.record().agreement_key.0,
             &message,
-            &state.config.suites,
+            &state.suites(),
         )
         .await
         .map_err(handshake_refused)?;
@@ -316,51 +314,24 @@ fn handshake_error(e: handshake::HandshakeError) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "handshake_failed", e.to_string())
 }
 
+/// The encrypted ping's route.
+pub const PING_PATH: &str = "/p2p/ping";
+/// The renewal's route.
+pub const RENEW_PATH: &str = "/p2p/renew";
+
 /// The ping payloads: `b"ping" || 8 bytes`, answered `b"pong" || same`.
 pub const PING: &[u8; 4] = b"ping";
 /// See [`PING`].
 pub const PONG: &[u8; 4] = b"pong";
 
-/// Opens a frame sent to this node: finds its session, checks it (one
-/// AEAD, the replay window), and counts the peer's first frame on a new
-/// session as its confirmation.
-fn open_frame(state: &NodeState, body: &[u8]) -> Result<(Arc<LiveSession>, Vec<u8>), ApiError> {
-    if body.len() > state.config.max_frame_bytes + 64 {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "frame_too_large",
-            "frame too large",
-        ));
-    }
-    let (header, _) = FrameHeader::parse(body).map_err(frame_error)?;
-    let live = state.sessions.get(&header.session_id).ok_or_else(|| {
-        ApiError::not_found("unknown_session", "no such session; handshake again")
-    })?;
-    let now = state.clock.now();
-    let plaintext = live.session.open(body, now).map_err(frame_error)?;
-    state.sessions.confirm(&live);
-    live.touch(now);
-    Ok((live, plaintext))
-}
-
-/// A frame answer.
-fn frame_response(
-    live: &LiveSession,
-    plaintext: &[u8],
-    now: UnixTime,
-) -> Result<Response, ApiError> {
-    let frame = live.session.seal(plaintext, now).map_err(frame_error)?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], frame).into_response())
-}
-
 async fn ping(State(state): Shared, body: Bytes) -> Result<Response, ApiError> {
-    let (live, plaintext) = open_frame(&state, &body)?;
+    let (live, plaintext) = state.open_frame(PING_PATH, &body)?;
     if plaintext.len() != 12 || &plaintext[..4] != PING {
         return Err(ApiError::bad_request("bad_ping", "not a ping"));
     }
     let mut reply = PONG.to_vec();
     reply.extend_from_slice(&plaintext[4..]);
-    frame_response(&live, &reply, state.clock.now())
+    state.answer_frame(&live, PING_PATH, &reply)
 }
 
 /// How many renewals one session may authorise: one, and retries of it
@@ -374,7 +345,7 @@ pub const MAX_RENEWALS_PER_SESSION: u32 = 3;
 /// thief of session keys alone cannot renew; the new keys owe nothing to
 /// the old ones. No directory and no token take part.
 async fn renew(State(state): Shared, body: Bytes) -> Result<Response, ApiError> {
-    let (live, plaintext) = open_frame(&state, &body)?;
+    let (live, plaintext) = state.open_frame(RENEW_PATH, &body)?;
     let now = state.clock.now();
     if live.age(now) >= state.config.session_max_age_s {
         return Err(ApiError::conflict(
@@ -410,7 +381,7 @@ async fn renew(State(state): Shared, body: Bytes) -> Result<Response, ApiError> 
             &context,
             &live.peer_record.record().agreement_key.0,
             &message,
-            &state.config.suites,
+            &state.suites(),
         )
         .await
         .map_err(handshake_refused)?;
@@ -424,13 +395,7 @@ async fn renew(State(state): Shared, body: Bytes) -> Result<Response, ApiError> 
     };
     let plaintext = serde_json::to_vec(&answer)
         .map_err(|e| ApiError::internal("encoding the renewal answer", e))?;
-    frame_response(&live, &plaintext, now)
-}
-
-/// The answer to a refused frame. The reason is given: it tells an
-/// attacker nothing it did not send itself.
-pub fn frame_error(e: openred_core::session::FrameError) -> ApiError {
-    ApiError::bad_request("bad_frame", e.to_string())
+    state.answer_frame(&live, RENEW_PATH, &plaintext)
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {

@@ -189,13 +189,18 @@ impl SessionTable {
     /// later epochs until the next handshake, so no session outlives its
     /// maximum age; a renewal or the next use makes a new handshake.
     /// Returns how many.
-    pub fn end_older_than(&self, cutoff: UnixTime) -> usize {
+    pub fn end_older_than(&self, cutoff: UnixTime) -> Vec<(NodeId, SessionId)> {
         self.remove_where(|_, s| s.established_at < cutoff)
+    }
+
+    /// Removes one session (its peer no longer has it).
+    pub fn remove(&self, id: &SessionId) -> Vec<(NodeId, SessionId)> {
+        self.remove_where(|candidate, _| candidate == id)
     }
 
     /// Drops sessions established before `cutoff` that a newer session
     /// with the same peer has replaced, or that saw no activity since.
-    pub fn purge_idle(&self, cutoff: UnixTime) -> usize {
+    pub fn purge_idle(&self, cutoff: UnixTime) -> Vec<(NodeId, SessionId)> {
         let live: Vec<SessionId> = self
             .by_peer
             .read()
@@ -208,14 +213,22 @@ impl SessionTable {
         })
     }
 
-    /// Removes the sessions `doomed` picks; a peer whose current session
-    /// goes falls back on its pending one, if any.
-    fn remove_where(&self, doomed: impl Fn(&SessionId, &LiveSession) -> bool) -> usize {
+    /// Removes the sessions `doomed` picks and returns them; a peer whose
+    /// current session goes falls back on its pending one, if any.
+    fn remove_where(
+        &self,
+        doomed: impl Fn(&SessionId, &LiveSession) -> bool,
+    ) -> Vec<(NodeId, SessionId)> {
         let mut by_id = self.by_id.write().unwrap_or_else(|e| e.into_inner());
-        let before = by_id.len();
-        by_id.retain(|id, s| !doomed(id, s));
-        let removed = before - by_id.len();
-        if removed > 0 {
+        let mut removed = Vec::new();
+        by_id.retain(|id, s| {
+            let doomed = doomed(id, s);
+            if doomed {
+                removed.push((s.peer, *id));
+            }
+            !doomed
+        });
+        if !removed.is_empty() {
             let mut by_peer = self.by_peer.write().unwrap_or_else(|e| e.into_inner());
             by_peer.retain(|_, p| {
                 p.pending = p.pending.filter(|id| by_id.contains_key(id));
@@ -269,7 +282,7 @@ mod tests {
         let table = SessionTable::default();
         let old = table.insert(live(1, 100, 1));
         let young = table.insert(live(2, 500, 2));
-        assert_eq!(table.end_older_than(UnixTime(200)), 1);
+        assert_eq!(table.end_older_than(UnixTime(200)).len(), 1);
         assert!(table.get(&old.id()).is_none());
         assert!(table.with_peer(&old.peer).is_none());
         assert!(table.with_peer(&young.peer).is_some());
@@ -285,7 +298,7 @@ mod tests {
             Some(second.id())
         );
         // The replaced one goes once idle.
-        assert_eq!(table.purge_idle(UnixTime(150)), 1);
+        assert_eq!(table.purge_idle(UnixTime(150)).len(), 1);
         assert!(table.get(&first.id()).is_none());
     }
 
@@ -301,7 +314,7 @@ mod tests {
             "the peer may never have received message 2"
         );
         // Not purged while it waits, even without activity.
-        assert_eq!(table.purge_idle(UnixTime(10_000)), 0);
+        assert!(table.purge_idle(UnixTime(10_000)).is_empty());
         table.confirm(&answered);
         assert_eq!(
             table.with_peer(&old.peer).map(|s| s.id()),
@@ -320,7 +333,7 @@ mod tests {
         let table = SessionTable::default();
         let old = table.insert(live(1, 100, 1));
         let answered = table.insert(live_as(Role::Responder, 1, 300, 2));
-        assert_eq!(table.end_older_than(UnixTime(200)), 1);
+        assert_eq!(table.end_older_than(UnixTime(200)).len(), 1);
         assert_eq!(
             table.with_peer(&old.peer).map(|s| s.id()),
             Some(answered.id())

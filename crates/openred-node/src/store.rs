@@ -96,7 +96,7 @@ impl Sealer {
         Sealer(XChaCha20Poly1305::new(key.into()))
     }
 
-    fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
+    pub(crate) fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
         let mut nonce = [0u8; 24];
         getrandom::fill(&mut nonce).map_err(|e| StoreError::Corrupt(format!("randomness: {e}")))?;
         let sealed = self
@@ -114,7 +114,7 @@ impl Sealer {
         Ok(out)
     }
 
-    fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+    pub(crate) fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
         let corrupt =
             || StoreError::Corrupt("a sealed value does not open under this node's key".into());
         let (nonce, body) = sealed.split_at_checked(24).ok_or_else(corrupt)?;
@@ -410,6 +410,21 @@ impl NodeStore {
         Ok(next)
     }
 
+    /// The read pool, for modules that keep tables in this database.
+    pub(crate) fn reader(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// The one writer connection's pool.
+    pub(crate) fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    /// Seals and opens values at rest under the node's storage key.
+    pub(crate) fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
     /// Closes the pools.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -477,7 +492,7 @@ impl NodeStore {
     }
 }
 
-fn to_i64(value: u64) -> Result<i64, StoreError> {
+pub(crate) fn to_i64(value: u64) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::Corrupt(format!("{value} exceeds i64")))
 }
 

@@ -183,7 +183,11 @@ fn renewal_request(
         suites: context.offer.iter().map(|s| s.id()).collect(),
         message: b64_encode(&message),
     };
-    (pending, serde_json::to_vec(&request).unwrap())
+    let plaintext = serde_json::to_vec(&request).unwrap();
+    (
+        pending,
+        openred_node::frames::labelled(RENEW, false, &plaintext),
+    )
 }
 
 fn a_static(a: &TestNode) -> ([u8; 32], [u8; 32]) {
@@ -239,9 +243,12 @@ async fn renewals_refuse_strangers_replays_other_sessions_and_repetition() {
         "{}",
         String::from_utf8_lossy(&answer.body)
     );
-    let reply = session
-        .open(&answer.body, net.now())
-        .expect("answered in the old session");
+    let reply = answer_payload(
+        RENEW,
+        &session
+            .open(&answer.body, net.now())
+            .expect("answered in the old session"),
+    );
     let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap();
     let message = b64_decode(reply["message"].as_str().unwrap()).unwrap();
     let result = pending.finish(&message).expect("message 2 authenticates");
@@ -263,8 +270,16 @@ async fn renewals_refuse_strangers_replays_other_sessions_and_repetition() {
         403,
         "handshake_failed",
     );
+    // A good frame, sealed for another route.
+    let frame = session.seal(&ping_payload(), net.now()).unwrap();
+    assert_refused(
+        &post_bytes(&net.http, &url, frame).await,
+        400,
+        "wrong_route",
+    );
     // Garbage inside a good frame.
-    let frame = session.seal(b"not a renewal", net.now()).unwrap();
+    let garbage = openred_node::frames::labelled(RENEW, false, b"not a renewal");
+    let frame = session.seal(&garbage, net.now()).unwrap();
     assert_refused(
         &post_bytes(&net.http, &url, frame).await,
         400,

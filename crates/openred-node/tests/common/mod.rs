@@ -464,11 +464,20 @@ impl TestNode {
     }
 }
 
-/// The payload of an encrypted ping.
+/// The plaintext of an encrypted ping: its route's label, then `ping`
+/// and 8 random bytes.
 pub fn ping_payload() -> Vec<u8> {
     let mut payload = b"ping".to_vec();
     payload.extend_from_slice(&random16()[..8]);
-    payload
+    openred_node::frames::labelled("/p2p/ping", false, &payload)
+}
+
+/// The payload of an answer on `path`, after its label.
+#[track_caller]
+pub fn answer_payload(path: &str, plaintext: &[u8]) -> Vec<u8> {
+    openred_node::frames::unlabel(path, true, plaintext)
+        .expect("an answer labelled for this route")
+        .to_vec()
 }
 
 /// An introduction asked for by hand: token_a, opened by the initiator.

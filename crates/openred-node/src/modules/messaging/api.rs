@@ -1,0 +1,370 @@
+//! The messaging module's routes: the P2P receiver, and the owner's
+//! admin API (send, inbox, outbox, a live stream of new messages).
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use openred_core::NodeId;
+use openred_http::ApiError;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::store::{DeliveryState, MessageId, NewMessage, Outgoing, Received};
+use super::{valid_content_type, Messaging, Receipt, WireMessage, MESSAGE_PATH};
+use crate::node::NodeState;
+
+type Shared = State<Arc<NodeState>>;
+
+/// `POST /p2p/message`.
+pub(super) fn p2p_routes(module: Arc<Messaging>) -> Router<Arc<NodeState>> {
+    Router::new().route(
+        MESSAGE_PATH,
+        post(move |state: Shared, body: Bytes| receive(module.clone(), state, body)),
+    )
+}
+
+/// The admin routes under `/admin/v1/messages`.
+pub(super) fn admin_routes(module: Arc<Messaging>) -> Router<Arc<NodeState>> {
+    let (m1, m2, m3, m4, m5) = (
+        module.clone(),
+        module.clone(),
+        module.clone(),
+        module.clone(),
+        module,
+    );
+    Router::new()
+        .route(
+            "/admin/v1/messages",
+            post(move |state: Shared, body| send(m1.clone(), state, body)),
+        )
+        .route(
+            "/admin/v1/messages/inbox",
+            get(move |query| inbox(m2.clone(), query)),
+        )
+        .route(
+            "/admin/v1/messages/outbox",
+            get(move |query| outbox(m3.clone(), query)),
+        )
+        .route(
+            "/admin/v1/messages/outbox/{message_id}",
+            get(move |id| outgoing(m4.clone(), id)),
+        )
+        .route("/admin/v1/messages/stream", get(move || stream(m5.clone())))
+}
+
+fn bad_message(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("bad_message", message)
+}
+
+fn too_large(max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "message_too_large",
+        format!("the body is larger than {max} bytes"),
+    )
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal("messaging storage", e)
+}
+
+fn not_started() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_started",
+        "the messaging module has not started yet",
+    )
+}
+
+async fn receive(
+    module: Arc<Messaging>,
+    State(state): Shared,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (live, payload) = state.open_frame(MESSAGE_PATH, &body)?;
+    let message: WireMessage =
+        serde_json::from_slice(&payload).map_err(|e| bad_message(e.to_string()))?;
+    let message_id = MessageId::parse(&message.message_id)
+        .ok_or_else(|| bad_message("message_id must be 32 hex digits"))?;
+    if message.seq == 0 {
+        return Err(bad_message("seq starts at 1"));
+    }
+    if !valid_content_type(&message.content_type) {
+        return Err(bad_message(
+            "content_type must be 1 to 127 printable ASCII characters",
+        ));
+    }
+    let max = module.settings.max_body_bytes;
+    if message.body.len() > max {
+        return Err(too_large(max));
+    }
+    let store = module.store().ok_or_else(not_started)?;
+    let received = Received {
+        peer: live.peer,
+        message_id,
+        seq: message.seq,
+        sent_at: message.sent_at,
+        received_at: state.clock().now().0,
+        content_type: message.content_type,
+        body: message.body,
+    };
+    // Persist, then acknowledge.
+    let fresh = store.receive(received.clone()).await.map_err(internal)?;
+    if fresh {
+        module.counters.received.fetch_add(1, Ordering::Relaxed);
+        let _ = module.events.send(Arc::new(received));
+    } else {
+        module.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+    }
+    let receipt = Receipt {
+        received: true,
+        message_id: message_id.to_string(),
+    };
+    let payload = serde_json::to_vec(&receipt).map_err(internal)?;
+    state.answer_frame(&live, MESSAGE_PATH, &payload)
+}
+
+/// `POST /admin/v1/messages`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    /// The peer.
+    pub node_id: String,
+    /// The text.
+    pub text: String,
+    /// Its media type (default `text/plain; charset=utf-8`).
+    #[serde(default)]
+    pub content_type: Option<String>,
+}
+
+/// A message in the outbox, as the admin API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutboxView {
+    /// Its ID.
+    pub message_id: String,
+    /// To whom.
+    pub node_id: String,
+    /// Its place in the order of messages to this peer.
+    pub seq: u64,
+    /// `queued`, `sent`, `delivered` or `failed`.
+    pub state: DeliveryState,
+    /// Attempts so far.
+    pub attempts: u64,
+    /// Why the last attempt failed, or why the message failed.
+    pub last_error: Option<String>,
+    /// When it was written (Unix seconds).
+    pub created_at: u64,
+    /// When the peer acknowledged it.
+    pub delivered_at: Option<u64>,
+    /// Its media type.
+    pub content_type: String,
+    /// Its text.
+    pub text: String,
+}
+
+impl From<Outgoing> for OutboxView {
+    fn from(m: Outgoing) -> OutboxView {
+        OutboxView {
+            message_id: m.message_id.to_string(),
+            node_id: m.peer.to_string(),
+            seq: m.seq,
+            state: m.state,
+            attempts: m.attempts,
+            last_error: m.last_error,
+            created_at: m.created_at,
+            delivered_at: m.delivered_at,
+            content_type: m.content_type,
+            text: m.body,
+        }
+    }
+}
+
+/// A message in the inbox, as the admin API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InboxView {
+    /// Its ID.
+    pub message_id: String,
+    /// Who sent it.
+    pub node_id: String,
+    /// Its place in the sender's order.
+    pub seq: u64,
+    /// The sender's clock when it was written.
+    pub sent_at: u64,
+    /// This node's clock when it was stored.
+    pub received_at: u64,
+    /// Its media type.
+    pub content_type: String,
+    /// Its text.
+    pub text: String,
+}
+
+impl From<&Received> for InboxView {
+    fn from(m: &Received) -> InboxView {
+        InboxView {
+            message_id: m.message_id.to_string(),
+            node_id: m.peer.to_string(),
+            seq: m.seq,
+            sent_at: m.sent_at,
+            received_at: m.received_at,
+            content_type: m.content_type.clone(),
+            text: m.body.clone(),
+        }
+    }
+}
+
+async fn send(
+    module: Arc<Messaging>,
+    State(state): Shared,
+    body: Result<Json<SendRequest>, JsonRejection>,
+) -> Result<Json<OutboxView>, ApiError> {
+    let Json(request) = body?;
+    let peer = NodeId::parse(&request.node_id)
+        .map_err(|e| ApiError::bad_request("bad_node_id", e.to_string()))?;
+    if peer == state.node_id() {
+        return Err(ApiError::bad_request(
+            "self",
+            "a node cannot message itself",
+        ));
+    }
+    let content_type = request
+        .content_type
+        .unwrap_or_else(|| "text/plain; charset=utf-8".to_owned());
+    if !valid_content_type(&content_type) {
+        return Err(bad_message(
+            "content_type must be 1 to 127 printable ASCII characters",
+        ));
+    }
+    let max = module.settings.max_body_bytes;
+    if request.text.len() > max {
+        return Err(too_large(max));
+    }
+    let store = module.store().ok_or_else(not_started)?;
+    let message_id = MessageId::random().map_err(internal)?;
+    let created_at = state.clock().now().0;
+    // Persisted before the first attempt: an acknowledged send is never lost.
+    let seq = store
+        .enqueue(NewMessage {
+            message_id,
+            peer,
+            created_at,
+            content_type: content_type.clone(),
+            body: request.text.clone(),
+        })
+        .await
+        .map_err(internal)?;
+    module.kick(peer, true);
+    Ok(Json(OutboxView {
+        message_id: message_id.to_string(),
+        node_id: peer.to_string(),
+        seq,
+        state: DeliveryState::Queued,
+        attempts: 0,
+        last_error: None,
+        created_at,
+        delivered_at: None,
+        content_type,
+        text: request.text,
+    }))
+}
+
+/// `?peer=ID&limit=N`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only this peer's messages.
+    pub peer: Option<String>,
+    /// At most this many (default 100, at most 10,000).
+    pub limit: Option<usize>,
+}
+
+fn limit(query: &ListQuery) -> Result<usize, ApiError> {
+    match query.limit.unwrap_or(100) {
+        n @ 1..=10_000 => Ok(n),
+        _ => Err(ApiError::bad_request(
+            "bad_limit",
+            "limit must be between 1 and 10000",
+        )),
+    }
+}
+
+async fn inbox(
+    module: Arc<Messaging>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Vec<InboxView>>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let peer = query
+        .peer
+        .as_deref()
+        .map(NodeId::parse)
+        .transpose()
+        .map_err(|e| ApiError::bad_request("bad_node_id", e.to_string()))?;
+    let store = module.store().ok_or_else(not_started)?;
+    let messages = store
+        .inbox(peer.as_ref(), limit(&query)?)
+        .await
+        .map_err(internal)?;
+    Ok(Json(messages.iter().map(InboxView::from).collect()))
+}
+
+async fn outbox(
+    module: Arc<Messaging>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Vec<OutboxView>>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    if query.peer.is_some() {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            "the outbox takes no peer filter",
+        ));
+    }
+    let store = module.store().ok_or_else(not_started)?;
+    let messages = store.outbox(limit(&query)?).await.map_err(internal)?;
+    Ok(Json(messages.into_iter().map(OutboxView::from).collect()))
+}
+
+async fn outgoing(
+    module: Arc<Messaging>,
+    Path(id): Path<String>,
+) -> Result<Json<OutboxView>, ApiError> {
+    let id = MessageId::parse(&id)
+        .ok_or_else(|| ApiError::bad_request("bad_message_id", "32 hex digits expected"))?;
+    let store = module.store().ok_or_else(not_started)?;
+    store
+        .outgoing_by_id(&id)
+        .await
+        .map_err(internal)?
+        .map(|m| Json(m.into()))
+        .ok_or_else(|| ApiError::not_found("unknown_message", "no such message in the outbox"))
+}
+
+/// Server-sent events: one `message` event (an [`InboxView`]) per new
+/// inbox message, in the order they were committed; a `lagged` event if
+/// the client fell behind and missed some (it can read the inbox).
+async fn stream(
+    module: Arc<Messaging>,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let events = module.subscribe();
+    let stream = futures_util::stream::unfold(events, |mut events| async move {
+        let event = match events.recv().await {
+            Ok(message) => Event::default()
+                .event("message")
+                .json_data(InboxView::from(message.as_ref()))
+                .unwrap_or_else(|_| Event::default().event("error")),
+            Err(RecvError::Lagged(missed)) => {
+                Event::default().event("lagged").data(missed.to_string())
+            }
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok(event), events))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}

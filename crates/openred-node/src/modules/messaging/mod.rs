@@ -1,0 +1,502 @@
+//! The messaging module: end-to-end encrypted messages between nodes.
+//!
+//! - **Receiving** (`POST /p2p/message`): a session frame carrying
+//!   [`WireMessage`]. The receiver checks it, drops a duplicate by message
+//!   ID, persists it to its inbox (group commits: concurrent messages share
+//!   one transaction), and only then answers [`Receipt`].
+//! - **Sending**: the message goes to the outbox first (committed before
+//!   any attempt), then a worker per peer delivers the peer's messages in
+//!   seq order, many in flight at once, and marks them delivered when the
+//!   peer acknowledges. Failures are retried with exponential back-off and
+//!   jitter, across restarts of either side, peer outages and directory
+//!   outages (a session is renewed peer to peer; a new introduction is
+//!   asked for only when no session is left). A message the peer refuses
+//!   for good (too large, malformed) fails with the peer's reason; one not
+//!   delivered within `ttl_s` fails too.
+//! - The receiver's inbox lists each peer's messages in the sender's order
+//!   (seq), whatever order concurrent deliveries arrived in.
+//!
+//! Settings (`[modules.messaging]`): see [`Settings`].
+
+mod api;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use openred_core::session::SessionId;
+use openred_core::NodeId;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, watch, Notify};
+
+use self::store::{MessageId, MessageStore, Received};
+use super::{Metric, Module, ModuleContext};
+use crate::error::NodeError;
+use crate::node::NodeState;
+
+/// The module's name.
+pub const NAME: &str = "messaging";
+/// The P2P route.
+pub const MESSAGE_PATH: &str = "/p2p/message";
+
+/// The module's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// The largest body, in bytes, sent or accepted (default 64 KiB).
+    pub max_body_bytes: usize,
+    /// Messages in flight to one peer at once (default 64).
+    pub in_flight_per_peer: usize,
+    /// The first retry waits about this long (default 250 ms); each
+    /// failure doubles it, with jitter.
+    pub retry_base_ms: u64,
+    /// The longest wait between retries (default 60 s).
+    pub retry_max_ms: u64,
+    /// A message not delivered within this many seconds fails (default 7
+    /// days).
+    pub ttl_s: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_body_bytes: 64 * 1024,
+            in_flight_per_peer: 64,
+            retry_base_ms: 250,
+            retry_max_ms: 60_000,
+            ttl_s: 7 * 24 * 3600,
+        }
+    }
+}
+
+/// A message inside a session frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireMessage {
+    /// 32 hex digits, chosen by the sender.
+    pub message_id: String,
+    /// The sender's sequence number for this receiver, from 1.
+    pub seq: u64,
+    /// Unix seconds, by the sender's clock.
+    pub sent_at: u64,
+    /// A media type such as `text/plain; charset=utf-8`.
+    pub content_type: String,
+    /// The text.
+    pub body: String,
+}
+
+/// The receiver's acknowledgement: the message is in its inbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// Always true: any failure is an error answer instead.
+    pub received: bool,
+    /// The acknowledged message.
+    pub message_id: String,
+}
+
+#[derive(Default)]
+struct Counters {
+    received: AtomicU64,
+    duplicates: AtomicU64,
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    attempts: AtomicU64,
+}
+
+/// What the module needs once the node runs.
+struct Running {
+    context: ModuleContext,
+    store: MessageStore,
+    stop: watch::Receiver<bool>,
+}
+
+/// The messaging module.
+pub struct Messaging {
+    settings: Settings,
+    running: OnceLock<Running>,
+    workers: Mutex<HashMap<NodeId, Arc<Notify>>>,
+    events: broadcast::Sender<Arc<Received>>,
+    counters: Counters,
+}
+
+/// Checks a media type: 1 to 127 visible ASCII characters or spaces.
+pub fn valid_content_type(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 127 && text.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+impl Messaging {
+    /// The module with `settings` (JSON; defaults where absent).
+    pub fn new(settings: Option<&serde_json::Value>) -> Result<Messaging, String> {
+        let settings: Settings = match settings {
+            Some(value) => serde_json::from_value(value.clone()).map_err(|e| e.to_string())?,
+            None => Settings::default(),
+        };
+        if settings.in_flight_per_peer == 0
+            || settings.max_body_bytes == 0
+            || settings.retry_base_ms == 0
+            || settings.retry_max_ms < settings.retry_base_ms
+        {
+            return Err("in_flight_per_peer, max_body_bytes and retry_base_ms must be at least 1, and retry_max_ms at least retry_base_ms".into());
+        }
+        Ok(Messaging {
+            settings,
+            running: OnceLock::new(),
+            workers: Mutex::new(HashMap::new()),
+            events: broadcast::channel(1024).0,
+            counters: Counters::default(),
+        })
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn running(&self) -> Result<&Running, NodeError> {
+        self.running
+            .get()
+            .ok_or(NodeError::Busy("the messaging module has not started"))
+    }
+
+    /// The module's tables (once the node serves).
+    pub fn store(&self) -> Option<&MessageStore> {
+        self.running.get().map(|r| &r.store)
+    }
+
+    /// New inbox messages, as they are committed.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Received>> {
+        self.events.subscribe()
+    }
+
+    /// Wakes the worker of `peer`, starting one if `start` and there is
+    /// none.
+    fn kick(self: &Arc<Self>, peer: NodeId, start: bool) {
+        let Some(running) = self.running.get() else {
+            return;
+        };
+        let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(notify) = workers.get(&peer) {
+            notify.notify_one();
+            return;
+        }
+        if !start {
+            return;
+        }
+        let notify = Arc::new(Notify::new());
+        workers.insert(peer, notify.clone());
+        tokio::spawn(self.clone().peer_worker(
+            running.context.clone(),
+            peer,
+            notify,
+            running.stop.clone(),
+        ));
+    }
+
+    /// Delivers `peer`'s messages until none is left, then waits to be
+    /// woken; on failure, waits with back-off (or until woken) and retries.
+    async fn peer_worker(
+        self: Arc<Self>,
+        context: ModuleContext,
+        peer: NodeId,
+        notify: Arc<Notify>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut failures = 0u32;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let wait = if !context.is_enabled() {
+                None
+            } else {
+                let Some(node) = context.node() else { return };
+                match self.deliver_pending(&node, &peer).await {
+                    Ok(()) => {
+                        failures = 0;
+                        None
+                    }
+                    Err(e) => {
+                        failures = failures.saturating_add(1);
+                        let wait = self.backoff(failures);
+                        tracing::debug!(%peer, error = %e, retry_in_ms = wait.as_millis() as u64, "message delivery failed");
+                        if let Ok(running) = self.running() {
+                            let _ = running.store.note_error(&peer, &e.to_string()).await;
+                        }
+                        Some(wait)
+                    }
+                }
+            };
+            tokio::select! {
+                _ = notify.notified() => {}
+                _ = stop.wait_for(|s| *s) => return,
+                _ = sleep_or_forever(wait) => {}
+            }
+        }
+    }
+
+    /// The wait after `failures` failures in a row: exponential, capped,
+    /// with full jitter in its upper half.
+    fn backoff(&self, failures: u32) -> Duration {
+        let base = self.settings.retry_base_ms;
+        let ceiling = base
+            .saturating_mul(1u64 << failures.saturating_sub(1).min(32))
+            .min(self.settings.retry_max_ms);
+        let mut random = [0u8; 8];
+        let _ = getrandom::fill(&mut random);
+        let jitter = u64::from_le_bytes(random) % (ceiling / 2 + 1);
+        Duration::from_millis(ceiling / 2 + jitter)
+    }
+
+    /// Sends every undelivered message to `peer`, in seq order, with up to
+    /// `in_flight_per_peer` requests at once; records acknowledgements in
+    /// groups. Returns the first failure that calls for a retry.
+    async fn deliver_pending(&self, node: &Arc<NodeState>, peer: &NodeId) -> Result<(), NodeError> {
+        let store = &self.running()?.store;
+        let live = node.session_for(peer).await?;
+        let mut after = 0;
+        loop {
+            let batch = store.pending(peer, after, 512).await?;
+            let Some(last) = batch.last() else {
+                return Ok(());
+            };
+            after = last.seq;
+            let ids: Vec<MessageId> = batch.iter().map(|m| m.message_id).collect();
+            store.mark_sent(&ids).await?;
+            let mut queue = batch.into_iter();
+            let mut in_flight = tokio::task::JoinSet::new();
+            let mut delivered = Vec::new();
+            let mut retry: Option<NodeError> = None;
+            loop {
+                while retry.is_none() && in_flight.len() < self.settings.in_flight_per_peer {
+                    let Some(message) = queue.next() else { break };
+                    self.counters.attempts.fetch_add(1, Ordering::Relaxed);
+                    let (node, live) = (node.clone(), live.clone());
+                    in_flight.spawn(async move {
+                        let outcome = send_one(&node, &live, &message).await;
+                        (message.message_id, outcome)
+                    });
+                }
+                let Some(joined) = in_flight.join_next().await else {
+                    break;
+                };
+                match joined {
+                    Ok((id, Ok(()))) => delivered.push(id),
+                    Ok((id, Err(e))) => match refusal(&e) {
+                        Some(reason) => {
+                            store.mark_failed(&id, &reason).await?;
+                            self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        None => {
+                            retry.get_or_insert(e);
+                        }
+                    },
+                    Err(e) => {
+                        retry.get_or_insert(NodeError::Malformed("a delivery task failed"));
+                        tracing::warn!(error = %e, "a delivery task failed");
+                    }
+                }
+                if delivered.len() >= 256 {
+                    self.record_delivered(node, &mut delivered).await?;
+                }
+            }
+            self.record_delivered(node, &mut delivered).await?;
+            if let Some(e) = retry {
+                if lost_session(&e) {
+                    node.forget_session(&live);
+                }
+                return Err(e);
+            }
+        }
+    }
+
+    async fn record_delivered(
+        &self,
+        node: &NodeState,
+        delivered: &mut Vec<MessageId>,
+    ) -> Result<(), NodeError> {
+        if delivered.is_empty() {
+            return Ok(());
+        }
+        self.running()?
+            .store
+            .mark_delivered(delivered, node.clock().now())
+            .await?;
+        self.counters
+            .delivered
+            .fetch_add(delivered.len() as u64, Ordering::Relaxed);
+        delivered.clear();
+        Ok(())
+    }
+
+    /// Fails what was not delivered in time, every minute.
+    async fn expiry_loop(self: Arc<Self>, context: ModuleContext, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let (Some(node), Ok(running)) = (context.node(), self.running()) else {
+                return;
+            };
+            let cutoff = node.clock().now().minus(self.settings.ttl_s);
+            let reason = format!("not delivered within {} s", self.settings.ttl_s);
+            match running.store.expire(cutoff, &reason).await {
+                Ok(n) => {
+                    self.counters.failed.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) => tracing::warn!(error = %e, "expiring old messages failed"),
+            }
+        }
+    }
+}
+
+async fn sleep_or_forever(wait: Option<Duration>) {
+    match wait {
+        Some(wait) => tokio::time::sleep(wait).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One delivery: the message in a frame of `live`, the receipt back.
+async fn send_one(
+    node: &NodeState,
+    live: &crate::sessions::LiveSession,
+    message: &store::Outgoing,
+) -> Result<(), NodeError> {
+    let wire = WireMessage {
+        message_id: message.message_id.to_string(),
+        seq: message.seq,
+        sent_at: message.created_at,
+        content_type: message.content_type.clone(),
+        body: message.body.clone(),
+    };
+    let payload = serde_json::to_vec(&wire).map_err(|_| NodeError::Malformed("encoding"))?;
+    let answer = node.exchange(live, MESSAGE_PATH, &payload).await?;
+    let receipt: Receipt =
+        serde_json::from_slice(&answer).map_err(|_| NodeError::Malformed("the peer's receipt"))?;
+    if !receipt.received || receipt.message_id != wire.message_id {
+        return Err(NodeError::Malformed("a receipt for another message"));
+    }
+    Ok(())
+}
+
+/// The peer refused the message itself, for good: the reason to record.
+fn refusal(e: &NodeError) -> Option<String> {
+    match e {
+        NodeError::Peer { code, message, .. }
+            if code == "message_too_large" || code == "bad_message" =>
+        {
+            Some(format!("refused by the peer: {code}: {message}"))
+        }
+        _ => None,
+    }
+}
+
+/// The peer does not know the session any more (it restarted): forget it,
+/// so that the next attempt makes a new one.
+fn lost_session(e: &NodeError) -> bool {
+    matches!(e, NodeError::Peer { code, .. } if code == "unknown_session" || code == "bad_frame")
+}
+
+impl Module for Messaging {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn description(&self) -> &'static str {
+        "end-to-end encrypted messages, with a durable inbox and outbox"
+    }
+
+    fn p2p_routes(self: Arc<Self>) -> axum::Router<Arc<NodeState>> {
+        api::p2p_routes(self)
+    }
+
+    fn admin_routes(self: Arc<Self>) -> axum::Router<Arc<NodeState>> {
+        api::admin_routes(self)
+    }
+
+    fn start(self: Arc<Self>, context: ModuleContext, stop: watch::Receiver<bool>) {
+        let Some(node) = context.node() else { return };
+        let store = MessageStore::new(node.store().clone());
+        let _ = self.running.set(Running {
+            context: context.clone(),
+            store: store.clone(),
+            stop: stop.clone(),
+        });
+        tokio::spawn(self.clone().expiry_loop(context, stop));
+        // Whatever the last run left undelivered goes out again.
+        let this = self.clone();
+        tokio::spawn(async move {
+            match store.peers_with_pending().await {
+                Ok(peers) => {
+                    for peer in peers {
+                        this.kick(peer, true);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "reading the outbox failed"),
+            }
+        });
+    }
+
+    fn on_session_established(&self, _node: &Arc<NodeState>, peer: NodeId, _session: SessionId) {
+        // A worker waiting out a back-off for this peer goes at once.
+        if let Some(notify) = self
+            .workers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&peer)
+        {
+            notify.notify_one();
+        }
+    }
+
+    fn on_enabled(&self, _node: &Arc<NodeState>) {
+        for notify in self
+            .workers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+        {
+            notify.notify_one();
+        }
+    }
+
+    fn metrics(&self) -> Vec<Metric> {
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            Metric::counter(
+                "received_total",
+                "messages stored in the inbox",
+                load(&c.received),
+            ),
+            Metric::counter(
+                "duplicates_total",
+                "messages received again and dropped",
+                load(&c.duplicates),
+            ),
+            Metric::counter(
+                "delivered_total",
+                "messages the peer acknowledged",
+                load(&c.delivered),
+            ),
+            Metric::counter("failed_total", "messages given up on", load(&c.failed)),
+            Metric::counter("attempts_total", "delivery attempts", load(&c.attempts)),
+            Metric::gauge(
+                "peer_workers",
+                "peers with a delivery worker",
+                self.workers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .len() as f64,
+            ),
+        ]
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}

@@ -1,0 +1,525 @@
+//! The messaging tables (inbox, outbox) in the node's database, and the
+//! group commits that make durability cheap: concurrent inserts wait for
+//! one transaction together, so a burst of messages costs one fsync per
+//! batch, not per message. Every insert is acknowledged only after its
+//! batch has committed.
+
+use std::sync::Arc;
+
+use openred_core::{NodeId, UnixTime};
+use serde::{Deserialize, Serialize};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::{to_i64, NodeStore, StoreError};
+
+/// The most inserts one group commit takes.
+const MAX_BATCH: usize = 512;
+/// Inserts waiting for a commit, at most; more wait to be queued.
+const QUEUE: usize = 4096;
+
+const INBOX_AAD: &[u8] = b"openred/v1/inbox";
+const OUTBOX_AAD: &[u8] = b"openred/v1/outbox";
+
+/// A message ID: 16 random bytes, written as 32 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(pub [u8; 16]);
+
+impl MessageId {
+    /// A fresh random ID.
+    pub fn random() -> Result<MessageId, StoreError> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).map_err(|e| StoreError::Corrupt(format!("randomness: {e}")))?;
+        Ok(MessageId(bytes))
+    }
+
+    /// Parses the hex form.
+    pub fn parse(text: &str) -> Option<MessageId> {
+        let bytes = data_encoding::HEXLOWER_PERMISSIVE
+            .decode(text.as_bytes())
+            .ok()?;
+        Some(MessageId(bytes.try_into().ok()?))
+    }
+}
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&data_encoding::HEXLOWER.encode(&self.0))
+    }
+}
+
+/// Where a sent message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    /// Persisted, not attempted yet.
+    Queued,
+    /// At least one attempt went out; no acknowledgement yet.
+    Sent,
+    /// The peer acknowledged it: it is in the peer's inbox.
+    Delivered,
+    /// Given up, with the reason.
+    Failed,
+}
+
+impl DeliveryState {
+    fn parse(text: &str) -> Result<DeliveryState, StoreError> {
+        Ok(match text {
+            "queued" => DeliveryState::Queued,
+            "sent" => DeliveryState::Sent,
+            "delivered" => DeliveryState::Delivered,
+            "failed" => DeliveryState::Failed,
+            other => return Err(StoreError::Corrupt(format!("delivery state {other:?}"))),
+        })
+    }
+}
+
+/// A message received from a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// Who sent it.
+    pub peer: NodeId,
+    /// The sender's ID for it.
+    pub message_id: MessageId,
+    /// The sender's sequence number for this peer.
+    pub seq: u64,
+    /// The sender's clock when it was written.
+    pub sent_at: u64,
+    /// This node's clock when it was stored.
+    pub received_at: u64,
+    /// Its media type.
+    pub content_type: String,
+    /// Its text.
+    pub body: String,
+}
+
+/// A message in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Its ID.
+    pub message_id: MessageId,
+    /// To whom.
+    pub peer: NodeId,
+    /// Its sequence number for this peer (from 1).
+    pub seq: u64,
+    /// When it was written.
+    pub created_at: u64,
+    /// Its media type.
+    pub content_type: String,
+    /// Its text.
+    pub body: String,
+    /// Where it stands.
+    pub state: DeliveryState,
+    /// Attempts so far.
+    pub attempts: u64,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+    /// When the peer acknowledged it.
+    pub delivered_at: Option<u64>,
+}
+
+/// A message to add to the outbox.
+pub struct NewMessage {
+    /// Its ID.
+    pub message_id: MessageId,
+    /// To whom.
+    pub peer: NodeId,
+    /// When it was written.
+    pub created_at: u64,
+    /// Its media type.
+    pub content_type: String,
+    /// Its text.
+    pub body: String,
+}
+
+type Reply<R> = oneshot::Sender<Result<R, StoreError>>;
+
+/// The messaging tables.
+#[derive(Clone)]
+pub struct MessageStore {
+    store: NodeStore,
+    inbox: mpsc::Sender<(Received, Reply<bool>)>,
+    outbox: mpsc::Sender<(NewMessage, Reply<u64>)>,
+}
+
+fn inbox_aad(peer: &NodeId, id: &MessageId) -> Vec<u8> {
+    [INBOX_AAD, peer.as_bytes(), &id.0].concat()
+}
+
+fn outbox_aad(peer: &NodeId, id: &MessageId) -> Vec<u8> {
+    [OUTBOX_AAD, peer.as_bytes(), &id.0].concat()
+}
+
+fn node_id(bytes: Vec<u8>) -> Result<NodeId, StoreError> {
+    let bytes: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("a node ID is not 32 bytes".into()))?;
+    Ok(NodeId::from_bytes(bytes))
+}
+
+fn message_id(bytes: Vec<u8>) -> Result<MessageId, StoreError> {
+    Ok(MessageId(bytes.try_into().map_err(|_| {
+        StoreError::Corrupt("a message ID is not 16 bytes".into())
+    })?))
+}
+
+fn text(bytes: &[u8]) -> Result<String, StoreError> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| StoreError::Corrupt("a body is not UTF-8".into()))
+}
+
+fn u64_of(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// Runs group commits: takes the first waiting job, then every job already
+/// queued (up to [`MAX_BATCH`]), commits them in one transaction with
+/// `commit`, and answers each.
+fn spawn_group_commit<T, R, F>(store: NodeStore, commit: F) -> mpsc::Sender<(T, Reply<R>)>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: for<'a> Fn(
+            &'a NodeStore,
+            &'a [T],
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Vec<R>, StoreError>> + Send + 'a>,
+        > + Send
+        + Sync
+        + 'static,
+{
+    let (tx, mut rx) = mpsc::channel::<(T, Reply<R>)>(QUEUE);
+    tokio::spawn(async move {
+        let mut jobs = Vec::with_capacity(MAX_BATCH);
+        let mut replies = Vec::with_capacity(MAX_BATCH);
+        while let Some((job, reply)) = rx.recv().await {
+            jobs.push(job);
+            replies.push(reply);
+            while jobs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok((job, reply)) => {
+                        jobs.push(job);
+                        replies.push(reply);
+                    }
+                    Err(_) => break,
+                }
+            }
+            match commit(&store, &jobs).await {
+                Ok(results) => {
+                    for (reply, result) in replies.drain(..).zip(results) {
+                        let _ = reply.send(Ok(result));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "a messaging group commit failed");
+                    for reply in replies.drain(..) {
+                        let _ = reply.send(Err(StoreError::Corrupt(e.to_string())));
+                    }
+                }
+            }
+            jobs.clear();
+        }
+    });
+    tx
+}
+
+async fn wait<T, R>(queue: &mpsc::Sender<(T, Reply<R>)>, job: T) -> Result<R, StoreError> {
+    let (reply, answer) = oneshot::channel();
+    queue
+        .send((job, reply))
+        .await
+        .map_err(|_| StoreError::Corrupt("the messaging writer has stopped".into()))?;
+    answer
+        .await
+        .map_err(|_| StoreError::Corrupt("the messaging writer has stopped".into()))?
+}
+
+impl MessageStore {
+    /// The messaging tables of `store`, with their group-commit writers.
+    pub fn new(store: NodeStore) -> MessageStore {
+        let inbox = spawn_group_commit(store.clone(), |store, batch: &[Received]| {
+            Box::pin(insert_received(store, batch))
+        });
+        let outbox = spawn_group_commit(store.clone(), |store, batch: &[NewMessage]| {
+            Box::pin(insert_outgoing(store, batch))
+        });
+        MessageStore {
+            store,
+            inbox,
+            outbox,
+        }
+    }
+
+    /// Stores a received message; answers once it is committed. `false`:
+    /// this peer sent a message with this ID before (a duplicate, dropped).
+    pub async fn receive(&self, message: Received) -> Result<bool, StoreError> {
+        wait(&self.inbox, message).await
+    }
+
+    /// Adds a message to the outbox; answers its seq once committed.
+    pub async fn enqueue(&self, message: NewMessage) -> Result<u64, StoreError> {
+        wait(&self.outbox, message).await
+    }
+
+    /// Up to `limit` undelivered messages to `peer` with a seq above
+    /// `after`, in seq order.
+    pub async fn pending(
+        &self,
+        peer: &NodeId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Outgoing>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM outbox WHERE peer = ? AND state IN ('queued', 'sent') AND seq > ? \
+             ORDER BY seq LIMIT ?",
+        )
+        .bind(&peer.as_bytes()[..])
+        .bind(to_i64(after)?)
+        .bind(to_i64(limit as u64)?)
+        .fetch_all(self.store.reader())
+        .await?;
+        rows.iter().map(|r| self.outgoing(r)).collect()
+    }
+
+    /// The peers with undelivered messages.
+    pub async fn peers_with_pending(&self) -> Result<Vec<NodeId>, StoreError> {
+        let rows =
+            sqlx::query("SELECT DISTINCT peer FROM outbox WHERE state IN ('queued', 'sent')")
+                .fetch_all(self.store.reader())
+                .await?;
+        rows.into_iter()
+            .map(|r| node_id(r.try_get("peer")?))
+            .collect()
+    }
+
+    /// Counts an attempt for each message: they are `sent` from now on.
+    pub async fn mark_sent(&self, ids: &[MessageId]) -> Result<(), StoreError> {
+        self.update_many(
+            "UPDATE outbox SET state = 'sent', attempts = attempts + 1 \
+             WHERE state IN ('queued', 'sent') AND message_id IN (",
+            ids,
+        )
+        .await
+    }
+
+    /// Records acknowledgements: the messages are `delivered`.
+    pub async fn mark_delivered(&self, ids: &[MessageId], now: UnixTime) -> Result<(), StoreError> {
+        let head = format!(
+            "UPDATE outbox SET state = 'delivered', last_error = NULL, delivered_at = {} \
+             WHERE state IN ('queued', 'sent') AND message_id IN (",
+            to_i64(now.0)?
+        );
+        self.update_many(&head, ids).await
+    }
+
+    async fn update_many(&self, head: &str, ids: &[MessageId]) -> Result<(), StoreError> {
+        for chunk in ids.chunks(MAX_BATCH) {
+            let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(head);
+            let mut list = query.separated(", ");
+            for id in chunk {
+                list.push_bind(id.0.to_vec());
+            }
+            query.push(")");
+            query.build().execute(self.store.writer()).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives up on a message, with the reason.
+    pub async fn mark_failed(&self, id: &MessageId, reason: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE outbox SET state = 'failed', last_error = ? \
+             WHERE message_id = ? AND state IN ('queued', 'sent')",
+        )
+        .bind(reason)
+        .bind(&id.0[..])
+        .execute(self.store.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// Notes why the last attempt to reach `peer` failed, on its waiting
+    /// messages.
+    pub async fn note_error(&self, peer: &NodeId, reason: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE outbox SET last_error = ? WHERE peer = ? AND state IN ('queued', 'sent')",
+        )
+        .bind(reason)
+        .bind(&peer.as_bytes()[..])
+        .execute(self.store.writer())
+        .await?;
+        Ok(())
+    }
+
+    /// Fails every message not delivered since `cutoff`.
+    pub async fn expire(&self, cutoff: UnixTime, reason: &str) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE outbox SET state = 'failed', last_error = ? \
+             WHERE state IN ('queued', 'sent') AND created_at < ?",
+        )
+        .bind(reason)
+        .bind(to_i64(cutoff.0)?)
+        .execute(self.store.writer())
+        .await?
+        .rows_affected())
+    }
+
+    /// The outbox, newest first, at most `limit`.
+    pub async fn outbox(&self, limit: usize) -> Result<Vec<Outgoing>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM outbox ORDER BY id DESC LIMIT ?")
+            .bind(to_i64(limit as u64)?)
+            .fetch_all(self.store.reader())
+            .await?;
+        rows.iter().map(|r| self.outgoing(r)).collect()
+    }
+
+    /// One outbox message.
+    pub async fn outgoing_by_id(&self, id: &MessageId) -> Result<Option<Outgoing>, StoreError> {
+        let row = sqlx::query("SELECT * FROM outbox WHERE message_id = ?")
+            .bind(&id.0[..])
+            .fetch_optional(self.store.reader())
+            .await?;
+        row.map(|r| self.outgoing(&r)).transpose()
+    }
+
+    /// The inbox in each peer's order (seq), from `peer` only if given, at
+    /// most `limit`.
+    pub async fn inbox(
+        &self,
+        peer: Option<&NodeId>,
+        limit: usize,
+    ) -> Result<Vec<Received>, StoreError> {
+        let limit = to_i64(limit as u64)?;
+        let rows = match peer {
+            Some(peer) => {
+                sqlx::query("SELECT * FROM inbox WHERE peer = ? ORDER BY seq, id LIMIT ?")
+                    .bind(&peer.as_bytes()[..])
+                    .bind(limit)
+                    .fetch_all(self.store.reader())
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM inbox ORDER BY peer, seq, id LIMIT ?")
+                    .bind(limit)
+                    .fetch_all(self.store.reader())
+                    .await?
+            }
+        };
+        rows.iter().map(|r| self.received(r)).collect()
+    }
+
+    /// How many messages the inbox holds.
+    pub async fn inbox_len(&self) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM inbox")
+            .fetch_one(self.store.reader())
+            .await?;
+        Ok(u64_of(row.try_get("n")?))
+    }
+
+    fn outgoing(&self, row: &sqlx::sqlite::SqliteRow) -> Result<Outgoing, StoreError> {
+        let peer = node_id(row.try_get("peer")?)?;
+        let id = message_id(row.try_get("message_id")?)?;
+        let sealed: Vec<u8> = row.try_get("body")?;
+        let body = self.store.sealer().open(&outbox_aad(&peer, &id), &sealed)?;
+        Ok(Outgoing {
+            message_id: id,
+            peer,
+            seq: u64_of(row.try_get("seq")?),
+            created_at: u64_of(row.try_get("created_at")?),
+            content_type: row.try_get("content_type")?,
+            body: text(&body)?,
+            state: DeliveryState::parse(row.try_get("state")?)?,
+            attempts: u64_of(row.try_get("attempts")?),
+            last_error: row.try_get("last_error")?,
+            delivered_at: row.try_get::<Option<i64>, _>("delivered_at")?.map(u64_of),
+        })
+    }
+
+    fn received(&self, row: &sqlx::sqlite::SqliteRow) -> Result<Received, StoreError> {
+        let peer = node_id(row.try_get("peer")?)?;
+        let id = message_id(row.try_get("message_id")?)?;
+        let sealed: Vec<u8> = row.try_get("body")?;
+        let body = self.store.sealer().open(&inbox_aad(&peer, &id), &sealed)?;
+        Ok(Received {
+            peer,
+            message_id: id,
+            seq: u64_of(row.try_get("seq")?),
+            sent_at: u64_of(row.try_get("sent_at")?),
+            received_at: u64_of(row.try_get("received_at")?),
+            content_type: row.try_get("content_type")?,
+            body: text(&body)?,
+        })
+    }
+}
+
+async fn insert_received(store: &NodeStore, batch: &[Received]) -> Result<Vec<bool>, StoreError> {
+    let mut sealed = Vec::with_capacity(batch.len());
+    for m in batch {
+        sealed.push(
+            store
+                .sealer()
+                .seal(&inbox_aad(&m.peer, &m.message_id), m.body.as_bytes())?,
+        );
+    }
+    let mut tx = store.writer().begin_with("BEGIN IMMEDIATE").await?;
+    let mut fresh = Vec::with_capacity(batch.len());
+    for (m, body) in batch.iter().zip(sealed) {
+        let inserted = sqlx::query(
+            "INSERT INTO inbox (peer, message_id, seq, sent_at, received_at, content_type, body) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (peer, message_id) DO NOTHING",
+        )
+        .bind(&m.peer.as_bytes()[..])
+        .bind(&m.message_id.0[..])
+        .bind(to_i64(m.seq)?)
+        .bind(to_i64(m.sent_at)?)
+        .bind(to_i64(m.received_at)?)
+        .bind(&m.content_type)
+        .bind(body)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        fresh.push(inserted == 1);
+    }
+    tx.commit().await?;
+    Ok(fresh)
+}
+
+async fn insert_outgoing(store: &NodeStore, batch: &[NewMessage]) -> Result<Vec<u64>, StoreError> {
+    let mut sealed = Vec::with_capacity(batch.len());
+    for m in batch {
+        sealed.push(
+            store
+                .sealer()
+                .seal(&outbox_aad(&m.peer, &m.message_id), m.body.as_bytes())?,
+        );
+    }
+    let mut tx = store.writer().begin_with("BEGIN IMMEDIATE").await?;
+    let mut seqs = Vec::with_capacity(batch.len());
+    for (m, body) in batch.iter().zip(sealed) {
+        let row = sqlx::query(
+            "INSERT INTO outbox_seq (peer, next) VALUES (?, 2) \
+             ON CONFLICT (peer) DO UPDATE SET next = next + 1 RETURNING next - 1 AS seq",
+        )
+        .bind(&m.peer.as_bytes()[..])
+        .fetch_one(&mut *tx)
+        .await?;
+        let seq: i64 = row.try_get("seq")?;
+        sqlx::query(
+            "INSERT INTO outbox (message_id, peer, seq, created_at, content_type, body, state) \
+             VALUES (?, ?, ?, ?, ?, ?, 'queued')",
+        )
+        .bind(&m.message_id.0[..])
+        .bind(&m.peer.as_bytes()[..])
+        .bind(seq)
+        .bind(to_i64(m.created_at)?)
+        .bind(&m.content_type)
+        .bind(body)
+        .execute(&mut *tx)
+        .await?;
+        seqs.push(u64_of(seq));
+    }
+    tx.commit().await?;
+    Ok(seqs)
+}
+
+/// Shared handle type.
+pub type SharedStore = Arc<MessageStore>;

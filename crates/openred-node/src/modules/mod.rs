@@ -1,0 +1,456 @@
+//! The module system. A module brings its own P2P and admin routes, may
+//! switch on cipher suites from the core's allowlist, may wrap every P2P
+//! request in middleware, hears when sessions start and end, runs its own
+//! tasks, and reports metrics. The node core names no module: it asks the
+//! [`Modules`] registry.
+//!
+//! Modules are enabled in the configuration and can be switched on and off
+//! while the node runs (`POST /admin/v1/modules/{name}/enable|disable`,
+//! `openred module enable|disable NAME`). A switch lasts until the node
+//! stops; the configuration decides at start. While a module is off, its
+//! routes answer 404 `module_disabled`, its middleware lets requests
+//! through untouched, its suites are no longer offered or accepted in new
+//! handshakes, and it hears no session events; its tasks keep running and
+//! are expected to idle (see [`ModuleContext::is_enabled`]).
+//!
+//! How to write one: `docs/MODULES.md`, and the example module
+//! `crates/openred-node/examples/echo_module.rs`.
+
+pub mod messaging;
+
+use std::any::Any;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use openred_core::session::{SessionId, Suite};
+use openred_core::NodeId;
+use openred_http::ApiError;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::node::NodeState;
+
+/// A boxed future, for middleware.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Middleware over every P2P request: call `next.run(request)` to go on,
+/// or answer yourself.
+pub type Middleware =
+    Arc<dyn Fn(Arc<NodeState>, Request, Next) -> BoxFuture<'static, Response> + Send + Sync>;
+
+/// One metric a module reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metric {
+    /// `snake_case`, unique within the module; shown as
+    /// `openred_<module>_<name>`.
+    pub name: String,
+    /// One line on what it counts.
+    pub help: String,
+    /// `counter` (only grows) or `gauge`.
+    pub kind: MetricKind,
+    /// The value now.
+    pub value: f64,
+}
+
+/// What a [`Metric`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricKind {
+    /// Only grows.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+}
+
+impl Metric {
+    /// A counter.
+    pub fn counter(name: &str, help: &str, value: u64) -> Metric {
+        Metric {
+            name: name.to_owned(),
+            help: help.to_owned(),
+            kind: MetricKind::Counter,
+            value: value as f64,
+        }
+    }
+
+    /// A gauge.
+    pub fn gauge(name: &str, help: &str, value: f64) -> Metric {
+        Metric {
+            name: name.to_owned(),
+            help: help.to_owned(),
+            kind: MetricKind::Gauge,
+            value,
+        }
+    }
+}
+
+/// What a module gets to reach the node: its state, and whether the module
+/// is on now.
+#[derive(Clone)]
+pub struct ModuleContext {
+    node: Weak<NodeState>,
+    name: &'static str,
+}
+
+impl ModuleContext {
+    /// The node, while it runs.
+    pub fn node(&self) -> Option<Arc<NodeState>> {
+        self.node.upgrade()
+    }
+
+    /// Whether this module is switched on now.
+    pub fn is_enabled(&self) -> bool {
+        self.node()
+            .is_some_and(|node| node.modules().is_enabled(self.name))
+    }
+}
+
+/// A node module. Every method but [`Module::name`] has a default that
+/// contributes nothing.
+pub trait Module: Send + Sync + 'static {
+    /// The module's name: lowercase ASCII letters, digits and `-`, unique.
+    fn name(&self) -> &'static str;
+
+    /// One line for `status`.
+    fn description(&self) -> &'static str {
+        ""
+    }
+
+    /// Routes on the P2P API. Paths start with `/p2p/`; a peer's request
+    /// is normally a session frame (see [`NodeState::open_frame`]).
+    fn p2p_routes(self: Arc<Self>) -> Router<Arc<NodeState>> {
+        Router::new()
+    }
+
+    /// Routes on the admin API, behind the owner's bearer token. Paths
+    /// start with `/admin/v1/`.
+    fn admin_routes(self: Arc<Self>) -> Router<Arc<NodeState>> {
+        Router::new()
+    }
+
+    /// Cipher suites this module switches on while enabled, on top of the
+    /// node's configured ones. Only the core's allowlist ([`Suite`]) can be
+    /// named: a module never brings a cipher of its own.
+    fn suites(&self) -> Vec<Suite> {
+        Vec::new()
+    }
+
+    /// Middleware over every P2P request, while enabled.
+    fn p2p_middleware(&self) -> Option<Middleware> {
+        None
+    }
+
+    /// Called once when the node starts serving: start the module's tasks
+    /// here; they should end when `stop` turns true.
+    fn start(self: Arc<Self>, context: ModuleContext, stop: watch::Receiver<bool>) {
+        let _ = (context, stop);
+    }
+
+    /// A session with `peer` was established (introduction or renewal).
+    fn on_session_established(&self, node: &Arc<NodeState>, peer: NodeId, session: SessionId) {
+        let _ = (node, peer, session);
+    }
+
+    /// A session ended (maximum age reached, or replaced and idle).
+    fn on_session_closed(&self, node: &Arc<NodeState>, peer: NodeId, session: SessionId) {
+        let _ = (node, peer, session);
+    }
+
+    /// The module was switched on at run time.
+    fn on_enabled(&self, node: &Arc<NodeState>) {
+        let _ = node;
+    }
+
+    /// The module's metrics now.
+    fn metrics(&self) -> Vec<Metric> {
+        Vec::new()
+    }
+
+    /// For [`Modules::get`]: `self`.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// The modules built into `openred`, each with its settings from
+/// `settings` (by module name; defaults where absent).
+pub fn builtin(
+    settings: &BTreeMap<String, serde_json::Value>,
+) -> Result<Vec<Arc<dyn Module>>, ModuleError> {
+    let known = [messaging::NAME];
+    if let Some(unknown) = settings.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(ModuleError::Unknown(unknown.clone()));
+    }
+    let messaging = messaging::Messaging::new(settings.get(messaging::NAME))
+        .map_err(|e| ModuleError::Settings(messaging::NAME, e))?;
+    Ok(vec![Arc::new(messaging)])
+}
+
+/// Why a set of modules or a switch is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModuleError {
+    /// No module has this name.
+    #[error("no module is named {0:?}")]
+    Unknown(String),
+    /// Two modules share a name, or a name is not well formed.
+    #[error("bad module name {0:?}")]
+    BadName(String),
+    /// A module's settings are invalid.
+    #[error("settings of the {0} module: {1}")]
+    Settings(&'static str, String),
+}
+
+struct Entry {
+    module: Arc<dyn Module>,
+    enabled: AtomicBool,
+}
+
+/// The node's modules and their switches.
+pub struct Modules {
+    entries: Vec<Entry>,
+    node: OnceLock<Weak<NodeState>>,
+}
+
+/// One module, as `status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModuleView {
+    /// Its name.
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// Whether it is on.
+    pub enabled: bool,
+    /// Suites it switches on.
+    pub suites: Vec<String>,
+    /// Its metrics.
+    pub metrics: Vec<Metric>,
+}
+
+fn well_formed(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+impl Modules {
+    /// The registry of `modules`, with those named in `enabled` on (all of
+    /// them if `None`).
+    pub fn new(
+        modules: Vec<Arc<dyn Module>>,
+        enabled: Option<&BTreeSet<String>>,
+    ) -> Result<Modules, ModuleError> {
+        let mut names = BTreeSet::new();
+        for module in &modules {
+            if !well_formed(module.name()) || !names.insert(module.name()) {
+                return Err(ModuleError::BadName(module.name().to_owned()));
+            }
+        }
+        if let Some(unknown) = enabled
+            .into_iter()
+            .flatten()
+            .find(|n| !names.contains(n.as_str()))
+        {
+            return Err(ModuleError::Unknown(unknown.clone()));
+        }
+        Ok(Modules {
+            entries: modules
+                .into_iter()
+                .map(|module| Entry {
+                    enabled: AtomicBool::new(enabled.is_none_or(|on| on.contains(module.name()))),
+                    module,
+                })
+                .collect(),
+            node: OnceLock::new(),
+        })
+    }
+
+    /// Ties the registry to its node (once, when the node is built).
+    pub(crate) fn attach(&self, node: &Arc<NodeState>) {
+        let _ = self.node.set(Arc::downgrade(node));
+    }
+
+    fn entry(&self, name: &str) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.module.name() == name)
+    }
+
+    /// Whether the module `name` is on (false for an unknown name).
+    pub fn is_enabled(&self, name: &str) -> bool {
+        self.entry(name)
+            .is_some_and(|e| e.enabled.load(Ordering::Acquire))
+    }
+
+    /// Switches a module on or off; returns whether it was on before.
+    pub fn set_enabled(&self, name: &str, on: bool) -> Result<bool, ModuleError> {
+        let entry = self
+            .entry(name)
+            .ok_or_else(|| ModuleError::Unknown(name.to_owned()))?;
+        let before = entry.enabled.swap(on, Ordering::AcqRel);
+        if on && !before {
+            if let Some(node) = self.node() {
+                entry.module.on_enabled(&node);
+            }
+        }
+        tracing::info!(module = name, enabled = on, "module switched");
+        Ok(before)
+    }
+
+    /// The module of type `M`, if registered.
+    pub fn get<M: Module>(&self) -> Option<&M> {
+        self.entries
+            .iter()
+            .find_map(|e| e.module.as_any().downcast_ref::<M>())
+    }
+
+    /// The enabled modules.
+    fn enabled(&self) -> impl Iterator<Item = &Arc<dyn Module>> {
+        self.entries
+            .iter()
+            .filter(|e| e.enabled.load(Ordering::Acquire))
+            .map(|e| &e.module)
+    }
+
+    /// `configured` and then the suites enabled modules switch on, without
+    /// repeats: what the node offers and accepts in a new handshake.
+    pub fn suites(&self, configured: &[Suite]) -> Vec<Suite> {
+        let mut suites = configured.to_vec();
+        for suite in self.enabled().flat_map(|m| m.suites()) {
+            if !suites.contains(&suite) && suites.len() < crate::handshake::MAX_OFFER {
+                suites.push(suite);
+            }
+        }
+        suites
+    }
+
+    fn node(&self) -> Option<Arc<NodeState>> {
+        self.node.get().and_then(Weak::upgrade)
+    }
+
+    /// Tells the enabled modules a session was established.
+    pub(crate) fn session_established(&self, peer: NodeId, id: SessionId) {
+        let Some(node) = self.node() else { return };
+        for module in self.enabled() {
+            module.on_session_established(&node, peer, id);
+        }
+    }
+
+    /// Tells the enabled modules sessions ended.
+    pub(crate) fn sessions_closed(&self, ended: &[(NodeId, SessionId)]) {
+        if ended.is_empty() {
+            return;
+        }
+        let Some(node) = self.node() else { return };
+        for module in self.enabled() {
+            for (peer, id) in ended {
+                module.on_session_closed(&node, *peer, *id);
+            }
+        }
+    }
+
+    /// Starts every module's tasks.
+    pub(crate) fn start(&self, node: &Arc<NodeState>, stop: &watch::Receiver<bool>) {
+        for entry in &self.entries {
+            let context = ModuleContext {
+                node: Arc::downgrade(node),
+                name: entry.module.name(),
+            };
+            entry.module.clone().start(context, stop.clone());
+        }
+    }
+
+    /// Every module, for `status`.
+    pub fn views(&self) -> Vec<ModuleView> {
+        self.entries
+            .iter()
+            .map(|e| ModuleView {
+                name: e.module.name().to_owned(),
+                description: e.module.description().to_owned(),
+                enabled: e.enabled.load(Ordering::Acquire),
+                suites: e.module.suites().iter().map(|s| s.to_string()).collect(),
+                metrics: e.module.metrics(),
+            })
+            .collect()
+    }
+
+    /// Every module's P2P routes, each behind its switch, and every
+    /// module's middleware around `router`.
+    pub(crate) fn p2p_router(
+        &self,
+        state: &Arc<NodeState>,
+        mut router: Router<Arc<NodeState>>,
+    ) -> Router<Arc<NodeState>> {
+        for entry in &self.entries {
+            let name = entry.module.name();
+            let routes = entry.module.clone().p2p_routes();
+            if routes.has_routes() {
+                router = router.merge(gated(state, name, routes));
+            }
+        }
+        for entry in &self.entries {
+            if let Some(middleware) = entry.module.p2p_middleware() {
+                let name = entry.module.name();
+                router = router.layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    move |axum::extract::State(state): axum::extract::State<Arc<NodeState>>,
+                          request: Request,
+                          next: Next| {
+                        let middleware = middleware.clone();
+                        async move {
+                            if state.modules().is_enabled(name) {
+                                middleware(state, request, next).await
+                            } else {
+                                next.run(request).await
+                            }
+                        }
+                    },
+                ));
+            }
+        }
+        router
+    }
+
+    /// Every module's admin routes, each behind its switch.
+    pub(crate) fn admin_router(&self, state: &Arc<NodeState>) -> Router<Arc<NodeState>> {
+        let mut router = Router::new();
+        for entry in &self.entries {
+            let name = entry.module.name();
+            let routes = entry.module.clone().admin_routes();
+            if routes.has_routes() {
+                router = router.merge(gated(state, name, routes));
+            }
+        }
+        router
+    }
+}
+
+/// `routes`, answering 404 `module_disabled` while the module is off.
+fn gated(
+    state: &Arc<NodeState>,
+    name: &'static str,
+    routes: Router<Arc<NodeState>>,
+) -> Router<Arc<NodeState>> {
+    routes.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        move |axum::extract::State(state): axum::extract::State<Arc<NodeState>>,
+              request: Request,
+              next: Next| async move {
+            if state.modules().is_enabled(name) {
+                next.run(request).await
+            } else {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "module_disabled",
+                    format!("the {name} module is switched off on this node"),
+                )
+                .into_response()
+            }
+        },
+    ))
+}
