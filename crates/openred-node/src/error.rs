@@ -58,6 +58,10 @@ pub enum NodeError {
     /// A frame was refused.
     #[error("frame refused: {0}")]
     Frame(#[from] FrameError),
+    /// The peer's record from the introduction has expired: only a new
+    /// introduction can make a session now.
+    #[error("the record of {0} has expired; a new introduction is needed")]
+    PeerRecordExpired(String),
     /// The operation is already running.
     #[error("busy: {0}")]
     Busy(&'static str),

@@ -48,8 +48,9 @@ pub struct LifecycleReport {
 }
 
 /// Whether this node should renew `live` at `now`: it is in use (a frame
-/// within the renewal margin), close to its maximum age, and not being
-/// renewed already.
+/// within the renewal margin), close to its maximum age, not being renewed
+/// already, and the peer's record from the introduction is still valid (a
+/// renewal never outlives what the directory vouched for).
 pub fn renewal_due(live: &LiveSession, now: UnixTime, max_age_s: u64) -> bool {
     let margin = (max_age_s / 8).max(1);
     let left = match live.role() {
@@ -60,6 +61,7 @@ pub fn renewal_due(live: &LiveSession, now: UnixTime, max_age_s: u64) -> bool {
         && live.age(now) < max_age_s
         && live.last_activity.load(Ordering::Relaxed) + margin >= now.0
         && !live.renewing.load(Ordering::Acquire)
+        && live.peer_record.record().expires_at > now
 }
 
 impl NodeState {
@@ -127,6 +129,9 @@ impl NodeState {
     }
 
     async fn renew_once(&self, live: &Arc<LiveSession>) -> Result<Arc<LiveSession>, NodeError> {
+        if live.peer_record.check_unexpired(self.clock.now()).is_err() {
+            return Err(NodeError::PeerRecordExpired(live.peer.to_string()));
+        }
         let mut connection_id = [0u8; 16];
         getrandom::fill(&mut connection_id).map_err(|_| NodeError::Malformed("randomness"))?;
         let context = HandshakeContext {
@@ -161,8 +166,10 @@ impl NodeState {
             Some(&answer.session_id),
         )?;
         // The first frame on the new session is what lets the peer send
-        // over it too.
-        self.ping(&live.peer).await?;
+        // over it too. If it is lost, the next frame does the same.
+        if let Err(e) = self.ping(&live.peer).await {
+            tracing::warn!(peer = %live.peer, error = %e, "the first ping on a renewed session failed");
+        }
         Ok(renewed)
     }
 }

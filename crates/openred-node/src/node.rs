@@ -387,6 +387,25 @@ impl NodeState {
         self.modules.sessions_closed(&ended);
     }
 
+    /// Asks the directory whether the peer of `live` registered another
+    /// address since (it restarted elsewhere, so it lost the session too);
+    /// if so, forgets the session. Returns whether it did.
+    pub async fn forget_if_moved(&self, live: &LiveSession) -> bool {
+        let now = self.clock.now();
+        match self
+            .directory
+            .lookup(&self.outbound, &self.store, &live.peer, now)
+            .await
+        {
+            Ok(record) if record.record().api_url != live.peer_record.record().api_url => {
+                tracing::info!(peer = %live.peer, "the peer moved; its session is forgotten");
+                self.forget_session(live);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The suite of the current session with `peer`.
     pub fn session_suite(&self, peer: &NodeId) -> Option<openred_core::session::Suite> {
         self.sessions.with_peer(peer).map(|s| s.session.suite())

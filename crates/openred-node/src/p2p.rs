@@ -25,6 +25,7 @@ use crate::config::IntroductionPolicy;
 use crate::error::NodeError;
 use crate::handshake::{self, Authority, HandshakeContext};
 use crate::node::NodeState;
+use crate::sessions::RenewalRefusal;
 use crate::store::{StoredToken, TokenState};
 
 type Shared = State<Arc<NodeState>>;
@@ -335,23 +336,54 @@ async fn ping(State(state): Shared, body: Bytes) -> Result<Response, ApiError> {
 }
 
 /// How many renewals one session may authorise: one, and retries of it
-/// when an answer is lost.
-pub const MAX_RENEWALS_PER_SESSION: u32 = 3;
+/// when an answer is lost. Failed attempts do not count.
+pub const MAX_RENEWALS_PER_SESSION: usize = 3;
 
 /// A renewal: a new handshake asked for inside a frame of the live session
 /// it replaces, answered inside a frame of the same session. The frame
 /// proves the request comes from the holder of the session, once (the
 /// replay window); the Noise static keys prove both nodes again, so a
 /// thief of session keys alone cannot renew; the new keys owe nothing to
-/// the old ones. No directory and no token take part.
+/// the old ones. No directory and no token take part, so a renewal never
+/// outlives what the directory vouched for: the peer's record from the
+/// introduction must still be valid, and its key the one last seen.
 async fn renew(State(state): Shared, body: Bytes) -> Result<Response, ApiError> {
     let (live, plaintext) = state.open_frame(RENEW_PATH, &body)?;
     let now = state.clock.now();
+    let conflict = |code, message| Err(ApiError::conflict(code, message));
     if live.age(now) >= state.config.session_max_age_s {
-        return Err(ApiError::conflict(
+        return conflict(
             "session_expired",
             "this session is past its maximum age; ask the directory for an introduction",
-        ));
+        );
+    }
+    if live.peer_record.check_unexpired(now).is_err() {
+        return conflict(
+            "peer_record_expired",
+            "the record the introduction carried has expired; ask the directory for an introduction",
+        );
+    }
+    if !state.sessions.is_live(&live) {
+        return conflict(
+            "not_current",
+            "this session has been replaced; renew the current one",
+        );
+    }
+    // Both sides renewing the same session: the lower node ID's renewal
+    // goes on, the other is refused, so the two end up on one session.
+    if live.renewing.load(Ordering::Acquire) && state.crypto.node_id() < live.peer {
+        return conflict(
+            "renewal_crossed",
+            "this node is renewing the session itself",
+        );
+    }
+    if let Some(known) = state.store.peer(&live.peer).await.map_err(internal)? {
+        if known.record().agreement_key != live.peer_record.record().agreement_key {
+            return conflict(
+                "peer_key_changed",
+                "the peer has registered another key since; ask the directory for an introduction",
+            );
+        }
     }
     let request: HandshakeRequest = serde_json::from_slice(&plaintext)
         .map_err(|e| ApiError::bad_request("bad_renewal", e.to_string()))?;
@@ -359,13 +391,31 @@ async fn renew(State(state): Shared, body: Bytes) -> Result<Response, ApiError> 
     let message = b64_decode(&request.message)
         .map_err(|_| ApiError::bad_request("bad_renewal", "message is not base64url"))?;
     let offer = handshake::parse_offer(&request.suites).map_err(handshake_error)?;
-    if live.renewals.fetch_add(1, Ordering::AcqRel) >= MAX_RENEWALS_PER_SESSION {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "renewal_limit",
-            "this session has authorised all the renewals it may",
-        ));
+    live.reserve_renewal(connection_id, MAX_RENEWALS_PER_SESSION)
+        .map_err(|refusal| match refusal {
+            RenewalRefusal::Replayed => {
+                ApiError::conflict("renewal_replayed", "this renewal was answered already")
+            }
+            RenewalRefusal::Limit => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "renewal_limit",
+                "this session has authorised all the renewals it may",
+            ),
+        })?;
+    let answered = answer_renewal(&state, &live, connection_id, offer, &message).await;
+    if answered.is_err() {
+        live.release_renewal(&connection_id);
     }
+    answered
+}
+
+async fn answer_renewal(
+    state: &NodeState,
+    live: &Arc<crate::sessions::LiveSession>,
+    connection_id: [u8; 16],
+    offer: Vec<openred_core::session::Suite>,
+    message: &[u8],
+) -> Result<Response, ApiError> {
     let context = HandshakeContext {
         connection_id,
         initiator: live.peer,
@@ -380,7 +430,7 @@ async fn renew(State(state): Shared, body: Bytes) -> Result<Response, ApiError> 
         .respond(
             &context,
             &live.peer_record.record().agreement_key.0,
-            &message,
+            message,
             &state.suites(),
         )
         .await
@@ -395,7 +445,7 @@ async fn renew(State(state): Shared, body: Bytes) -> Result<Response, ApiError> 
     };
     let plaintext = serde_json::to_vec(&answer)
         .map_err(|e| ApiError::internal("encoding the renewal answer", e))?;
-    state.answer_frame(&live, RENEW_PATH, &plaintext)
+    state.answer_frame(live, RENEW_PATH, &plaintext)
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {

@@ -3,8 +3,8 @@
 //! new handshakes make new keys, so no nonce can repeat.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use openred_core::session::{Role, Session, SessionId};
 use openred_core::{NodeId, SignedRecord, UnixTime};
@@ -26,8 +26,9 @@ pub struct LiveSession {
     pub confirmed: AtomicBool,
     /// Unix seconds of the last authenticated frame either way.
     pub last_activity: AtomicU64,
-    /// Renewals this session has authorised (answered) so far.
-    pub renewals: AtomicU32,
+    /// The connection IDs of the renewals this session has authorised (or
+    /// is authorising): a renewal's message 1 is answered once.
+    renewals: Mutex<Vec<[u8; 16]>>,
     /// Set while this node renews the session, so that one renewal runs at
     /// a time.
     pub renewing: AtomicBool,
@@ -51,7 +52,7 @@ impl LiveSession {
             session,
             confirmed: AtomicBool::new(confirmed),
             last_activity: AtomicU64::new(now.0),
-            renewals: AtomicU32::new(0),
+            renewals: Mutex::new(Vec::new()),
             renewing: AtomicBool::new(false),
         }
     }
@@ -71,10 +72,45 @@ impl LiveSession {
         self.last_activity.fetch_max(now.0, Ordering::Relaxed);
     }
 
+    /// Reserves the renewal `connection_id`, at most `max` per session:
+    /// refused if this session already answered it, or answered `max`.
+    pub fn reserve_renewal(
+        &self,
+        connection_id: [u8; 16],
+        max: usize,
+    ) -> Result<(), RenewalRefusal> {
+        let mut ids = self.renewals.lock().unwrap_or_else(|e| e.into_inner());
+        if ids.contains(&connection_id) {
+            return Err(RenewalRefusal::Replayed);
+        }
+        if ids.len() >= max {
+            return Err(RenewalRefusal::Limit);
+        }
+        ids.push(connection_id);
+        Ok(())
+    }
+
+    /// Gives a reservation back: the renewal failed, it counts for nothing.
+    pub fn release_renewal(&self, connection_id: &[u8; 16]) {
+        self.renewals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|id| id != connection_id);
+    }
+
     /// Seconds since the handshake.
     pub fn age(&self, now: UnixTime) -> u64 {
         now.0.saturating_sub(self.established_at.0)
     }
+}
+
+/// Why a session refuses to authorise a renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewalRefusal {
+    /// This renewal's message 1 was answered already.
+    Replayed,
+    /// The session has authorised all the renewals it may.
+    Limit,
 }
 
 /// The sessions with one peer: the one used to reach it, and a newer one
@@ -85,14 +121,48 @@ struct PeerSessions {
     pending: Option<SessionId>,
 }
 
-/// The session table.
+/// Sessions kept per peer at most. Beyond that, the oldest that neither
+/// reaches the peer nor waits to goes: a peer cannot pile sessions up.
+pub const MAX_SESSIONS_PER_PEER: usize = 4;
+
+#[derive(Default)]
+struct Tables {
+    by_id: HashMap<SessionId, Arc<LiveSession>>,
+    by_peer: HashMap<NodeId, PeerSessions>,
+}
+
+impl Tables {
+    fn is_live(&self, id: &SessionId, peer: &NodeId) -> bool {
+        self.by_peer
+            .get(peer)
+            .is_some_and(|p| p.current == *id || p.pending == Some(*id))
+    }
+
+    /// The newest confirmed session with `peer`, if any.
+    fn newest_confirmed(&self, peer: &NodeId) -> Option<SessionId> {
+        self.by_id
+            .values()
+            .filter(|s| s.peer == *peer && s.confirmed.load(Ordering::Acquire))
+            .max_by_key(|s| s.established_at)
+            .map(|s| s.id())
+    }
+}
+
+/// The session table. One lock for both maps: no lock order to get wrong.
 #[derive(Default)]
 pub struct SessionTable {
-    by_id: RwLock<HashMap<SessionId, Arc<LiveSession>>>,
-    by_peer: RwLock<HashMap<NodeId, PeerSessions>>,
+    tables: RwLock<Tables>,
 }
 
 impl SessionTable {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Tables> {
+        self.tables.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Tables> {
+        self.tables.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Installs a session. A confirmed one (this node initiated it) becomes
     /// the one used to reach its peer at once. An unconfirmed one (this
     /// node answered it) waits for the peer's first frame if a confirmed
@@ -101,15 +171,15 @@ impl SessionTable {
     pub fn insert(&self, session: LiveSession) -> Arc<LiveSession> {
         let session = Arc::new(session);
         let id = session.id();
-        let mut by_id = self.by_id.write().unwrap_or_else(|e| e.into_inner());
-        by_id.insert(id, session.clone());
-        let mut by_peer = self.by_peer.write().unwrap_or_else(|e| e.into_inner());
+        let peer = session.peer;
+        let mut t = self.write();
+        t.by_id.insert(id, session.clone());
         let wait = !session.confirmed.load(Ordering::Acquire)
-            && by_peer
-                .get(&session.peer)
-                .and_then(|p| by_id.get(&p.current))
+            && t.by_peer
+                .get(&peer)
+                .and_then(|p| t.by_id.get(&p.current))
                 .is_some_and(|current| current.confirmed.load(Ordering::Acquire));
-        let entry = by_peer.entry(session.peer).or_insert(PeerSessions {
+        let entry = t.by_peer.entry(peer).or_insert(PeerSessions {
             current: id,
             pending: None,
         });
@@ -121,125 +191,187 @@ impl SessionTable {
                 pending: None,
             };
         }
+        let mut others: Vec<(UnixTime, SessionId)> = t
+            .by_id
+            .values()
+            .filter(|s| s.peer == peer)
+            .map(|s| (s.established_at, s.id()))
+            .filter(|(_, sid)| !t.is_live(sid, &peer))
+            .collect();
+        let live = if t.by_peer[&peer].pending.is_some() {
+            2
+        } else {
+            1
+        };
+        if others.len() + live > MAX_SESSIONS_PER_PEER {
+            others.sort();
+            let excess = others.len() + live - MAX_SESSIONS_PER_PEER;
+            for (_, old) in others.into_iter().take(excess) {
+                t.by_id.remove(&old);
+            }
+        }
         session
     }
 
-    /// Records the peer's first authenticated frame on `session`: a
-    /// session waiting to replace the current one replaces it now.
+    /// Records the peer's first authenticated frame on `session`. If it is
+    /// at least as new as the current session, it replaces it: the waiting
+    /// one, or another whose message 2 arrived after all though a later
+    /// answer had taken the waiting place. An older one replaces nothing.
     pub fn confirm(&self, session: &LiveSession) {
         if session.confirmed.swap(true, Ordering::AcqRel) {
             return;
         }
         let id = session.id();
-        let mut by_peer = self.by_peer.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = by_peer.get_mut(&session.peer) {
-            if entry.pending == Some(id) {
-                *entry = PeerSessions {
-                    current: id,
-                    pending: None,
-                };
+        let mut t = self.write();
+        let Some(entry) = t.by_peer.get(&session.peer).copied() else {
+            // Nothing reaches the peer: this session does now.
+            if t.by_id.contains_key(&id) {
+                t.by_peer.insert(
+                    session.peer,
+                    PeerSessions {
+                        current: id,
+                        pending: None,
+                    },
+                );
             }
+            return;
+        };
+        if entry.current == id {
+            return;
+        }
+        let newer = t
+            .by_id
+            .get(&entry.current)
+            .is_none_or(|current| session.established_at >= current.established_at);
+        if !newer {
+            if entry.pending == Some(id) {
+                t.by_peer.insert(
+                    session.peer,
+                    PeerSessions {
+                        pending: None,
+                        ..entry
+                    },
+                );
+            }
+            return;
+        }
+        if t.by_id.contains_key(&id) {
+            let pending = entry.pending.filter(|p| {
+                *p != id
+                    && t.by_id
+                        .get(p)
+                        .is_some_and(|p| p.established_at > session.established_at)
+            });
+            t.by_peer.insert(
+                session.peer,
+                PeerSessions {
+                    current: id,
+                    pending,
+                },
+            );
         }
     }
 
     /// The session with this ID.
     pub fn get(&self, id: &SessionId) -> Option<Arc<LiveSession>> {
-        self.by_id
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .cloned()
+        self.read().by_id.get(id).cloned()
     }
 
     /// The current session with a peer.
     pub fn with_peer(&self, peer: &NodeId) -> Option<Arc<LiveSession>> {
-        let id = self
-            .by_peer
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(peer)?
-            .current;
-        self.get(&id)
+        let t = self.read();
+        let id = t.by_peer.get(peer)?.current;
+        t.by_id.get(&id).cloned()
+    }
+
+    /// Whether `session` is the one used to reach its peer, or the one
+    /// waiting to be.
+    pub fn is_live(&self, session: &LiveSession) -> bool {
+        self.read().is_live(&session.id(), &session.peer)
     }
 
     /// Every session.
     pub fn all(&self) -> Vec<Arc<LiveSession>> {
-        let mut all: Vec<_> = self
-            .by_id
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let mut all: Vec<_> = self.read().by_id.values().cloned().collect();
         all.sort_by_key(|s| (s.peer, s.established_at));
         all
     }
 
     /// The sessions used to reach each peer.
     pub fn current(&self) -> Vec<Arc<LiveSession>> {
-        let by_peer = self.by_peer.read().unwrap_or_else(|e| e.into_inner());
-        let by_id = self.by_id.read().unwrap_or_else(|e| e.into_inner());
-        by_peer
+        let t = self.read();
+        t.by_peer
             .values()
-            .filter_map(|p| by_id.get(&p.current).cloned())
+            .filter_map(|p| t.by_id.get(&p.current).cloned())
             .collect()
     }
 
     /// Ends sessions established before `cutoff`: a stolen epoch key opens
     /// later epochs until the next handshake, so no session outlives its
     /// maximum age; a renewal or the next use makes a new handshake.
-    /// Returns how many.
+    /// Returns the sessions ended.
     pub fn end_older_than(&self, cutoff: UnixTime) -> Vec<(NodeId, SessionId)> {
         self.remove_where(|_, s| s.established_at < cutoff)
     }
 
     /// Removes one session (its peer no longer has it).
     pub fn remove(&self, id: &SessionId) -> Vec<(NodeId, SessionId)> {
-        self.remove_where(|candidate, _| candidate == id)
+        self.remove_where(|_, s| s.id() == *id)
     }
 
-    /// Drops sessions established before `cutoff` that a newer session
-    /// with the same peer has replaced, or that saw no activity since.
+    /// Drops sessions that neither reach their peer nor wait to, are not
+    /// newer than the one that does, and saw no activity since `cutoff`.
     pub fn purge_idle(&self, cutoff: UnixTime) -> Vec<(NodeId, SessionId)> {
-        let live: Vec<SessionId> = self
-            .by_peer
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .flat_map(|p| std::iter::once(p.current).chain(p.pending))
-            .collect();
-        self.remove_where(|id, s| {
-            !live.contains(id) && s.last_activity.load(Ordering::Relaxed) < cutoff.0
+        self.remove_where(|t, s| {
+            let id = s.id();
+            let newer_than_current = t
+                .by_peer
+                .get(&s.peer)
+                .and_then(|p| t.by_id.get(&p.current))
+                .is_some_and(|current| s.established_at > current.established_at);
+            !t.is_live(&id, &s.peer)
+                && !newer_than_current
+                && s.last_activity.load(Ordering::Relaxed) < cutoff.0
         })
     }
 
-    /// Removes the sessions `doomed` picks and returns them; a peer whose
-    /// current session goes falls back on its pending one, if any.
+    /// Removes the sessions `doomed` picks and returns them. A peer whose
+    /// current session goes falls back on its newest confirmed one, if
+    /// any; without one, the next use makes a new handshake.
     fn remove_where(
         &self,
-        doomed: impl Fn(&SessionId, &LiveSession) -> bool,
+        doomed: impl Fn(&Tables, &LiveSession) -> bool,
     ) -> Vec<(NodeId, SessionId)> {
-        let mut by_id = self.by_id.write().unwrap_or_else(|e| e.into_inner());
-        let mut removed = Vec::new();
-        by_id.retain(|id, s| {
-            let doomed = doomed(id, s);
-            if doomed {
-                removed.push((s.peer, *id));
-            }
-            !doomed
-        });
-        if !removed.is_empty() {
-            let mut by_peer = self.by_peer.write().unwrap_or_else(|e| e.into_inner());
-            by_peer.retain(|_, p| {
-                p.pending = p.pending.filter(|id| by_id.contains_key(id));
-                if !by_id.contains_key(&p.current) {
-                    match p.pending.take() {
-                        Some(next) => p.current = next,
-                        None => return false,
+        let mut t = self.write();
+        let removed: Vec<(NodeId, SessionId)> = t
+            .by_id
+            .values()
+            .filter(|s| doomed(&t, s))
+            .map(|s| (s.peer, s.id()))
+            .collect();
+        if removed.is_empty() {
+            return removed;
+        }
+        for (_, id) in &removed {
+            t.by_id.remove(id);
+        }
+        let peers: Vec<NodeId> = t.by_peer.keys().copied().collect();
+        for peer in peers {
+            let mut entry = t.by_peer[&peer];
+            entry.pending = entry.pending.filter(|id| t.by_id.contains_key(id));
+            if !t.by_id.contains_key(&entry.current) {
+                match t.newest_confirmed(&peer) {
+                    Some(next) => {
+                        entry.current = next;
+                        entry.pending = entry.pending.filter(|p| *p != next);
+                    }
+                    None => {
+                        t.by_peer.remove(&peer);
+                        continue;
                     }
                 }
-                true
-            });
+            }
+            t.by_peer.insert(peer, entry);
         }
         removed
     }
@@ -320,8 +452,10 @@ mod tests {
             table.with_peer(&old.peer).map(|s| s.id()),
             Some(answered.id())
         );
-        // A second confirmation changes nothing.
-        table.confirm(&old);
+        // The peer's first frame on an older answered session does not
+        // take the current place back.
+        let older = table.insert(live_as(Role::Responder, 1, 150, 3));
+        table.confirm(&older);
         assert_eq!(
             table.with_peer(&old.peer).map(|s| s.id()),
             Some(answered.id())
@@ -329,11 +463,32 @@ mod tests {
     }
 
     #[test]
-    fn when_the_current_session_ends_a_waiting_one_takes_over() {
+    fn a_session_whose_message_2_came_late_is_used_once_the_peer_shows_it_has_it() {
+        let table = SessionTable::default();
+        let old = table.insert(live(1, 100, 1));
+        let first = table.insert(live_as(Role::Responder, 1, 200, 2));
+        // A second answer (a retry, or a replay) takes the waiting place.
+        let second = table.insert(live_as(Role::Responder, 1, 210, 3));
+        assert_eq!(table.with_peer(&old.peer).map(|s| s.id()), Some(old.id()));
+        // The peer's frame arrives on the first one: it is newer than the
+        // current session, so it is used from now on.
+        table.confirm(&first);
+        assert_eq!(table.with_peer(&old.peer).map(|s| s.id()), Some(first.id()));
+        assert!(table.is_live(&second), "the newer one still waits");
+    }
+
+    #[test]
+    fn when_the_current_session_ends_only_a_confirmed_one_takes_over() {
         let table = SessionTable::default();
         let old = table.insert(live(1, 100, 1));
         let answered = table.insert(live_as(Role::Responder, 1, 300, 2));
         assert_eq!(table.end_older_than(UnixTime(200)).len(), 1);
+        assert!(
+            table.with_peer(&old.peer).is_none(),
+            "an unconfirmed session may be one the peer never had"
+        );
+        // Its first frame makes it the one used.
+        table.confirm(&answered);
         assert_eq!(
             table.with_peer(&old.peer).map(|s| s.id()),
             Some(answered.id())
@@ -344,5 +499,59 @@ mod tests {
             table.with_peer(&fresh.peer).map(|s| s.id()),
             Some(fresh.id())
         );
+        // A confirmed session left behind takes over when the current one ends.
+        let a = table.insert(live(3, 100, 4));
+        let b = table.insert(live(3, 50, 5));
+        assert_eq!(table.with_peer(&a.peer).map(|s| s.id()), Some(b.id()));
+        table.remove(&b.id());
+        assert_eq!(table.with_peer(&a.peer).map(|s| s.id()), Some(a.id()));
+    }
+
+    #[test]
+    fn a_peer_cannot_pile_sessions_up() {
+        let table = SessionTable::default();
+        let current = table.insert(live(1, 100, 1));
+        let mut answered = Vec::new();
+        for i in 0..10u8 {
+            answered.push(table.insert(live_as(Role::Responder, 1, 200 + u64::from(i), 10 + i)));
+        }
+        let kept: Vec<_> = table.all();
+        assert_eq!(kept.len(), MAX_SESSIONS_PER_PEER);
+        assert!(table.is_live(&current));
+        assert!(table.is_live(answered.last().unwrap()), "the newest waits");
+        // An idle session newer than the current one is not purged.
+        let newer = kept
+            .iter()
+            .find(|s| !table.is_live(s) && s.established_at > current.established_at)
+            .unwrap();
+        table.purge_idle(UnixTime(100_000));
+        assert!(table.get(&newer.id()).is_some());
+    }
+
+    #[test]
+    fn the_table_survives_concurrent_use_without_deadlock() {
+        let table = Arc::new(SessionTable::default());
+        let (done, finished) = std::sync::mpsc::channel();
+        for worker in 0..4u8 {
+            let table = table.clone();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                for i in 0..2000u64 {
+                    let h = (i % 200) as u8;
+                    let s = table.insert(live_as(Role::Responder, worker + 1, i, h));
+                    let _ = table.current();
+                    let _ = table.with_peer(&s.peer);
+                    table.confirm(&s);
+                    let _ = table.purge_idle(UnixTime(i / 2));
+                    let _ = table.end_older_than(UnixTime(i.saturating_sub(50)));
+                }
+                let _ = done.send(());
+            });
+        }
+        for _ in 0..4 {
+            finished
+                .recv_timeout(std::time::Duration::from_secs(120))
+                .expect("no worker is stuck on the table's lock");
+        }
     }
 }

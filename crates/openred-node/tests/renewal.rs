@@ -195,6 +195,48 @@ fn a_static(a: &TestNode) -> ([u8; 32], [u8; 32]) {
     (*keys.agreement_secret(), keys.agreement_public().0)
 }
 
+/// Posts a renewal frame and, on success, finishes the handshake: A's side
+/// of the renewed session.
+async fn renew_by_hand(
+    net: &Network,
+    url: &str,
+    session: &Session,
+    pending: InitiatorHandshake,
+    plaintext: &[u8],
+) -> Session {
+    let frame = session.seal(plaintext, net.now()).unwrap();
+    let answer = post_bytes(&net.http, url, frame).await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let reply = answer_payload(
+        RENEW,
+        &session
+            .open(&answer.body, net.now())
+            .expect("answered in the old session"),
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+    let message = b64_decode(reply["message"].as_str().unwrap()).unwrap();
+    let result = pending.finish(&message).expect("message 2 authenticates");
+    let renewed = Session::new(
+        openred_core::session::Role::Initiator,
+        result.suite,
+        &result.handshake_hash,
+        &result.i2r,
+        &result.r2i,
+        net.now(),
+        openred_core::session::EpochConfig::default(),
+    );
+    assert_eq!(
+        reply["session_id"].as_str(),
+        Some(renewed.session_id().to_string().as_str())
+    );
+    renewed
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewals_refuse_strangers_replays_other_sessions_and_repetition() {
     let net = Network::start().await;
@@ -235,33 +277,19 @@ async fn renewals_refuse_strangers_replays_other_sessions_and_repetition() {
 
     // The genuine renewal, answered inside the old session.
     let (pending, genuine) = renewal_request(&a, &b, a_static(&a), hash);
-    let frame = session.seal(&genuine, net.now()).unwrap();
-    let answer = post_bytes(&net.http, &url, frame.clone()).await;
-    assert_eq!(
-        answer.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
-    let reply = answer_payload(
-        RENEW,
-        &session
-            .open(&answer.body, net.now())
-            .expect("answered in the old session"),
-    );
-    let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap();
-    let message = b64_decode(reply["message"].as_str().unwrap()).unwrap();
-    let result = pending.finish(&message).expect("message 2 authenticates");
-    let renewed = openred_core::session::SessionId::from_handshake_hash(&result.handshake_hash);
-    assert_eq!(
-        reply["session_id"].as_str(),
-        Some(renewed.to_string().as_str())
-    );
-    assert!(b.sessions().get(&renewed).is_some());
+    let first = renew_by_hand(&net, &url, &session, pending, &genuine).await;
+    assert!(b.sessions().get(&first.session_id()).is_some());
     assert_eq!(b.sessions().all().len(), before + 1);
 
-    // The same frame again: the replay window refuses it.
-    assert_refused(&post_bytes(&net.http, &url, frame).await, 400, "bad_frame");
+    // The same message 1 in a fresh frame (a thief of the session keys
+    // replaying A's request; the same frame again is the replay window's
+    // job): B answers a renewal once.
+    let replayed = session.seal(&genuine, net.now()).unwrap();
+    assert_refused(
+        &post_bytes(&net.http, &url, replayed).await,
+        409,
+        "renewal_replayed",
+    );
     // Message 1 bound to another session than the one carrying it.
     let (_, elsewhere) = renewal_request(&a, &b, a_static(&a), random32());
     let frame = session.seal(&elsewhere, net.now()).unwrap();
@@ -285,8 +313,14 @@ async fn renewals_refuse_strangers_replays_other_sessions_and_repetition() {
         400,
         "bad_renewal",
     );
-    // Three attempts were counted (the stranger, the genuine one, the one
-    // bound elsewhere): a session authorises no more.
+
+    // Failures counted for nothing: two more renewals (retries after lost
+    // answers) are answered, then the session authorises no more.
+    let mut last = first;
+    for _ in 0..2 {
+        let (pending, again) = renewal_request(&a, &b, a_static(&a), hash);
+        last = renew_by_hand(&net, &url, &session, pending, &again).await;
+    }
     let (_, more) = renewal_request(&a, &b, a_static(&a), hash);
     let frame = session.seal(&more, net.now()).unwrap();
     assert_refused(
@@ -294,7 +328,78 @@ async fn renewals_refuse_strangers_replays_other_sessions_and_repetition() {
         429,
         "renewal_limit",
     );
-    assert_eq!(b.sessions().all().len(), before + 1);
+    assert!(b.sessions().all().len() <= openred_node::sessions::MAX_SESSIONS_PER_PEER);
+
+    // A's first frame on the last renewed session makes it B's current
+    // one; the old session then authorises nothing.
+    let ping = last.seal(&ping_payload(), net.now()).unwrap();
+    assert_eq!(post_bytes(&net.http, &b.p2p(PING), ping).await.status, 200);
+    assert_eq!(current(&b, &a), last.session_id());
+    let b_side = b.sessions().get(&last.session_id()).unwrap();
+    let (_, stale) = renewal_request(&a, &b, a_static(&a), hash);
+    let frame = session.seal(&stale, net.now()).unwrap();
+    assert_refused(
+        &post_bytes(&net.http, &url, frame).await,
+        409,
+        "not_current",
+    );
+    // The current one does.
+    let (pending, fresh) = renewal_request(&a, &b, a_static(&a), b_side.handshake_hash);
+    renew_by_hand(&net, &url, &last, pending, &fresh).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_renewal_outlives_the_peers_record_from_the_introduction() {
+    let net = Network::start().await;
+    let records = |c: &mut NodeConfig| c.record_lifetime_s = 600;
+    let a = net.node_with("a", records).await;
+    let b = net.node_with("b", records).await;
+    let (session, hash) = session_by_hand(&net, &a, &b).await;
+    a.connect(b.id()).await.unwrap();
+    let live = a.sessions().with_peer(&b.id()).unwrap();
+    // Past the lifetime of the records the tokens carried.
+    net.clock.advance(601);
+    let (_, request) = renewal_request(&a, &b, a_static(&a), hash);
+    let frame = session.seal(&request, net.now()).unwrap();
+    assert_refused(
+        &post_bytes(&net.http, &b.p2p(RENEW), frame).await,
+        409,
+        "peer_record_expired",
+    );
+    assert!(matches!(
+        a.renew(&live).await,
+        Err(openred_node::error::NodeError::PeerRecordExpired(_))
+    ));
+    live.touch(net.now());
+    assert!(!renewal_due(
+        &live,
+        live.established_at.plus(86_000),
+        86_400
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossing_renewals_leave_both_nodes_on_one_session() {
+    let net = Network::start().await;
+    let a = net.node("a").await;
+    let b = net.node("b").await;
+    a.connect(b.id()).await.unwrap();
+    b.ping(&a.id()).await.unwrap();
+    let (at_a, at_b) = (
+        a.sessions().with_peer(&b.id()).unwrap(),
+        b.sessions().with_peer(&a.id()).unwrap(),
+    );
+    let (from_a, from_b) = tokio::join!(a.renew(&at_a), b.renew(&at_b));
+    assert_eq!(
+        usize::from(from_a.is_ok()) + usize::from(from_b.is_ok()),
+        1,
+        "exactly one renewal wins: {:?} / {:?}",
+        from_a.as_ref().map(|s| s.id()),
+        from_b.as_ref().map(|s| s.id())
+    );
+    ping_both_ways(&a, &b).await;
+    assert_eq!(current(&a, &b), current(&b, &a));
+    assert_ne!(current(&a, &b), at_a.id());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

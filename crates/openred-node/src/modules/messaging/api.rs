@@ -18,8 +18,8 @@ use openred_http::ApiError;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::store::{DeliveryState, MessageId, NewMessage, Outgoing, Received};
-use super::{valid_content_type, Messaging, Receipt, WireMessage, MESSAGE_PATH};
+use super::store::{DeliveryState, MessageId, Outgoing, Received};
+use super::{valid_content_type, Messaging, Receipt, SendError, WireMessage, MESSAGE_PATH};
 use crate::node::NodeState;
 
 type Shared = State<Arc<NodeState>>;
@@ -229,51 +229,22 @@ async fn send(
     let Json(request) = body?;
     let peer = NodeId::parse(&request.node_id)
         .map_err(|e| ApiError::bad_request("bad_node_id", e.to_string()))?;
-    if peer == state.node_id() {
-        return Err(ApiError::bad_request(
-            "self",
-            "a node cannot message itself",
-        ));
-    }
     let content_type = request
         .content_type
-        .unwrap_or_else(|| "text/plain; charset=utf-8".to_owned());
-    if !valid_content_type(&content_type) {
-        return Err(bad_message(
-            "content_type must be 1 to 127 printable ASCII characters",
-        ));
-    }
-    let max = module.settings.max_body_bytes;
-    if request.text.len() > max {
-        return Err(too_large(max));
-    }
-    let store = module.store().ok_or_else(not_started)?;
-    let message_id = MessageId::random().map_err(internal)?;
-    let created_at = state.clock().now().0;
+        .as_deref()
+        .unwrap_or("text/plain; charset=utf-8");
     // Persisted before the first attempt: an acknowledged send is never lost.
-    let seq = store
-        .enqueue(NewMessage {
-            message_id,
-            peer,
-            created_at,
-            content_type: content_type.clone(),
-            body: request.text.clone(),
-        })
+    let sent = module
+        .send(&state, peer, content_type, &request.text)
         .await
-        .map_err(internal)?;
-    module.kick(peer, true);
-    Ok(Json(OutboxView {
-        message_id: message_id.to_string(),
-        node_id: peer.to_string(),
-        seq,
-        state: DeliveryState::Queued,
-        attempts: 0,
-        last_error: None,
-        created_at,
-        delivered_at: None,
-        content_type,
-        text: request.text,
-    }))
+        .map_err(|e| match e {
+            SendError::TooLarge(max) => too_large(max),
+            SendError::ContentType => bad_message(e.to_string()),
+            SendError::ToSelf => ApiError::bad_request("self", e.to_string()),
+            SendError::NotStarted => not_started(),
+            SendError::Store(e) => internal(e),
+        })?;
+    Ok(Json(sent.into()))
 }
 
 /// `?peer=ID&limit=N`.

@@ -107,9 +107,30 @@ struct Counters {
 
 /// What the module needs once the node runs.
 struct Running {
+    me: std::sync::Weak<Messaging>,
     context: ModuleContext,
     store: MessageStore,
     stop: watch::Receiver<bool>,
+}
+
+/// Why a message was not accepted for sending.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// The body is over `max_body_bytes`.
+    #[error("the body is larger than {0} bytes")]
+    TooLarge(usize),
+    /// The media type is not acceptable.
+    #[error("content_type must be 1 to 127 printable ASCII characters")]
+    ContentType,
+    /// A node does not message itself.
+    #[error("a node cannot message itself")]
+    ToSelf,
+    /// The module is not running (the node does not serve yet).
+    #[error("the messaging module has not started")]
+    NotStarted,
+    /// The outbox could not be written.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// The messaging module.
@@ -170,10 +191,58 @@ impl Messaging {
         self.events.subscribe()
     }
 
+    /// Puts a message in the outbox (committed when this returns) and
+    /// wakes the peer's delivery worker. Returns the outbox entry.
+    pub async fn send(
+        &self,
+        node: &NodeState,
+        peer: NodeId,
+        content_type: &str,
+        text: &str,
+    ) -> Result<store::Outgoing, SendError> {
+        if peer == node.node_id() {
+            return Err(SendError::ToSelf);
+        }
+        if !valid_content_type(content_type) {
+            return Err(SendError::ContentType);
+        }
+        if text.len() > self.settings.max_body_bytes {
+            return Err(SendError::TooLarge(self.settings.max_body_bytes));
+        }
+        let store = self.store().ok_or(SendError::NotStarted)?;
+        let message_id = MessageId::random()?;
+        let created_at = node.clock().now().0;
+        let seq = store
+            .enqueue(store::NewMessage {
+                message_id,
+                peer,
+                created_at,
+                content_type: content_type.to_owned(),
+                body: text.to_owned(),
+            })
+            .await?;
+        self.kick(peer, true);
+        Ok(store::Outgoing {
+            message_id,
+            peer,
+            seq,
+            created_at,
+            content_type: content_type.to_owned(),
+            body: text.to_owned(),
+            state: store::DeliveryState::Queued,
+            attempts: 0,
+            last_error: None,
+            delivered_at: None,
+        })
+    }
+
     /// Wakes the worker of `peer`, starting one if `start` and there is
     /// none.
-    fn kick(self: &Arc<Self>, peer: NodeId, start: bool) {
+    fn kick(&self, peer: NodeId, start: bool) {
         let Some(running) = self.running.get() else {
+            return;
+        };
+        let Some(me) = running.me.upgrade() else {
             return;
         };
         let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
@@ -186,12 +255,7 @@ impl Messaging {
         }
         let notify = Arc::new(Notify::new());
         workers.insert(peer, notify.clone());
-        tokio::spawn(self.clone().peer_worker(
-            running.context.clone(),
-            peer,
-            notify,
-            running.stop.clone(),
-        ));
+        tokio::spawn(me.peer_worker(running.context.clone(), peer, notify, running.stop.clone()));
     }
 
     /// Delivers `peer`'s messages until none is left, then waits to be
@@ -305,6 +369,9 @@ impl Messaging {
             if let Some(e) = retry {
                 if lost_session(&e) {
                     node.forget_session(&live);
+                } else if matches!(e, NodeError::Outbound(_)) {
+                    // Unreachable: it may have restarted at another address.
+                    node.forget_if_moved(&live).await;
                 }
                 return Err(e);
             }
@@ -422,6 +489,7 @@ impl Module for Messaging {
         let Some(node) = context.node() else { return };
         let store = MessageStore::new(node.store().clone());
         let _ = self.running.set(Running {
+            me: Arc::downgrade(&self),
             context: context.clone(),
             store: store.clone(),
             stop: stop.clone(),
