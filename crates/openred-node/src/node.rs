@@ -210,7 +210,12 @@ impl Node {
                 .with_state(state.clone()),
             state.config.max_frame_bytes + 4096,
         );
-        let admin_app = openred_http::harden(admin::routes(state.clone()), 64 * 1024);
+        // Large enough for a module's biggest request (a message at its size
+        // limit, JSON-escaped), as the P2P API's frames.
+        let admin_app = openred_http::harden(
+            admin::routes(state.clone()),
+            state.config.max_frame_bytes + 4096,
+        );
         let p2p_server = tokio::spawn({
             let mut stop = stop_rx.clone();
             async move {

@@ -339,9 +339,30 @@ impl Network {
         node
     }
 
-    async fn launch(&self, name: &str, mut config: NodeConfig) -> TestNode {
+    /// Starts a stopped node again with `config`, on the same P2P address
+    /// (as a node with a fixed public URL restarts); waits for its
+    /// registration.
+    pub async fn relaunch(&self, name: &str, config: NodeConfig) -> TestNode {
+        let p2p = bind_again(config.listen).await;
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = self.launch_on(name, config, p2p, admin).await;
+        node.wait_registered().await;
+        node
+    }
+
+    async fn launch(&self, name: &str, config: NodeConfig) -> TestNode {
         let p2p = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.launch_on(name, config, p2p, admin).await
+    }
+
+    async fn launch_on(
+        &self,
+        name: &str,
+        mut config: NodeConfig,
+        p2p: TcpListener,
+        admin: TcpListener,
+    ) -> TestNode {
         let url = format!("http://{}", p2p.local_addr().unwrap());
         config.listen = p2p.local_addr().unwrap();
         config.public_url = ApiUrl::parse_origin(&url).unwrap();
@@ -369,6 +390,23 @@ impl Network {
 impl Drop for Network {
     fn drop(&mut self) {
         let _ = self.stop_directory.send(true);
+    }
+}
+
+/// Binds `address` again, waiting for the port to be released.
+async fn bind_again(address: std::net::SocketAddr) -> TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpListener::bind(address).await {
+            Ok(listener) => return listener,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "cannot bind {address} again: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
     }
 }
 
