@@ -8,6 +8,8 @@ use anyhow::{bail, Context};
 use openred_node::admin::{
     self, ConnectView, PeerRequest, PeerView, PingView, RenewView, StatusView,
 };
+use openred_node::modules::messaging::api::{InboxView, OutboxView};
+use openred_node::modules::ModuleView;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -203,6 +205,18 @@ pub async fn status(data: &Path, json: bool) -> anyhow::Result<()> {
             "  node     not confined (in process, e.g. the demo or danger_in_process_crypto)"
         ),
     }
+    for m in &view.modules {
+        println!(
+            "module     {} {}{}",
+            m.name,
+            if m.enabled { "on" } else { "off" },
+            if m.description.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", m.description)
+            }
+        );
+    }
     if view.sessions.is_empty() {
         println!("no sessions");
     }
@@ -245,4 +259,143 @@ fn describe_protections(p: &serde_json::Value) -> String {
             "DUMPABLE"
         }
     )
+}
+
+/// `openred msg …`.
+#[derive(clap::Subcommand)]
+pub enum MsgCommand {
+    /// Send a text message to a node: prints its message ID and state.
+    Send {
+        /// The peer's node ID.
+        node_id: String,
+        /// The text.
+        text: String,
+    },
+    /// The messages received, each peer's in the order it sent them.
+    Inbox {
+        /// Only this peer's messages.
+        #[arg(long)]
+        peer: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// The messages sent, newest first, with their delivery state.
+    Outbox {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+/// `openred msg …`.
+pub async fn msg(data: &Path, command: MsgCommand, json: bool) -> anyhow::Result<()> {
+    let client = AdminClient::new(data)?;
+    match command {
+        MsgCommand::Send { node_id, text } => {
+            let view: OutboxView = client
+                .post(
+                    "/admin/v1/messages",
+                    &serde_json::json!({ "node_id": node_id, "text": text }),
+                )
+                .await?;
+            if json {
+                return print_json(&view);
+            }
+            println!("{} {}", view.message_id, state_name(&view));
+        }
+        MsgCommand::Inbox { peer, limit } => {
+            let mut path = format!("/admin/v1/messages/inbox?limit={limit}");
+            if let Some(peer) = peer {
+                // Checked here, so that only a node ID reaches the query.
+                let peer = openred_core::NodeId::parse(&peer)
+                    .map_err(|e| anyhow::anyhow!("--peer: {e}"))?;
+                path.push_str(&format!("&peer={peer}"));
+            }
+            let messages: Vec<InboxView> = client.get(&path).await?;
+            if json {
+                return print_json(&messages);
+            }
+            if messages.is_empty() {
+                println!("no messages");
+            }
+            for m in &messages {
+                println!(
+                    "{}  from {}  #{}  {}",
+                    m.message_id, m.node_id, m.seq, m.text
+                );
+            }
+        }
+        MsgCommand::Outbox { limit } => {
+            let messages: Vec<OutboxView> = client
+                .get(&format!("/admin/v1/messages/outbox?limit={limit}"))
+                .await?;
+            if json {
+                return print_json(&messages);
+            }
+            if messages.is_empty() {
+                println!("no messages");
+            }
+            for m in &messages {
+                println!(
+                    "{}  to {}  #{}  {}{}  {}",
+                    m.message_id,
+                    m.node_id,
+                    m.seq,
+                    state_name(m),
+                    m.last_error
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default(),
+                    m.text
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn state_name(view: &OutboxView) -> String {
+    serde_json::to_value(view.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// `openred module …`.
+#[derive(clap::Subcommand)]
+pub enum ModuleCommand {
+    /// Switch a module on.
+    Enable {
+        /// The module's name (see `openred status`).
+        name: String,
+    },
+    /// Switch a module off: its routes answer 404 until it is switched on.
+    Disable {
+        /// The module's name.
+        name: String,
+    },
+}
+
+/// `openred module enable|disable NAME`.
+pub async fn module(data: &Path, command: ModuleCommand, json: bool) -> anyhow::Result<()> {
+    let (name, action) = match &command {
+        ModuleCommand::Enable { name } => (name, "enable"),
+        ModuleCommand::Disable { name } => (name, "disable"),
+    };
+    let view: ModuleView = AdminClient::new(data)?
+        .post(
+            &format!("/admin/v1/modules/{name}/{action}"),
+            &serde_json::json!({}),
+        )
+        .await?;
+    if json {
+        return print_json(&view);
+    }
+    println!(
+        "module {} is {}",
+        view.name,
+        if view.enabled { "on" } else { "off" }
+    );
+    Ok(())
 }

@@ -1,7 +1,8 @@
 //! `openred demo`: a directory and three nodes on loopback, in temporary
 //! data directories, through the whole flow: registration, an introduction
 //! and handshake for every pair, an encrypted ping over each session, the
-//! renewal of one session by a fresh handshake inside it. Prints
+//! renewal of one session by a fresh handshake inside it, and messages
+//! between the nodes. Prints
 //! a summary and exits 0; `--keep` leaves them running.
 
 use std::sync::Arc;
@@ -10,11 +11,39 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use openred_core::ApiUrl;
 use openred_directory::{Config as DirectoryConfig, Directory};
+use openred_node::modules::messaging::store::DeliveryState;
+use openred_node::modules::messaging::Messaging;
 use openred_node::{Node, NodeConfig, NodeKeys, NodeState};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{shutdown_signal, SystemClock};
+
+fn messaging(state: &NodeState) -> anyhow::Result<&Messaging> {
+    state
+        .modules()
+        .get::<Messaging>()
+        .context("the messaging module")
+}
+
+/// Waits until nothing in `state`'s outbox is still on its way.
+async fn wait_delivered(state: &NodeState) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let outbox = messaging(state)?
+            .store()
+            .context("the messaging module runs")?
+            .outbox(1000)
+            .await?;
+        if outbox.iter().all(|m| m.state == DeliveryState::Delivered) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("messages not delivered within 20 s: {outbox:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
 
 struct DemoNode {
     name: &'static str,
@@ -155,9 +184,52 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         renewed.id(),
         rtt.as_secs_f64() * 1000.0
     );
+    // Messages: through each sender's outbox, acknowledged once in the
+    // receiver's inbox.
+    println!();
+    let sending = Instant::now();
+    let notes = [
+        (0, 1, "hello bob, this is alice"),
+        (1, 0, "hi alice! bob here"),
+        (2, 0, "carol says hello to alice"),
+        (2, 1, "and to bob"),
+    ];
+    for (from, to, text) in notes {
+        let (a, b) = (&nodes[from], &nodes[to]);
+        messaging(&a.state)?
+            .send(
+                &a.state,
+                b.state.node_id(),
+                "text/plain; charset=utf-8",
+                text,
+            )
+            .await
+            .with_context(|| format!("{} sending to {}", a.name, b.name))?;
+    }
+    for n in &nodes {
+        wait_delivered(&n.state).await?;
+    }
+    println!(
+        "{} messages delivered in {:.1} ms:",
+        notes.len(),
+        sending.elapsed().as_secs_f64() * 1000.0
+    );
+    for n in &nodes {
+        let store = messaging(&n.state)?
+            .store()
+            .context("the messaging module runs")?;
+        for m in store.inbox(None, 100).await? {
+            let from = nodes
+                .iter()
+                .find(|x| x.state.node_id() == m.peer)
+                .map_or("?", |x| x.name);
+            println!("  {:<6} ← {:<6} #{}  {}", n.name, from, m.seq, m.body);
+        }
+    }
     println!();
     println!(
-        "3 introductions, 3 sessions, 7 encrypted pings, 1 renewal in {:.0} ms in all",
+        "3 introductions, 3 sessions, 7 encrypted pings, 1 renewal, {} messages in {:.0} ms in all",
+        notes.len(),
         started.elapsed().as_secs_f64() * 1000.0
     );
 

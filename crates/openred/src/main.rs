@@ -82,8 +82,18 @@ enum Command {
         /// The peer's node ID.
         node_id: String,
     },
-    /// Identity, directory and sessions of the running node.
+    /// Identity, directory, sessions and modules of the running node.
     Status,
+    /// Messages: send, and read the inbox and the outbox.
+    Msg {
+        #[command(subcommand)]
+        command: client::MsgCommand,
+    },
+    /// Switch a module on or off while the node runs.
+    Module {
+        #[command(subcommand)]
+        command: client::ModuleCommand,
+    },
     /// The crypto agent, or with `--launcher` the process that starts
     /// agents. Started by the node over an inherited socket; not for use by
     /// hand.
@@ -162,6 +172,8 @@ fn main() -> ExitCode {
             Command::Ping { node_id } => client::ping(&need_data()?, &node_id, cli.json).await,
             Command::Renew { node_id } => client::renew(&need_data()?, &node_id, cli.json).await,
             Command::Status => client::status(&need_data()?, cli.json).await,
+            Command::Msg { command } => client::msg(&need_data()?, command, cli.json).await,
+            Command::Module { command } => client::module(&need_data()?, command, cli.json).await,
             Command::Agent { .. } => Ok(()),
         }
     });

@@ -43,6 +43,24 @@ fn the_demo_runs_the_whole_flow_and_exits_cleanly() {
     let first = line("alice → bob  ");
     let old = first.split_whitespace().last().unwrap();
     assert!(renewed.contains(&format!("session {old} → ")), "{renewed}");
-    line("3 introductions, 3 sessions, 7 encrypted pings, 1 renewal in ");
+    // Four messages, each in its receiver's inbox once.
+    assert!(line("4 messages delivered in ").ends_with(" ms:"));
+    for (to, from, text) in [
+        ("bob", "alice", "hello bob, this is alice"),
+        ("alice", "bob", "hi alice! bob here"),
+        ("alice", "carol", "carol says hello to alice"),
+        ("bob", "carol", "and to bob"),
+    ] {
+        let shown: Vec<&str> = stdout
+            .lines()
+            .filter(|l| {
+                l.trim_start().starts_with(to)
+                    && l.contains(&format!("← {from}"))
+                    && l.ends_with(text)
+            })
+            .collect();
+        assert_eq!(shown.len(), 1, "{to} ← {from}: {text} in:\n{stdout}");
+    }
+    line("3 introductions, 3 sessions, 7 encrypted pings, 1 renewal, 4 messages in ");
     assert!(!stderr.contains("ERROR"), "{stderr}");
 }

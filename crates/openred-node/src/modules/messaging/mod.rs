@@ -18,7 +18,7 @@
 //!
 //! Settings (`[modules.messaging]`): see [`Settings`].
 
-mod api;
+pub mod api;
 pub mod store;
 
 use std::collections::HashMap;
