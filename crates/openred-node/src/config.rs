@@ -64,6 +64,10 @@ pub struct NodeConfig {
     /// Idle connections kept open per peer by the node's one HTTP client
     /// (default 100, as the seed).
     pub pool_max_idle_per_peer: usize,
+    /// Requests per second to one peer at most, bursts of twice that
+    /// (default 20,000): a ceiling against runaway loops, far above what
+    /// messaging needs, unlike the directory's 20/s towards nodes.
+    pub requests_per_peer_per_s: u32,
     /// How long an idle connection is kept (default 300 s, as the seed).
     pub pool_idle_timeout_s: u64,
     /// The modules switched on at start; `None` (the default): every
@@ -107,6 +111,7 @@ impl NodeConfig {
             agent_program: None,
             max_connections_per_peer: 100,
             pool_max_idle_per_peer: 100,
+            requests_per_peer_per_s: 20_000,
             pool_idle_timeout_s: 300,
             modules: None,
             module_settings: Default::default(),
@@ -128,6 +133,11 @@ impl NodeConfig {
         if self.session_max_age_s < self.epoch.epoch_len_s {
             return Err(ConfigError(
                 "session_max_age_s must be at least one epoch".into(),
+            ));
+        }
+        if self.requests_per_peer_per_s == 0 {
+            return Err(ConfigError(
+                "requests_per_peer_per_s must be at least 1".into(),
             ));
         }
         if self.max_connections_per_peer == 0 {

@@ -149,6 +149,12 @@ impl Node {
         let outbound = OutboundClient::new(OutboundConfig {
             allow_private: config.danger_allow_private_addresses,
             max_connections_per_host: config.max_connections_per_peer,
+            per_host: openred_http::HostQuota {
+                per_second: std::num::NonZeroU32::new(config.requests_per_peer_per_s)
+                    .unwrap_or(std::num::NonZeroU32::MIN),
+                burst: std::num::NonZeroU32::new(config.requests_per_peer_per_s.saturating_mul(2))
+                    .unwrap_or(std::num::NonZeroU32::MIN),
+            },
             pool_max_idle_per_host: config.pool_max_idle_per_peer,
             pool_idle_timeout: std::time::Duration::from_secs(config.pool_idle_timeout_s),
             ..OutboundConfig::default()

@@ -81,6 +81,9 @@ impl From<PolicyArg> for IntroductionPolicy {
 struct FileConfig {
     #[serde(default)]
     node: NodeSection,
+    /// `[modules.NAME]`: each module's settings.
+    #[serde(default)]
+    modules: std::collections::BTreeMap<String, toml::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -98,7 +101,10 @@ struct NodeSection {
     /// sandbox: only for platforms without seccomp or socket pairs.
     danger_in_process_crypto: Option<bool>,
     session_max_age_s: Option<u64>,
+    /// The modules switched on at start (default: all).
+    modules: Option<std::collections::BTreeSet<String>>,
     max_connections_per_peer: Option<usize>,
+    requests_per_peer_per_s: Option<u32>,
     pool_max_idle_per_peer: Option<usize>,
     pool_idle_timeout_s: Option<u64>,
 }
@@ -172,6 +178,11 @@ pub fn prepare(command: &NodeCommand, data: Option<&Path>) -> anyhow::Result<Opt
 fn build_config(args: &RunArgs, data: &Path) -> anyhow::Result<(NodeConfig, bool)> {
     let args = args.clone();
     let file: FileConfig = read_toml(args.config.as_deref())?;
+    let module_settings = file
+        .modules
+        .into_iter()
+        .map(|(name, value)| Ok((name, serde_json::to_value(value)?)))
+        .collect::<anyhow::Result<_>>()?;
     let f = file.node;
     let listen = match args.listen.or(f.listen) {
         Some(l) => l,
@@ -214,8 +225,13 @@ fn build_config(args: &RunArgs, data: &Path) -> anyhow::Result<(NodeConfig, bool
         config.record_lifetime_s = l;
     }
     config.danger_in_process_crypto = f.danger_in_process_crypto.unwrap_or(false);
+    config.module_settings = module_settings;
+    config.modules = f.modules;
     if let Some(s) = f.session_max_age_s {
         config.session_max_age_s = s;
+    }
+    if let Some(n) = f.requests_per_peer_per_s {
+        config.requests_per_peer_per_s = n;
     }
     if let Some(n) = f.max_connections_per_peer {
         config.max_connections_per_peer = n;
@@ -290,8 +306,9 @@ mod tests {
             &file,
             "[node]\ndirectory = \"https://d.example.org\"\npublic_url = \"https://n.example.org\"\n\
              pool_max_idle_per_peer = 7\nmax_connections_per_peer = 5\n\
-             session_max_age_s = 7200\n\
-             pool_idle_timeout_s = 9\ndanger_in_process_crypto = true\n",
+             session_max_age_s = 7200\nmodules = [\"messaging\"]\n\
+             pool_idle_timeout_s = 9\ndanger_in_process_crypto = true\n\
+             [modules.messaging]\nmax_body_bytes = 1000\n",
         )
         .unwrap();
         let args = Wrapper::parse_from(["x", "--config", file.to_str().unwrap()]).args;
@@ -301,6 +318,11 @@ mod tests {
         assert_eq!(config.session_max_age_s, 7200);
         assert_eq!(config.pool_idle_timeout_s, 9);
         assert!(config.danger_in_process_crypto);
+        assert_eq!(config.modules, Some(["messaging".to_owned()].into()));
+        assert_eq!(
+            config.module_settings["messaging"],
+            serde_json::json!({ "max_body_bytes": 1000 })
+        );
 
         let defaults = Wrapper::parse_from([
             "x",

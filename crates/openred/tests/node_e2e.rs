@@ -3,64 +3,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use common::*;
+
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-fn openred() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_openred"));
-    c.env("OPENRED_LOG", "warn").env_remove("OPENRED_DATA");
-    c
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts a daemon and returns it with the stdout lines up to `until`.
-fn start(mut command: Command, until: &str) -> (Daemon, Vec<String>) {
-    let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    loop {
-        let line = lines
-            .next()
-            .expect("the daemon printed its address")
-            .unwrap();
-        let done = line.starts_with(until);
-        seen.push(line);
-        if done {
-            break;
-        }
-    }
-    (Daemon(child), seen)
-}
-
-fn field<'a>(lines: &'a [String], prefix: &str) -> &'a str {
-    lines
-        .iter()
-        .find_map(|l| l.strip_prefix(prefix))
-        .unwrap_or_else(|| panic!("no line starting with {prefix:?} in {lines:?}"))
-}
 
 #[test]
 fn init_prints_the_id_alone_refuses_to_overwrite_and_keeps_keys_private() {
@@ -99,53 +52,11 @@ fn init_prints_the_id_alone_refuses_to_overwrite_and_keeps_keys_private() {
 }
 
 /// `openred node run` on a free loopback port, private addresses allowed.
-fn node_run(data: &Path, directory: &str) -> Command {
-    let mut c = openred();
-    c.args([
-        "node",
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--danger-allow-private-addresses",
-        "--directory",
-        directory,
-    ])
-    .arg("--data")
-    .arg(data);
-    c
-}
-
-fn status(data: &Path) -> Value {
-    let out = ok(openred()
-        .arg("--data")
-        .arg(data)
-        .args(["status", "--json"])
-        .output()
-        .unwrap());
-    serde_json::from_str(&out).unwrap()
-}
-
 #[test]
 fn two_node_daemons_meet_through_a_directory_daemon() {
     let dir = tempfile::tempdir().unwrap();
-    let (directory, lines) = start(
-        {
-            let mut c = openred();
-            c.args([
-                "directory",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--danger-allow-private-addresses",
-                "--data",
-            ])
-            .arg(dir.path().join("directory"));
-            c
-        },
-        "listening on ",
-    );
-    let directory_url = field(&lines, "listening on ").to_owned();
-    let fingerprint = field(&lines, "directory key fingerprint: ").to_owned();
+    let (directory, directory_url, fingerprint) =
+        directory_daemon(&dir.path().join("directory"), "127.0.0.1:0");
 
     let mut nodes = Vec::new();
     for name in ["a", "b"] {
@@ -292,23 +203,8 @@ fn a_node_keeps_serving_while_the_directory_is_down_then_registers_and_deregiste
     assert_eq!(health["status"], "ok");
     assert_eq!(health["node_id"], id.as_str());
 
-    let (_directory, dlines) = start(
-        {
-            let mut c = openred();
-            c.args([
-                "directory",
-                "serve",
-                "--danger-allow-private-addresses",
-                "--listen",
-            ])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data")
-            .arg(dir.path().join("directory"));
-            c
-        },
-        "listening on ",
-    );
-    let fingerprint = field(&dlines, "directory key fingerprint: ").to_owned();
+    let (_directory, _, fingerprint) =
+        directory_daemon(&dir.path().join("directory"), &format!("127.0.0.1:{port}"));
     // Back-off is 1, 2, 4… s: registration follows within a few seconds.
     let deadline = Instant::now() + Duration::from_secs(20);
     while status(&data)["registered"] != true {
@@ -343,25 +239,6 @@ fn a_node_keeps_serving_while_the_directory_is_down_then_registers_and_deregiste
     assert!(exit.success());
     let gone = reqwest::blocking_get(&format!("{directory_url}/api/v3/nodes/{id}"));
     assert_eq!(gone["error"], "unknown_node");
-}
-
-/// A tiny blocking GET returning JSON, without pulling in reqwest's
-/// blocking feature: a current-thread runtime per call.
-mod reqwest {
-    pub fn blocking_get(url: &str) -> serde_json::Value {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            ::reqwest::get(url)
-                .await
-                .unwrap()
-                .json::<serde_json::Value>()
-                .await
-                .unwrap()
-        })
-    }
 }
 
 /// Asks the running node (a test build) to try something from inside.
