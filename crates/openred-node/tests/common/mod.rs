@@ -25,6 +25,7 @@ use openred_directory::{Config as DirectoryConfig, Directory};
 use openred_http::{OutboundClient, OutboundConfig};
 use openred_node::error::NodeError;
 use openred_node::handshake::{self, Authority, HandshakeContext, InitiatorHandshake};
+use openred_node::modules::Module;
 use openred_node::{Node, NodeConfig, NodeKeys, NodeState};
 use serde::Serialize;
 use serde_json::Value;
@@ -307,8 +308,30 @@ impl Network {
         node
     }
 
+    /// A new node with the built-in modules and `extra` ones, its
+    /// configuration adjusted, registered.
+    pub async fn node_with_modules(
+        &self,
+        name: &str,
+        tweak: impl FnOnce(&mut NodeConfig),
+        extra: Vec<Arc<dyn Module>>,
+    ) -> TestNode {
+        let config = self.node_config(name, tweak);
+        let p2p = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = self.launch_on(name, config, p2p, admin, extra).await;
+        node.wait_registered().await;
+        node
+    }
+
     /// A new node, serving, without waiting for its registration.
     pub async fn spawn_node(&self, name: &str, tweak: impl FnOnce(&mut NodeConfig)) -> TestNode {
+        let config = self.node_config(name, tweak);
+        self.launch(name, config).await
+    }
+
+    /// A new node's keys and configuration.
+    fn node_config(&self, name: &str, tweak: impl FnOnce(&mut NodeConfig)) -> NodeConfig {
         let data_dir = self.root.path().join(name);
         NodeKeys::create(&data_dir).unwrap();
         let placeholder = "127.0.0.1:0".parse().unwrap();
@@ -325,7 +348,7 @@ impl Network {
         // program to start; the binary crate's tests run the real agent.
         config.danger_in_process_crypto = true;
         tweak(&mut config);
-        self.launch(name, config).await
+        config
     }
 
     /// Stops `node` (it deregisters) and opens it again on the same data
@@ -345,7 +368,7 @@ impl Network {
     pub async fn relaunch(&self, name: &str, config: NodeConfig) -> TestNode {
         let p2p = bind_again(config.listen).await;
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let node = self.launch_on(name, config, p2p, admin).await;
+        let node = self.launch_on(name, config, p2p, admin, Vec::new()).await;
         node.wait_registered().await;
         node
     }
@@ -353,7 +376,7 @@ impl Network {
     async fn launch(&self, name: &str, config: NodeConfig) -> TestNode {
         let p2p = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        self.launch_on(name, config, p2p, admin).await
+        self.launch_on(name, config, p2p, admin, Vec::new()).await
     }
 
     async fn launch_on(
@@ -362,15 +385,19 @@ impl Network {
         mut config: NodeConfig,
         p2p: TcpListener,
         admin: TcpListener,
+        extra: Vec<Arc<dyn Module>>,
     ) -> TestNode {
         let url = format!("http://{}", p2p.local_addr().unwrap());
         config.listen = p2p.local_addr().unwrap();
         config.public_url = ApiUrl::parse_origin(&url).unwrap();
         config.admin_listen = admin.local_addr().unwrap();
         let data_dir = config.data_dir.clone();
-        let node = Node::open(config, self.clock.clone() as Arc<dyn Clock>)
-            .await
-            .unwrap();
+        let mut modules = openred_node::modules::builtin(&config.module_settings).unwrap();
+        modules.extend(extra);
+        let node =
+            Node::open_with_modules(config, self.clock.clone() as Arc<dyn Clock>, None, modules)
+                .await
+                .unwrap();
         let state = node.state();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(node.serve(p2p, admin, async move {
