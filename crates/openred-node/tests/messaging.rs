@@ -277,6 +277,16 @@ async fn duplicates_are_acknowledged_and_dropped_and_bad_messages_refused() {
         assert_eq!(receipt, json!({"received": true, "message_id": id}));
     }
     assert_eq!(inbox_texts(&b, &a).await, vec!["once"]);
+    // The same frame twice: the second is a replay, refused before any
+    // work.
+    let frame = message_frame(
+        &session,
+        net.now(),
+        &wire("abababababababababababababababab", 2, "twice"),
+    );
+    assert_eq!(post_bytes(&net.http, &url, frame.clone()).await.status, 200);
+    assert_refused(&post_bytes(&net.http, &url, frame).await, 400, "bad_frame");
+    assert_eq!(inbox_texts(&b, &a).await, vec!["once", "twice"]);
     let metrics = b.modules().views();
     let duplicates = metrics[0]
         .metrics
@@ -319,7 +329,7 @@ async fn duplicates_are_acknowledged_and_dropped_and_bad_messages_refused() {
     );
     assert_eq!(
         inbox_texts(&b, &a).await,
-        vec!["once"],
+        vec!["once", "twice"],
         "nothing refused was stored"
     );
 }

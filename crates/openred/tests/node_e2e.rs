@@ -162,6 +162,51 @@ fn two_node_daemons_meet_through_a_directory_daemon() {
         assert!(sessions.iter().any(|x| x["session_id"] == fresh), "{s}");
     }
 
+    // Messages from the command line, still without the directory.
+    let cli = |data: &std::path::Path, args: &[&str]| {
+        ok(openred()
+            .arg("--data")
+            .arg(data)
+            .args(args)
+            .output()
+            .unwrap())
+    };
+    let sent = cli(&a.1, &["msg", "send", &b.2, "hello from the CLI"]);
+    let (message_id, state) = sent.trim().split_once(' ').unwrap();
+    assert_eq!((message_id.len(), state), (32, "queued"), "{sent}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let outbox: Value = serde_json::from_str(&cli(&a.1, &["msg", "outbox", "--json"])).unwrap();
+        if outbox[0]["state"] == "delivered" {
+            assert_eq!(outbox[0]["message_id"], message_id);
+            break;
+        }
+        assert!(Instant::now() < deadline, "not delivered: {outbox}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let inbox: Value =
+        serde_json::from_str(&cli(&b.1, &["msg", "inbox", "--peer", &a.2, "--json"])).unwrap();
+    assert_eq!(inbox[0]["text"], "hello from the CLI");
+    assert!(cli(&b.1, &["msg", "inbox"]).contains("hello from the CLI"));
+    // Modules from the command line: off, listed off, on again.
+    assert_eq!(
+        cli(&b.1, &["module", "disable", "messaging"]).trim(),
+        "module messaging is off"
+    );
+    assert!(cli(&b.1, &["status"]).contains("module     messaging off"));
+    let refused = openred()
+        .arg("--data")
+        .arg(&b.1)
+        .args(["msg", "inbox"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("module_disabled"));
+    assert_eq!(
+        cli(&b.1, &["module", "enable", "messaging"]).trim(),
+        "module messaging is on"
+    );
+
     // A client without the right token is refused.
     std::fs::write(a.1.join("admin.token"), "wrong").unwrap();
     let refused = openred()
