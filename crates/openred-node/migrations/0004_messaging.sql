@@ -34,6 +34,15 @@ CREATE TABLE outbox (
     UNIQUE (peer, seq)
 );
 CREATE INDEX outbox_pending ON outbox (peer, state, seq);
+CREATE INDEX outbox_age ON outbox (state, created_at);
+
+-- Why the last attempt to reach a peer failed: one row per peer, not a
+-- copy per waiting message (a peer's error text is bounded, but a long
+-- outbox times it would not be).
+CREATE TABLE outbox_peer_error (
+    peer BLOB PRIMARY KEY,
+    error TEXT NOT NULL
+);
 
 -- The next sequence number per peer.
 CREATE TABLE outbox_seq (

@@ -48,7 +48,7 @@ async fn wait_delivered(from: &NodeState, count: usize) {
         let outbox = messaging(from)
             .store()
             .unwrap()
-            .outbox(100_000)
+            .outbox(100_000, 0)
             .await
             .unwrap();
         let delivered = outbox
@@ -76,7 +76,7 @@ async fn inbox_texts(to: &NodeState, from: &TestNode) -> Vec<String> {
     messaging(to)
         .store()
         .unwrap()
-        .inbox(Some(&from.id()), 100_000)
+        .inbox(Some(&from.id()), 100_000, 0)
         .await
         .unwrap()
         .into_iter()
@@ -102,14 +102,19 @@ async fn messages_arrive_once_in_the_senders_order_and_are_marked_delivered() {
     let seqs: Vec<u64> = messaging(&b)
         .store()
         .unwrap()
-        .inbox(Some(&a.id()), 1000)
+        .inbox(Some(&a.id()), 1000, 0)
         .await
         .unwrap()
         .iter()
         .map(|m| m.seq)
         .collect();
     assert_eq!(seqs, (1..=300).collect::<Vec<u64>>());
-    let outbox = messaging(&a).store().unwrap().outbox(1000).await.unwrap();
+    let outbox = messaging(&a)
+        .store()
+        .unwrap()
+        .outbox(1000, 0)
+        .await
+        .unwrap();
     assert!(outbox
         .iter()
         .all(|m| m.delivered_at.is_some() && m.attempts >= 1));
@@ -214,7 +219,7 @@ async fn the_admin_api_sends_lists_and_refuses_bad_requests() {
         messaging(&a)
             .store()
             .unwrap()
-            .outbox(100)
+            .outbox(100, 0)
             .await
             .unwrap()
             .len(),
@@ -348,7 +353,7 @@ async fn a_peer_offline_for_a_while_gets_everything_when_it_is_back() {
     }
     // While B is away, the messages wait with the reason.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let waiting = messaging(&a).store().unwrap().outbox(100).await.unwrap();
+    let waiting = messaging(&a).store().unwrap().outbox(100, 0).await.unwrap();
     assert!(waiting
         .iter()
         .filter(|m| m.state != DeliveryState::Delivered)
@@ -463,7 +468,7 @@ async fn a_switched_off_module_answers_404_and_its_messages_wait_until_it_is_bac
     assert_eq!(status.json["modules"][0]["enabled"], false);
     send(&a, &b, "while off").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let waiting = messaging(&a).store().unwrap().outbox(10).await.unwrap();
+    let waiting = messaging(&a).store().unwrap().outbox(10, 0).await.unwrap();
     assert!(
         waiting[0]
             .last_error
@@ -520,4 +525,130 @@ async fn the_stream_shows_new_messages_as_they_are_stored() {
     }
     assert!(seen.contains("event: message"), "{seen}");
     assert!(seen.contains(&a.id().to_string()), "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_the_database_cannot_hold_are_refused_without_hurting_other_peers() {
+    let net = Network::start().await;
+    let a = net.node("a").await;
+    let b = net.node("b").await;
+    let c = net.node("c").await;
+    let from_a = session_with(&net, &a, &b).await;
+    let from_c = session_with(&net, &c, &b).await;
+    let url = b.p2p(MESSAGE);
+    let mut huge_seq = wire("11111111111111111111111111111111", 1, "x");
+    huge_seq["seq"] = json!(u64::MAX);
+    let mut huge_time = wire("22222222222222222222222222222222", 1, "x");
+    huge_time["sent_at"] = json!(u64::MAX);
+    // A's bad messages and C's good one, at the same time.
+    let (bad_seq, bad_time, good) = tokio::join!(
+        post_bytes(
+            &net.http,
+            &url,
+            message_frame(&from_a, net.now(), &huge_seq)
+        ),
+        post_bytes(
+            &net.http,
+            &url,
+            message_frame(&from_a, net.now(), &huge_time)
+        ),
+        post_bytes(
+            &net.http,
+            &url,
+            message_frame(
+                &from_c,
+                net.now(),
+                &wire("33333333333333333333333333333333", 1, "fine")
+            )
+        ),
+    );
+    assert_refused(&bad_seq, 400, "bad_message");
+    assert_refused(&bad_time, 400, "bad_message");
+    assert_eq!(good.status, 200);
+    assert!(inbox_texts(&b, &a).await.is_empty());
+    assert_eq!(inbox_texts(&b, &c).await, vec!["fine"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_whose_caller_goes_away_is_still_delivered() {
+    let net = Network::start().await;
+    let a = net.node_with("a", quick_retries).await;
+    let b = net.node_with("b", quick_retries).await;
+    // The caller gives up at once, as a client disconnecting would.
+    let _ = tokio::time::timeout(
+        Duration::from_nanos(1),
+        messaging(&a).send(&a, b.id(), "text/plain", "orphan"),
+    )
+    .await;
+    wait_delivered(&a, 1).await;
+    assert_eq!(inbox_texts(&b, &a).await, vec!["orphan"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_not_delivered_in_time_fails_and_is_not_sent_later() {
+    let net = Network::start().await;
+    let ttl = |c: &mut NodeConfig| {
+        c.module_settings.insert(
+            "messaging".into(),
+            json!({ "retry_base_ms": 20, "retry_max_ms": 100, "ttl_s": 10 }),
+        );
+    };
+    let a = net.node_with("a", ttl).await;
+    let mut b = net.node_with("b", ttl).await;
+    let b_config = b.state.config().clone();
+    b.stop().await;
+    send(&a, &b, "too late").await;
+    net.clock.advance(11);
+    assert_eq!(messaging(&a).expire_now(&a).await.unwrap(), 1);
+    let outbox = messaging(&a).store().unwrap().outbox(10, 0).await.unwrap();
+    assert_eq!(outbox[0].state, DeliveryState::Failed);
+    assert_eq!(
+        outbox[0].last_error.as_deref(),
+        Some("not delivered within 10 s")
+    );
+    let b = net.relaunch("b", b_config).await;
+    send(&a, &b, "on time").await;
+    wait_delivered(&a, 1).await;
+    assert_eq!(inbox_texts(&b, &a).await, vec!["on time"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_switched_off_keeps_its_outbox_until_switched_on() {
+    let net = Network::start().await;
+    let a = net.node_with("a", quick_retries).await;
+    let b = net.node_with("b", quick_retries).await;
+    a.modules().set_enabled("messaging", false).unwrap();
+    send(&a, &b, "held").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let outbox = messaging(&a).store().unwrap().outbox(10, 0).await.unwrap();
+    assert_eq!(
+        outbox[0].state,
+        DeliveryState::Queued,
+        "nothing attempted while off"
+    );
+    assert!(inbox_texts(&b, &a).await.is_empty());
+    a.modules().set_enabled("messaging", true).unwrap();
+    wait_delivered(&a, 1).await;
+    assert_eq!(inbox_texts(&b, &a).await, vec!["held"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_too_large_once_escaped_is_refused_at_send() {
+    let net = Network::start().await;
+    let a = net.node("a").await;
+    let b = net.node("b").await;
+    // 60,000 control characters: under the 64 KiB body limit, but six
+    // times larger as JSON escapes, over the 256 KiB frame.
+    let escaped = "\u{1}".repeat(60_000);
+    assert!(matches!(
+        messaging(&a).send(&a, b.id(), "text/plain", &escaped).await,
+        Err(openred_node::modules::messaging::SendError::FrameTooLarge)
+    ));
+    assert!(messaging(&a)
+        .store()
+        .unwrap()
+        .outbox(10, 0)
+        .await
+        .unwrap()
+        .is_empty());
 }

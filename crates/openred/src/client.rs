@@ -9,6 +9,7 @@ use openred_node::admin::{
     self, ConnectView, PeerRequest, PeerView, PingView, RenewView, StatusView,
 };
 use openred_node::modules::messaging::api::{InboxView, OutboxView};
+use openred_node::modules::messaging::store::printable;
 use openred_node::modules::ModuleView;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -320,9 +321,14 @@ pub async fn msg(data: &Path, command: MsgCommand, json: bool) -> anyhow::Result
                 println!("no messages");
             }
             for m in &messages {
+                // The text comes from a peer: no control character
+                // reaches the terminal.
                 println!(
                     "{}  from {}  #{}  {}",
-                    m.message_id, m.node_id, m.seq, m.text
+                    m.message_id,
+                    m.node_id,
+                    m.seq,
+                    printable(&m.text, usize::MAX)
                 );
             }
         }
@@ -345,9 +351,9 @@ pub async fn msg(data: &Path, command: MsgCommand, json: bool) -> anyhow::Result
                     state_name(m),
                     m.last_error
                         .as_deref()
-                        .map(|e| format!(" ({e})"))
+                        .map(|e| format!(" ({})", printable(e, 200)))
                         .unwrap_or_default(),
-                    m.text
+                    printable(&m.text, usize::MAX)
                 );
             }
         }

@@ -33,7 +33,7 @@ async fn wait_delivered(state: &NodeState) -> anyhow::Result<()> {
         let outbox = messaging(state)?
             .store()
             .context("the messaging module runs")?
-            .outbox(1000)
+            .outbox(1000, 0)
             .await?;
         if outbox.iter().all(|m| m.state == DeliveryState::Delivered) {
             return Ok(());
@@ -218,7 +218,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         let store = messaging(&n.state)?
             .store()
             .context("the messaging module runs")?;
-        for m in store.inbox(None, 100).await? {
+        for m in store.inbox(None, 100, 0).await? {
             let from = nodes
                 .iter()
                 .find(|x| x.state.node_id() == m.peer)

@@ -95,8 +95,11 @@ async fn receive(
         serde_json::from_slice(&payload).map_err(|e| bad_message(e.to_string()))?;
     let message_id = MessageId::parse(&message.message_id)
         .ok_or_else(|| bad_message("message_id must be 32 hex digits"))?;
-    if message.seq == 0 {
-        return Err(bad_message("seq starts at 1"));
+    if message.seq == 0 || i64::try_from(message.seq).is_err() {
+        return Err(bad_message("seq must be between 1 and 2^63 - 1"));
+    }
+    if i64::try_from(message.sent_at).is_err() {
+        return Err(bad_message("sent_at must be below 2^63"));
     }
     if !valid_content_type(&message.content_type) {
         return Err(bad_message(
@@ -239,9 +242,15 @@ async fn send(
         .await
         .map_err(|e| match e {
             SendError::TooLarge(max) => too_large(max),
+            SendError::FrameTooLarge => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "message_too_large",
+                e.to_string(),
+            ),
             SendError::ContentType => bad_message(e.to_string()),
             SendError::ToSelf => ApiError::bad_request("self", e.to_string()),
             SendError::NotStarted => not_started(),
+            SendError::Node(e) => e.to_api(),
             SendError::Store(e) => internal(e),
         })?;
     Ok(Json(sent.into()))
@@ -255,6 +264,8 @@ pub struct ListQuery {
     pub peer: Option<String>,
     /// At most this many (default 100, at most 10,000).
     pub limit: Option<usize>,
+    /// Skip this many first (for the next page).
+    pub offset: Option<usize>,
 }
 
 fn limit(query: &ListQuery) -> Result<usize, ApiError> {
@@ -280,7 +291,7 @@ async fn inbox(
         .map_err(|e| ApiError::bad_request("bad_node_id", e.to_string()))?;
     let store = module.store().ok_or_else(not_started)?;
     let messages = store
-        .inbox(peer.as_ref(), limit(&query)?)
+        .inbox(peer.as_ref(), limit(&query)?, query.offset.unwrap_or(0))
         .await
         .map_err(internal)?;
     Ok(Json(messages.iter().map(InboxView::from).collect()))
@@ -298,7 +309,10 @@ async fn outbox(
         ));
     }
     let store = module.store().ok_or_else(not_started)?;
-    let messages = store.outbox(limit(&query)?).await.map_err(internal)?;
+    let messages = store
+        .outbox(limit(&query)?, query.offset.unwrap_or(0))
+        .await
+        .map_err(internal)?;
     Ok(Json(messages.into_iter().map(OutboxView::from).collect()))
 }
 

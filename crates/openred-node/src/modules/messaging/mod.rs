@@ -119,6 +119,10 @@ pub enum SendError {
     /// The body is over `max_body_bytes`.
     #[error("the body is larger than {0} bytes")]
     TooLarge(usize),
+    /// Encoded (JSON escapes grow control characters sixfold), the message
+    /// would not fit in a frame.
+    #[error("the encoded message would not fit in a frame")]
+    FrameTooLarge,
     /// The media type is not acceptable.
     #[error("content_type must be 1 to 127 printable ASCII characters")]
     ContentType,
@@ -128,6 +132,9 @@ pub enum SendError {
     /// The module is not running (the node does not serve yet).
     #[error("the messaging module has not started")]
     NotStarted,
+    /// The node stops.
+    #[error(transparent)]
+    Node(#[from] NodeError),
     /// The outbox could not be written.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -154,12 +161,15 @@ impl Messaging {
             Some(value) => serde_json::from_value(value.clone()).map_err(|e| e.to_string())?,
             None => Settings::default(),
         };
+        // Deliveries in flight at once arrive in any order; the receiver's
+        // replay window (1024 frames by default) must cover them.
         if settings.in_flight_per_peer == 0
+            || settings.in_flight_per_peer > 512
             || settings.max_body_bytes == 0
             || settings.retry_base_ms == 0
             || settings.retry_max_ms < settings.retry_base_ms
         {
-            return Err("in_flight_per_peer, max_body_bytes and retry_base_ms must be at least 1, and retry_max_ms at least retry_base_ms".into());
+            return Err("in_flight_per_peer must be 1 to 512, max_body_bytes and retry_base_ms at least 1, and retry_max_ms at least retry_base_ms".into());
         }
         Ok(Messaging {
             settings,
@@ -209,19 +219,40 @@ impl Messaging {
         if text.len() > self.settings.max_body_bytes {
             return Err(SendError::TooLarge(self.settings.max_body_bytes));
         }
-        let store = self.store().ok_or(SendError::NotStarted)?;
         let message_id = MessageId::random()?;
         let created_at = node.clock().now().0;
-        let seq = store
-            .enqueue(store::NewMessage {
-                message_id,
-                peer,
-                created_at,
-                content_type: content_type.to_owned(),
-                body: text.to_owned(),
-            })
-            .await?;
-        self.kick(peer, true);
+        let encoded = serde_json::to_vec(&WireMessage {
+            message_id: message_id.to_string(),
+            seq: u64::from(u32::MAX),
+            sent_at: created_at,
+            content_type: content_type.to_owned(),
+            body: text.to_owned(),
+        })
+        .map_err(|_| SendError::FrameTooLarge)?;
+        if encoded.len() + 2 * MESSAGE_PATH.len() + 64 > node.config().max_frame_bytes {
+            return Err(SendError::FrameTooLarge);
+        }
+        let store = self.store().ok_or(SendError::NotStarted)?.clone();
+        let me = self.running()?.me.clone();
+        let message = store::NewMessage {
+            message_id,
+            peer,
+            created_at,
+            content_type: content_type.to_owned(),
+            body: text.to_owned(),
+        };
+        // Committed and handed to the worker even if the caller goes away
+        // meanwhile (a client that disconnects): a committed message is
+        // never left unattempted.
+        let seq = tokio::spawn(async move {
+            let seq = store.enqueue(message).await?;
+            if let Some(me) = me.upgrade() {
+                me.kick(peer, true);
+            }
+            Ok::<_, crate::store::StoreError>(seq)
+        })
+        .await
+        .map_err(|_| SendError::NotStarted)??;
         Ok(store::Outgoing {
             message_id,
             peer,
@@ -278,6 +309,11 @@ impl Messaging {
                 let Some(node) = context.node() else { return };
                 match self.deliver_pending(&node, &peer).await {
                     Ok(()) => {
+                        if failures > 0 {
+                            if let Ok(running) = self.running() {
+                                let _ = running.store.note_error(&peer, None).await;
+                            }
+                        }
                         failures = 0;
                         None
                     }
@@ -286,7 +322,7 @@ impl Messaging {
                         let wait = self.backoff(failures);
                         tracing::debug!(%peer, error = %e, retry_in_ms = wait.as_millis() as u64, "message delivery failed");
                         if let Ok(running) = self.running() {
-                            let _ = running.store.note_error(&peer, &e.to_string()).await;
+                            let _ = running.store.note_error(&peer, Some(&e.to_string())).await;
                         }
                         Some(wait)
                     }
@@ -405,18 +441,29 @@ impl Messaging {
                 _ = tick.tick() => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            let (Some(node), Ok(running)) = (context.node(), self.running()) else {
+            let Some(node) = context.node() else {
                 return;
             };
-            let cutoff = node.clock().now().minus(self.settings.ttl_s);
-            let reason = format!("not delivered within {} s", self.settings.ttl_s);
-            match running.store.expire(cutoff, &reason).await {
-                Ok(n) => {
-                    self.counters.failed.fetch_add(n, Ordering::Relaxed);
-                }
-                Err(e) => tracing::warn!(error = %e, "expiring old messages failed"),
+            // Switched off, the module leaves its outbox as it is.
+            if !context.is_enabled() {
+                continue;
+            }
+            if let Err(e) = self.expire_now(&node).await {
+                tracing::warn!(error = %e, "expiring old messages failed");
             }
         }
+    }
+}
+
+impl Messaging {
+    /// Fails every message not delivered within `ttl_s` (the expiry task
+    /// does this every minute); returns how many.
+    pub async fn expire_now(&self, node: &NodeState) -> Result<u64, NodeError> {
+        let cutoff = node.clock().now().minus(self.settings.ttl_s);
+        let reason = format!("not delivered within {} s", self.settings.ttl_s);
+        let expired = self.running()?.store.expire(cutoff, &reason).await?;
+        self.counters.failed.fetch_add(expired, Ordering::Relaxed);
+        Ok(expired)
     }
 }
 
@@ -450,13 +497,22 @@ async fn send_one(
     Ok(())
 }
 
-/// The peer refused the message itself, for good: the reason to record.
+/// The message itself was refused, for good: the reason to record. The
+/// peer's refusals are plain JSON, not frames: outside the danger flag
+/// peers are reached over https, so they come from the peer. A frame this
+/// node cannot seal (too large) fails too.
 fn refusal(e: &NodeError) -> Option<String> {
     match e {
         NodeError::Peer { code, message, .. }
             if code == "message_too_large" || code == "bad_message" =>
         {
-            Some(format!("refused by the peer: {code}: {message}"))
+            Some(format!(
+                "refused by the peer: {code}: {}",
+                store::printable(message, 200)
+            ))
+        }
+        NodeError::Frame(openred_core::session::FrameError::TooLarge { .. }) => {
+            Some("too large for a frame".into())
         }
         _ => None,
     }
@@ -465,7 +521,7 @@ fn refusal(e: &NodeError) -> Option<String> {
 /// The peer does not know the session any more (it restarted): forget it,
 /// so that the next attempt makes a new one.
 fn lost_session(e: &NodeError) -> bool {
-    matches!(e, NodeError::Peer { code, .. } if code == "unknown_session" || code == "bad_frame")
+    matches!(e, NodeError::Peer { code, .. } if code == "unknown_session")
 }
 
 impl Module for Messaging {

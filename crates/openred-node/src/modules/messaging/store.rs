@@ -4,8 +4,6 @@
 //! batch, not per message. Every insert is acknowledged only after its
 //! batch has committed.
 
-use std::sync::Arc;
-
 use openred_core::{NodeId, UnixTime};
 use serde::{Deserialize, Serialize};
 use sqlx::{QueryBuilder, Row, Sqlite};
@@ -269,8 +267,8 @@ impl MessageStore {
         limit: usize,
     ) -> Result<Vec<Outgoing>, StoreError> {
         let rows = sqlx::query(
-            "SELECT * FROM outbox WHERE peer = ? AND state IN ('queued', 'sent') AND seq > ? \
-             ORDER BY seq LIMIT ?",
+            "SELECT outbox.*, NULL AS peer_error FROM outbox \
+             WHERE peer = ? AND state IN ('queued', 'sent') AND seq > ? ORDER BY seq LIMIT ?",
         )
         .bind(&peer.as_bytes()[..])
         .bind(to_i64(after)?)
@@ -305,7 +303,7 @@ impl MessageStore {
     pub async fn mark_delivered(&self, ids: &[MessageId], now: UnixTime) -> Result<(), StoreError> {
         let head = format!(
             "UPDATE outbox SET state = 'delivered', last_error = NULL, delivered_at = {} \
-             WHERE state IN ('queued', 'sent') AND message_id IN (",
+             WHERE state != 'delivered' AND message_id IN (",
             to_i64(now.0)?
         );
         self.update_many(&head, ids).await
@@ -337,16 +335,28 @@ impl MessageStore {
         Ok(())
     }
 
-    /// Notes why the last attempt to reach `peer` failed, on its waiting
-    /// messages.
-    pub async fn note_error(&self, peer: &NodeId, reason: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE outbox SET last_error = ? WHERE peer = ? AND state IN ('queued', 'sent')",
-        )
-        .bind(reason)
-        .bind(&peer.as_bytes()[..])
-        .execute(self.store.writer())
-        .await?;
+    /// Notes why the last attempt to reach `peer` failed (shown on its
+    /// waiting messages), or clears it. The text comes partly from the
+    /// peer: it is cut to 200 characters without control characters.
+    pub async fn note_error(&self, peer: &NodeId, reason: Option<&str>) -> Result<(), StoreError> {
+        match reason {
+            Some(reason) => {
+                sqlx::query(
+                    "INSERT INTO outbox_peer_error (peer, error) VALUES (?, ?) \
+                     ON CONFLICT (peer) DO UPDATE SET error = excluded.error",
+                )
+                .bind(&peer.as_bytes()[..])
+                .bind(printable(reason, 200))
+                .execute(self.store.writer())
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM outbox_peer_error WHERE peer = ?")
+                    .bind(&peer.as_bytes()[..])
+                    .execute(self.store.writer())
+                    .await?;
+            }
+        }
         Ok(())
     }
 
@@ -363,43 +373,54 @@ impl MessageStore {
         .rows_affected())
     }
 
-    /// The outbox, newest first, at most `limit`.
-    pub async fn outbox(&self, limit: usize) -> Result<Vec<Outgoing>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM outbox ORDER BY id DESC LIMIT ?")
-            .bind(to_i64(limit as u64)?)
-            .fetch_all(self.store.reader())
-            .await?;
+    /// The outbox, newest first, at most `limit` after skipping `offset`.
+    pub async fn outbox(&self, limit: usize, offset: usize) -> Result<Vec<Outgoing>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT outbox.*, e.error AS peer_error FROM outbox \
+             LEFT JOIN outbox_peer_error e ON e.peer = outbox.peer \
+             ORDER BY outbox.id DESC LIMIT ? OFFSET ?",
+        )
+        .bind(to_i64(limit as u64)?)
+        .bind(to_i64(offset as u64)?)
+        .fetch_all(self.store.reader())
+        .await?;
         rows.iter().map(|r| self.outgoing(r)).collect()
     }
 
     /// One outbox message.
     pub async fn outgoing_by_id(&self, id: &MessageId) -> Result<Option<Outgoing>, StoreError> {
-        let row = sqlx::query("SELECT * FROM outbox WHERE message_id = ?")
-            .bind(&id.0[..])
-            .fetch_optional(self.store.reader())
-            .await?;
+        let row = sqlx::query(
+            "SELECT outbox.*, e.error AS peer_error FROM outbox \
+             LEFT JOIN outbox_peer_error e ON e.peer = outbox.peer WHERE message_id = ?",
+        )
+        .bind(&id.0[..])
+        .fetch_optional(self.store.reader())
+        .await?;
         row.map(|r| self.outgoing(&r)).transpose()
     }
 
     /// The inbox in each peer's order (seq), from `peer` only if given, at
-    /// most `limit`.
+    /// most `limit` after skipping `offset`.
     pub async fn inbox(
         &self,
         peer: Option<&NodeId>,
         limit: usize,
+        offset: usize,
     ) -> Result<Vec<Received>, StoreError> {
-        let limit = to_i64(limit as u64)?;
+        let (limit, offset) = (to_i64(limit as u64)?, to_i64(offset as u64)?);
         let rows = match peer {
             Some(peer) => {
-                sqlx::query("SELECT * FROM inbox WHERE peer = ? ORDER BY seq, id LIMIT ?")
+                sqlx::query("SELECT * FROM inbox WHERE peer = ? ORDER BY seq, id LIMIT ? OFFSET ?")
                     .bind(&peer.as_bytes()[..])
                     .bind(limit)
+                    .bind(offset)
                     .fetch_all(self.store.reader())
                     .await?
             }
             None => {
-                sqlx::query("SELECT * FROM inbox ORDER BY peer, seq, id LIMIT ?")
+                sqlx::query("SELECT * FROM inbox ORDER BY peer, seq, id LIMIT ? OFFSET ?")
                     .bind(limit)
+                    .bind(offset)
                     .fetch_all(self.store.reader())
                     .await?
             }
@@ -420,6 +441,7 @@ impl MessageStore {
         let id = message_id(row.try_get("message_id")?)?;
         let sealed: Vec<u8> = row.try_get("body")?;
         let body = self.store.sealer().open(&outbox_aad(&peer, &id), &sealed)?;
+        let state = DeliveryState::parse(row.try_get("state")?)?;
         Ok(Outgoing {
             message_id: id,
             peer,
@@ -427,9 +449,15 @@ impl MessageStore {
             created_at: u64_of(row.try_get("created_at")?),
             content_type: row.try_get("content_type")?,
             body: text(&body)?,
-            state: DeliveryState::parse(row.try_get("state")?)?,
+            state,
             attempts: u64_of(row.try_get("attempts")?),
-            last_error: row.try_get("last_error")?,
+            // A failure of this message, else the peer's last error while
+            // it waits.
+            last_error: match row.try_get::<Option<String>, _>("last_error")? {
+                Some(own) => Some(own),
+                None if !matches!(state, DeliveryState::Delivered) => row.try_get("peer_error")?,
+                None => None,
+            },
             delivered_at: row.try_get::<Option<i64>, _>("delivered_at")?.map(u64_of),
         })
     }
@@ -452,26 +480,30 @@ impl MessageStore {
 }
 
 async fn insert_received(store: &NodeStore, batch: &[Received]) -> Result<Vec<bool>, StoreError> {
+    // Everything that can fail for one message is done before the shared
+    // transaction (the receiver also refuses such values up front).
     let mut sealed = Vec::with_capacity(batch.len());
     for m in batch {
-        sealed.push(
+        let numbers = (to_i64(m.seq)?, to_i64(m.sent_at)?, to_i64(m.received_at)?);
+        sealed.push((
+            numbers,
             store
                 .sealer()
                 .seal(&inbox_aad(&m.peer, &m.message_id), m.body.as_bytes())?,
-        );
+        ));
     }
     let mut tx = store.writer().begin_with("BEGIN IMMEDIATE").await?;
     let mut fresh = Vec::with_capacity(batch.len());
-    for (m, body) in batch.iter().zip(sealed) {
+    for (m, ((seq, sent_at, received_at), body)) in batch.iter().zip(sealed) {
         let inserted = sqlx::query(
             "INSERT INTO inbox (peer, message_id, seq, sent_at, received_at, content_type, body) \
              VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (peer, message_id) DO NOTHING",
         )
         .bind(&m.peer.as_bytes()[..])
         .bind(&m.message_id.0[..])
-        .bind(to_i64(m.seq)?)
-        .bind(to_i64(m.sent_at)?)
-        .bind(to_i64(m.received_at)?)
+        .bind(seq)
+        .bind(sent_at)
+        .bind(received_at)
         .bind(&m.content_type)
         .bind(body)
         .execute(&mut *tx)
@@ -521,5 +553,17 @@ async fn insert_outgoing(store: &NodeStore, batch: &[NewMessage]) -> Result<Vec<
     Ok(seqs)
 }
 
-/// Shared handle type.
-pub type SharedStore = Arc<MessageStore>;
+/// `text` cut to `max` characters, control characters shown as `\u{..}`:
+/// safe to show in a terminal.
+pub fn printable(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_unicode().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
