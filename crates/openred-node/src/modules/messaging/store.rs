@@ -11,7 +11,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{to_i64, NodeStore, StoreError};
 
-/// The most inserts one group commit takes.
+/// The most inserts one group commit takes (one statement: 7 values a row,
+/// well under SQLite's 32,766 parameters).
 const MAX_BATCH: usize = 512;
 /// Inserts waiting for a commit, at most; more wait to be queued.
 const QUEUE: usize = 4096;
@@ -481,38 +482,40 @@ impl MessageStore {
 
 async fn insert_received(store: &NodeStore, batch: &[Received]) -> Result<Vec<bool>, StoreError> {
     // Everything that can fail for one message is done before the shared
-    // transaction (the receiver also refuses such values up front).
-    let mut sealed = Vec::with_capacity(batch.len());
+    // statement (the receiver also refuses such values up front).
+    let mut rows = Vec::with_capacity(batch.len());
     for m in batch {
         let numbers = (to_i64(m.seq)?, to_i64(m.sent_at)?, to_i64(m.received_at)?);
-        sealed.push((
-            numbers,
-            store
-                .sealer()
-                .seal(&inbox_aad(&m.peer, &m.message_id), m.body.as_bytes())?,
-        ));
+        let body = store
+            .sealer()
+            .seal(&inbox_aad(&m.peer, &m.message_id), m.body.as_bytes())?;
+        rows.push((m, numbers, body));
     }
-    let mut tx = store.writer().begin_with("BEGIN IMMEDIATE").await?;
-    let mut fresh = Vec::with_capacity(batch.len());
-    for (m, ((seq, sent_at, received_at), body)) in batch.iter().zip(sealed) {
-        let inserted = sqlx::query(
-            "INSERT INTO inbox (peer, message_id, seq, sent_at, received_at, content_type, body) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (peer, message_id) DO NOTHING",
-        )
-        .bind(&m.peer.as_bytes()[..])
-        .bind(&m.message_id.0[..])
-        .bind(seq)
-        .bind(sent_at)
-        .bind(received_at)
-        .bind(&m.content_type)
-        .bind(body)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        fresh.push(inserted == 1);
-    }
-    tx.commit().await?;
-    Ok(fresh)
+    // One statement, one transaction, one fsync for the whole batch; the
+    // rows it returns are the messages not seen before.
+    let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "INSERT INTO inbox (peer, message_id, seq, sent_at, received_at, content_type, body) ",
+    );
+    query.push_values(&rows, |mut row, (m, (seq, sent_at, received_at), body)| {
+        row.push_bind(m.peer.as_bytes().to_vec())
+            .push_bind(m.message_id.0.to_vec())
+            .push_bind(*seq)
+            .push_bind(*sent_at)
+            .push_bind(*received_at)
+            .push_bind(m.content_type.clone())
+            .push_bind(body.clone());
+    });
+    query.push(" ON CONFLICT (peer, message_id) DO NOTHING RETURNING peer, message_id");
+    let inserted = query.build().fetch_all(store.writer()).await?;
+    let mut new: std::collections::HashSet<(Vec<u8>, Vec<u8>)> = inserted
+        .iter()
+        .map(|r| Ok((r.try_get("peer")?, r.try_get("message_id")?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+    // A message twice in one batch is new once.
+    Ok(batch
+        .iter()
+        .map(|m| new.remove(&(m.peer.as_bytes().to_vec(), m.message_id.0.to_vec())))
+        .collect())
 }
 
 async fn insert_outgoing(store: &NodeStore, batch: &[NewMessage]) -> Result<Vec<u64>, StoreError> {
@@ -524,33 +527,56 @@ async fn insert_outgoing(store: &NodeStore, batch: &[NewMessage]) -> Result<Vec<
                 .seal(&outbox_aad(&m.peer, &m.message_id), m.body.as_bytes())?,
         );
     }
+    let created: Vec<i64> = batch
+        .iter()
+        .map(|m| to_i64(m.created_at))
+        .collect::<Result<_, _>>()?;
     let mut tx = store.writer().begin_with("BEGIN IMMEDIATE").await?;
-    let mut seqs = Vec::with_capacity(batch.len());
-    for (m, body) in batch.iter().zip(sealed) {
-        let row = sqlx::query(
-            "INSERT INTO outbox_seq (peer, next) VALUES (?, 2) \
-             ON CONFLICT (peer) DO UPDATE SET next = next + 1 RETURNING next - 1 AS seq",
-        )
-        .bind(&m.peer.as_bytes()[..])
-        .fetch_one(&mut *tx)
-        .await?;
-        let seq: i64 = row.try_get("seq")?;
-        sqlx::query(
-            "INSERT INTO outbox (message_id, peer, seq, created_at, content_type, body, state) \
-             VALUES (?, ?, ?, ?, ?, ?, 'queued')",
-        )
-        .bind(&m.message_id.0[..])
-        .bind(&m.peer.as_bytes()[..])
-        .bind(seq)
-        .bind(to_i64(m.created_at)?)
-        .bind(&m.content_type)
-        .bind(body)
-        .execute(&mut *tx)
-        .await?;
-        seqs.push(u64_of(seq));
+    // The next seq of each peer in the batch, then the seqs in batch order.
+    let mut next: std::collections::HashMap<NodeId, i64> = std::collections::HashMap::new();
+    for m in batch {
+        if next.contains_key(&m.peer) {
+            continue;
+        }
+        let row = sqlx::query("SELECT next FROM outbox_seq WHERE peer = ?")
+            .bind(&m.peer.as_bytes()[..])
+            .fetch_optional(&mut *tx)
+            .await?;
+        let first = match row {
+            Some(row) => row.try_get("next")?,
+            None => 1,
+        };
+        next.insert(m.peer, first);
     }
+    let mut seqs = Vec::with_capacity(batch.len());
+    for m in batch {
+        let slot = next.entry(m.peer).or_insert(1);
+        seqs.push(*slot);
+        *slot += 1;
+    }
+    let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
+        "INSERT INTO outbox (message_id, peer, seq, created_at, content_type, body, state) ",
+    );
+    let rows: Vec<_> = batch.iter().zip(&sealed).zip(&seqs).zip(&created).collect();
+    query.push_values(rows, |mut row, (((m, body), seq), created)| {
+        row.push_bind(m.message_id.0.to_vec())
+            .push_bind(m.peer.as_bytes().to_vec())
+            .push_bind(*seq)
+            .push_bind(*created)
+            .push_bind(m.content_type.clone())
+            .push_bind(body.clone())
+            .push_bind("queued");
+    });
+    query.build().execute(&mut *tx).await?;
+    let mut counters: QueryBuilder<Sqlite> =
+        QueryBuilder::new("INSERT INTO outbox_seq (peer, next) ");
+    counters.push_values(&next, |mut row, (peer, next)| {
+        row.push_bind(peer.as_bytes().to_vec()).push_bind(*next);
+    });
+    counters.push(" ON CONFLICT (peer) DO UPDATE SET next = excluded.next");
+    counters.build().execute(&mut *tx).await?;
     tx.commit().await?;
-    Ok(seqs)
+    Ok(seqs.into_iter().map(u64_of).collect())
 }
 
 /// `text` cut to `max` characters, control characters shown as `\u{..}`:
