@@ -652,3 +652,78 @@ async fn a_message_too_large_once_escaped_is_refused_at_send() {
         .unwrap()
         .is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_answered_message_by_message_inside_the_frame() {
+    let net = Network::start().await;
+    let a = net.node("a").await;
+    let b = net.node("b").await;
+    let session = session_with(&net, &a, &b).await;
+    let url = b.p2p(MESSAGE);
+    let batch = json!({ "messages": [
+        wire("a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0", 1, "first"),
+        wire("a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1", 0, "bad seq"),
+        wire("a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2", 3, "third"),
+    ]});
+    let answer = post_bytes(&net.http, &url, message_frame(&session, net.now(), &batch)).await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let receipt = answer_payload(MESSAGE, &session.open(&answer.body, net.now()).unwrap());
+    let receipt: serde_json::Value = serde_json::from_slice(&receipt).unwrap();
+    let results = receipt["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0]["received"], true);
+    assert_eq!(
+        (&results[1]["received"], &results[1]["error"]),
+        (&json!(false), &json!("bad_message"))
+    );
+    assert_eq!(results[2]["received"], true);
+    assert_eq!(inbox_texts(&b, &a).await, vec!["first", "third"]);
+    for bad in [
+        json!({ "messages": [] }),
+        json!({ "messages": vec![wire("b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0", 1, "x"); 65] }),
+    ] {
+        let answer = post_bytes(&net.http, &url, message_frame(&session, net.now(), &bad)).await;
+        assert_refused(&answer, 400, "bad_message");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_receiver_refuses_fails_with_its_reason_and_the_rest_arrive() {
+    let net = Network::start().await;
+    let a = net.node_with("a", quick_retries).await;
+    let small = |c: &mut NodeConfig| {
+        c.module_settings
+            .insert("messaging".into(), json!({ "max_body_bytes": 10 }));
+    };
+    let b = net.node_with("b", small).await;
+    let long = send(&a, &b, "longer than ten bytes").await;
+    send(&a, &b, "short").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let outbox = messaging(&a).store().unwrap().outbox(10, 0).await.unwrap();
+        let done = outbox
+            .iter()
+            .all(|m| matches!(m.state, DeliveryState::Delivered | DeliveryState::Failed));
+        if done {
+            let refused = outbox.iter().find(|m| m.message_id == long).unwrap();
+            assert_eq!(refused.state, DeliveryState::Failed);
+            assert!(
+                refused
+                    .last_error
+                    .as_deref()
+                    .unwrap_or("")
+                    .contains("message_too_large"),
+                "{refused:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{outbox:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(inbox_texts(&b, &a).await, vec!["short"]);
+}

@@ -19,7 +19,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::store::{DeliveryState, MessageId, Outgoing, Received};
-use super::{valid_content_type, Messaging, Receipt, SendError, WireMessage, MESSAGE_PATH};
+use super::{
+    valid_content_type, BatchReceipt, MessageResult, Messaging, Receipt, SendError, WireBatch,
+    WireMessage, MAX_BATCH_MESSAGES, MESSAGE_PATH,
+};
 use crate::node::NodeState;
 
 type Shared = State<Arc<NodeState>>;
@@ -85,14 +88,13 @@ fn not_started() -> ApiError {
     )
 }
 
-async fn receive(
-    module: Arc<Messaging>,
-    State(state): Shared,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let (live, payload) = state.open_frame(MESSAGE_PATH, &body)?;
-    let message: WireMessage =
-        serde_json::from_slice(&payload).map_err(|e| bad_message(e.to_string()))?;
+/// One message checked: what to store, or why not.
+fn check(
+    module: &Messaging,
+    message: WireMessage,
+    peer: openred_core::NodeId,
+    now: u64,
+) -> Result<Received, ApiError> {
     let message_id = MessageId::parse(&message.message_id)
         .ok_or_else(|| bad_message("message_id must be 32 hex digits"))?;
     if message.seq == 0 || i64::try_from(message.seq).is_err() {
@@ -110,30 +112,88 @@ async fn receive(
     if message.body.len() > max {
         return Err(too_large(max));
     }
-    let store = module.store().ok_or_else(not_started)?;
-    let received = Received {
-        peer: live.peer,
+    Ok(Received {
+        peer,
         message_id,
         seq: message.seq,
         sent_at: message.sent_at,
-        received_at: state.clock().now().0,
+        received_at: now,
         content_type: message.content_type,
         body: message.body,
-    };
-    // Persist, then acknowledge.
-    let fresh = store.receive(received.clone()).await.map_err(internal)?;
-    if fresh {
-        module.counters.received.fetch_add(1, Ordering::Relaxed);
-        let _ = module.events.send(Arc::new(received));
-    } else {
-        module.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+    })
+}
+
+/// A frame carries one message, or a batch of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Incoming {
+    Batch(WireBatch),
+    One(WireMessage),
+}
+
+/// Stores checked messages (they join one group commit) and counts them;
+/// answers once all are committed.
+async fn store_all(module: &Messaging, messages: Vec<Received>) -> Result<(), ApiError> {
+    let store = module.store().ok_or_else(not_started)?;
+    let stored =
+        futures_util::future::join_all(messages.iter().map(|m| store.receive(m.clone()))).await;
+    for (message, fresh) in messages.into_iter().zip(stored) {
+        if fresh.map_err(internal)? {
+            module.counters.received.fetch_add(1, Ordering::Relaxed);
+            let _ = module.events.send(Arc::new(message));
+        } else {
+            module.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+        }
     }
-    let receipt = Receipt {
-        received: true,
-        message_id: message_id.to_string(),
-    };
-    let payload = serde_json::to_vec(&receipt).map_err(internal)?;
-    state.answer_frame(&live, MESSAGE_PATH, &payload)
+    Ok(())
+}
+
+async fn receive(
+    module: Arc<Messaging>,
+    State(state): Shared,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (live, payload) = state.open_frame(MESSAGE_PATH, &body)?;
+    let incoming: Incoming =
+        serde_json::from_slice(&payload).map_err(|e| bad_message(e.to_string()))?;
+    let now = state.clock().now().0;
+    let answer = match incoming {
+        Incoming::One(message) => {
+            let received = check(&module, message, live.peer, now)?;
+            let message_id = received.message_id.to_string();
+            // Persist, then acknowledge.
+            store_all(&module, vec![received]).await?;
+            serde_json::to_vec(&Receipt {
+                received: true,
+                message_id,
+            })
+        }
+        Incoming::Batch(batch) => {
+            if batch.messages.is_empty() || batch.messages.len() > MAX_BATCH_MESSAGES {
+                return Err(bad_message(format!(
+                    "a batch carries 1 to {MAX_BATCH_MESSAGES} messages"
+                )));
+            }
+            // Each message is stored or refused on its own; the refusals
+            // travel in the answer frame, authenticated.
+            let mut results = Vec::with_capacity(batch.messages.len());
+            let mut accepted = Vec::new();
+            for message in batch.messages {
+                let message_id = message.message_id.clone();
+                match check(&module, message, live.peer, now) {
+                    Ok(received) => {
+                        results.push(MessageResult::received(message_id));
+                        accepted.push(received);
+                    }
+                    Err(e) => results.push(MessageResult::refused(message_id, &e)),
+                }
+            }
+            store_all(&module, accepted).await?;
+            serde_json::to_vec(&BatchReceipt { results })
+        }
+    }
+    .map_err(internal)?;
+    state.answer_frame(&live, MESSAGE_PATH, &answer)
 }
 
 /// `POST /admin/v1/messages`.

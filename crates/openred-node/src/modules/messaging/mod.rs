@@ -87,6 +87,61 @@ pub struct WireMessage {
     pub body: String,
 }
 
+/// The most messages one frame carries.
+pub const MAX_BATCH_MESSAGES: usize = 64;
+
+/// Several messages in one frame: how the sender delivers a backlog (one
+/// AEAD, one request and one commit for the lot).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireBatch {
+    /// 1 to [`MAX_BATCH_MESSAGES`] messages.
+    pub messages: Vec<WireMessage>,
+}
+
+/// The answer to a batch: one result per message, in the answer frame, so
+/// that refusals are authenticated too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchReceipt {
+    /// One per message of the batch.
+    pub results: Vec<MessageResult>,
+}
+
+/// What became of one message of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageResult {
+    /// The message.
+    pub message_id: String,
+    /// Stored (or stored before): in the receiver's inbox.
+    pub received: bool,
+    /// Why not, for a refused message: `bad_message` or `message_too_large`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The explanation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl MessageResult {
+    fn received(message_id: String) -> MessageResult {
+        MessageResult {
+            message_id,
+            received: true,
+            error: None,
+            message: None,
+        }
+    }
+
+    fn refused(message_id: String, error: &openred_http::ApiError) -> MessageResult {
+        MessageResult {
+            message_id,
+            received: false,
+            error: Some(error.code().to_owned()),
+            message: Some(error.message().to_owned()),
+        }
+    }
+}
+
 /// The receiver's acknowledgement: the message is in its inbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
@@ -364,31 +419,48 @@ impl Messaging {
             after = last.seq;
             let ids: Vec<MessageId> = batch.iter().map(|m| m.message_id).collect();
             store.mark_sent(&ids).await?;
-            let mut queue = batch.into_iter();
+            let mut queue = frames_of(
+                batch,
+                self.settings.in_flight_per_peer,
+                node.config().max_frame_bytes,
+            )?
+            .into_iter();
             let mut in_flight = tokio::task::JoinSet::new();
             let mut delivered = Vec::new();
             let mut retry: Option<NodeError> = None;
             loop {
                 while retry.is_none() && in_flight.len() < self.settings.in_flight_per_peer {
-                    let Some(message) = queue.next() else { break };
-                    self.counters.attempts.fetch_add(1, Ordering::Relaxed);
+                    let Some(frame) = queue.next() else { break };
+                    self.counters
+                        .attempts
+                        .fetch_add(frame.len() as u64, Ordering::Relaxed);
                     let (node, live) = (node.clone(), live.clone());
                     in_flight.spawn(async move {
-                        let outcome = send_one(&node, &live, &message).await;
-                        (message.message_id, outcome)
+                        let outcome = send_frame(&node, &live, &frame).await;
+                        (frame, outcome)
                     });
                 }
                 let Some(joined) = in_flight.join_next().await else {
                     break;
                 };
                 match joined {
-                    Ok((id, Ok(()))) => delivered.push(id),
-                    Ok((id, Err(e))) => match refusal(&e) {
-                        Some(reason) => {
-                            store.mark_failed(&id, &reason).await?;
+                    Ok((_, Ok(results))) => {
+                        for (id, result) in results {
+                            match result {
+                                Ok(()) => delivered.push(id),
+                                Err(reason) => {
+                                    store.mark_failed(&id, &reason).await?;
+                                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                    }
+                    Ok((frame, Err(e))) => match (refusal(&e), frame.as_slice()) {
+                        (Some(reason), [(id, _)]) => {
+                            store.mark_failed(id, &reason).await?;
                             self.counters.failed.fetch_add(1, Ordering::Relaxed);
                         }
-                        None => {
+                        _ => {
                             retry.get_or_insert(e);
                         }
                     },
@@ -475,42 +547,103 @@ async fn sleep_or_forever(wait: Option<Duration>) {
 }
 
 /// One delivery: the message in a frame of `live`, the receipt back.
-async fn send_one(
-    node: &NodeState,
-    live: &crate::sessions::LiveSession,
-    message: &store::Outgoing,
-) -> Result<(), NodeError> {
-    let wire = WireMessage {
-        message_id: message.message_id.to_string(),
-        seq: message.seq,
-        sent_at: message.created_at,
-        content_type: message.content_type.clone(),
-        body: message.body.clone(),
-    };
-    let payload = serde_json::to_vec(&wire).map_err(|_| NodeError::Malformed("encoding"))?;
-    let answer = node.exchange(live, MESSAGE_PATH, &payload).await?;
-    let receipt: Receipt =
-        serde_json::from_slice(&answer).map_err(|_| NodeError::Malformed("the peer's receipt"))?;
-    if !receipt.received || receipt.message_id != wire.message_id {
-        return Err(NodeError::Malformed("a receipt for another message"));
+/// The messages of one frame: their IDs and JSON.
+type Frame = Vec<(MessageId, Vec<u8>)>;
+
+/// Messages encoded for the wire, grouped into frames: at most
+/// [`MAX_BATCH_MESSAGES`] and a frame's worth of bytes each, and spread
+/// over up to `in_flight` frames, so that a small burst goes out at once
+/// and a backlog in full frames.
+fn frames_of(
+    batch: Vec<store::Outgoing>,
+    in_flight: usize,
+    max_frame_bytes: usize,
+) -> Result<Vec<Frame>, NodeError> {
+    let per_frame = batch
+        .len()
+        .div_ceil(in_flight.max(1))
+        .clamp(1, MAX_BATCH_MESSAGES);
+    let budget = max_frame_bytes.saturating_sub(1024);
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut bytes = 0;
+    for message in batch {
+        let json = serde_json::to_vec(&WireMessage {
+            message_id: message.message_id.to_string(),
+            seq: message.seq,
+            sent_at: message.created_at,
+            content_type: message.content_type,
+            body: message.body,
+        })
+        .map_err(|_| NodeError::Malformed("encoding"))?;
+        let full = frames
+            .last()
+            .is_none_or(|f| f.len() >= per_frame || bytes + json.len() + 1 > budget);
+        if full {
+            frames.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += json.len() + 1;
+        if let Some(frame) = frames.last_mut() {
+            frame.push((message.message_id, json));
+        }
     }
-    Ok(())
+    Ok(frames)
 }
 
-/// The message itself was refused, for good: the reason to record. The
-/// peer's refusals are plain JSON, not frames: outside the danger flag
-/// peers are reached over https, so they come from the peer. A frame this
-/// node cannot seal (too large) fails too.
+/// One delivery: messages in a frame of `live` (a batch), the receipt
+/// back: for each message, delivered, or refused for good with the
+/// peer's reason.
+async fn send_frame(
+    node: &NodeState,
+    live: &crate::sessions::LiveSession,
+    frame: &[(MessageId, Vec<u8>)],
+) -> Result<Vec<(MessageId, Result<(), String>)>, NodeError> {
+    let mut payload = b"{\"messages\":[".to_vec();
+    for (i, (_, json)) in frame.iter().enumerate() {
+        if i > 0 {
+            payload.push(b',');
+        }
+        payload.extend_from_slice(json);
+    }
+    payload.extend_from_slice(b"]}");
+    let answer = node.exchange(live, MESSAGE_PATH, &payload).await?;
+    let receipt: BatchReceipt =
+        serde_json::from_slice(&answer).map_err(|_| NodeError::Malformed("the peer's receipt"))?;
+    let mut results: std::collections::HashMap<String, MessageResult> = receipt
+        .results
+        .into_iter()
+        .map(|r| (r.message_id.clone(), r))
+        .collect();
+    if results.len() != frame.len() {
+        return Err(NodeError::Malformed("a receipt for other messages"));
+    }
+    frame
+        .iter()
+        .map(|(id, _)| {
+            let result = results
+                .remove(&id.to_string())
+                .ok_or(NodeError::Malformed("a receipt for other messages"))?;
+            Ok((
+                *id,
+                match (result.received, result.error.as_deref()) {
+                    (true, _) => Ok(()),
+                    (false, Some(code @ ("bad_message" | "message_too_large"))) => Err(format!(
+                        "refused by the peer: {code}: {}",
+                        store::printable(result.message.as_deref().unwrap_or(""), 200)
+                    )),
+                    (false, _) => return Err(NodeError::Malformed("a refusal without a reason")),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// A frame of one message this node cannot seal (too large) fails that
+/// message. The peer refuses a message for good only inside its receipt
+/// (authenticated, see [`send_frame`]); a plain error answer to a whole
+/// frame, which anyone on the path could forge, is retried.
 fn refusal(e: &NodeError) -> Option<String> {
     match e {
-        NodeError::Peer { code, message, .. }
-            if code == "message_too_large" || code == "bad_message" =>
-        {
-            Some(format!(
-                "refused by the peer: {code}: {}",
-                store::printable(message, 200)
-            ))
-        }
         NodeError::Frame(openred_core::session::FrameError::TooLarge { .. }) => {
             Some("too large for a frame".into())
         }
