@@ -314,36 +314,24 @@ pub async fn msg(data: &Path, command: MsgCommand, json: bool) -> anyhow::Result
                 path.push_str(&format!("&peer={peer}"));
             }
             let messages: Vec<InboxView> = client.get(&path).await?;
-            if json {
-                return print_json(&messages);
-            }
-            if messages.is_empty() {
-                println!("no messages");
-            }
-            for m in &messages {
-                // The text comes from a peer: no control character
-                // reaches the terminal.
-                println!(
+            // The text comes from a peer: no control character reaches the
+            // terminal.
+            print_messages(&messages, json, |m| {
+                format!(
                     "{}  from {}  #{}  {}",
                     m.message_id,
                     m.node_id,
                     m.seq,
                     printable(&m.text, usize::MAX)
-                );
-            }
+                )
+            })?;
         }
         MsgCommand::Outbox { limit } => {
             let messages: Vec<OutboxView> = client
                 .get(&format!("/admin/v1/messages/outbox?limit={limit}"))
                 .await?;
-            if json {
-                return print_json(&messages);
-            }
-            if messages.is_empty() {
-                println!("no messages");
-            }
-            for m in &messages {
-                println!(
+            print_messages(&messages, json, |m| {
+                format!(
                     "{}  to {}  #{}  {}{}  {}",
                     m.message_id,
                     m.node_id,
@@ -354,9 +342,27 @@ pub async fn msg(data: &Path, command: MsgCommand, json: bool) -> anyhow::Result
                         .map(|e| format!(" ({})", printable(e, 200)))
                         .unwrap_or_default(),
                     printable(&m.text, usize::MAX)
-                );
-            }
+                )
+            })?;
         }
+    }
+    Ok(())
+}
+
+/// Prints `messages` as JSON, or a line each (`no messages` if none).
+fn print_messages<T: Serialize>(
+    messages: &[T],
+    json: bool,
+    line: impl Fn(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        return print_json(&messages);
+    }
+    if messages.is_empty() {
+        println!("no messages");
+    }
+    for m in messages {
+        println!("{}", line(m));
     }
     Ok(())
 }
