@@ -365,6 +365,14 @@ async fn a_peer_offline_for_a_while_gets_everything_when_it_is_back() {
     let mut expected = vec!["before".to_owned()];
     expected.extend(numbered(20));
     assert_eq!(inbox_texts(&b, &a).await, expected);
+    // The attempts count the failed ones and the acknowledged one.
+    let outbox = messaging(&a).store().unwrap().outbox(100, 0).await.unwrap();
+    let waited: Vec<_> = outbox.iter().filter(|m| m.body != "before").collect();
+    assert_eq!(waited.len(), 20);
+    assert!(waited
+        .iter()
+        .all(|m| m.state == DeliveryState::Delivered && m.last_error.is_none() && m.attempts >= 2));
+    assert!(outbox.iter().any(|m| m.body == "before" && m.attempts == 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

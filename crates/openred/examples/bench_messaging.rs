@@ -72,6 +72,11 @@
 mod support_stats;
 use support_stats::{stats, Stats};
 
+/// The allocator of the `openred` binary (see its `main.rs`), so that the
+/// nodes measured here run as they do there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;

@@ -405,104 +405,113 @@ impl Messaging {
     }
 
     /// Sends every undelivered message to `peer`, in seq order, with up to
-    /// `in_flight_per_peer` requests at once; records acknowledgements in
-    /// groups. Returns the first failure that calls for a retry.
+    /// `in_flight_per_peer` frames at once. The window is refilled as each
+    /// frame is answered, the outbox is read ahead while frames travel,
+    /// and acknowledgements are committed in the background, so that the
+    /// bookkeeping never stops the sends. Returns the first failure that
+    /// calls for a retry, after every answer has been recorded.
     async fn deliver_pending(&self, node: &Arc<NodeState>, peer: &NodeId) -> Result<(), NodeError> {
-        let store = &self.running()?.store;
+        let running = self.running()?;
+        let (store, me) = (running.store.clone(), running.me.upgrade());
+        let me = me.ok_or(NodeError::Busy("the messaging module has stopped"))?;
         let live = node.session_for(peer).await?;
-        let mut after = 0;
+        let window = self.settings.in_flight_per_peer;
+        let budget = node.config().max_frame_bytes.saturating_sub(1024);
+        let mut waiting = Waiting::default();
+        let mut in_flight = tokio::task::JoinSet::new();
+        let mut marking = tokio::task::JoinSet::new();
+        let mut delivered = Vec::new();
+        let mut unacknowledged = Vec::new();
+        let mut retry: Option<NodeError> = None;
         loop {
-            let batch = store.pending(peer, after, 512).await?;
-            let Some(last) = batch.last() else {
-                return Ok(());
-            };
-            after = last.seq;
-            let ids: Vec<MessageId> = batch.iter().map(|m| m.message_id).collect();
-            store.mark_sent(&ids).await?;
-            let mut queue = frames_of(
-                batch,
-                self.settings.in_flight_per_peer,
-                node.config().max_frame_bytes,
-            )?
-            .into_iter();
-            let mut in_flight = tokio::task::JoinSet::new();
-            let mut delivered = Vec::new();
-            let mut retry: Option<NodeError> = None;
-            loop {
-                while retry.is_none() && in_flight.len() < self.settings.in_flight_per_peer {
-                    let Some(frame) = queue.next() else { break };
-                    self.counters
-                        .attempts
-                        .fetch_add(frame.len() as u64, Ordering::Relaxed);
-                    let (node, live) = (node.clone(), live.clone());
-                    in_flight.spawn(async move {
-                        let outcome = send_frame(&node, &live, &frame).await;
-                        (frame, outcome)
-                    });
-                }
-                let Some(joined) = in_flight.join_next().await else {
+            if retry.is_none() && waiting.wants_more(window) {
+                let page = store.pending(peer, waiting.after, READ_AHEAD).await?;
+                waiting.add(page, READ_AHEAD);
+            }
+            while retry.is_none() && in_flight.len() < window {
+                let Some(frame) = waiting.next_frame(window - in_flight.len(), budget)? else {
                     break;
                 };
-                match joined {
-                    Ok((_, Ok(results))) => {
-                        for (id, result) in results {
-                            match result {
-                                Ok(()) => delivered.push(id),
-                                Err(reason) => {
-                                    store.mark_failed(&id, &reason).await?;
-                                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                                }
+                self.counters
+                    .attempts
+                    .fetch_add(frame.len() as u64, Ordering::Relaxed);
+                let (node, live) = (node.clone(), live.clone());
+                in_flight.spawn(async move {
+                    let outcome = send_frame(&node, &live, &frame).await;
+                    (frame, outcome)
+                });
+            }
+            let Some(joined) = in_flight.join_next().await else {
+                break;
+            };
+            match joined {
+                Ok((_, Ok(results))) => {
+                    for (id, result) in results {
+                        match result {
+                            Ok(()) => delivered.push(id),
+                            Err(reason) => {
+                                store.mark_failed(&id, &reason).await?;
+                                self.counters.failed.fetch_add(1, Ordering::Relaxed);
                             }
                         }
                     }
-                    Ok((frame, Err(e))) => match (refusal(&e), frame.as_slice()) {
-                        (Some(reason), [(id, _)]) => {
-                            store.mark_failed(id, &reason).await?;
-                            self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                        _ => {
-                            retry.get_or_insert(e);
-                        }
-                    },
-                    Err(e) => {
-                        retry.get_or_insert(NodeError::Malformed("a delivery task failed"));
-                        tracing::warn!(error = %e, "a delivery task failed");
-                    }
                 }
-                if delivered.len() >= 256 {
-                    self.record_delivered(node, &mut delivered).await?;
+                Ok((frame, Err(e))) => match (refusal(&e), frame.as_slice()) {
+                    (Some(reason), [(id, _)]) => {
+                        store.mark_failed(id, &reason).await?;
+                        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        unacknowledged.extend(frame.iter().map(|(id, _)| *id));
+                        retry.get_or_insert(e);
+                    }
+                },
+                Err(e) => {
+                    retry.get_or_insert(NodeError::Malformed("a delivery task failed"));
+                    tracing::warn!(error = %e, "a delivery task failed");
                 }
             }
-            self.record_delivered(node, &mut delivered).await?;
-            if let Some(e) = retry {
-                if lost_session(&e) {
-                    node.forget_session(&live);
-                } else if matches!(e, NodeError::Outbound(_)) {
-                    // Unreachable: it may have restarted at another address.
-                    node.forget_if_moved(&live).await;
-                }
-                return Err(e);
+            if delivered.len() >= MARK_BATCH {
+                me.mark_in_background(node, &mut marking, std::mem::take(&mut delivered));
             }
         }
+        me.mark_in_background(node, &mut marking, delivered);
+        while let Some(marked) = marking.join_next().await {
+            marked.map_err(|_| NodeError::Malformed("recording acknowledgements failed"))??;
+        }
+        if let Some(e) = retry {
+            store.mark_sent(&unacknowledged).await?;
+            if lost_session(&e) {
+                node.forget_session(&live);
+            } else if matches!(e, NodeError::Outbound(_)) {
+                // Unreachable: it may have restarted at another address.
+                node.forget_if_moved(&live).await;
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
-    async fn record_delivered(
-        &self,
+    /// Commits acknowledgements without waiting: the next frames go out
+    /// meanwhile. The node's one writer connection keeps them in order.
+    fn mark_in_background(
+        self: &Arc<Self>,
         node: &NodeState,
-        delivered: &mut Vec<MessageId>,
-    ) -> Result<(), NodeError> {
-        if delivered.is_empty() {
-            return Ok(());
-        }
-        self.running()?
-            .store
-            .mark_delivered(delivered, node.clock().now())
-            .await?;
-        self.counters
-            .delivered
-            .fetch_add(delivered.len() as u64, Ordering::Relaxed);
-        delivered.clear();
-        Ok(())
+        marking: &mut tokio::task::JoinSet<Result<(), NodeError>>,
+        ids: Vec<MessageId>,
+    ) {
+        let (Some(running), false) = (self.running.get(), ids.is_empty()) else {
+            return;
+        };
+        let (me, store) = (self.clone(), running.store.clone());
+        let now = node.clock().now();
+        marking.spawn(async move {
+            store.mark_delivered(&ids, now).await?;
+            me.counters
+                .delivered
+                .fetch_add(ids.len() as u64, Ordering::Relaxed);
+            Ok(())
+        });
     }
 
     /// Fails what was not delivered in time, every minute.
@@ -546,48 +555,80 @@ async fn sleep_or_forever(wait: Option<Duration>) {
     }
 }
 
-/// One delivery: the message in a frame of `live`, the receipt back.
 /// The messages of one frame: their IDs and JSON.
 type Frame = Vec<(MessageId, Vec<u8>)>;
 
-/// Messages encoded for the wire, grouped into frames: at most
-/// [`MAX_BATCH_MESSAGES`] and a frame's worth of bytes each, and spread
-/// over up to `in_flight` frames, so that a small burst goes out at once
-/// and a backlog in full frames.
-fn frames_of(
-    batch: Vec<store::Outgoing>,
-    in_flight: usize,
-    max_frame_bytes: usize,
-) -> Result<Vec<Frame>, NodeError> {
-    let per_frame = batch
-        .len()
-        .div_ceil(in_flight.max(1))
-        .clamp(1, MAX_BATCH_MESSAGES);
-    let budget = max_frame_bytes.saturating_sub(1024);
-    let mut frames: Vec<Frame> = Vec::new();
-    let mut bytes = 0;
-    for message in batch {
-        let json = serde_json::to_vec(&WireMessage {
-            message_id: message.message_id.to_string(),
-            seq: message.seq,
-            sent_at: message.created_at,
-            content_type: message.content_type,
-            body: message.body,
-        })
-        .map_err(|_| NodeError::Malformed("encoding"))?;
-        let full = frames
-            .last()
-            .is_none_or(|f| f.len() >= per_frame || bytes + json.len() + 1 > budget);
-        if full {
-            frames.push(Vec::new());
-            bytes = 0;
-        }
-        bytes += json.len() + 1;
-        if let Some(frame) = frames.last_mut() {
-            frame.push((message.message_id, json));
-        }
+/// How many outbox rows one read takes.
+const READ_AHEAD: usize = 512;
+/// Read ahead while fewer bytes than this wait (bodies can be 64 KiB).
+const READ_AHEAD_BYTES: usize = 8 << 20;
+/// Acknowledgements committed together.
+const MARK_BATCH: usize = 256;
+
+/// The messages read from the outbox and not sent yet, in seq order.
+#[derive(Default)]
+struct Waiting {
+    messages: std::collections::VecDeque<store::Outgoing>,
+    bytes: usize,
+    /// The highest seq read so far.
+    after: u64,
+    /// The last read found fewer rows than it asked for.
+    drained: bool,
+}
+
+impl Waiting {
+    /// Whether to read the outbox again: fewer messages wait than fill
+    /// the window with full frames, and the outbox may hold more (or
+    /// nothing waits: something may have been queued since).
+    fn wants_more(&self, window: usize) -> bool {
+        self.messages.len() < window * MAX_BATCH_MESSAGES
+            && self.bytes < READ_AHEAD_BYTES
+            && (!self.drained || self.messages.is_empty())
     }
-    Ok(frames)
+
+    fn add(&mut self, page: Vec<store::Outgoing>, asked: usize) {
+        self.drained = page.len() < asked;
+        if let Some(last) = page.last() {
+            self.after = last.seq;
+        }
+        self.bytes += page.iter().map(|m| m.body.len()).sum::<usize>();
+        self.messages.extend(page);
+    }
+
+    /// The next frame, when `free` frames may go out: what waits is spread
+    /// over them (a small burst goes out at once), at most
+    /// [`MAX_BATCH_MESSAGES`] and a frame's worth of bytes each (a backlog
+    /// goes in full frames).
+    fn next_frame(&mut self, free: usize, budget: usize) -> Result<Option<Frame>, NodeError> {
+        let per_frame = self
+            .messages
+            .len()
+            .div_ceil(free.max(1))
+            .clamp(1, MAX_BATCH_MESSAGES);
+        let mut frame: Frame = Vec::new();
+        let mut bytes = 0;
+        while frame.len() < per_frame {
+            let Some(message) = self.messages.front() else {
+                break;
+            };
+            let json = serde_json::to_vec(&WireMessage {
+                message_id: message.message_id.to_string(),
+                seq: message.seq,
+                sent_at: message.created_at,
+                content_type: message.content_type.clone(),
+                body: message.body.clone(),
+            })
+            .map_err(|_| NodeError::Malformed("encoding"))?;
+            if !frame.is_empty() && bytes + json.len() + 1 > budget {
+                break;
+            }
+            bytes += json.len() + 1;
+            self.bytes -= message.body.len();
+            frame.push((message.message_id, json));
+            self.messages.pop_front();
+        }
+        Ok((!frame.is_empty()).then_some(frame))
+    }
 }
 
 /// One delivery: messages in a frame of `live` (a batch), the receipt
