@@ -563,7 +563,7 @@ const READ_AHEAD: usize = 512;
 /// Read ahead while fewer bytes than this wait (bodies can be 64 KiB).
 const READ_AHEAD_BYTES: usize = 8 << 20;
 /// Acknowledgements committed together.
-const MARK_BATCH: usize = 256;
+const MARK_BATCH: usize = 1024;
 
 /// The messages read from the outbox and not sent yet, in seq order.
 #[derive(Default)]

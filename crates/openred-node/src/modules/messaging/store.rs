@@ -13,7 +13,7 @@ use crate::store::{to_i64, NodeStore, StoreError};
 
 /// The most inserts one group commit takes (one statement: 7 values a row,
 /// well under SQLite's 32,766 parameters).
-const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = 1024;
 /// Inserts waiting for a commit, at most; more wait to be queued.
 const QUEUE: usize = 4096;
 
@@ -326,7 +326,13 @@ impl MessageStore {
         self.update_many(&head, ids).await
     }
 
+    /// Runs `head` with the IDs as its list, in statements of at most
+    /// [`MAX_BATCH`] IDs and one transaction (one fsync) for all.
     async fn update_many(&self, head: &str, ids: &[MessageId]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.store.writer().begin().await?;
         for chunk in ids.chunks(MAX_BATCH) {
             let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(head);
             let mut list = query.separated(", ");
@@ -334,8 +340,9 @@ impl MessageStore {
                 list.push_bind(id.0.to_vec());
             }
             query.push(")");
-            query.build().execute(self.store.writer()).await?;
+            query.build().execute(&mut *tx).await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 
