@@ -146,6 +146,11 @@ pub struct SessionView {
     pub recv_epoch: u32,
     /// Whether the peer's first frame arrived (responder side).
     pub confirmed: bool,
+    /// Seconds since the last authenticated frame either way.
+    pub last_contact_s: u64,
+    /// The last ping's round trip in milliseconds (the monitoring module
+    /// pings every peer periodically; `openred ping` too).
+    pub rtt_ms: Option<f64>,
 }
 
 /// `GET /admin/v1/status`.
@@ -167,6 +172,10 @@ pub struct StatusView {
     pub protections: ProtectionsView,
     /// The modules, their state and metrics.
     pub modules: Vec<crate::modules::ModuleView>,
+    /// The last readiness checks, with their errors (`None` before the
+    /// first).
+    #[serde(default)]
+    pub readiness: Option<crate::health::Readiness>,
 }
 
 /// What protects the keys, as `status` shows it.
@@ -218,6 +227,13 @@ async fn status(State(state): State<Arc<NodeState>>) -> Json<StatusView> {
             send_epoch: s.session.send_epoch(),
             recv_epoch: s.session.recv_epoch(),
             confirmed: s.confirmed.load(Ordering::Relaxed),
+            last_contact_s: now
+                .0
+                .saturating_sub(s.last_activity.load(Ordering::Relaxed)),
+            rtt_ms: match s.rtt_us.load(Ordering::Relaxed) {
+                0 => None,
+                us => Some(us as f64 / 1e3),
+            },
         })
         .collect();
     Json(StatusView {
@@ -232,6 +248,7 @@ async fn status(State(state): State<Arc<NodeState>>) -> Json<StatusView> {
         sessions,
         protections,
         modules: state.modules.views(),
+        readiness: state.readiness(),
     })
 }
 

@@ -86,6 +86,19 @@ impl DirectoryClient {
         Ok(key)
     }
 
+    /// Whether the directory answers its health route now, with the key
+    /// this node pinned (if it pinned one yet).
+    pub async fn check(&self, outbound: &OutboundClient) -> Result<(), NodeError> {
+        let health: HealthResponse =
+            expect_ok(outbound.get(&self.url, "/api/v3/health").await?, true)?;
+        match self.pinned() {
+            Some(key) if key.directory_fingerprint().to_string() != health.directory_key => Err(
+                NodeError::Malformed("the directory answers with another key than the pinned one"),
+            ),
+            _ => Ok(()),
+        }
+    }
+
     fn check_configured(&self, key: &IdentityPublicKey) -> Result<(), NodeError> {
         match &self.configured {
             Some(pinned) if *pinned != key.directory_fingerprint() => {

@@ -83,6 +83,12 @@ impl NodeState {
             .purge_idle(now.minus(2 * self.config.epoch.epoch_len_s));
         self.modules.sessions_closed(&ended);
         self.modules.sessions_closed(&purged);
+        self.metrics
+            .sessions_closed
+            .fetch_add((ended.len() + purged.len()) as u64, Ordering::Relaxed);
+        self.metrics
+            .tokens_expired
+            .fetch_add(tokens, Ordering::Relaxed);
         let mut report = LifecycleReport {
             tokens,
             tombstones,
@@ -118,9 +124,24 @@ impl NodeState {
     /// the peer has answered. The old one stays until it is idle or at its
     /// maximum age, for frames already on their way.
     pub async fn renew(&self, live: &Arc<LiveSession>) -> Result<Arc<LiveSession>, NodeError> {
-        if live.renewing.swap(true, Ordering::AcqRel) {
-            return Err(NodeError::Busy("this session is being renewed"));
+        let outcome = self.renew_reserved(live).await;
+        match &outcome {
+            Ok(_) => {
+                self.metrics
+                    .sessions_renewed
+                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .handshakes_initiated
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(NodeError::Busy(_)) => {}
+            Err(e) => self.metrics.handshakes_failed.add(e.to_api().code()),
         }
+        outcome
+    }
+
+    async fn renew_reserved(&self, live: &Arc<LiveSession>) -> Result<Arc<LiveSession>, NodeError> {
+        live.start_own_renewal().map_err(NodeError::Busy)?;
         let outcome = self.renew_once(live).await;
         if outcome.is_err() {
             live.renewing.store(false, Ordering::Release);

@@ -73,6 +73,10 @@ pub struct NodeState {
     pub(crate) confinement: std::sync::OnceLock<crate::sandbox::Protections>,
     /// The modules and their switches.
     pub(crate) modules: Modules,
+    /// What the core counts.
+    pub(crate) metrics: crate::metrics::NodeMetrics,
+    /// The last readiness checks.
+    pub(crate) readiness: crate::health::ReadinessCache,
 }
 
 /// A node, opened and ready to serve.
@@ -175,6 +179,8 @@ impl Node {
             registered: AtomicBool::new(false),
             confinement: std::sync::OnceLock::new(),
             modules,
+            metrics: crate::metrics::NodeMetrics::default(),
+            readiness: crate::health::ReadinessCache::default(),
         });
         state.modules.attach(&state);
         Ok(Node { state })
@@ -213,6 +219,10 @@ impl Node {
             state
                 .modules
                 .p2p_router(&state, p2p::routes())
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    p2p::count_traffic,
+                ))
                 .with_state(state.clone()),
             state.config.max_frame_bytes + 4096,
         );
@@ -247,10 +257,15 @@ impl Node {
             state.clone(),
             stop_rx.clone(),
         ));
+        let readiness = tokio::spawn(crate::health::readiness_loop(
+            state.clone(),
+            stop_rx.clone(),
+        ));
         shutdown.await;
         let _ = stop_tx.send(true);
         let _ = registration.await;
         housekeeping.abort();
+        readiness.abort();
         if state.registered.load(std::sync::atomic::Ordering::SeqCst) {
             let now = state.clock.now();
             match state
@@ -363,6 +378,30 @@ impl NodeState {
         &self.config.data_dir
     }
 
+    /// What the core counts.
+    pub fn metrics(&self) -> &crate::metrics::NodeMetrics {
+        &self.metrics
+    }
+
+    /// The last readiness checks (`None` before the first).
+    pub fn readiness(&self) -> Option<crate::health::Readiness> {
+        self.readiness.get(self.clock.now().0)
+    }
+
+    /// The Prometheus exposition of the node and its modules.
+    pub fn render_metrics(&self) -> String {
+        let sessions = self.sessions.all();
+        let peers: std::collections::HashSet<_> = sessions.iter().map(|s| s.peer).collect();
+        let gauges = crate::metrics::Gauges {
+            sessions: sessions.len(),
+            peers: peers.len(),
+            registered: self.is_registered(),
+            ready: self.readiness().is_some_and(|r| r.ready),
+        };
+        self.metrics
+            .render(&gauges, self.crypto.latency(), &self.modules.views())
+    }
+
     /// The modules and their switches.
     pub fn modules(&self) -> &Modules {
         &self.modules
@@ -425,6 +464,19 @@ impl NodeState {
     /// Asks the directory for an introduction to `peer`, runs the
     /// handshake with it and confirms the session with a first ping.
     pub async fn connect(&self, peer: NodeId) -> Result<Connected, NodeError> {
+        let outcome = self.introduce_and_handshake(peer).await;
+        match &outcome {
+            Ok(_) => {
+                self.metrics
+                    .handshakes_initiated
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => self.metrics.handshakes_failed.add(e.to_api().code()),
+        }
+        outcome
+    }
+
+    async fn introduce_and_handshake(&self, peer: NodeId) -> Result<Connected, NodeError> {
         let started = Instant::now();
         let now = self.clock.now();
         let envelope = self
@@ -522,7 +574,13 @@ impl NodeState {
         if reply.len() != 12 || &reply[..4] != PONG || reply[4..] != nonce {
             return Err(NodeError::Malformed("a pong that does not match the ping"));
         }
-        Ok(started.elapsed())
+        let took = started.elapsed();
+        live.rtt_us.store(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.metrics.peer_rtt.observe(took);
+        Ok(took)
     }
 }
 

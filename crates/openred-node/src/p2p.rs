@@ -34,26 +34,135 @@ type Shared = State<Arc<NodeState>>;
 pub fn routes() -> Router<Arc<NodeState>> {
     Router::new()
         .route("/api/v3/health", get(health))
+        .route("/api/v3/health/ready", get(ready))
         .route("/api/v3/reachability", post(reachability))
-        .route("/api/v3/tokens/receive", post(receive_token))
-        .route("/p2p/handshake", post(handshake_route))
+        .route(
+            "/api/v3/tokens/receive",
+            post(|state: Shared, body| async move {
+                let outcome = receive_token(state.clone(), body).await;
+                let metrics = &state.0.metrics;
+                match &outcome {
+                    Ok(_) => {
+                        metrics.tokens_received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => metrics.tokens_rejected.add(e.code()),
+                }
+                outcome
+            }),
+        )
+        .route(
+            "/p2p/handshake",
+            post(|state: Shared, body| async move {
+                let outcome = handshake_route(state.clone(), body).await;
+                count_handshake(&state.0, outcome.as_ref().err(), false);
+                outcome
+            }),
+        )
         .route(PING_PATH, post(ping))
-        .route(RENEW_PATH, post(renew))
+        .route(
+            RENEW_PATH,
+            post(|state: Shared, body| async move {
+                let outcome = renew(state.clone(), body).await;
+                count_handshake(&state.0, outcome.as_ref().err(), true);
+                outcome
+            }),
+        )
 }
 
+/// Counts a handshake this node answered (a renewal's too).
+fn count_handshake(state: &NodeState, refused: Option<&ApiError>, renewal: bool) {
+    let metrics = &state.metrics;
+    match refused {
+        None => {
+            metrics.handshakes_answered.fetch_add(1, Ordering::Relaxed);
+            if renewal {
+                metrics.sessions_renewed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Some(e) => metrics.handshakes_failed.add(e.code()),
+    }
+}
+
+/// Counts every P2P request and its bytes: the body as announced, the
+/// answer when its length is known (a module's streamed answer counts its
+/// own bytes).
+pub(crate) async fn count_traffic(
+    State(state): Shared,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let metrics = &state.metrics;
+    metrics.p2p_requests.fetch_add(1, Ordering::Relaxed);
+    let announced = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    metrics.p2p_bytes_in.fetch_add(announced, Ordering::Relaxed);
+    let response = next.run(request).await;
+    if let Some(length) = axum::body::HttpBody::size_hint(response.body()).exact() {
+        metrics.p2p_bytes_out.fetch_add(length, Ordering::Relaxed);
+    }
+    response
+}
+
+/// The public health answer: live (it answers: `status` "ok"), and the
+/// last readiness checks, without their error texts (the owner sees those
+/// in `status`).
 #[derive(Serialize)]
 struct Health {
     status: &'static str,
     node_id: String,
     version: &'static str,
+    live: bool,
+    ready: bool,
+    /// Unix seconds of the last checks (absent before the first).
+    checked_at: Option<u64>,
+    checks: HealthChecks,
 }
 
-async fn health(State(state): Shared) -> Json<Health> {
-    Json(Health {
+#[derive(Serialize)]
+struct HealthChecks {
+    agent: bool,
+    database: bool,
+    directory: bool,
+}
+
+fn health_view(state: &NodeState) -> Health {
+    let readiness = state.readiness();
+    let check = |pick: fn(&crate::health::Readiness) -> bool| readiness.as_ref().is_some_and(pick);
+    let ready = check(|r| r.ready);
+    Health {
+        // "ok" says the node answers (liveness), as it always has; `ready`
+        // says whether it can do its work.
         status: "ok",
         node_id: state.crypto.node_id().to_string(),
         version: env!("CARGO_PKG_VERSION"),
-    })
+        live: true,
+        ready,
+        checked_at: readiness.as_ref().map(|r| r.checked_at),
+        checks: HealthChecks {
+            agent: check(|r| r.agent.ok),
+            database: check(|r| r.database.ok),
+            directory: check(|r| r.directory.ok),
+        },
+    }
+}
+
+async fn health(State(state): Shared) -> Json<Health> {
+    Json(health_view(&state))
+}
+
+/// For readiness probes: 200 when ready, else 503 with the same body.
+async fn ready(State(state): Shared) -> Response {
+    let view = health_view(&state);
+    let status = if view.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    axum::response::IntoResponse::into_response((status, Json(view)))
 }
 
 async fn reachability(
@@ -391,8 +500,13 @@ async fn renew(State(state): Shared, body: Bytes) -> Result<Response, ApiError> 
     let message = b64_decode(&request.message)
         .map_err(|_| ApiError::bad_request("bad_renewal", "message is not base64url"))?;
     let offer = handshake::parse_offer(&request.suites).map_err(handshake_error)?;
-    live.reserve_renewal(connection_id, MAX_RENEWALS_PER_SESSION)
+    let wins_crossing = state.crypto.node_id() < live.peer;
+    live.reserve_renewal(connection_id, MAX_RENEWALS_PER_SESSION, wins_crossing)
         .map_err(|refusal| match refusal {
+            RenewalRefusal::Crossed => ApiError::conflict(
+                "renewal_crossed",
+                "this node is renewing the session itself",
+            ),
             RenewalRefusal::Replayed => {
                 ApiError::conflict("renewal_replayed", "this renewal was answered already")
             }

@@ -32,6 +32,8 @@ pub struct LiveSession {
     /// Set while this node renews the session, so that one renewal runs at
     /// a time.
     pub renewing: AtomicBool,
+    /// The last ping's round trip in microseconds (0: none yet).
+    pub rtt_us: AtomicU64,
 }
 
 impl LiveSession {
@@ -54,6 +56,7 @@ impl LiveSession {
             last_activity: AtomicU64::new(now.0),
             renewals: Mutex::new(Vec::new()),
             renewing: AtomicBool::new(false),
+            rtt_us: AtomicU64::new(0),
         }
     }
 
@@ -78,8 +81,14 @@ impl LiveSession {
         &self,
         connection_id: [u8; 16],
         max: usize,
+        wins_crossing: bool,
     ) -> Result<(), RenewalRefusal> {
         let mut ids = self.renewals.lock().unwrap_or_else(|e| e.into_inner());
+        // Under the same lock as `start_own_renewal`: of two renewals
+        // crossing, exactly one goes on, whatever the interleaving.
+        if wins_crossing && self.renewing.load(Ordering::Acquire) {
+            return Err(RenewalRefusal::Crossed);
+        }
         if ids.contains(&connection_id) {
             return Err(RenewalRefusal::Replayed);
         }
@@ -87,6 +96,22 @@ impl LiveSession {
             return Err(RenewalRefusal::Limit);
         }
         ids.push(connection_id);
+        Ok(())
+    }
+
+    /// Marks this node's own renewal of the session as running. Refused
+    /// while one runs, and once this node has answered a renewal of the
+    /// session by the peer: the peer's renewal replaces the session, and a
+    /// second one from this side would leave the two nodes on different
+    /// sessions.
+    pub fn start_own_renewal(&self) -> Result<(), &'static str> {
+        let ids = self.renewals.lock().unwrap_or_else(|e| e.into_inner());
+        if !ids.is_empty() {
+            return Err("the peer has renewed this session");
+        }
+        if self.renewing.swap(true, Ordering::AcqRel) {
+            return Err("this session is being renewed");
+        }
         Ok(())
     }
 
@@ -111,6 +136,8 @@ pub enum RenewalRefusal {
     Replayed,
     /// The session has authorised all the renewals it may.
     Limit,
+    /// This node renews the session itself, and wins the crossing.
+    Crossed,
 }
 
 /// The sessions with one peer: the one used to reach it, and a newer one

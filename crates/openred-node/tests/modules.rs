@@ -88,7 +88,7 @@ async fn a_module_brings_routes_suites_middleware_hooks_and_metrics() {
     assert_eq!(health.status, 200);
     let response = net.http.get(b.p2p("/api/v3/health")).send().await.unwrap();
     assert_eq!(response.headers()["x-openred-echo"], "seen");
-    // status lists both modules.
+    // status lists the built-in modules and the example.
     let status = get(
         &net.http,
         &a.admin("/admin/v1/status"),
@@ -101,8 +101,8 @@ async fn a_module_brings_routes_suites_middleware_hooks_and_metrics() {
         .iter()
         .map(|m| m["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, vec!["messaging", "echo"]);
-    assert_eq!(status.json["modules"][1]["suites"], json!(["aes-256-gcm"]));
+    assert_eq!(names, vec!["messaging", "monitoring", "echo"]);
+    assert_eq!(status.json["modules"][2]["suites"], json!(["aes-256-gcm"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

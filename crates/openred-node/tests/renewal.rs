@@ -402,6 +402,30 @@ async fn crossing_renewals_leave_both_nodes_on_one_session() {
     assert_ne!(current(&a, &b), at_a.id());
 }
 
+/// The crossing that is not simultaneous: B answered A's renewal, and B's
+/// lifecycle, holding the old session (in the race, still B's current until
+/// A's first frame on the new one arrives), wants to renew it too. B
+/// refuses itself, or the two nodes could end on two different sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_answered_a_renewal_does_not_renew_the_same_session_itself() {
+    let net = Network::start().await;
+    let a = net.node("a").await;
+    let b = net.node("b").await;
+    a.connect(b.id()).await.unwrap();
+    let (at_a, at_b) = (
+        a.sessions().with_peer(&b.id()).unwrap(),
+        b.sessions().with_peer(&a.id()).unwrap(),
+    );
+    let renewed = a.renew(&at_a).await.unwrap();
+    assert!(matches!(
+        b.renew(&at_b).await,
+        Err(openred_node::error::NodeError::Busy(_))
+    ));
+    ping_both_ways(&a, &b).await;
+    assert_eq!(current(&a, &b), renewed.id());
+    assert_eq!(current(&b, &a), renewed.id());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lifecycle_purges_unused_tokens_and_old_tombstones() {
     let net = Network::start().await;

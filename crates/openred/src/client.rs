@@ -218,23 +218,73 @@ pub async fn status(data: &Path, json: bool) -> anyhow::Result<()> {
             }
         );
     }
+    match &view.readiness {
+        Some(r) => {
+            let check = |c: &openred_node::health::Check| match &c.error {
+                None => format!("ok ({:.1} ms)", c.took_ms),
+                Some(e) => format!("FAILING: {e}"),
+            };
+            println!(
+                "ready      {}  agent {}, database {}, directory {}",
+                if r.ready { "yes" } else { "NO" },
+                check(&r.agent),
+                check(&r.database),
+                check(&r.directory)
+            );
+        }
+        None => println!("ready      not checked yet"),
+    }
     if view.sessions.is_empty() {
         println!("no sessions");
+        return Ok(());
     }
-    for s in &view.sessions {
-        println!(
-            "session {}  peer {}  {}  {}  age {} s  epoch {}/{}{}",
-            s.session_id,
-            s.peer,
-            s.role,
-            s.suite,
-            s.age_s,
-            s.send_epoch,
-            s.recv_epoch,
-            if s.confirmed { "" } else { "  (unconfirmed)" }
-        );
-    }
+    print!("{}", peer_table(&view.sessions));
     Ok(())
+}
+
+/// The sessions as a table: one row per session, columns aligned.
+fn peer_table(sessions: &[openred_node::admin::SessionView]) -> String {
+    let mut rows = vec![[
+        "PEER".to_owned(),
+        "SESSION".to_owned(),
+        "ROLE".to_owned(),
+        "SUITE".to_owned(),
+        "AGE".to_owned(),
+        "EPOCH".to_owned(),
+        "LAST CONTACT".to_owned(),
+        "RTT".to_owned(),
+    ]];
+    for s in sessions {
+        rows.push([
+            s.peer.clone(),
+            format!(
+                "{}{}",
+                s.session_id,
+                if s.confirmed { "" } else { " (unconfirmed)" }
+            ),
+            s.role.clone(),
+            s.suite.clone(),
+            format!("{} s", s.age_s),
+            format!("{}/{}", s.send_epoch, s.recv_epoch),
+            format!("{} s ago", s.last_contact_s),
+            s.rtt_ms
+                .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.2} ms")),
+        ]);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// One line for a process's protections, e.g. `seccomp on, Landlock ABI 7,

@@ -129,10 +129,13 @@ fn two_node_daemons_meet_through_a_directory_daemon() {
         .arg("status")
         .output()
         .unwrap());
-    assert!(
-        text.contains(&session) && text.contains("epoch 0/0"),
-        "{text}"
-    );
+    // The peer table: a header, then the session's row with its epochs,
+    // last contact and round trip (the connect's ping measured one).
+    assert!(text.contains("LAST CONTACT"), "{text}");
+    let row = text.lines().find(|l| l.contains(&session)).unwrap();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert!(cells.contains(&"0/0"), "{row}");
+    assert!(row.contains(" s ago") && row.ends_with(" ms"), "{row}");
 
     // With the directory gone, the session renews through the real agents:
     // a fresh handshake carried by the session itself.
@@ -247,6 +250,12 @@ fn a_node_keeps_serving_while_the_directory_is_down_then_registers_and_deregiste
     let health = reqwest::blocking_get(&format!("{p2p}/api/v3/health"));
     assert_eq!(health["status"], "ok");
     assert_eq!(health["node_id"], id.as_str());
+    // Live, not ready: the checks ran at start, the real agent answered.
+    assert_eq!(health["ready"], false, "{health}");
+    assert_eq!(
+        health["checks"],
+        serde_json::json!({"agent": true, "database": true, "directory": false})
+    );
 
     let (_directory, _, fingerprint) =
         directory_daemon(&dir.path().join("directory"), &format!("127.0.0.1:{port}"));

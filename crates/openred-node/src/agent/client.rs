@@ -253,6 +253,8 @@ pub struct Crypto {
     backend: Backend,
     public: PublicKeys,
     agent_protections: String,
+    /// Every call's round trip, for the metrics.
+    latency: crate::metrics::Histogram,
 }
 
 /// An opened token, as far as the node sees it.
@@ -350,6 +352,7 @@ impl Crypto {
                 let identity =
                     IdentityPublicKey::from_bytes(&identity).map_err(|_| CryptoError::Protocol)?;
                 Ok(Crypto {
+                    latency: crate::metrics::Histogram::default(),
                     backend,
                     public: PublicKeys {
                         node_id: identity.node_id(),
@@ -364,7 +367,15 @@ impl Crypto {
     }
 
     async fn call(&self, request: Request) -> Result<Response, CryptoError> {
-        call(&self.backend, request).await
+        let start = std::time::Instant::now();
+        let answer = call(&self.backend, request).await;
+        self.latency.observe(start.elapsed());
+        answer
+    }
+
+    /// The round trips of the calls so far.
+    pub fn latency(&self) -> &crate::metrics::Histogram {
+        &self.latency
     }
 
     /// The node's public keys.

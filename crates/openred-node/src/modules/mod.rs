@@ -17,6 +17,7 @@
 //! `crates/openred-node/examples/echo_module.rs`.
 
 pub mod messaging;
+pub mod monitoring;
 
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
@@ -131,7 +132,8 @@ pub trait Module: Send + Sync + 'static {
     }
 
     /// Routes on the admin API, behind the owner's bearer token. Paths
-    /// start with `/admin/v1/`.
+    /// start with `/admin/v1/` (the monitoring module's `/metrics` keeps
+    /// the path Prometheus expects).
     fn admin_routes(self: Arc<Self>) -> Router<Arc<NodeState>> {
         Router::new()
     }
@@ -183,13 +185,15 @@ pub trait Module: Send + Sync + 'static {
 pub fn builtin(
     settings: &BTreeMap<String, serde_json::Value>,
 ) -> Result<Vec<Arc<dyn Module>>, ModuleError> {
-    let known = [messaging::NAME];
+    let known = [messaging::NAME, monitoring::NAME];
     if let Some(unknown) = settings.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(ModuleError::Unknown(unknown.clone()));
     }
     let messaging = messaging::Messaging::new(settings.get(messaging::NAME))
         .map_err(|e| ModuleError::Settings(messaging::NAME, e))?;
-    Ok(vec![Arc::new(messaging)])
+    let monitoring = monitoring::Monitoring::new(settings.get(monitoring::NAME))
+        .map_err(|e| ModuleError::Settings(monitoring::NAME, e))?;
+    Ok(vec![Arc::new(messaging), Arc::new(monitoring)])
 }
 
 /// Why a set of modules or a switch is refused.
