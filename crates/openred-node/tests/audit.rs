@@ -108,6 +108,16 @@ impl Owner {
     }
 }
 
+/// A log of `entries` module switches, its lines altered: the first bad
+/// entry `verify` names.
+async fn tampered(entries: usize, alter: impl FnOnce(&mut Vec<String>)) -> Problem {
+    let owner = Owner::log_of(entries).await;
+    let mut lines = owner.lines();
+    alter(&mut lines);
+    owner.write_lines(&lines);
+    owner.problem()
+}
+
 #[track_caller]
 fn assert_named(problem: &Problem, line: Option<u64>, seq: Option<u64>, says: &str) {
     assert_eq!(
@@ -155,44 +165,34 @@ async fn a_clean_log_verifies() {
 
 #[tokio::test]
 async fn an_edited_field_is_named() {
-    let owner = Owner::log_of(5).await;
-    let mut lines = owner.lines();
-    lines[2] = lines[2].replace("\"outcome\":\"ok\"", "\"outcome\":\"failed\"");
-    owner.write_lines(&lines);
-    assert_named(
-        &owner.problem(),
-        Some(3),
-        Some(2),
-        "signature does not verify",
-    );
+    let problem = tampered(5, |lines| {
+        lines[2] = lines[2].replace("\"outcome\":\"ok\"", "\"outcome\":\"failed\"");
+    })
+    .await;
+    assert_named(&problem, Some(3), Some(2), "signature does not verify");
 
     // The same entry, reformatted without changing a value.
-    let owner = Owner::log_of(5).await;
-    let mut lines = owner.lines();
-    lines[2] = lines[2].replacen(",", ", ", 1);
-    owner.write_lines(&lines);
-    assert_named(&owner.problem(), Some(3), Some(2), "canonical");
+    let problem = tampered(5, |lines| {
+        lines[2] = lines[2].replacen(",", ", ", 1);
+    })
+    .await;
+    assert_named(&problem, Some(3), Some(2), "canonical");
 
     // The time moved, as someone covering their tracks would.
-    let owner = Owner::log_of(5).await;
-    let mut lines = owner.lines();
-    lines[4] = lines[4].replace("\"time\":17", "\"time\":16");
-    owner.write_lines(&lines);
-    assert_named(
-        &owner.problem(),
-        Some(5),
-        Some(4),
-        "signature does not verify",
-    );
+    let problem = tampered(5, |lines| {
+        lines[4] = lines[4].replace("\"time\":17", "\"time\":16");
+    })
+    .await;
+    assert_named(&problem, Some(5), Some(4), "signature does not verify");
 }
 
 #[tokio::test]
 async fn a_deleted_entry_is_named() {
-    let owner = Owner::log_of(5).await;
-    let mut lines = owner.lines();
-    lines.remove(2);
-    owner.write_lines(&lines);
-    assert_named(&owner.problem(), Some(3), Some(2), "found seq 3");
+    let problem = tampered(5, |lines| {
+        lines.remove(2);
+    })
+    .await;
+    assert_named(&problem, Some(3), Some(2), "found seq 3");
 }
 
 #[tokio::test]
@@ -225,34 +225,29 @@ async fn an_inserted_forged_entry_is_named() {
     );
 
     // A genuine entry of the node, replayed a second time.
-    let owner = Owner::log_of(3).await;
-    let mut lines = owner.lines();
-    let copy = lines[1].clone();
-    lines.insert(2, copy);
-    owner.write_lines(&lines);
-    assert_named(&owner.problem(), Some(3), Some(2), "found seq 1");
+    let problem = tampered(3, |lines| {
+        let copy = lines[1].clone();
+        lines.insert(2, copy);
+    })
+    .await;
+    assert_named(&problem, Some(3), Some(2), "found seq 1");
 }
 
 #[tokio::test]
 async fn swapped_entries_are_named() {
-    let owner = Owner::log_of(5).await;
-    let mut lines = owner.lines();
-    lines.swap(2, 3);
-    owner.write_lines(&lines);
-    assert_named(&owner.problem(), Some(3), Some(2), "found seq 3");
+    let problem = tampered(5, |lines| {
+        lines.swap(2, 3);
+    })
+    .await;
+    assert_named(&problem, Some(3), Some(2), "found seq 3");
 
     // Renumbering does not help: the signature covers the seq.
-    let owner = Owner::log_of(5).await;
-    let mut lines = owner.lines();
-    lines.swap(2, 3);
-    lines[2] = lines[2].replace("\"seq\":3", "\"seq\":2");
-    owner.write_lines(&lines);
-    assert_named(
-        &owner.problem(),
-        Some(3),
-        Some(2),
-        "signature does not verify",
-    );
+    let problem = tampered(5, |lines| {
+        lines.swap(2, 3);
+        lines[2] = lines[2].replace("\"seq\":3", "\"seq\":2");
+    })
+    .await;
+    assert_named(&problem, Some(3), Some(2), "signature does not verify");
 }
 
 #[tokio::test]

@@ -11,7 +11,6 @@ use common::*;
 
 use std::path::Path;
 use std::process::Output;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -60,27 +59,7 @@ fn write_lines(data: &Path, lines: &[String]) {
 #[test]
 fn the_audit_log_is_written_shown_and_verified_and_alterations_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let (_directory, directory_url, fingerprint) =
-        directory_daemon(&dir.path().join("directory"), "127.0.0.1:0");
-    let mut nodes = Vec::new();
-    for name in ["a", "b"] {
-        let data = dir.path().join(name);
-        let id = ok(openred()
-            .args(["node", "init", "--data"])
-            .arg(&data)
-            .output()
-            .unwrap());
-        let mut c = node_run(&data, &directory_url);
-        c.args(["--directory-key", &fingerprint]);
-        nodes.push((start(c, "admin on ").0, data, id.trim().to_owned()));
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for (_, data, _) in &nodes {
-        while status(data)["registered"] != true {
-            assert!(Instant::now() < deadline, "node did not register");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    let (_directory, _, nodes) = registered_nodes(dir.path(), &["a", "b"]);
     let (a, b) = (&nodes[0].1.clone(), &nodes[1].1.clone());
     let b_id = nodes[1].2.clone();
     ok(openred()
