@@ -34,6 +34,9 @@ pub enum SignatureContext {
     AuthChallenge,
     /// An entry of a node's audit log.
     AuditEntry,
+    /// The signed head of a node's audit log: how many entries it holds
+    /// and the hash of the last one.
+    AuditHead,
 }
 
 impl SignatureContext {
@@ -48,6 +51,7 @@ impl SignatureContext {
             SignatureContext::HandshakeProof => "openred/v1/handshake-proof",
             SignatureContext::AuthChallenge => "openred/v1/auth-challenge",
             SignatureContext::AuditEntry => "openred/v1/audit-entry",
+            SignatureContext::AuditHead => "openred/v1/audit-head",
         }
     }
 
@@ -208,7 +212,7 @@ impl fmt::Debug for AgreementSecret {
 mod tests {
     use super::*;
 
-    const ALL: [SignatureContext; 8] = [
+    const ALL: [SignatureContext; 9] = [
         SignatureContext::NodeRecord,
         SignatureContext::Deregistration,
         SignatureContext::ConnectionRequest,
@@ -217,6 +221,7 @@ mod tests {
         SignatureContext::HandshakeProof,
         SignatureContext::AuthChallenge,
         SignatureContext::AuditEntry,
+        SignatureContext::AuditHead,
     ];
 
     #[test]

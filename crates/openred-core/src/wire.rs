@@ -319,6 +319,34 @@ pub fn deregistration_message(node_id: &NodeId, seq: u64, issued_at: UnixTime) -
     out
 }
 
+const AUDIT_VERSION: u8 = 1;
+
+/// The exact bytes a node signs for one entry of its audit log:
+/// `version(1) || node_id(32) || seq(u64 BE) || entry_hash(32)`, under the
+/// audit-entry context label. `entry_hash` is the BLAKE3 hash the node's
+/// audit module computes over the entry's canonical form without its
+/// signature (see `openred_node::audit`).
+pub fn audit_entry_message(node_id: &NodeId, seq: u64, entry_hash: &[u8; 32]) -> Vec<u8> {
+    audit_message(node_id, seq, entry_hash)
+}
+
+/// The exact bytes a node signs for the head of its audit log:
+/// `version(1) || node_id(32) || entries(u64 BE) || last_line_hash(32)`,
+/// under the audit-head context label (so that no entry signature passes
+/// for a head, nor the reverse).
+pub fn audit_head_message(node_id: &NodeId, entries: u64, last_line_hash: &[u8; 32]) -> Vec<u8> {
+    audit_message(node_id, entries, last_line_hash)
+}
+
+fn audit_message(node_id: &NodeId, number: u64, hash: &[u8; 32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(73);
+    out.push(AUDIT_VERSION);
+    out.extend_from_slice(node_id.as_bytes());
+    out.extend_from_slice(&number.to_be_bytes());
+    out.extend_from_slice(hash);
+    out
+}
+
 impl DeregisterRequest {
     /// Builds and signs a deregistration with the node's key.
     pub fn sign(key: &IdentityKeypair, seq: u64, issued_at: UnixTime) -> DeregisterRequest {

@@ -589,6 +589,7 @@ async fn rejects_bad_signatures_replays_and_stale_requests(backend: Backend) {
         SignatureContext::HandshakeProof,
         SignatureContext::AuthChallenge,
         SignatureContext::AuditEntry,
+        SignatureContext::AuditHead,
     ] {
         let body = signed_request(&a.key, context, &a_id, &b_id, fresh_nonce(), now);
         let answer = introduce(&h, &body).await;

@@ -22,6 +22,7 @@ use openred_core::NodeId;
 use openred_http::ApiError;
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{AuditView, Event, EventKind};
 use crate::error::NodeError;
 use crate::node::NodeState;
 
@@ -94,6 +95,7 @@ pub fn routes(state: Arc<NodeState>) -> Router {
         .route("/admin/v1/renew", post(renew))
         .route("/admin/v1/modules", get(modules))
         .route("/admin/v1/modules/{name}/{action}", post(switch_module))
+        .route("/admin/v1/audit", get(audit))
         .merge(state.modules.admin_router(&state))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -114,6 +116,18 @@ async fn authenticate(
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if !constant_time_eq(presented.as_bytes(), state.admin_token.as_bytes()) {
+        // Not awaited: an unauthenticated caller must not hold the API up.
+        // A password login (to come) records `admin_login` ok and failed
+        // here too, with its own reasons.
+        state.audit.record(
+            Event::failed(EventKind::AdminLogin)
+                .reason(if presented.is_empty() {
+                    "no_token"
+                } else {
+                    "bad_token"
+                })
+                .detail("path", request.uri().path().to_owned()),
+        );
         return axum::response::IntoResponse::into_response(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -377,10 +391,28 @@ async fn switch_module(
             ))
         }
     };
-    state
+    let was_on = state
         .modules
         .set_enabled(&name, on)
         .map_err(|e| ApiError::not_found("unknown_module", e.to_string()))?;
+    // The owner's action is answered only once it is in the audit log.
+    let kind = if on {
+        EventKind::ModuleEnabled
+    } else {
+        EventKind::ModuleDisabled
+    };
+    state
+        .audit
+        .record_awaited(Event::ok(kind).reason(&name).detail("was_enabled", was_on))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, module = %name, "a module switch could not be audited");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "the module was switched, but the audit log could not record it",
+            )
+        })?;
     state
         .modules
         .views()
@@ -388,6 +420,52 @@ async fn switch_module(
         .find(|m| m.name == name)
         .map(Json)
         .ok_or_else(|| ApiError::not_found("unknown_module", "no such module"))
+}
+
+/// The query of `GET /admin/v1/audit`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Entries from this time on (Unix seconds); all by default.
+    pub since: Option<u64>,
+    /// The last this many of them at most (default 1000, at most 10,000).
+    pub limit: Option<usize>,
+}
+
+/// The most entries one `audit` answer holds.
+pub const MAX_AUDIT_ENTRIES: usize = 10_000;
+
+/// `GET /admin/v1/audit?since=UNIX_S&limit=N`: the log's entries with
+/// their sealed details opened, for the owner. Written entries only: what
+/// was recorded before the request is flushed first.
+async fn audit(
+    State(state): State<Arc<NodeState>>,
+    query: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<AuditView>, ApiError> {
+    let axum::extract::Query(query) =
+        query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let limit = query.limit.unwrap_or(1000);
+    if limit == 0 || limit > MAX_AUDIT_ENTRIES {
+        return Err(ApiError::bad_request(
+            "bad_limit",
+            format!("limit is between 1 and {MAX_AUDIT_ENTRIES}"),
+        ));
+    }
+    let unavailable = |e: crate::audit::AuditError| {
+        tracing::error!(error = %e, "reading the audit log failed");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the audit log cannot be read now",
+        )
+    };
+    state.audit.flush().await.map_err(unavailable)?;
+    let view = state
+        .audit
+        .read(query.since.unwrap_or(0), limit)
+        .await
+        .map_err(unavailable)?;
+    Ok(Json(view))
 }
 
 /// The answer to `renew`.

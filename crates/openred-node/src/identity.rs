@@ -23,6 +23,12 @@ use zeroize::Zeroizing;
 pub const KEY_DIR: &str = "keys";
 const IDENTITY_FILE: &str = "identity.key";
 const AGREEMENT_FILE: &str = "agreement.key";
+/// The identity's public half, in hex (0644): what `openred audit verify`
+/// checks signatures with, offline, without any secret. It is written by
+/// `node init` and, for a key folder from before it, by whoever loads the
+/// keys first (the agent, before it confines itself). The node process
+/// cannot write the key folder once confined, so it cannot swap this key.
+pub const PUBLIC_FILE: &str = "identity.pub";
 
 /// Why keys could not be created or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +74,10 @@ pub enum NodeSignature {
     ReachabilityProof,
     /// The answer to a peer's auth challenge.
     AuthChallenge,
+    /// An entry of the node's audit log.
+    AuditEntry,
+    /// The head of the node's audit log.
+    AuditHead,
 }
 
 impl NodeSignature {
@@ -78,6 +88,8 @@ impl NodeSignature {
             NodeSignature::ConnectionRequest => SignatureContext::ConnectionRequest,
             NodeSignature::ReachabilityProof => SignatureContext::ReachabilityProof,
             NodeSignature::AuthChallenge => SignatureContext::AuthChallenge,
+            NodeSignature::AuditEntry => SignatureContext::AuditEntry,
+            NodeSignature::AuditHead => SignatureContext::AuditHead,
         }
     }
 }
@@ -113,7 +125,9 @@ impl NodeKeys {
         write_key(&dir.join(AGREEMENT_FILE), &agreement)?;
         let passphrase = crate::master_key::passphrase_from_env()?;
         let master = crate::master_key::create(&dir, passphrase.as_ref().map(|p| p.as_slice()))?;
-        Ok(NodeKeys::from_parts(&identity, *agreement, master))
+        let keys = NodeKeys::from_parts(&identity, *agreement, master);
+        write_public(&dir, &keys.identity_public())?;
+        Ok(keys)
     }
 
     /// Loads the identity from `data_dir`.
@@ -134,7 +148,14 @@ impl NodeKeys {
         let passphrase = crate::master_key::passphrase_from_env()?;
         let master =
             crate::master_key::load_or_create(dir, passphrase.as_ref().map(|p| p.as_slice()))?;
-        Ok(NodeKeys::from_parts(&identity, *agreement, master))
+        let keys = NodeKeys::from_parts(&identity, *agreement, master);
+        if !dir.join(PUBLIC_FILE).exists() {
+            // Best effort: a read-only key folder still serves.
+            if let Err(e) = write_public(dir, &keys.identity_public()) {
+                tracing::warn!(error = %e, "could not write the public key file");
+            }
+        }
+        Ok(keys)
     }
 
     /// Keys from raw secrets, for tests and simulations; the master key is
@@ -205,6 +226,39 @@ pub fn check_present(data_dir: &Path) -> Result<(), IdentityError> {
     } else {
         Err(IdentityError::Missing(data_dir.display().to_string()))
     }
+}
+
+/// The node's identity public key, from `keys/identity.pub` (no secret
+/// is read).
+pub fn public_key(data_dir: &Path) -> Result<IdentityPublicKey, IdentityError> {
+    let path = key_dir(data_dir).join(PUBLIC_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(IdentityError::Missing(path.display().to_string()))
+        }
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    let malformed = || IdentityError::Malformed(path.display().to_string());
+    let bytes = data_encoding::HEXLOWER_PERMISSIVE
+        .decode(text.trim().as_bytes())
+        .map_err(|_| malformed())?;
+    let bytes: [u8; 32] = bytes.as_slice().try_into().map_err(|_| malformed())?;
+    IdentityPublicKey::from_bytes(&bytes).map_err(|_| malformed())
+}
+
+fn write_public(dir: &Path, public: &IdentityPublicKey) -> Result<(), IdentityError> {
+    let path = dir.join(PUBLIC_FILE);
+    let text = format!("{}\n", data_encoding::HEXLOWER.encode(&public.to_bytes()));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    file.write_all(text.as_bytes()).map_err(io_err(&path))?;
+    file.sync_all().map_err(io_err(&path))
 }
 
 /// The key folder of a data directory (the crypto agent's).

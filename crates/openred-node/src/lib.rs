@@ -14,6 +14,7 @@
 //! - `p2p`: the API peers and the directory call.
 //! - [`admin`]: the owner's API.
 //! - [`node`]: [`Node`]: serving, the registration loop, connecting.
+//! - [`audit`]: the signed, hash-chained audit log and its verification.
 //!
 //! # What this crate must never do
 //!
@@ -26,6 +27,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod audit;
 pub mod config;
 pub mod directory_client;
 pub mod error;

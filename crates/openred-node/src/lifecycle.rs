@@ -21,6 +21,7 @@ use openred_core::wire::{b64_decode, b64_encode, HandshakeRequest, HandshakeResp
 use openred_core::UnixTime;
 use tokio::sync::watch;
 
+use crate::audit::{Event, EventKind};
 use crate::error::NodeError;
 use crate::handshake::{Authority, HandshakeContext};
 use crate::node::NodeState;
@@ -81,11 +82,8 @@ impl NodeState {
         let purged = self
             .sessions
             .purge_idle(now.minus(2 * self.config.epoch.epoch_len_s));
-        self.modules.sessions_closed(&ended);
-        self.modules.sessions_closed(&purged);
-        self.metrics
-            .sessions_closed
-            .fetch_add((ended.len() + purged.len()) as u64, Ordering::Relaxed);
+        self.sessions_closed(&ended, "max_age");
+        self.sessions_closed(&purged, "replaced_or_idle");
         self.metrics
             .tokens_expired
             .fetch_add(tokens, Ordering::Relaxed);
@@ -146,6 +144,14 @@ impl NodeState {
         if outcome.is_err() {
             live.renewing.store(false, Ordering::Release);
         }
+        let event = Event::outcome(EventKind::SessionRenewed, outcome.is_ok())
+            .peer(live.peer)
+            .detail("role", "initiator")
+            .detail("previous_session_id", live.id().to_string());
+        self.audit.record(match &outcome {
+            Ok(renewed) => event.detail("session_id", renewed.id().to_string()),
+            Err(e) => event.reason(e.to_api().code()),
+        });
         outcome
     }
 

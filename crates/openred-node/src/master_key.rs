@@ -48,12 +48,19 @@ const P: u32 = 1;
 pub enum Purpose {
     /// Sealing secrets in the node's database.
     NodeDatabase,
+    /// The key of the keyed hashes that stand for node IDs in the audit
+    /// log (BLAKE3 keyed mode).
+    AuditNodeIds,
+    /// Sealing the sensitive details of audit log entries.
+    AuditDetails,
 }
 
 impl Purpose {
     fn info(self) -> &'static [u8] {
         match self {
             Purpose::NodeDatabase => b"openred/v1/storage/node-db",
+            Purpose::AuditNodeIds => b"openred/v1/storage/audit-node-ids",
+            Purpose::AuditDetails => b"openred/v1/storage/audit-details",
         }
     }
 }
@@ -326,5 +333,19 @@ mod tests {
         assert_ne!(*a, *b);
         assert_ne!(*a, [1; 32]);
         assert_eq!(*a, *storage_key(&[1; 32], Purpose::NodeDatabase));
+    }
+
+    #[test]
+    fn each_purpose_has_its_own_key() {
+        let purposes = [
+            Purpose::NodeDatabase,
+            Purpose::AuditNodeIds,
+            Purpose::AuditDetails,
+        ];
+        for (i, a) in purposes.iter().enumerate() {
+            for b in &purposes[i + 1..] {
+                assert_ne!(*storage_key(&[1; 32], *a), *storage_key(&[1; 32], *b));
+            }
+        }
     }
 }

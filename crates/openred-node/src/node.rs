@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::admin;
 use crate::agent::{Crypto, CryptoError};
+use crate::audit::{Audit, Event, EventKind};
 use crate::config::{ConfigError, NodeConfig};
 use crate::directory_client::{expect_ok, DirectoryClient};
 use crate::error::NodeError;
@@ -50,6 +51,9 @@ pub enum StartError {
     /// The modules or their settings.
     #[error("modules: {0}")]
     Modules(#[from] crate::modules::ModuleError),
+    /// The audit log could not be opened, or does not verify.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 impl From<CryptoError> for StartError {
@@ -62,7 +66,7 @@ impl From<CryptoError> for StartError {
 pub struct NodeState {
     pub(crate) config: NodeConfig,
     pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) crypto: Crypto,
+    pub(crate) crypto: Arc<Crypto>,
     pub(crate) store: NodeStore,
     pub(crate) outbound: OutboundClient,
     pub(crate) directory: DirectoryClient,
@@ -77,6 +81,8 @@ pub struct NodeState {
     pub(crate) metrics: crate::metrics::NodeMetrics,
     /// The last readiness checks.
     pub(crate) readiness: crate::health::ReadinessCache,
+    /// The signed audit log.
+    pub(crate) audit: Audit,
 }
 
 /// A node, opened and ready to serve.
@@ -145,10 +151,12 @@ impl Node {
             crate::identity::check_present(&config.data_dir)?;
             Crypto::start_agent(&program, &crate::identity::key_dir(&config.data_dir)).await?
         };
+        let crypto = Arc::new(crypto);
         let storage_key = crypto
             .storage_key(crate::master_key::Purpose::NodeDatabase)
             .await?;
         let store = NodeStore::open(&prepare_state_dir(&config.data_dir)?, &storage_key.0).await?;
+        let audit = Audit::open(&config.data_dir, crypto.clone(), clock.clone()).await?;
         // One client for the whole node: every peer, the directory.
         let outbound = OutboundClient::new(OutboundConfig {
             allow_private: config.danger_allow_private_addresses,
@@ -181,6 +189,7 @@ impl Node {
             modules,
             metrics: crate::metrics::NodeMetrics::default(),
             readiness: crate::health::ReadinessCache::default(),
+            audit,
         });
         state.modules.attach(&state);
         Ok(Node { state })
@@ -280,6 +289,9 @@ impl Node {
         let _ = p2p_server.await;
         let _ = admin_server.await;
         state.store.close().await;
+        // Everything queued is written, and the log is released for the
+        // next writer.
+        state.audit.close().await;
         Ok(())
     }
 }
@@ -289,8 +301,19 @@ impl Node {
 /// serving peers meanwhile.
 async fn registration_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
     let mut backoff = 1u64;
+    // Audited: the first outcome, then each change (not every heartbeat).
+    let mut last_ok = None;
     loop {
-        let wait = match register_once(&state).await {
+        let outcome = register_once(&state).await;
+        if last_ok != Some(outcome.is_ok()) {
+            last_ok = Some(outcome.is_ok());
+            let event = Event::outcome(EventKind::Registration, outcome.is_ok());
+            state.audit.record(match &outcome {
+                Ok(_) => event,
+                Err(e) => event.reason(e.to_api().code()),
+            });
+        }
+        let wait = match outcome {
             Ok(next) => {
                 backoff = 1;
                 Duration::from_secs(next.max(1))
@@ -407,6 +430,31 @@ impl NodeState {
         &self.modules
     }
 
+    /// The signed audit log: `node.audit().record(Event::ok(..))`.
+    pub fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
+    /// Tells the modules and the audit log that sessions ended, and why.
+    pub(crate) fn sessions_closed(
+        &self,
+        ended: &[(NodeId, openred_core::session::SessionId)],
+        why: &str,
+    ) {
+        self.modules.sessions_closed(ended);
+        self.metrics
+            .sessions_closed
+            .fetch_add(ended.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        for (peer, id) in ended {
+            self.audit.record(
+                Event::ok(EventKind::SessionClosed)
+                    .peer(*peer)
+                    .reason(why)
+                    .detail("session_id", id.to_string()),
+            );
+        }
+    }
+
     /// The clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
@@ -434,7 +482,7 @@ impl NodeState {
     /// use makes a new one.
     pub fn forget_session(&self, live: &LiveSession) {
         let ended = self.sessions.remove(&live.id());
-        self.modules.sessions_closed(&ended);
+        self.sessions_closed(&ended, "forgotten");
     }
 
     /// Asks the directory whether the peer of `live` registered another
@@ -482,7 +530,32 @@ impl NodeState {
         let envelope = self
             .directory
             .request_connection(&self.outbound, &self.store, &self.crypto, &peer, now)
-            .await?;
+            .await;
+        let event = Event::outcome(EventKind::IntroductionRequested, envelope.is_ok()).peer(peer);
+        self.audit.record(match &envelope {
+            Ok(_) => event,
+            Err(e) => event.reason(e.to_api().code()),
+        });
+        let connected = self.handshake_as_initiator(peer, envelope?, started).await;
+        let event = Event::outcome(EventKind::Handshake, connected.is_ok())
+            .peer(peer)
+            .detail("role", "initiator");
+        self.audit.record(match &connected {
+            Ok(c) => event.detail("session_id", c.session_id.to_string()),
+            Err(e) => event.reason(e.to_api().code()),
+        });
+        connected
+    }
+
+    /// The initiator's side once the directory has answered: open the
+    /// token, handshake, install and confirm the session.
+    async fn handshake_as_initiator(
+        &self,
+        peer: NodeId,
+        envelope: openred_core::token::TokenEnvelope,
+        started: Instant,
+    ) -> Result<Connected, NodeError> {
+        let now = self.clock.now();
         if envelope.role() != TokenRole::Initiator {
             return Err(NodeError::Malformed("a token for the wrong role"));
         }
@@ -655,6 +728,7 @@ pub fn prepare_confinement(
     config: &NodeConfig,
 ) -> Result<crate::agent::process::Launcher, StartError> {
     prepare_state_dir(&config.data_dir)?;
+    crate::audit::prepare_dir(&config.data_dir).map_err(StartError::AdminToken)?;
     admin::load_or_create_token(&config.data_dir).map_err(StartError::AdminToken)?;
     admin::touch_address_file(&config.data_dir).map_err(StartError::AdminToken)?;
     crate::identity::check_present(&config.data_dir)?;

@@ -21,6 +21,7 @@ use openred_http::ApiError;
 use serde::Serialize;
 
 use crate::agent::CryptoError;
+use crate::audit::{Event, EventKind};
 use crate::config::IntroductionPolicy;
 use crate::error::NodeError;
 use crate::handshake::{self, Authority, HandshakeContext};
@@ -201,16 +202,32 @@ async fn reachability(
     }))
 }
 
+/// A token push, audited: accepted (introduction received) or rejected
+/// with the reason code.
 async fn receive_token(
     State(state): Shared,
     body: Result<Json<TokenPush>, JsonRejection>,
 ) -> Result<Json<TokenAccepted>, ApiError> {
+    let outcome = accept_token(&state, body).await;
+    state.audit.record(match &outcome {
+        Ok((_, initiator)) => Event::ok(EventKind::IntroductionReceived).peer(*initiator),
+        Err(e) => Event::failed(EventKind::TokenRejected)
+            .reason(e.code())
+            .detail("route", "tokens/receive"),
+    });
+    outcome.map(|(answer, _)| answer)
+}
+
+async fn accept_token(
+    state: &NodeState,
+    body: Result<Json<TokenPush>, JsonRejection>,
+) -> Result<(Json<TokenAccepted>, openred_core::NodeId), ApiError> {
     let Json(body) = body?;
     let bad = |code, message: String| ApiError::bad_request(code, message);
     let bytes =
         b64_decode(&body.token).map_err(|_| bad("bad_token", "token is not base64url".into()))?;
     let envelope = TokenEnvelope::decode(&bytes).map_err(|e| bad("bad_token", e.to_string()))?;
-    let directory = pinned_directory(&state)?;
+    let directory = pinned_directory(state)?;
     envelope.verify(&directory).map_err(|_| {
         ApiError::new(
             StatusCode::FORBIDDEN,
@@ -306,16 +323,43 @@ async fn receive_token(
             ))
         }
     }
-    Ok(Json(TokenAccepted {
-        accepted: true,
-        connection_id: b64_encode(&connection_id),
-    }))
+    Ok((
+        Json(TokenAccepted {
+            accepted: true,
+            connection_id: b64_encode(&connection_id),
+        }),
+        intro.initiator,
+    ))
 }
 
+/// Refusals of a handshake that are about its token, not the handshake.
+const TOKEN_REFUSALS: [&str; 3] = ["token_used", "unknown_connection", "token_expired"];
+
+/// A handshake as the target, audited: ok, failed, or its token rejected.
 async fn handshake_route(
     State(state): Shared,
     body: Result<Json<HandshakeRequest>, JsonRejection>,
 ) -> Result<Json<HandshakeResponse>, ApiError> {
+    let outcome = answer_handshake(&state, body).await;
+    state.audit.record(match &outcome {
+        Ok((answer, initiator)) => Event::ok(EventKind::Handshake)
+            .peer(*initiator)
+            .detail("role", "responder")
+            .detail("session_id", answer.session_id.clone()),
+        Err(e) if TOKEN_REFUSALS.contains(&e.code()) => Event::failed(EventKind::TokenRejected)
+            .reason(e.code())
+            .detail("route", "handshake"),
+        Err(e) => Event::failed(EventKind::Handshake)
+            .reason(e.code())
+            .detail("role", "responder"),
+    });
+    outcome.map(|(answer, _)| answer)
+}
+
+async fn answer_handshake(
+    state: &NodeState,
+    body: Result<Json<HandshakeRequest>, JsonRejection>,
+) -> Result<(Json<HandshakeResponse>, openred_core::NodeId), ApiError> {
     let Json(body) = body?;
     let connection_id = connection_id(&body.connection_id, "bad_connection_id")?;
     // The connection ID first: unknown or used IDs cost one indexed read
@@ -383,11 +427,14 @@ async fn handshake_route(
     let live = state
         .install_session(Role::Responder, &keys, initiator_record, None)
         .map_err(|e| e.to_api())?;
-    Ok(Json(HandshakeResponse {
-        session_established: true,
-        session_id: live.id().to_string(),
-        message: b64_encode(&reply),
-    }))
+    Ok((
+        Json(HandshakeResponse {
+            session_established: true,
+            session_id: live.id().to_string(),
+            message: b64_encode(&reply),
+        }),
+        live.peer,
+    ))
 }
 
 /// The pinned directory key; before the node has pinned one it can neither
@@ -458,6 +505,23 @@ pub const MAX_RENEWALS_PER_SESSION: usize = 3;
 /// introduction must still be valid, and its key the one last seen.
 async fn renew(State(state): Shared, body: Bytes) -> Result<Response, ApiError> {
     let (live, plaintext) = state.open_frame(RENEW_PATH, &body)?;
+    let answered = renew_in(&state, &live, &plaintext).await;
+    let event = Event::outcome(EventKind::SessionRenewed, answered.is_ok())
+        .peer(live.peer)
+        .detail("role", "responder")
+        .detail("previous_session_id", live.id().to_string());
+    state.audit.record(match &answered {
+        Ok(_) => event,
+        Err(e) => event.reason(e.code()),
+    });
+    answered
+}
+
+async fn renew_in(
+    state: &NodeState,
+    live: &Arc<crate::sessions::LiveSession>,
+    plaintext: &[u8],
+) -> Result<Response, ApiError> {
     let now = state.clock.now();
     let conflict = |code, message| Err(ApiError::conflict(code, message));
     if live.age(now) >= state.config.session_max_age_s {
@@ -472,7 +536,7 @@ async fn renew(State(state): Shared, body: Bytes) -> Result<Response, ApiError> 
             "the record the introduction carried has expired; ask the directory for an introduction",
         );
     }
-    if !state.sessions.is_live(&live) {
+    if !state.sessions.is_live(live) {
         return conflict(
             "not_current",
             "this session has been replaced; renew the current one",
@@ -494,7 +558,7 @@ async fn renew(State(state): Shared, body: Bytes) -> Result<Response, ApiError> 
             );
         }
     }
-    let request: HandshakeRequest = serde_json::from_slice(&plaintext)
+    let request: HandshakeRequest = serde_json::from_slice(plaintext)
         .map_err(|e| ApiError::bad_request("bad_renewal", e.to_string()))?;
     let connection_id = connection_id(&request.connection_id, "bad_renewal")?;
     let message = b64_decode(&request.message)
@@ -516,7 +580,7 @@ async fn renew(State(state): Shared, body: Bytes) -> Result<Response, ApiError> 
                 "this session has authorised all the renewals it may",
             ),
         })?;
-    let answered = answer_renewal(&state, &live, connection_id, offer, &message).await;
+    let answered = answer_renewal(state, live, connection_id, offer, &message).await;
     if answered.is_err() {
         live.release_renewal(&connection_id);
     }

@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use openred_node::admin::{
     self, ConnectView, PeerRequest, PeerView, PingView, RenewView, StatusView,
 };
+use openred_node::audit::AuditView;
 use openred_node::modules::messaging::api::{InboxView, OutboxView};
 use openred_node::modules::messaging::store::printable;
 use openred_node::modules::ModuleView;
@@ -459,5 +460,58 @@ pub async fn module(data: &Path, command: ModuleCommand, json: bool) -> anyhow::
         view.name,
         if view.enabled { "on" } else { "off" }
     );
+    Ok(())
+}
+
+/// `openred audit show`: the entries with their details opened, through
+/// the running node (which holds the keys that open them).
+pub async fn audit_show(
+    data: &Path,
+    since: Option<u64>,
+    limit: Option<usize>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut path = format!("/admin/v1/audit?since={}", since.unwrap_or(0));
+    if let Some(limit) = limit {
+        path.push_str(&format!("&limit={limit}"));
+    }
+    let view: AuditView = AdminClient::new(data)?.get(&path).await?;
+    if json {
+        return print_json(&view);
+    }
+    if view.truncated {
+        println!("(older entries left out; use --since or --limit)");
+    }
+    for e in &view.entries {
+        let mut line = format!(
+            "{:>6}  {}  {} {}",
+            e.seq,
+            crate::audit::format_time(e.time),
+            e.event,
+            e.outcome
+        );
+        if let Some(reason) = &e.reason {
+            line.push_str(&format!("  reason={reason}"));
+        }
+        if let Some(peer) = &e.peer {
+            line.push_str(&format!("  peer#{peer}"));
+        }
+        if let Some(details) = &e.details {
+            line.push_str(&format!("  {details}"));
+        }
+        if let Some(problem) = &e.problem {
+            line.push_str(&format!("  ({problem})"));
+        }
+        println!("{line}");
+    }
+    if view.unreadable > 0 {
+        println!(
+            "{} lines could not be read: run `openred audit verify`",
+            view.unreadable
+        );
+    }
+    if view.dropped > 0 {
+        println!("{} events are waiting to be recorded as lost", view.dropped);
+    }
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod audit;
 mod client;
 mod config;
 mod demo;
@@ -100,6 +101,11 @@ enum Command {
         #[command(subcommand)]
         command: client::ModuleCommand,
     },
+    /// The signed audit log: verify it (offline), or show it.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
     /// The crypto agent, or with `--launcher` the process that starts
     /// agents. Started by the node over an inherited socket; not for use by
     /// hand.
@@ -180,6 +186,7 @@ fn main() -> ExitCode {
             Command::Status => client::status(&need_data()?, cli.json).await,
             Command::Msg { command } => client::msg(&need_data()?, command, cli.json).await,
             Command::Module { command } => client::module(&need_data()?, command, cli.json).await,
+            Command::Audit { command } => audit::run(&need_data()?, command, cli.json).await,
             Command::Agent { .. } => Ok(()),
         }
     });

@@ -55,29 +55,8 @@ fn init_prints_the_id_alone_refuses_to_overwrite_and_keeps_keys_private() {
 #[test]
 fn two_node_daemons_meet_through_a_directory_daemon() {
     let dir = tempfile::tempdir().unwrap();
-    let (directory, directory_url, fingerprint) =
-        directory_daemon(&dir.path().join("directory"), "127.0.0.1:0");
-
-    let mut nodes = Vec::new();
-    for name in ["a", "b"] {
-        let data = dir.path().join(name);
-        let id = ok(openred()
-            .args(["node", "init", "--data"])
-            .arg(&data)
-            .output()
-            .unwrap());
-        let mut c = node_run(&data, &directory_url);
-        c.args(["--directory-key", &fingerprint]);
-        nodes.push((start(c, "admin on ").0, data, id.trim().to_owned()));
-    }
-    // --listen 127.0.0.1:0 picks a free port; the public URL is derived from
-    // the bound address. Wait until both registered.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let (directory, fingerprint, nodes) = registered_nodes(dir.path(), &["a", "b"]);
     for (_, data, _) in &nodes {
-        while status(data)["registered"] != true {
-            assert!(Instant::now() < deadline, "node did not register");
-            std::thread::sleep(Duration::from_millis(50));
-        }
         assert_eq!(status(data)["directory_key"], fingerprint.as_str());
     }
     let (a, b) = (&nodes[0], &nodes[1]);

@@ -591,6 +591,36 @@ impl Crypto {
         }
     }
 
+    /// Signs an audit entry (see [`Request::SignAuditEntry`]).
+    pub async fn sign_audit_entry(
+        &self,
+        seq: u64,
+        entry_hash: &[u8; 32],
+    ) -> Result<[u8; 64], CryptoError> {
+        signature(
+            self.call(Request::SignAuditEntry {
+                seq,
+                entry_hash: *entry_hash,
+            })
+            .await?,
+        )
+    }
+
+    /// Signs the audit log's head (see [`Request::SignAuditHead`]).
+    pub async fn sign_audit_head(
+        &self,
+        entries: u64,
+        last_line_hash: &[u8; 32],
+    ) -> Result<[u8; 64], CryptoError> {
+        signature(
+            self.call(Request::SignAuditHead {
+                entries,
+                last_line_hash: *last_line_hash,
+            })
+            .await?,
+        )
+    }
+
     /// Test builds: asks the agent to try something its sandbox forbids.
     #[cfg(feature = "agent-probes")]
     pub async fn probe(&self, probe: super::proto::Probe) -> Result<(bool, String), CryptoError> {

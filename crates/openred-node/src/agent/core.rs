@@ -3,7 +3,7 @@
 //!
 //! It is no signing oracle: every signature request names what is signed
 //! (a record, a deregistration, a connection request, a reachability
-//! proof) and the agent builds the signed bytes itself, with this node's ID
+//! proof, an audit entry, an audit head) and the agent builds the signed bytes itself, with this node's ID
 //! and keys, under that kind's context label. Nothing asks it to sign
 //! arbitrary bytes.
 
@@ -16,7 +16,8 @@ use openred_core::id::Fingerprint;
 use openred_core::session::Suite;
 use openred_core::token::{LinkKey, LinkSigningKey, LinkVerifyingKey, TokenEnvelope};
 use openred_core::wire::{
-    connection_request_message, deregistration_message, reachability_message,
+    audit_entry_message, audit_head_message, connection_request_message, deregistration_message,
+    reachability_message,
 };
 use openred_core::{ApiUrl, NodeId, NodeRecord, UnixTime};
 
@@ -196,6 +197,17 @@ impl AgentCore {
             } => self.respond(&wire, &initiator_static, &message, &accepted),
             Request::StorageKey(purpose) => {
                 Response::StorageKey(super::proto::StorageKey(*self.keys.storage_key(purpose)))
+            }
+            Request::SignAuditEntry { seq, entry_hash } => {
+                let message = audit_entry_message(&self.keys.node_id(), seq, &entry_hash);
+                self.signature(NodeSignature::AuditEntry, &message)
+            }
+            Request::SignAuditHead {
+                entries,
+                last_line_hash,
+            } => {
+                let message = audit_head_message(&self.keys.node_id(), entries, &last_line_hash);
+                self.signature(NodeSignature::AuditHead, &message)
             }
             #[cfg(feature = "agent-probes")]
             Request::Probe(probe) => probe_response(probe),

@@ -102,6 +102,23 @@ pub enum Request {
     },
     /// A storage key derived from the master key, for this purpose only.
     StorageKey(crate::master_key::Purpose),
+    /// Sign an audit log entry: the agent signs
+    /// `audit_entry_message(own node ID, seq, entry_hash)` under the
+    /// audit-entry label, and nothing else.
+    SignAuditEntry {
+        /// The entry's sequence number.
+        seq: u64,
+        /// BLAKE3 of the entry's canonical form without its signature.
+        entry_hash: [u8; 32],
+    },
+    /// Sign the audit log's head: `audit_head_message(own node ID, entries,
+    /// last_line_hash)` under the audit-head label.
+    SignAuditHead {
+        /// How many entries the log holds.
+        entries: u64,
+        /// BLAKE3 of the last line (the genesis value for an empty log).
+        last_line_hash: [u8; 32],
+    },
     /// Test builds only: try something the sandbox must forbid.
     #[cfg(feature = "agent-probes")]
     Probe(Probe),

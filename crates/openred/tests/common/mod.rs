@@ -4,8 +4,9 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -101,6 +102,39 @@ pub fn node_run_on(data: &Path, directory: &str, listen: &str) -> Command {
     .arg("--data")
     .arg(data);
     c
+}
+
+/// A node daemon: the process, its data directory, its node ID.
+pub type NodeDaemon = (Daemon, PathBuf, String);
+
+/// A directory daemon and one node daemon per name under `root`, each
+/// pinning the directory's key, all registered: the directory, its key's
+/// fingerprint and the nodes.
+pub fn registered_nodes(root: &Path, names: &[&str]) -> (Daemon, String, Vec<NodeDaemon>) {
+    let (directory, directory_url, fingerprint) =
+        directory_daemon(&root.join("directory"), "127.0.0.1:0");
+    let mut nodes = Vec::new();
+    for name in names {
+        let data = root.join(name);
+        let id = ok(openred()
+            .args(["node", "init", "--data"])
+            .arg(&data)
+            .output()
+            .unwrap());
+        let mut c = node_run(&data, &directory_url);
+        c.args(["--directory-key", &fingerprint]);
+        nodes.push((start(c, "admin on ").0, data, id.trim().to_owned()));
+    }
+    // --listen 127.0.0.1:0 picks a free port; the public URL is derived from
+    // the bound address. Wait until all registered.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (_, data, _) in &nodes {
+        while status(data)["registered"] != true {
+            assert!(Instant::now() < deadline, "node did not register");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    (directory, fingerprint, nodes)
 }
 
 /// `openred status --json` of the node running on `data`.
