@@ -89,6 +89,11 @@ enum Command {
         #[command(subcommand)]
         command: client::MsgCommand,
     },
+    /// Files: share, list, revoke, fetch (resumable, verified), transfers.
+    File {
+        #[command(subcommand)]
+        command: client::FileCommand,
+    },
     /// Switch a module on or off while the node runs.
     Module {
         #[command(subcommand)]
@@ -174,6 +179,7 @@ fn main() -> ExitCode {
             Command::Status => client::status(&need_data()?, cli.json).await,
             Command::Msg { command } => client::msg(&need_data()?, command, cli.json).await,
             Command::Module { command } => client::module(&need_data()?, command, cli.json).await,
+            Command::File { command } => client::file(&need_data()?, command, cli.json).await,
             Command::Agent { .. } => Ok(()),
         }
     });
