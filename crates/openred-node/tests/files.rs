@@ -52,6 +52,15 @@ fn files(node: &NodeState) -> &Files {
     node.modules().get::<Files>().expect("the files module")
 }
 
+/// A network with nodes `a` and `b` (small chunks, quick retries), and a
+/// folder for the files.
+async fn two_nodes() -> (Network, TestNode, TestNode, tempfile::TempDir) {
+    let network = Network::start().await;
+    let a = network.node_with("a", small_chunks).await;
+    let b = network.node_with("b", small_chunks).await;
+    (network, a, b, tempfile::tempdir().unwrap())
+}
+
 /// `len` bytes that differ from one test file to the next.
 fn contents(len: usize, seed: u8) -> Vec<u8> {
     let mut x = u32::from(seed).wrapping_mul(2_654_435_761) | 1;
@@ -220,10 +229,7 @@ fn open_all(cipher: &ChunkCipher, records: &[Vec<u8>], from: u64) -> Result<Vec<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_file_is_offered_fetched_verified_and_counted_once() {
-    let network = Network::start().await;
-    let a = network.node_with("a", small_chunks).await;
-    let b = network.node_with("b", small_chunks).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (_network, a, b, dir) = two_nodes().await;
     let data = contents(10 * CHUNK + 123, 1);
     let path = write(dir.path(), "report.bin", &data);
     let file_id = share(&a, &path, &[&b], None, Some(3)).await;
@@ -317,10 +323,7 @@ async fn a_shared_file_is_offered_fetched_verified_and_counted_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_file_travels_as_one_final_chunk() {
-    let network = Network::start().await;
-    let a = network.node_with("a", small_chunks).await;
-    let b = network.node_with("b", small_chunks).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (_network, a, b, dir) = two_nodes().await;
     let path = write(dir.path(), "empty", b"");
     let file_id = share(&a, &path, &[&b], None, None).await;
     let out = dir.path().join("received-empty");
@@ -416,10 +419,7 @@ async fn a_link_used_by_another_peer_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_link_is_refused_and_the_download_takes_a_fresh_one() {
-    let network = Network::start().await;
-    let a = network.node_with("a", small_chunks).await;
-    let b = network.node_with("b", small_chunks).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (network, a, b, dir) = two_nodes().await;
     let data = contents(5 * CHUNK, 4);
     let path = write(dir.path(), "f", &data);
     let file_id = share(&a, &path, &[&b], None, None).await;
@@ -445,10 +445,7 @@ async fn an_expired_link_is_refused_and_the_download_takes_a_fresh_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_share_gives_no_link_and_its_links_end_with_it() {
-    let network = Network::start().await;
-    let a = network.node_with("a", small_chunks).await;
-    let b = network.node_with("b", small_chunks).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (network, a, b, dir) = two_nodes().await;
     let path = write(dir.path(), "f", &contents(CHUNK, 5));
     let file_id = share(&a, &path, &[&b], Some(120), None).await;
     network.clock.advance(100);
@@ -471,10 +468,7 @@ async fn an_expired_share_gives_no_link_and_its_links_end_with_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_share_refuses_new_links_and_old_ones() {
-    let network = Network::start().await;
-    let a = network.node_with("a", small_chunks).await;
-    let b = network.node_with("b", small_chunks).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (_network, a, b, dir) = two_nodes().await;
     let path = write(dir.path(), "f", &contents(2 * CHUNK, 6));
     let file_id = share(&a, &path, &[&b], None, None).await;
     let g = grant(&b, &a, file_id).await.unwrap();
@@ -575,10 +569,7 @@ async fn the_download_limit_counts_completed_downloads_once_per_link() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_truncated_reordered_or_spliced_streams_do_not_open() {
-    let network = Network::start().await;
-    let a = network.node_with("a", small_chunks).await;
-    let b = network.node_with("b", small_chunks).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (_network, a, b, dir) = two_nodes().await;
     let data = contents(4 * CHUNK, 8);
     let path = write(dir.path(), "f", &data);
     let file_id = share(&a, &path, &[&b], None, None).await;
@@ -746,10 +737,7 @@ async fn a_download_damaged_on_the_way_is_caught_and_resumed_from_the_last_good_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_changed_under_the_same_identity_fails_its_hash_and_leaves_nothing() {
-    let network = Network::start().await;
-    let a = network.node_with("a", small_chunks).await;
-    let b = network.node_with("b", small_chunks).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (_network, a, b, dir) = two_nodes().await;
     let data = contents(6 * CHUNK, 10);
     let path = write(dir.path(), "f", &data);
     let file_id = share(&a, &path, &[&b], None, None).await;
@@ -779,10 +767,7 @@ async fn a_file_changed_under_the_same_identity_fails_its_hash_and_leaves_nothin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_file_swapped_for_a_symbolic_link_is_never_served() {
-    let network = Network::start().await;
-    let a = network.node_with("a", small_chunks).await;
-    let b = network.node_with("b", small_chunks).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (_network, a, b, dir) = two_nodes().await;
     let path = write(dir.path(), "public.txt", &contents(CHUNK, 11));
     let secret = b"the owner's private key material, not shared".repeat(400);
     let secret_path = write(dir.path(), "secret.txt", &secret);
@@ -819,10 +804,7 @@ async fn a_shared_file_swapped_for_a_symbolic_link_is_never_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_from_a_peer_never_become_paths() {
-    let network = Network::start().await;
-    let a = network.node_with("a", small_chunks).await;
-    let b = network.node_with("b", small_chunks).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (_network, a, b, dir) = two_nodes().await;
     let data = contents(CHUNK + 5, 12);
     let path = write(dir.path(), "innocent", &data);
     let outer = tempfile::tempdir().unwrap();
@@ -879,10 +861,7 @@ async fn names_from_a_peer_never_become_paths() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_admin_requests_are_refused_with_json_errors() {
-    let network = Network::start().await;
-    let a = network.node_with("a", small_chunks).await;
-    let b = network.node_with("b", small_chunks).await;
-    let dir = tempfile::tempdir().unwrap();
+    let (_network, a, b, dir) = two_nodes().await;
     let path = write(dir.path(), "f", b"x");
     let http = http_client();
     let token = a.admin_token();

@@ -695,7 +695,13 @@ async fn follow(client: &AdminClient, mut view: TransferView, json: bool) -> any
                 if bar.is_some() {
                     eprintln!("verified (BLAKE3) and written to {out}");
                 } else {
-                    let done = serde_json::json!({"event": "done", "out": out, "size": view.size});
+                    let done = serde_json::json!({
+                        "event": "done",
+                        "out": out,
+                        "size": view.size,
+                        "elapsed_s": view.elapsed_s,
+                        "attempts": view.attempts,
+                    });
                     println!("{done}");
                 }
                 return Ok(());

@@ -17,54 +17,6 @@ use serde_json::{json, Value};
 
 const MIB: u64 = 1024 * 1024;
 
-struct Admin {
-    http: ::reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Admin {
-    fn of(data: &Path, lines: &[String]) -> Admin {
-        Admin {
-            http: ::reqwest::Client::builder().no_proxy().build().unwrap(),
-            base: field(lines, "admin on ").to_owned(),
-            token: std::fs::read_to_string(data.join("admin.token"))
-                .unwrap()
-                .trim()
-                .to_owned(),
-        }
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        self.http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn post(&self, path: &str, body: &Value) -> Value {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "{path}: {}",
-            response.status()
-        );
-        response.json().await.unwrap()
-    }
-}
-
 /// A directory and two initialised nodes in one temporary folder, with the
 /// folders for shared and received files made before the nodes start (a
 /// confined node reaches only folders that existed when it started).

@@ -44,6 +44,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use openred_core::session::Suite;
 use openred_core::{NodeId, UnixTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Semaphore};
@@ -101,6 +102,11 @@ pub struct Settings {
     /// A download that makes no progress for this long fails (default
     /// 600 s).
     pub give_up_after_s: u64,
+    /// The AEAD of the chunks this node serves: `auto` (the default:
+    /// AES-256-GCM where this CPU has AES instructions, else
+    /// ChaCha20-Poly1305), `session` (the session's suite), or a suite's
+    /// name. Always from the core's allowlist; the grant announces it.
+    pub chunk_suite: String,
 }
 
 impl Default for Settings {
@@ -116,6 +122,7 @@ impl Default for Settings {
             retry_base_ms: 250,
             retry_max_ms: 5_000,
             give_up_after_s: 600,
+            chunk_suite: "auto".into(),
         }
     }
 }
@@ -283,6 +290,14 @@ impl Files {
             || settings.give_up_after_s == 0
         {
             return Err("link_ttl_s, default_expiry_s, max_uploads, idle_timeout_s, retry_base_ms and give_up_after_s must be at least 1, max_expiry_s at least default_expiry_s, retry_max_ms at least retry_base_ms".into());
+        }
+        if !matches!(settings.chunk_suite.as_str(), "auto" | "session")
+            && Suite::from_name(&settings.chunk_suite).is_none()
+        {
+            return Err(format!(
+                "chunk_suite must be auto, session, or one of: {}",
+                Suite::ALL.map(|s| s.name()).join(", ")
+            ));
         }
         Ok(Files {
             uploads: Arc::new(Semaphore::new(settings.max_uploads)),
@@ -458,6 +473,37 @@ impl Files {
     }
 }
 
+/// The AEAD of the chunks of a link handed out on a session of `session`
+/// suite.
+fn chunk_suite(settings: &Settings, session: Suite) -> Suite {
+    match settings.chunk_suite.as_str() {
+        "session" => session,
+        "auto" if hardware_aes() => Suite::Aes256Gcm,
+        "auto" => Suite::ChaCha20Poly1305,
+        name => Suite::from_name(name).unwrap_or(session),
+    }
+}
+
+/// Whether this CPU has AES and carry-less multiplication instructions
+/// (where AES-256-GCM is about twice as fast as ChaCha20-Poly1305;
+/// docs/BENCHMARKS.md).
+fn hardware_aes() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+            && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
 /// A 32-byte value in base64url without padding.
 fn b64(bytes: &[u8]) -> String {
     data_encoding::BASE64URL_NOPAD.encode(bytes)
@@ -586,5 +632,57 @@ impl Module for Files {
 
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn settings_are_checked_and_the_chunk_suite_chosen() {
+        for bad in [
+            json!({"chunk_suite": "rot13"}),
+            json!({"chunk_size": 1}),
+            json!({"link_ttl_s": 0}),
+            json!({"retry_base_ms": 10, "retry_max_ms": 5}),
+            json!({"unknown": 1}),
+        ] {
+            assert!(Files::new(Some(&bad)).is_err(), "{bad}");
+        }
+        let pick = |setting: &str, session| {
+            let files = Files::new(Some(&json!({ "chunk_suite": setting }))).unwrap();
+            chunk_suite(&files.settings, session)
+        };
+        assert_eq!(pick("session", Suite::Aes256Gcm), Suite::Aes256Gcm);
+        assert_eq!(
+            pick("session", Suite::ChaCha20Poly1305),
+            Suite::ChaCha20Poly1305
+        );
+        assert_eq!(
+            pick("chacha20-poly1305", Suite::Aes256Gcm),
+            Suite::ChaCha20Poly1305
+        );
+        let auto = pick("auto", Suite::ChaCha20Poly1305);
+        assert_eq!(auto == Suite::Aes256Gcm, hardware_aes());
+    }
+
+    #[test]
+    fn file_urls_are_parsed_strictly() {
+        let capability = [7u8; 32];
+        let url = format!("{FILE_URL_PREFIX}{}", b64(&capability));
+        assert_eq!(parse_file_url(&url), Some(capability));
+        for bad in [
+            "https://node.example/f".to_owned(),
+            url.replace("v1", "v2"),
+            format!("{url}A"),
+            url[..url.len() - 1].to_owned(),
+            FILE_URL_PREFIX.to_owned(),
+        ] {
+            assert_eq!(parse_file_url(&bad), None, "{bad}");
+        }
+        assert_ne!(link_hash(&capability), capability);
     }
 }

@@ -61,6 +61,7 @@ pub struct Transfer {
     done: AtomicU64,
     attempts: AtomicU64,
     resumed_from: AtomicU64,
+    created: Instant,
     status: Mutex<Status>,
 }
 
@@ -99,6 +100,8 @@ pub struct TransferView {
     pub attempts: u64,
     /// Bytes already verified when the last attempt started.
     pub resumed_from: u64,
+    /// Seconds from the start to now, or to the end once finished.
+    pub elapsed_s: f64,
     /// Where a download goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub out: Option<String>,
@@ -135,6 +138,7 @@ impl Transfer {
             done: AtomicU64::new(0),
             attempts: AtomicU64::new(0),
             resumed_from: AtomicU64::new(0),
+            created: Instant::now(),
             status: Mutex::new(Status {
                 state: TransferState::Running,
                 error: None,
@@ -219,6 +223,11 @@ impl Transfer {
             eta_s: (running && rate > 0.0).then(|| self.size.saturating_sub(done) as f64 / rate),
             attempts: self.attempts.load(Ordering::Relaxed),
             resumed_from: self.resumed_from.load(Ordering::Relaxed),
+            elapsed_s: status
+                .finished
+                .unwrap_or_else(Instant::now)
+                .duration_since(self.created)
+                .as_secs_f64(),
             out: self.out.as_ref().map(|p| p.display().to_string()),
             error: status.error.clone(),
         }

@@ -23,8 +23,8 @@ use super::disk::{self, DiskError};
 use super::store::{random_bytes, Completion, FileId, Link};
 use super::transfers::{Direction, Transfer, TransferState};
 use super::{
-    b64, link_expiry, link_hash, parse_file_url, DownloadRequest, FileGrant, FileRequest, Files,
-    DOWNLOAD_PATH, FILE_URL_PREFIX, REQUEST_PATH, STREAM_MAGIC,
+    b64, chunk_suite, link_expiry, link_hash, parse_file_url, DownloadRequest, FileGrant,
+    FileRequest, Files, DOWNLOAD_PATH, FILE_URL_PREFIX, REQUEST_PATH, STREAM_MAGIC,
 };
 use crate::node::NodeState;
 
@@ -96,7 +96,7 @@ pub(super) async fn grant(
     let link = Link {
         file_id,
         peer: live.peer,
-        suite: live.session.suite(),
+        suite: chunk_suite(&module.settings, live.session.suite()),
         expires_at: link_expiry(&module.settings, &share, now),
         secret: zeroize::Zeroizing::new(random_bytes().map_err(internal)?),
         completed_at: None,
