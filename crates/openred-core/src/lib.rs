@@ -13,6 +13,8 @@
 //!   address policy that tells global from non-global hosts.
 //! - [`token`]: connection tokens: the linked pair the directory mints for an
 //!   introduction, sealed with HPKE to each node and signed by the directory.
+//! - [`file_transfer`]: the chunk codec of file transfers: per-transfer keys,
+//!   chunks bound to their index, their transfer and the end of the file.
 //! - [`session`]: the frame layer of an established session: cipher suites,
 //!   per-direction keys, epoch ratchet, replay window.
 //! - [`random`]: a random stream from a caller-supplied seed.
@@ -29,6 +31,7 @@
 // key schedules (ARCHITECTURE.md, "Frame ciphers").
 #![deny(unsafe_code)]
 
+pub mod file_transfer;
 mod frame_cipher;
 pub mod id;
 pub mod keys;

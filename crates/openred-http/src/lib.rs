@@ -342,6 +342,56 @@ impl OutboundClient {
         self.send(origin, slots, request).await
     }
 
+    /// `POST origin + path` with raw `bytes`, for an answer read as it
+    /// arrives (a download): the answer's headers must come within the
+    /// request timeout; after that the body may take as long as it needs,
+    /// but each read must bring bytes within `idle_timeout`. The request
+    /// holds one of the host's connection slots until the answer is dropped.
+    pub async fn post_bytes_streaming(
+        &self,
+        origin: &ApiUrl,
+        path: &'static str,
+        bytes: impl Into<Bytes>,
+        content_type: &'static str,
+        idle_timeout: Duration,
+    ) -> Result<StreamingResponse, OutboundError> {
+        let Prepared { url, slots } = self.prepare(origin, path)?;
+        let content_type =
+            HeaderValue::from_str(content_type).map_err(|_| OutboundError::Encode)?;
+        let request = self
+            .inner
+            .http
+            .post(url)
+            .header(CONTENT_TYPE, content_type)
+            // The client's total timeout would cut a long download: this
+            // request has its own, and the idle timeout bounds each read.
+            .timeout(STREAMING_REQUEST_LIMIT)
+            .body(bytes.into());
+        let timeout = self.inner.request_timeout;
+        let result = async {
+            let slot = tokio::time::timeout(timeout, slots.acquire_owned())
+                .await
+                .map_err(|_| OutboundError::Timeout)?
+                .map_err(|_| OutboundError::Unreachable)?;
+            let response = tokio::time::timeout(timeout, request.send())
+                .await
+                .map_err(|_| OutboundError::Timeout)?
+                .map_err(classify)?;
+            Ok(StreamingResponse {
+                status: response.status().as_u16(),
+                response,
+                idle_timeout,
+                max_response_bytes: self.inner.max_response_bytes,
+                _slot: slot,
+            })
+        }
+        .await;
+        if let Err(error) = &result {
+            tracing::debug!(%origin, %error, "outbound streaming request failed");
+        }
+        result
+    }
+
     /// Applies the policy and the rate limit, and builds the URL. Nothing
     /// has been sent when this fails.
     fn prepare(&self, origin: &ApiUrl, path: &'static str) -> Result<Prepared, OutboundError> {
@@ -415,6 +465,57 @@ impl OutboundClient {
             tracing::debug!(%origin, %error, "outbound request failed");
         }
         result
+    }
+}
+
+/// The longest a streaming request may last in all (its reads are bounded
+/// by the caller's idle timeout).
+const STREAMING_REQUEST_LIMIT: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// An answer whose body is read piece by piece as it arrives (see
+/// [`OutboundClient::post_bytes_streaming`]).
+pub struct StreamingResponse {
+    /// The HTTP status code.
+    pub status: u16,
+    response: reqwest::Response,
+    idle_timeout: Duration,
+    max_response_bytes: usize,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for StreamingResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamingResponse")
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamingResponse {
+    /// Whether the status is 2xx.
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The next piece of the body (`None` at its end), within the idle
+    /// timeout.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, OutboundError> {
+        tokio::time::timeout(self.idle_timeout, self.response.chunk())
+            .await
+            .map_err(|_| OutboundError::Timeout)?
+            .map_err(classify)
+    }
+
+    /// The whole body, capped like any answer's: for an error answer.
+    pub async fn into_response(self) -> Result<Response, OutboundError> {
+        let status = self.status;
+        let body = tokio::time::timeout(
+            self.idle_timeout,
+            read_capped(self.response, self.max_response_bytes),
+        )
+        .await
+        .map_err(|_| OutboundError::Timeout)??;
+        Ok(Response { status, body })
     }
 }
 

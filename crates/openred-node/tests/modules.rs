@@ -101,8 +101,8 @@ async fn a_module_brings_routes_suites_middleware_hooks_and_metrics() {
         .iter()
         .map(|m| m["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, vec!["messaging", "monitoring", "echo"]);
-    assert_eq!(status.json["modules"][2]["suites"], json!(["aes-256-gcm"]));
+    assert_eq!(names, vec!["messaging", "files", "monitoring", "echo"]);
+    assert_eq!(status.json["modules"][3]["suites"], json!(["aes-256-gcm"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

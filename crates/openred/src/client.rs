@@ -9,6 +9,8 @@ use openred_node::admin::{
     self, ConnectView, PeerRequest, PeerView, PingView, RenewView, StatusView,
 };
 use openred_node::audit::AuditView;
+use openred_node::modules::files::api::{OfferView, ShareCreated, ShareView};
+use openred_node::modules::files::transfers::{TransferState, TransferView};
 use openred_node::modules::messaging::api::{InboxView, OutboxView};
 use openred_node::modules::messaging::store::printable;
 use openred_node::modules::ModuleView;
@@ -514,4 +516,314 @@ pub async fn audit_show(
         println!("{} events are waiting to be recorded as lost", view.dropped);
     }
     Ok(())
+}
+/// `openred file …`.
+#[derive(clap::Subcommand)]
+pub enum FileCommand {
+    /// Share a file with peers: they get an offer through messaging and
+    /// can fetch it until it expires.
+    Share {
+        /// The file (made absolute; the node must be able to read it).
+        path: std::path::PathBuf,
+        /// A peer allowed to fetch it (repeat for several).
+        #[arg(long = "to", required = true)]
+        to: Vec<String>,
+        /// How long the share lasts: e.g. 90s, 30m, 12h, 7d (default: the
+        /// node's setting, 24 h).
+        #[arg(long)]
+        expires: Option<String>,
+        /// Completed downloads allowed, in all.
+        #[arg(long)]
+        max_downloads: Option<u64>,
+    },
+    /// The files this node shares, and the offers peers sent it.
+    List,
+    /// End a share: no new link, and links handed out stop working.
+    Revoke {
+        /// The share's file ID.
+        file_id: String,
+    },
+    /// Fetch a file a peer shares, with a progress bar (JSON lines with
+    /// `--json` or when not on a terminal).
+    Fetch {
+        /// The owner's node ID.
+        node_id: String,
+        /// The share's file ID.
+        file_id: String,
+        /// Where to write it: a new file, or an existing folder (the
+        /// owner's name for it is then used, made safe).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Transfers on this node, both ways, with their progress.
+    Transfers,
+}
+
+/// Seconds in a duration such as `90`, `90s`, `30m`, `12h`, `7d`, `2w`.
+pub fn parse_duration(text: &str) -> anyhow::Result<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .with_context(|| format!("{text:?} is not a duration such as 30m, 12h or 7d"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => bail!("{text:?}: the unit must be s, m, h, d or w"),
+    };
+    number
+        .checked_mul(scale)
+        .filter(|s| *s > 0)
+        .with_context(|| format!("{text:?} is not a positive duration"))
+}
+
+fn absolute(path: &Path) -> anyhow::Result<std::path::PathBuf> {
+    std::path::absolute(path).with_context(|| format!("making {} absolute", path.display()))
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// `openred file …`.
+pub async fn file(data: &Path, command: FileCommand, json: bool) -> anyhow::Result<()> {
+    let client = AdminClient::new(data)?;
+    match command {
+        FileCommand::Share {
+            path,
+            to,
+            expires,
+            max_downloads,
+        } => {
+            let expires_in_s = expires.as_deref().map(parse_duration).transpose()?;
+            let created: ShareCreated = client
+                .post(
+                    "/admin/v1/files/shares",
+                    &serde_json::json!({
+                        "path": absolute(&path)?,
+                        "to": to,
+                        "expires_in_s": expires_in_s,
+                        "max_downloads": max_downloads,
+                    }),
+                )
+                .await?;
+            if json {
+                return print_json(&created);
+            }
+            let s = &created.share;
+            println!(
+                "{}  {}  {}  blake3 {}",
+                s.file_id,
+                s.name,
+                human_bytes(s.size),
+                s.blake3
+            );
+            for peer in &created.offered {
+                println!("  offered to {peer}");
+            }
+            for peer in &created.not_offered {
+                println!("  NOT offered to {peer} (no messaging module): send them the file ID");
+            }
+        }
+        FileCommand::List => {
+            let shares: Vec<ShareView> = client.get("/admin/v1/files/shares").await?;
+            let offers: Vec<OfferView> = client.get("/admin/v1/files/offers").await?;
+            if json {
+                return print_json(&serde_json::json!({ "shares": shares, "offers": offers }));
+            }
+            if shares.is_empty() {
+                println!("no shares");
+            }
+            for s in &shares {
+                println!(
+                    "{}  {:<9}  {:>10}  downloads {}{}  expires {}  {}",
+                    s.file_id,
+                    s.state,
+                    human_bytes(s.size),
+                    s.downloads,
+                    s.max_downloads.map(|m| format!("/{m}")).unwrap_or_default(),
+                    s.expires_at,
+                    s.name
+                );
+                for peer in &s.peers {
+                    println!("    to {peer}");
+                }
+            }
+            if offers.is_empty() {
+                println!("no offers received");
+            }
+            for o in &offers {
+                // The name comes from a peer: shown escaped, never used as
+                // a path without `--out`.
+                println!(
+                    "offer from {}: {}  {:>10}  {}  (openred file fetch {} {} --out PATH)",
+                    o.node_id,
+                    o.file_id,
+                    human_bytes(o.size),
+                    o.name,
+                    o.node_id,
+                    o.file_id
+                );
+            }
+        }
+        FileCommand::Revoke { file_id } => {
+            let share: ShareView = client
+                .post(
+                    &format!("/admin/v1/files/shares/{}/revoke", path_segment(&file_id)?),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            if json {
+                return print_json(&share);
+            }
+            println!("{} {}", share.file_id, share.state);
+        }
+        FileCommand::Fetch {
+            node_id,
+            file_id,
+            out,
+        } => {
+            let started: TransferView = client
+                .post(
+                    "/admin/v1/files/fetch",
+                    &serde_json::json!({
+                        "node_id": node_id,
+                        "file_id": file_id,
+                        "out": absolute(&out)?,
+                    }),
+                )
+                .await?;
+            follow(&client, started, json).await?;
+        }
+        FileCommand::Transfers => {
+            let transfers: Vec<TransferView> = client.get("/admin/v1/files/transfers").await?;
+            if json {
+                return print_json(&transfers);
+            }
+            if transfers.is_empty() {
+                println!("no transfers");
+            }
+            for t in &transfers {
+                println!(
+                    "{}  {:?}  {:?}  {} / {}  {}/s  {}  {}",
+                    t.transfer_id,
+                    t.direction,
+                    t.state,
+                    human_bytes(t.done_bytes),
+                    human_bytes(t.size),
+                    human_bytes(t.rate_bytes_per_s as u64),
+                    t.node_id,
+                    t.name
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A file or transfer ID checked before it goes into a URL path.
+fn path_segment(id: &str) -> anyhow::Result<&str> {
+    if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(id)
+    } else {
+        bail!("{id:?} is not a file ID (32 hex digits)")
+    }
+}
+
+/// Follows a download until it ends: a progress bar with rate and ETA on a
+/// terminal, else (or with `--json`) one JSON event a line.
+async fn follow(client: &AdminClient, mut view: TransferView, json: bool) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let bar = (!json && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(view.size);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_message(printable(&view.name, 40));
+        bar
+    });
+    let path = format!(
+        "/admin/v1/files/transfers/{}",
+        path_segment(&view.transfer_id)?
+    );
+    let mut last_line = String::new();
+    loop {
+        match &bar {
+            Some(bar) => bar.set_position(view.done_bytes),
+            None => {
+                let line = serde_json::to_string(&serde_json::json!({
+                    "event": "progress",
+                    "transfer_id": view.transfer_id,
+                    "state": view.state,
+                    "done_bytes": view.done_bytes,
+                    "size": view.size,
+                    "rate_bytes_per_s": view.rate_bytes_per_s.round(),
+                    "eta_s": view.eta_s.map(f64::round),
+                    "attempts": view.attempts,
+                    "error": view.error,
+                }))?;
+                if line != last_line {
+                    println!("{line}");
+                    last_line = line;
+                }
+            }
+        }
+        match view.state {
+            TransferState::Done => {
+                if let Some(bar) = &bar {
+                    bar.finish();
+                }
+                let out = view.out.clone().unwrap_or_default();
+                if bar.is_some() {
+                    eprintln!("verified (BLAKE3) and written to {out}");
+                } else {
+                    let done = serde_json::json!({
+                        "event": "done",
+                        "out": out,
+                        "size": view.size,
+                        "elapsed_s": view.elapsed_s,
+                        "attempts": view.attempts,
+                    });
+                    println!("{done}");
+                }
+                return Ok(());
+            }
+            TransferState::Failed => {
+                if let Some(bar) = &bar {
+                    bar.abandon();
+                }
+                bail!(
+                    "download failed: {}",
+                    printable(view.error.as_deref().unwrap_or("unknown reason"), 300)
+                );
+            }
+            TransferState::Running | TransferState::Retrying => {}
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        view = client.get(&path).await.context(
+            "the node stopped answering; the download resumes when it starts again \
+             (run the same command to follow it)",
+        )?;
+    }
 }

@@ -96,6 +96,11 @@ enum Command {
         #[command(subcommand)]
         command: client::MsgCommand,
     },
+    /// Files: share, list, revoke, fetch (resumable, verified), transfers.
+    File {
+        #[command(subcommand)]
+        command: client::FileCommand,
+    },
     /// Switch a module on or off while the node runs.
     Module {
         #[command(subcommand)]
@@ -187,6 +192,7 @@ fn main() -> ExitCode {
             Command::Msg { command } => client::msg(&need_data()?, command, cli.json).await,
             Command::Module { command } => client::module(&need_data()?, command, cli.json).await,
             Command::Audit { command } => audit::run(&need_data()?, command, cli.json).await,
+            Command::File { command } => client::file(&need_data()?, command, cli.json).await,
             Command::Agent { .. } => Ok(()),
         }
     });

@@ -1,6 +1,7 @@
 //! `openred demo`, the README's main command, through the real binary: a
 //! directory, three nodes with their crypto agents, every introduction, the
-//! pings and a renewal, then a clean exit.
+//! pings and a renewal, messages, a file shared and fetched, then a clean
+//! exit.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -61,6 +62,12 @@ fn the_demo_runs_the_whole_flow_and_exits_cleanly() {
             .collect();
         assert_eq!(shown.len(), 1, "{to} ← {from}: {text} in:\n{stdout}");
     }
-    line("3 introductions, 3 sessions, 7 encrypted pings, 1 renewal, 4 messages in ");
+    // A file shared by alice, fetched and verified by bob.
+    let file = line("alice shared hello.txt (");
+    assert!(
+        file.contains("with bob; bob fetched and verified it in "),
+        "{file}"
+    );
+    line("3 introductions, 3 sessions, 7 encrypted pings, 1 renewal, 4 messages, 1 file in ");
     assert!(!stderr.contains("ERROR"), "{stderr}");
 }

@@ -16,6 +16,7 @@
 //! How to write one: `docs/MODULES.md`, and the example module
 //! `crates/openred-node/examples/echo_module.rs`.
 
+pub mod files;
 pub mod messaging;
 pub mod monitoring;
 
@@ -185,15 +186,21 @@ pub trait Module: Send + Sync + 'static {
 pub fn builtin(
     settings: &BTreeMap<String, serde_json::Value>,
 ) -> Result<Vec<Arc<dyn Module>>, ModuleError> {
-    let known = [messaging::NAME, monitoring::NAME];
+    let known = [messaging::NAME, files::NAME, monitoring::NAME];
     if let Some(unknown) = settings.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(ModuleError::Unknown(unknown.clone()));
     }
     let messaging = messaging::Messaging::new(settings.get(messaging::NAME))
         .map_err(|e| ModuleError::Settings(messaging::NAME, e))?;
+    let files = files::Files::new(settings.get(files::NAME))
+        .map_err(|e| ModuleError::Settings(files::NAME, e))?;
     let monitoring = monitoring::Monitoring::new(settings.get(monitoring::NAME))
         .map_err(|e| ModuleError::Settings(monitoring::NAME, e))?;
-    Ok(vec![Arc::new(messaging), Arc::new(monitoring)])
+    Ok(vec![
+        Arc::new(messaging),
+        Arc::new(files),
+        Arc::new(monitoring),
+    ])
 }
 
 /// Why a set of modules or a switch is refused.

@@ -379,17 +379,48 @@ impl Network {
         self.launch_on(name, config, p2p, admin, Vec::new()).await
     }
 
+    /// A new node whose record publishes `public` (e.g. a relay in front
+    /// of its P2P listener, bound by the caller), registered.
+    pub async fn node_published_at(
+        &self,
+        name: &str,
+        tweak: impl FnOnce(&mut NodeConfig),
+        p2p: TcpListener,
+        public: &str,
+    ) -> TestNode {
+        let config = self.node_config(name, tweak);
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = self
+            .launch_published(name, config, p2p, admin, Vec::new(), Some(public))
+            .await;
+        node.wait_registered().await;
+        node
+    }
+
     async fn launch_on(
+        &self,
+        name: &str,
+        config: NodeConfig,
+        p2p: TcpListener,
+        admin: TcpListener,
+        extra: Vec<Arc<dyn Module>>,
+    ) -> TestNode {
+        self.launch_published(name, config, p2p, admin, extra, None)
+            .await
+    }
+
+    async fn launch_published(
         &self,
         name: &str,
         mut config: NodeConfig,
         p2p: TcpListener,
         admin: TcpListener,
         extra: Vec<Arc<dyn Module>>,
+        public: Option<&str>,
     ) -> TestNode {
         let url = format!("http://{}", p2p.local_addr().unwrap());
         config.listen = p2p.local_addr().unwrap();
-        config.public_url = ApiUrl::parse_origin(&url).unwrap();
+        config.public_url = ApiUrl::parse_origin(public.unwrap_or(&url)).unwrap();
         config.admin_listen = admin.local_addr().unwrap();
         let data_dir = config.data_dir.clone();
         let mut modules = openred_node::modules::builtin(&config.module_settings).unwrap();

@@ -148,6 +148,55 @@ pub fn status(data: &Path) -> Value {
     serde_json::from_str(&out).unwrap()
 }
 
+/// A node's admin API, from its data folder and the lines it printed.
+pub struct Admin {
+    pub http: ::reqwest::Client,
+    pub base: String,
+    pub token: String,
+}
+
+impl Admin {
+    pub fn of(data: &Path, lines: &[String]) -> Admin {
+        Admin {
+            http: ::reqwest::Client::builder().no_proxy().build().unwrap(),
+            base: field(lines, "admin on ").to_owned(),
+            token: std::fs::read_to_string(data.join("admin.token"))
+                .unwrap()
+                .trim()
+                .to_owned(),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Value {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+        response.json().await.unwrap()
+    }
+}
+
 /// A tiny blocking GET returning JSON, without pulling in reqwest's
 /// blocking feature: a current-thread runtime per call.
 pub mod reqwest {

@@ -1,0 +1,379 @@
+//! The owner's side: handing out links (`POST /p2p/file-request`) and
+//! serving chunk streams (`POST /p2p/file-download`).
+//!
+//! A stream is read and sealed by a blocking task, a chunk at a time, into
+//! a channel of [`PIPELINE_DEPTH`] chunks that the HTTP body drains: memory
+//! per upload is a few chunks whatever the file's size, and a peer that
+//! reads slowly only makes the reader wait.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+use openred_core::file_transfer::{ChunkCipher, TransferShape, CHUNK_OVERHEAD};
+use openred_http::ApiError;
+use tokio::sync::mpsc;
+
+use super::disk::{self, DiskError};
+use super::store::{random_bytes, Completion, FileId, Link};
+use super::transfers::{Direction, Transfer, TransferState};
+use super::{
+    b64, chunk_suite, link_expiry, link_hash, parse_file_url, DownloadRequest, FileGrant,
+    FileRequest, Files, DOWNLOAD_PATH, FILE_URL_PREFIX, REQUEST_PATH, STREAM_MAGIC,
+};
+use crate::node::NodeState;
+
+/// Chunks read ahead of what the peer has taken, per upload.
+const PIPELINE_DEPTH: usize = 4;
+
+fn gone(code: &'static str, message: &str) -> ApiError {
+    ApiError::new(StatusCode::GONE, code, message)
+}
+
+fn forbidden(code: &'static str, message: &str) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, code, message)
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal("file sharing storage", e)
+}
+
+fn not_started() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_started",
+        "the files module has not started yet",
+    )
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("bad_request", message)
+}
+
+/// `POST /p2p/file-request`: checks the peer's permission and the share,
+/// stores a new link (persist, then answer) and answers the grant.
+pub(super) async fn grant(
+    module: Arc<Files>,
+    state: Arc<NodeState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (live, payload) = state.open_frame(REQUEST_PATH, &body)?;
+    let request: FileRequest =
+        serde_json::from_slice(&payload).map_err(|e| bad_request(e.to_string()))?;
+    let file_id = FileId::parse(&request.file_id)
+        .ok_or_else(|| bad_request("file_id must be 32 hex digits"))?;
+    let store = module.store().ok_or_else(not_started)?;
+    let share = store
+        .share(&file_id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::not_found("unknown_file", "no such shared file"))?;
+    if !share.peers.contains(&live.peer) {
+        return Err(forbidden(
+            "not_permitted",
+            "this file is not shared with your node",
+        ));
+    }
+    if share.revoked_at.is_some() {
+        return Err(gone("revoked", "the owner revoked this share"));
+    }
+    let now = state.clock().now();
+    if now >= share.expires_at {
+        return Err(gone("share_expired", "this share has expired"));
+    }
+    if share.limit_reached() {
+        return Err(gone(
+            "download_limit_reached",
+            "this share's download limit is reached",
+        ));
+    }
+    let capability: [u8; 32] = random_bytes().map_err(internal)?;
+    let link = Link {
+        file_id,
+        peer: live.peer,
+        suite: chunk_suite(&module.settings, live.session.suite()),
+        expires_at: link_expiry(&module.settings, &share, now),
+        secret: zeroize::Zeroizing::new(random_bytes().map_err(internal)?),
+        completed_at: None,
+    };
+    store
+        .insert_link(&link_hash(&capability), &link, now)
+        .await
+        .map_err(internal)?;
+    module.counters.links.fetch_add(1, Ordering::Relaxed);
+    let grant = FileGrant {
+        file_url: format!("{FILE_URL_PREFIX}{}", b64(&capability)),
+        link_secret: b64(&link.secret[..]),
+        expires_at: link.expires_at.0,
+        file_id: file_id.to_string(),
+        name: share.name.clone(),
+        size: share.size(),
+        blake3: data_encoding::HEXLOWER.encode(&share.blake3),
+        chunk_size: share.chunk_size,
+        suite: link.suite.name().to_owned(),
+    };
+    let answer = zeroize::Zeroizing::new(serde_json::to_vec(&grant).map_err(internal)?);
+    state.answer_frame(&live, REQUEST_PATH, &answer)
+}
+
+/// `POST /p2p/file-download`: checks the link (bound to this peer,
+/// unexpired, share not revoked, limit), opens the file again (identity
+/// checked) and streams its chunks from the one asked for.
+pub(super) async fn serve(
+    module: Arc<Files>,
+    state: Arc<NodeState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (live, payload) = state.open_frame(DOWNLOAD_PATH, &body)?;
+    let request: DownloadRequest =
+        serde_json::from_slice(&payload).map_err(|e| bad_request(e.to_string()))?;
+    let capability = parse_file_url(&request.file_url)
+        .ok_or_else(|| ApiError::bad_request("bad_file_url", "not a file_url of this protocol"))?;
+    let client_nonce: [u8; 16] = data_encoding::HEXLOWER_PERMISSIVE
+        .decode(request.client_nonce.as_bytes())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| bad_request("client_nonce must be 32 hex digits"))?;
+    let store = module.store().ok_or_else(not_started)?;
+    let hash = link_hash(&capability);
+    let link =
+        store.link(&hash).await.map_err(internal)?.ok_or_else(|| {
+            ApiError::not_found("unknown_link", "no such link; ask for a new one")
+        })?;
+    // A capability is good only for the peer it was handed to: another
+    // peer holding a copy gets nothing.
+    if link.peer != live.peer {
+        return Err(forbidden(
+            "wrong_peer",
+            "this link was handed to another node",
+        ));
+    }
+    let now = state.clock().now();
+    if now >= link.expires_at {
+        return Err(gone(
+            "link_expired",
+            "this link has expired; ask for a new one",
+        ));
+    }
+    let share = store
+        .share(&link.file_id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::not_found("unknown_link", "no such link; ask for a new one"))?;
+    if share.revoked_at.is_some() {
+        return Err(gone("revoked", "the owner revoked this share"));
+    }
+    if link.completed_at.is_none() && share.limit_reached() {
+        return Err(gone(
+            "download_limit_reached",
+            "this share's download limit is reached",
+        ));
+    }
+    let shape = TransferShape::new(share.file_id.0, share.size(), share.chunk_size, link.suite)
+        .map_err(internal)?;
+    if request.from_chunk >= shape.chunks() {
+        return Err(ApiError::bad_request(
+            "bad_range",
+            format!("the file has {} chunks", shape.chunks()),
+        ));
+    }
+    let permit = module.uploads.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "busy",
+            "this node serves as many files as it may; retry later",
+        )
+    })?;
+    let (path, identity) = (share.path.clone(), share.identity);
+    let file = tokio::task::spawn_blocking(move || disk::open_shared(&path, &identity))
+        .await
+        .map_err(internal)?
+        .map_err(|e| match e {
+            DiskError::Changed => ApiError::conflict(
+                "file_changed",
+                "the shared file was replaced or changed since it was shared; nothing is served",
+            ),
+            other => {
+                tracing::warn!(file_id = %share.file_id, error = %other, "a shared file cannot be opened");
+                ApiError::conflict("file_unavailable", "the shared file cannot be read any more")
+            }
+        })?;
+    let transfer_id: [u8; 16] = random_bytes().map_err(internal)?;
+    let cipher = ChunkCipher::new(&link.secret, &shape, &transfer_id, &client_nonce);
+    let transfer = Arc::new(Transfer::new(
+        FileId(transfer_id),
+        Direction::Upload,
+        live.peer,
+        share.file_id,
+        &share.name,
+        share.size(),
+        None,
+    ));
+    transfer.attempt(shape.offset(request.from_chunk));
+    module.transfers.insert(transfer.clone());
+    tracing::debug!(file_id = %share.file_id, peer = %live.peer, from_chunk = request.from_chunk, "serving a file");
+
+    let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
+    let rate = module.settings.upload_bytes_per_s;
+    let from = request.from_chunk;
+    tokio::task::spawn_blocking(move || read_and_seal(&file, &cipher, from, rate, &tx));
+    let mut header = STREAM_MAGIC.to_vec();
+    header.extend_from_slice(&transfer_id);
+    let stream = Upload {
+        module,
+        state,
+        link_hash: hash,
+        file_id: share.file_id,
+        shape,
+        rx,
+        header: Some(Bytes::from(header)),
+        transfer,
+        finished: false,
+        _permit: permit,
+    };
+    let body = futures_util::stream::unfold(stream, |mut s| async move {
+        let item = s.next().await?;
+        Some((item, s))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(Body::from_stream(body))
+        .map_err(internal)
+}
+
+/// A chunk read and sealed, with its index.
+type Sealed = std::io::Result<(u64, Bytes)>;
+
+/// Reads and seals chunks `from..` into `tx`, pacing itself to `rate`
+/// bytes per second if not 0; stops when the body is dropped.
+fn read_and_seal(
+    file: &File,
+    cipher: &ChunkCipher,
+    from: u64,
+    rate: u64,
+    tx: &mpsc::Sender<Sealed>,
+) {
+    let shape = *cipher.shape();
+    let started = Instant::now();
+    let mut sent = 0u64;
+    for index in from..shape.chunks() {
+        let result = (|| {
+            let len = shape
+                .plain_len(index)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let mut record = Vec::with_capacity(len + CHUNK_OVERHEAD);
+            record.resize(len, 0);
+            file.read_exact_at(&mut record, shape.offset(index))?;
+            cipher
+                .seal(index, &mut record)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            Ok((index, Bytes::from(record)))
+        })();
+        let failed = result.is_err();
+        if tx.blocking_send(result).is_err() || failed {
+            return;
+        }
+        if rate > 0 {
+            sent += shape.plain_len(index).unwrap_or(0) as u64;
+            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+}
+
+/// The body of one upload: the header, then the chunks; the final chunk
+/// is released only once the download is counted.
+struct Upload {
+    module: Arc<Files>,
+    state: Arc<NodeState>,
+    link_hash: [u8; 32],
+    file_id: FileId,
+    shape: TransferShape,
+    rx: mpsc::Receiver<Sealed>,
+    header: Option<Bytes>,
+    transfer: Arc<Transfer>,
+    finished: bool,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Upload {
+    async fn next(&mut self) -> Option<std::io::Result<Bytes>> {
+        if let Some(header) = self.header.take() {
+            return Some(Ok(header));
+        }
+        if self.finished {
+            return None;
+        }
+        let (index, chunk) = match self.rx.recv().await? {
+            Ok(item) => item,
+            Err(e) => return Some(Err(self.fail(e.to_string()))),
+        };
+        let plain = (chunk.len() - CHUNK_OVERHEAD) as u64;
+        if self.shape.is_final(index) {
+            // Counted before the final chunk leaves, in one transaction
+            // with the limit check: a revoked share or a limit reached
+            // meanwhile never completes a download.
+            let now = self.state.clock().now();
+            let module = self.module.clone();
+            let counted = match module.store() {
+                Some(store) => store
+                    .complete(&self.link_hash, &self.file_id, now)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err("the module stopped".into()),
+            };
+            match counted {
+                Ok(Completion::Counted) => self.state.audit().file_downloaded(
+                    self.transfer.peer,
+                    &self.file_id.to_string(),
+                    true,
+                ),
+                Ok(Completion::AlreadyCounted) => {}
+                Ok(Completion::Revoked) => {
+                    return Some(Err(self.fail("the share was revoked".into())))
+                }
+                Ok(Completion::LimitReached) => {
+                    return Some(Err(self.fail("the download limit was reached".into())))
+                }
+                Err(e) => return Some(Err(self.fail(e))),
+            }
+            self.finished = true;
+            self.transfer.progress(self.transfer.size);
+            self.transfer.finish(TransferState::Done, None);
+            self.module
+                .counters
+                .uploads_completed
+                .fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.transfer.progress(self.transfer.done_bytes() + plain);
+        }
+        self.module
+            .counters
+            .bytes_served
+            .fetch_add(plain, Ordering::Relaxed);
+        Some(Ok(chunk))
+    }
+
+    fn fail(&mut self, reason: String) -> std::io::Error {
+        self.finished = true;
+        self.transfer.finish(TransferState::Failed, Some(&reason));
+        std::io::Error::other(reason)
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.transfer
+                .finish(TransferState::Failed, Some("the peer went away"));
+        }
+    }
+}
