@@ -11,68 +11,20 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const MESSAGES: usize = 10_000;
 
-struct Admin {
-    http: ::reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Admin {
-    fn of(data: &Path, lines: &[String]) -> Admin {
-        Admin {
-            http: ::reqwest::Client::builder().no_proxy().build().unwrap(),
-            base: field(lines, "admin on ").to_owned(),
-            token: std::fs::read_to_string(data.join("admin.token"))
-                .unwrap()
-                .trim()
-                .to_owned(),
-        }
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        self.http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn post(&self, path: &str, body: &Value) -> Value {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "{path}: {}",
-            response.status()
-        );
-        response.json().await.unwrap()
-    }
-
-    /// The module's counter `name`.
-    async fn metric(&self, name: &str) -> f64 {
-        let status = self.get("/admin/v1/status").await;
-        status["modules"][0]["metrics"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["name"] == name)
-            .map(|m| m["value"].as_f64().unwrap())
-            .unwrap()
-    }
+/// The messaging module's counter `name` on the node behind `admin`.
+async fn metric(admin: &Admin, name: &str) -> f64 {
+    let status = admin.get("/admin/v1/status").await;
+    status["modules"][0]["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name)
+        .map(|m| m["value"].as_f64().unwrap())
+        .unwrap()
 }
 
 /// A node's configuration file: retries within half a second, so that the
@@ -167,7 +119,7 @@ async fn a_receiver_killed_in_the_middle_of_ten_thousand_messages_gets_each_once
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut b = b;
     loop {
-        let received = b_admin.metric("received_total").await;
+        let received = metric(&b_admin, "received_total").await;
         if received >= 300.0 {
             assert!(
                 received < MESSAGES as f64,
