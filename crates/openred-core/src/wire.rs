@@ -347,6 +347,29 @@ fn audit_message(node_id: &NodeId, number: u64, hash: &[u8; 32]) -> Vec<u8> {
     out
 }
 
+const AUTH_CHALLENGE_VERSION: u8 = 1;
+
+/// The exact bytes a node signs to answer a peer's auth challenge inside a
+/// session: `version(1) || challenger(32) || prover(32) || session_id(16)
+/// || challenge(32)`, under the auth-challenge context label. Both node
+/// IDs and the session ID are in it, so an answer proves nothing to a
+/// third node, nor in another session, and the challenger's fresh random
+/// challenge makes every answer single-use.
+pub fn auth_challenge_message(
+    challenger: &NodeId,
+    prover: &NodeId,
+    session_id: &[u8; 16],
+    challenge: &[u8; 32],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(113);
+    out.push(AUTH_CHALLENGE_VERSION);
+    out.extend_from_slice(challenger.as_bytes());
+    out.extend_from_slice(prover.as_bytes());
+    out.extend_from_slice(session_id);
+    out.extend_from_slice(challenge);
+    out
+}
+
 impl DeregisterRequest {
     /// Builds and signs a deregistration with the node's key.
     pub fn sign(key: &IdentityKeypair, seq: u64, issued_at: UnixTime) -> DeregisterRequest {

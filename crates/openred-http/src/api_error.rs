@@ -57,6 +57,12 @@ impl ApiError {
         }
     }
 
+    /// The same error with a `Retry-After` of `seconds` (at least 1).
+    pub fn with_retry_after(mut self, seconds: u64) -> ApiError {
+        self.retry_after_s = Some(seconds.max(1));
+        self
+    }
+
     /// An internal failure (database, I/O). Logged here with its cause; the
     /// client only learns that the service is unavailable (503, so that a
     /// client retries, and never a 500 with internals).

@@ -96,12 +96,45 @@ pub fn routes(state: Arc<NodeState>) -> Router {
         .route("/admin/v1/modules", get(modules))
         .route("/admin/v1/modules/{name}/{action}", post(switch_module))
         .route("/admin/v1/audit", get(audit))
+        .route("/admin/v1/login/unlock", post(unlock))
         .merge(state.modules.admin_router(&state))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
         ))
+        // A login and a logout need no session: they are how one gets and
+        // ends one.
+        .route("/admin/v1/login", post(login))
+        .route("/admin/v1/logout", post(logout))
         .with_state(state)
+}
+
+/// `POST /admin/v1/login`: password + TOTP code, answered with a session
+/// cookie (see [`crate::owner`]).
+async fn login(
+    State(state): State<Arc<NodeState>>,
+    body: Result<Json<crate::owner::LoginRequest>, JsonRejection>,
+) -> Result<(axum::http::HeaderMap, Json<crate::owner::LoginView>), ApiError> {
+    let Json(request) = body?;
+    let (headers, view) = state.owner_login.login(&state, request).await?;
+    Ok((headers, Json(view)))
+}
+
+/// `POST /admin/v1/logout`: ends the cookie's session.
+async fn logout(
+    State(state): State<Arc<NodeState>>,
+    headers: axum::http::HeaderMap,
+) -> (axum::http::HeaderMap, Json<serde_json::Value>) {
+    (
+        state.owner_login.logout(&headers),
+        Json(serde_json::json!({ "logged_out": true })),
+    )
+}
+
+/// `POST /admin/v1/login/unlock`: lifts a login lock-out.
+async fn unlock(State(state): State<Arc<NodeState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    state.owner_login.unlock(&state).await?;
+    Ok(Json(serde_json::json!({ "unlocked": true })))
 }
 
 async fn authenticate(
@@ -115,29 +148,36 @@ async fn authenticate(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !constant_time_eq(presented.as_bytes(), state.admin_token.as_bytes()) {
+    let bearer_ok = constant_time_eq(presented.as_bytes(), state.admin_token.as_bytes());
+    if !bearer_ok
+        && !state
+            .owner_login
+            .session_valid(request.headers(), state.clock.now())
+    {
         // Not awaited: an unauthenticated caller must not hold the API up.
-        // A password login (to come) records `admin_login` ok and failed
-        // here too, with its own reasons.
+        // Password logins record `admin_login` in `owner::login`.
+        let reason = if !presented.is_empty() {
+            "bad_token"
+        } else if crate::owner::OwnerLogin::has_cookie(request.headers()) {
+            "bad_session"
+        } else {
+            "no_token"
+        };
         state.audit.record(
             Event::failed(EventKind::AdminLogin)
-                .reason(if presented.is_empty() {
-                    "no_token"
-                } else {
-                    "bad_token"
-                })
+                .reason(reason)
                 .detail("path", request.uri().path().to_owned()),
         );
         return axum::response::IntoResponse::into_response(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "a valid admin bearer token is required",
+            "a valid admin bearer token or login session is required",
         ));
     }
     next.run(request).await
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -326,7 +366,7 @@ pub struct ConnectView {
     pub elapsed_ms: f64,
 }
 
-fn peer_id(body: Result<Json<PeerRequest>, JsonRejection>) -> Result<NodeId, ApiError> {
+pub(crate) fn peer_id(body: Result<Json<PeerRequest>, JsonRejection>) -> Result<NodeId, ApiError> {
     let Json(body) = body?;
     NodeId::parse(&body.node_id).map_err(|e| ApiError::bad_request("bad_node_id", e.to_string()))
 }

@@ -13,6 +13,7 @@
 //! - [`lifecycle`]: purging what expired, renewing sessions in use.
 //! - `p2p`: the API peers and the directory call.
 //! - [`admin`]: the owner's API.
+//! - [`owner`]: the owner's password + TOTP login and session cookies.
 //! - [`node`]: [`Node`]: serving, the registration loop, connecting.
 //! - [`audit`]: the signed, hash-chained audit log and its verification.
 //!
@@ -40,6 +41,7 @@ pub mod master_key;
 pub mod metrics;
 pub mod modules;
 pub mod node;
+pub mod owner;
 mod p2p;
 pub mod sandbox;
 pub mod sessions;

@@ -83,6 +83,8 @@ pub struct NodeState {
     pub(crate) readiness: crate::health::ReadinessCache,
     /// The signed audit log.
     pub(crate) audit: Audit,
+    /// The owner's password + TOTP logins.
+    pub(crate) owner_login: crate::owner::OwnerLogin,
 }
 
 /// A node, opened and ready to serve.
@@ -174,6 +176,7 @@ impl Node {
         .map_err(|e| StartError::Outbound(e.to_string()))?;
         let admin_token =
             admin::load_or_create_token(&config.data_dir).map_err(StartError::AdminToken)?;
+        crate::owner::prepare_dir(&config.data_dir).map_err(StartError::AdminToken)?;
         let directory = DirectoryClient::new(config.directory_url.clone(), config.directory_key);
         let state = Arc::new(NodeState {
             config,
@@ -190,6 +193,7 @@ impl Node {
             metrics: crate::metrics::NodeMetrics::default(),
             readiness: crate::health::ReadinessCache::default(),
             audit,
+            owner_login: crate::owner::OwnerLogin::default(),
         });
         state.modules.attach(&state);
         Ok(Node { state })
@@ -729,6 +733,7 @@ pub fn prepare_confinement(
 ) -> Result<crate::agent::process::Launcher, StartError> {
     prepare_state_dir(&config.data_dir)?;
     crate::audit::prepare_dir(&config.data_dir).map_err(StartError::AdminToken)?;
+    crate::owner::prepare_dir(&config.data_dir).map_err(StartError::AdminToken)?;
     admin::load_or_create_token(&config.data_dir).map_err(StartError::AdminToken)?;
     admin::touch_address_file(&config.data_dir).map_err(StartError::AdminToken)?;
     crate::identity::check_present(&config.data_dir)?;

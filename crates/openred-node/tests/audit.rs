@@ -612,12 +612,8 @@ async fn a_second_writer_is_refused() {
 /// The events of a node's log, as `event:outcome` (skipping session
 /// closures, which the clock decides).
 async fn events(node: &TestNode) -> Vec<String> {
-    node.audit().flush().await.unwrap();
-    node.audit()
-        .read(0, 10_000)
+    node.audit_entries()
         .await
-        .unwrap()
-        .entries
         .into_iter()
         .map(|e| format!("{}:{}", e.event, e.outcome))
         .collect()
@@ -744,8 +740,7 @@ async fn a_real_flow_leaves_its_events_in_order() {
 }
 
 async fn events_view(node: &TestNode) -> Vec<audit::AuditEntryView> {
-    node.audit().flush().await.unwrap();
-    node.audit().read(0, 10_000).await.unwrap().entries
+    node.audit_entries().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

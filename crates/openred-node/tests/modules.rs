@@ -24,16 +24,7 @@ fn chacha_only(config: &mut NodeConfig) {
 }
 
 fn metric(node: &NodeState, module: &str, name: &str) -> f64 {
-    node.modules()
-        .views()
-        .into_iter()
-        .find(|m| m.name == module)
-        .unwrap()
-        .metrics
-        .into_iter()
-        .find(|m| m.name == name)
-        .unwrap()
-        .value
+    module_metric(node, module, name)
 }
 
 async fn echo_nodes(net: &Network) -> (TestNode, TestNode) {
@@ -47,14 +38,7 @@ async fn echo_nodes(net: &Network) -> (TestNode, TestNode) {
 }
 
 async fn switch(net: &Network, node: &TestNode, module: &str, on: bool) -> Answer {
-    let action = if on { "enable" } else { "disable" };
-    node.admin_post(
-        &net.http,
-        &format!("/admin/v1/modules/{module}/{action}"),
-        Some(&node.admin_token()),
-        &json!({}),
-    )
-    .await
+    node.switch_module(&net.http, module, on).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,8 +85,11 @@ async fn a_module_brings_routes_suites_middleware_hooks_and_metrics() {
         .iter()
         .map(|m| m["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, vec!["messaging", "files", "monitoring", "echo"]);
-    assert_eq!(status.json["modules"][3]["suites"], json!(["aes-256-gcm"]));
+    assert_eq!(
+        names,
+        vec!["messaging", "files", "monitoring", "auth", "echo"]
+    );
+    assert_eq!(status.json["modules"][4]["suites"], json!(["aes-256-gcm"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -179,14 +179,7 @@ async fn metrics_need_the_owner_token_and_the_module_switched_on() {
         401,
         "unauthorized",
     );
-    let off = a
-        .admin_post(
-            &net.http,
-            "/admin/v1/modules/monitoring/disable",
-            Some(&a.admin_token()),
-            &json!({}),
-        )
-        .await;
+    let off = a.switch_module(&net.http, "monitoring", false).await;
     assert_eq!(off.status, 200);
     assert_refused(
         &get(&net.http, &url, Some(&a.admin_token())).await,

@@ -9,6 +9,7 @@ use openred_node::admin::{
     self, ConnectView, PeerRequest, PeerView, PingView, RenewView, StatusView,
 };
 use openred_node::audit::AuditView;
+use openred_node::modules::auth::ProofView;
 use openred_node::modules::files::api::{OfferView, ShareCreated, ShareView};
 use openred_node::modules::files::transfers::{TransferState, TransferView};
 use openred_node::modules::messaging::api::{InboxView, OutboxView};
@@ -462,6 +463,54 @@ pub async fn module(data: &Path, command: ModuleCommand, json: bool) -> anyhow::
         view.name,
         if view.enabled { "on" } else { "off" }
     );
+    Ok(())
+}
+
+/// `openred admin unlock`.
+pub async fn unlock_login(data: &Path, json: bool) -> anyhow::Result<()> {
+    let answer: Value = AdminClient::new(data)?
+        .post("/admin/v1/login/unlock", &serde_json::json!({}))
+        .await?;
+    if json {
+        return print_json(&answer);
+    }
+    println!("the login is unlocked");
+    Ok(())
+}
+
+/// `openred auth challenge NODE_ID | proofs`.
+pub async fn auth(
+    data: &Path,
+    command: crate::owner::AuthCommand,
+    json: bool,
+) -> anyhow::Result<()> {
+    let client = AdminClient::new(data)?;
+    let proofs: Vec<ProofView> = match command {
+        crate::owner::AuthCommand::Challenge { node_id } => {
+            vec![
+                client
+                    .post("/admin/v1/auth/challenge", &PeerRequest { node_id })
+                    .await?,
+            ]
+        }
+        crate::owner::AuthCommand::Proofs => client.get("/admin/v1/auth/proofs").await?,
+    };
+    if json {
+        return print_json(&proofs);
+    }
+    if proofs.is_empty() {
+        println!("no proofs held");
+    }
+    for proof in proofs {
+        let took = proof
+            .took_ms
+            .map(|ms| format!(" in {ms:.2} ms"))
+            .unwrap_or_default();
+        println!(
+            "{} proved its identity{took} (session {}, at {})",
+            proof.peer, proof.session_id, proof.proved_at
+        );
+    }
     Ok(())
 }
 

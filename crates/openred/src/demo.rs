@@ -2,8 +2,9 @@
 //! data directories, through the whole flow: registration, an introduction
 //! and handshake for every pair, an encrypted ping over each session, the
 //! renewal of one session by a fresh handshake inside it, messages
-//! between the nodes, and a file shared by one node and fetched by
-//! another. Prints
+//! between the nodes, a file shared by one node and fetched by another
+//! (after the sharer has challenged the fetcher to re-prove its identity),
+//! and the owner's password + TOTP login to a node's admin API. Prints
 //! a summary and exits 0; `--keep` leaves them running.
 
 use std::sync::Arc;
@@ -12,11 +13,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use openred_core::ApiUrl;
 use openred_directory::{Config as DirectoryConfig, Directory};
+use openred_node::modules::auth::Auth;
 use openred_node::modules::files::transfers::TransferState;
 use openred_node::modules::files::{Files, ShareRequest};
 use openred_node::modules::messaging::store::DeliveryState;
 use openred_node::modules::messaging::Messaging;
-use openred_node::{Node, NodeConfig, NodeKeys, NodeState};
+use openred_node::{owner, Node, NodeConfig, NodeKeys, NodeState};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -112,6 +114,85 @@ async fn share_a_file(
         to.name,
         to.name,
         started.elapsed().as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
+
+/// What the auth module's policy did during the file transfer: `from`
+/// challenged `to` before granting the download.
+fn show_proof(from: &DemoNode, to: &DemoNode) -> anyhow::Result<()> {
+    let auth = from
+        .state
+        .modules()
+        .get::<Auth>()
+        .context("the auth module")?;
+    let proof = auth
+        .proofs(&from.state)
+        .into_iter()
+        .find(|p| p.peer == to.state.node_id().to_string())
+        .context("no proof of the fetcher's identity was asked for")?;
+    println!(
+        "  before granting it, {} challenged {} to re-prove its identity in session {}…: signature verified",
+        from.name,
+        to.name,
+        &proof.session_id[..8]
+    );
+    Ok(())
+}
+
+/// The owner of `node` sets a password and a TOTP secret, logs in to the
+/// admin API with both, reads its status with the session cookie, and logs
+/// out.
+async fn owner_login(node: &DemoNode) -> anyhow::Result<()> {
+    let data = node.state.data_dir();
+    let password = "demo password, not a real one";
+    owner::set_password(data, password)?;
+    let enrollment = owner::enroll_totp(data, &node.state.node_id().to_string())?;
+    let now = node.state.clock().now().0;
+    let code = owner::totp_code(&enrollment.secret, now).map_err(anyhow::Error::msg)?;
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let login = http
+        .post(format!("{}/admin/v1/login", node.admin))
+        .json(&serde_json::json!({ "password": password, "totp": code }))
+        .send()
+        .await?;
+    if !login.status().is_success() {
+        bail!("the owner's login failed: {}", login.text().await?);
+    }
+    let cookie = login
+        .headers()
+        .get(reqwest::header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .context("the login set no cookie")?
+        .to_owned();
+    let took = started.elapsed();
+    let status = http
+        .get(format!("{}/admin/v1/status", node.admin))
+        .header(reqwest::header::COOKIE, &cookie)
+        .send()
+        .await?;
+    if !status.status().is_success() {
+        bail!("the session cookie did not open the admin API");
+    }
+    http.post(format!("{}/admin/v1/logout", node.admin))
+        .header(reqwest::header::COOKIE, &cookie)
+        .send()
+        .await?;
+    let after = http
+        .get(format!("{}/admin/v1/status", node.admin))
+        .header(reqwest::header::COOKIE, &cookie)
+        .send()
+        .await?;
+    if after.status() != reqwest::StatusCode::UNAUTHORIZED {
+        bail!("the session outlived its logout");
+    }
+    println!(
+        "{}'s owner logged in with a password (Argon2id) and a TOTP code in {:.1} ms, \
+         read the status with the session cookie, and logged out",
+        node.name,
+        took.as_secs_f64() * 1000.0
     );
     Ok(())
 }
@@ -305,9 +386,12 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     // messaging), bob fetches it in encrypted chunks, verified with BLAKE3.
     println!();
     share_a_file(&nodes[0], &nodes[1], root.path()).await?;
+    show_proof(&nodes[0], &nodes[1])?;
+    println!();
+    owner_login(&nodes[2]).await?;
     println!();
     println!(
-        "3 introductions, 3 sessions, 7 encrypted pings, 1 renewal, {} messages, 1 file in {:.0} ms in all",
+        "3 introductions, 3 sessions, 7 encrypted pings, 1 renewal, {} messages, 1 file, 1 login in {:.0} ms in all",
         notes.len(),
         started.elapsed().as_secs_f64() * 1000.0
     );

@@ -10,6 +10,7 @@ mod config;
 mod demo;
 mod directory;
 mod node;
+mod owner;
 
 use std::process::ExitCode;
 
@@ -111,6 +112,16 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// The owner's login to the admin API: password, TOTP, lock-out.
+    Admin {
+        #[command(subcommand)]
+        command: owner::AdminCommand,
+    },
+    /// Peer authentication: ask a peer to re-prove its identity.
+    Auth {
+        #[command(subcommand)]
+        command: owner::AuthCommand,
+    },
     /// The crypto agent, or with `--launcher` the process that starts
     /// agents. Started by the node over an inherited socket; not for use by
     /// hand.
@@ -193,6 +204,8 @@ fn main() -> ExitCode {
             Command::Module { command } => client::module(&need_data()?, command, cli.json).await,
             Command::Audit { command } => audit::run(&need_data()?, command, cli.json).await,
             Command::File { command } => client::file(&need_data()?, command, cli.json).await,
+            Command::Admin { command } => owner::admin(&need_data()?, command, cli.json).await,
+            Command::Auth { command } => client::auth(&need_data()?, command, cli.json).await,
             Command::Agent { .. } => Ok(()),
         }
     });

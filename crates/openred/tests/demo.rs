@@ -68,6 +68,15 @@ fn the_demo_runs_the_whole_flow_and_exits_cleanly() {
         file.contains("with bob; bob fetched and verified it in "),
         "{file}"
     );
-    line("3 introductions, 3 sessions, 7 encrypted pings, 1 renewal, 4 messages, 1 file in ");
+    // Before granting it, alice had bob re-prove his identity.
+    let proof = line("  before granting it, alice challenged bob to re-prove its identity");
+    assert!(proof.ends_with(": signature verified"), "{proof}");
+    // carol's owner logs in with a password and a TOTP code, and out.
+    let login = line("carol's owner logged in with a password (Argon2id) and a TOTP code in ");
+    assert!(
+        login.ends_with("read the status with the session cookie, and logged out"),
+        "{login}"
+    );
+    line("3 introductions, 3 sessions, 7 encrypted pings, 1 renewal, 4 messages, 1 file, 1 login in ");
     assert!(!stderr.contains("ERROR"), "{stderr}");
 }

@@ -606,6 +606,24 @@ impl Crypto {
         )
     }
 
+    /// Answers a peer's auth challenge (see
+    /// [`Request::SignAuthChallenge`]).
+    pub async fn sign_auth_challenge(
+        &self,
+        challenger: &NodeId,
+        session_id: &[u8; 16],
+        challenge: &[u8; 32],
+    ) -> Result<[u8; 64], CryptoError> {
+        signature(
+            self.call(Request::SignAuthChallenge {
+                challenger: *challenger.as_bytes(),
+                session_id: *session_id,
+                challenge: *challenge,
+            })
+            .await?,
+        )
+    }
+
     /// Signs the audit log's head (see [`Request::SignAuditHead`]).
     pub async fn sign_audit_head(
         &self,

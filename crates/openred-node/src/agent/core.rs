@@ -16,8 +16,8 @@ use openred_core::id::Fingerprint;
 use openred_core::session::Suite;
 use openred_core::token::{LinkKey, LinkSigningKey, LinkVerifyingKey, TokenEnvelope};
 use openred_core::wire::{
-    audit_entry_message, audit_head_message, connection_request_message, deregistration_message,
-    reachability_message,
+    audit_entry_message, audit_head_message, auth_challenge_message, connection_request_message,
+    deregistration_message, reachability_message,
 };
 use openred_core::{ApiUrl, NodeId, NodeRecord, UnixTime};
 
@@ -208,6 +208,19 @@ impl AgentCore {
             } => {
                 let message = audit_head_message(&self.keys.node_id(), entries, &last_line_hash);
                 self.signature(NodeSignature::AuditHead, &message)
+            }
+            Request::SignAuthChallenge {
+                challenger,
+                session_id,
+                challenge,
+            } => {
+                let me = self.keys.node_id();
+                let challenger = NodeId::from_bytes(challenger);
+                if challenger == me {
+                    return refused("a node does not answer its own challenge");
+                }
+                let message = auth_challenge_message(&challenger, &me, &session_id, &challenge);
+                self.signature(NodeSignature::AuthChallenge, &message)
             }
             #[cfg(feature = "agent-probes")]
             Request::Probe(probe) => probe_response(probe),

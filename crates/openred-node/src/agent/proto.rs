@@ -119,6 +119,17 @@ pub enum Request {
         /// BLAKE3 of the last line (the genesis value for an empty log).
         last_line_hash: [u8; 32],
     },
+    /// Answer a peer's auth challenge: the agent signs
+    /// `auth_challenge_message(challenger, own node ID, session_id,
+    /// challenge)` under the auth-challenge label, and nothing else.
+    SignAuthChallenge {
+        /// The peer that sent the challenge.
+        challenger: [u8; 32],
+        /// The session the challenge came in.
+        session_id: [u8; 16],
+        /// The peer's random challenge.
+        challenge: [u8; 32],
+    },
     /// Test builds only: try something the sandbox must forbid.
     #[cfg(feature = "agent-probes")]
     Probe(Probe),

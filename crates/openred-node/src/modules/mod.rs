@@ -16,6 +16,7 @@
 //! How to write one: `docs/MODULES.md`, and the example module
 //! `crates/openred-node/examples/echo_module.rs`.
 
+pub mod auth;
 pub mod files;
 pub mod messaging;
 pub mod monitoring;
@@ -186,7 +187,7 @@ pub trait Module: Send + Sync + 'static {
 pub fn builtin(
     settings: &BTreeMap<String, serde_json::Value>,
 ) -> Result<Vec<Arc<dyn Module>>, ModuleError> {
-    let known = [messaging::NAME, files::NAME, monitoring::NAME];
+    let known = [messaging::NAME, files::NAME, monitoring::NAME, auth::NAME];
     if let Some(unknown) = settings.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(ModuleError::Unknown(unknown.clone()));
     }
@@ -196,10 +197,13 @@ pub fn builtin(
         .map_err(|e| ModuleError::Settings(files::NAME, e))?;
     let monitoring = monitoring::Monitoring::new(settings.get(monitoring::NAME))
         .map_err(|e| ModuleError::Settings(monitoring::NAME, e))?;
+    let auth = auth::Auth::new(settings.get(auth::NAME))
+        .map_err(|e| ModuleError::Settings(auth::NAME, e))?;
     Ok(vec![
         Arc::new(messaging),
         Arc::new(files),
         Arc::new(monitoring),
+        Arc::new(auth),
     ])
 }
 

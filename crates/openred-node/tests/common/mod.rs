@@ -532,6 +532,24 @@ impl TestNode {
         Answer::from_reqwest(request.send().await.unwrap()).await
     }
 
+    /// Switches one of this node's modules on or off through its admin API.
+    pub async fn switch_module(&self, http: &reqwest::Client, module: &str, on: bool) -> Answer {
+        let action = if on { "enable" } else { "disable" };
+        self.admin_post(
+            http,
+            &format!("/admin/v1/modules/{module}/{action}"),
+            Some(&self.admin_token()),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// Every entry of the node's audit log, once what is queued is written.
+    pub async fn audit_entries(&self) -> Vec<openred_node::audit::AuditEntryView> {
+        self.audit().flush().await.unwrap();
+        self.audit().read(0, 10_000).await.unwrap().entries
+    }
+
     /// Waits until the node has registered with the directory.
     pub async fn wait_registered(&self) {
         let deadline = Instant::now() + REGISTRATION_DEADLINE;
@@ -558,6 +576,20 @@ impl TestNode {
                 .expect("the node serves without I/O errors");
         }
     }
+}
+
+/// The value of a module's metric `name` on `node`.
+pub fn module_metric(node: &NodeState, module: &str, name: &str) -> f64 {
+    node.modules()
+        .views()
+        .into_iter()
+        .find(|m| m.name == module)
+        .unwrap()
+        .metrics
+        .into_iter()
+        .find(|m| m.name == name)
+        .unwrap()
+        .value
 }
 
 /// The plaintext of an encrypted ping: its route's label, then `ping`

@@ -92,6 +92,9 @@ pub(super) async fn grant(
             "this share's download limit is reached",
         ));
     }
+    // The auth module's policy may ask for a fresh proof of the peer's
+    // identity before a link is granted.
+    state.require_peer_proof(&live, REQUEST_PATH).await?;
     let capability: [u8; 32] = random_bytes().map_err(internal)?;
     let link = Link {
         file_id,
@@ -130,6 +133,7 @@ pub(super) async fn serve(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (live, payload) = state.open_frame(DOWNLOAD_PATH, &body)?;
+    state.require_peer_proof(&live, DOWNLOAD_PATH).await?;
     let request: DownloadRequest =
         serde_json::from_slice(&payload).map_err(|e| bad_request(e.to_string()))?;
     let capability = parse_file_url(&request.file_url)

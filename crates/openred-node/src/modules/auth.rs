@@ -1,0 +1,590 @@
+//! The authentication module, between peers: a node asks a peer to
+//! re-prove its identity inside a session (`POST /p2p/auth/challenge`),
+//! and other modules can require such a proof, no older than a set age,
+//! before a sensitive operation (a policy per route).
+//!
+//! The challenger sends 32 fresh random bytes in a frame of the session;
+//! the peer's crypto agent signs `auth_challenge_message(challenger,
+//! prover, session ID, challenge)` under the auth-challenge context label
+//! with the peer's identity key; the challenger verifies it with the
+//! identity key of the peer's signed record. The Noise KK handshake
+//! already authenticated the session with the peers' static X25519 keys;
+//! this proves, now, that the peer still holds the Ed25519 identity key
+//! its node ID names (a node whose identity key is gone, or whose agent is
+//! down, can no longer prove it), and binds the proof to this session and
+//! this challenger.
+//!
+//! A policy route asks [`NodeState::require_peer_proof`] after it has
+//! opened the request's frame: only an authenticated request can make the
+//! node challenge its peer, so a stranger cannot turn the node into a
+//! source of challenges. One challenge at a time runs per session; the
+//! others wait for its outcome.
+//!
+//! The owner's login to the admin API is the core's (`crate::owner`), not
+//! this module's: switching a module off must neither lock the owner out
+//! nor leave logins valid that the owner thinks are off.
+//!
+//! Settings (`[modules.auth]`): see [`Settings`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use openred_core::session::SessionId;
+use openred_core::wire::auth_challenge_message;
+use openred_core::{IdentityPublicKey, NodeId, SignatureContext, UnixTime};
+use openred_http::ApiError;
+use serde::{Deserialize, Serialize};
+
+use super::{Metric, Module};
+use crate::admin::PeerRequest;
+use crate::error::NodeError;
+use crate::node::NodeState;
+use crate::sessions::LiveSession;
+
+/// The module's name.
+pub const NAME: &str = "auth";
+
+/// The P2P route where a peer answers a challenge.
+pub const CHALLENGE_PATH: &str = "/p2p/auth/challenge";
+
+/// A challenge's length: 256 random bits.
+pub const CHALLENGE_LEN: usize = 32;
+
+/// The default policy: granting a file download needs a proof of the
+/// downloader's identity younger than 10 minutes.
+const DEFAULT_POLICY: [(&str, u64); 1] = [(super::files::REQUEST_PATH, 600)];
+
+/// `[modules.auth]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// P2P routes that need a proof of the peer's identity, with the
+    /// proof's maximum age in seconds. A route is only checked if its
+    /// module asks (the files module asks for `/p2p/file-request` and
+    /// `/p2p/file-download`). An empty table switches the policy off.
+    pub require_fresh_proof: BTreeMap<String, u64>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            require_fresh_proof: DEFAULT_POLICY
+                .iter()
+                .map(|(route, age)| ((*route).to_owned(), *age))
+                .collect(),
+        }
+    }
+}
+
+/// Why a peer's proof was not had.
+#[derive(Debug, thiserror::Error)]
+pub enum ProofError {
+    /// The challenge did not reach the peer, or its answer did not come
+    /// back in a frame of the session.
+    #[error("the challenge failed: {0}")]
+    Exchange(#[from] NodeError),
+    /// The answer is not a signature by the peer's identity key over this
+    /// challenge, both node IDs and this session.
+    #[error("the peer's answer does not verify: {0}")]
+    Invalid(&'static str),
+}
+
+/// A proof of a peer's identity, as the admin API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProofView {
+    /// The peer.
+    pub peer: String,
+    /// The session the proof is bound to.
+    pub session_id: String,
+    /// When the answer verified (Unix seconds).
+    pub proved_at: u64,
+    /// The challenge's round trip, signature and check included, in
+    /// milliseconds (`None` for a proof listed afterwards).
+    pub took_ms: Option<f64>,
+}
+
+/// The authentication module.
+pub struct Auth {
+    settings: Settings,
+    /// When each session's peer last proved its identity.
+    proofs: Mutex<HashMap<SessionId, (NodeId, UnixTime)>>,
+    /// One challenge at a time per session.
+    running: Mutex<HashMap<SessionId, Arc<tokio::sync::Mutex<()>>>>,
+    challenges_sent: AtomicU64,
+    proofs_verified: AtomicU64,
+    proofs_failed: AtomicU64,
+    challenges_answered: AtomicU64,
+    policy_refusals: AtomicU64,
+}
+
+/// Checks a peer's answer: a signature by `prover_key` (which must be the
+/// key `prover` names) over the challenge, both node IDs and the session
+/// ID, under the auth-challenge label.
+pub fn verify_answer(
+    challenger: &NodeId,
+    prover: &NodeId,
+    prover_key: &IdentityPublicKey,
+    session: &SessionId,
+    challenge: &[u8; CHALLENGE_LEN],
+    signature: &[u8],
+) -> Result<(), ProofError> {
+    if prover_key.node_id() != *prover {
+        return Err(ProofError::Invalid("the key is not the peer's"));
+    }
+    let message = auth_challenge_message(challenger, prover, session.as_bytes(), challenge);
+    prover_key
+        .verify(SignatureContext::AuthChallenge, &message, signature)
+        .map_err(|_| ProofError::Invalid("not the peer's signature over this challenge"))
+}
+
+impl Auth {
+    /// The module with `settings` (JSON; defaults where absent).
+    pub fn new(settings: Option<&serde_json::Value>) -> Result<Auth, String> {
+        let settings: Settings = match settings {
+            Some(value) => serde_json::from_value(value.clone()).map_err(|e| e.to_string())?,
+            None => Settings::default(),
+        };
+        for (route, age) in &settings.require_fresh_proof {
+            if !route.starts_with("/p2p/") {
+                return Err(format!(
+                    "require_fresh_proof: {route:?} is not a /p2p/ route"
+                ));
+            }
+            if *age == 0 {
+                return Err(format!(
+                    "require_fresh_proof: the maximum age of {route} must be at least 1 s"
+                ));
+            }
+        }
+        Ok(Auth {
+            settings,
+            proofs: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
+            challenges_sent: AtomicU64::new(0),
+            proofs_verified: AtomicU64::new(0),
+            proofs_failed: AtomicU64::new(0),
+            challenges_answered: AtomicU64::new(0),
+            policy_refusals: AtomicU64::new(0),
+        })
+    }
+
+    /// The maximum age of a proof on `route`, if the policy names it.
+    pub fn max_age(&self, route: &str) -> Option<u64> {
+        self.settings.require_fresh_proof.get(route).copied()
+    }
+
+    /// Challenges the peer of `live` now and records its proof.
+    pub async fn challenge(
+        &self,
+        node: &NodeState,
+        live: &LiveSession,
+    ) -> Result<ProofView, ProofError> {
+        let mut challenge = [0u8; CHALLENGE_LEN];
+        getrandom::fill(&mut challenge).map_err(|_| ProofError::Invalid("no randomness"))?;
+        self.challenges_sent.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let outcome = async {
+            let answer = node.exchange(live, CHALLENGE_PATH, &challenge).await?;
+            verify_answer(
+                &node.node_id(),
+                &live.peer,
+                &live.peer_record.record().identity_key,
+                &live.id(),
+                &challenge,
+                &answer,
+            )
+        }
+        .await;
+        if let Err(e) = outcome {
+            self.proofs_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(peer = %live.peer, session = %live.id(), error = %e, "a peer failed an auth challenge");
+            return Err(e);
+        }
+        self.proofs_verified.fetch_add(1, Ordering::Relaxed);
+        let now = node.clock().now();
+        {
+            let mut proofs = self.proofs.lock().unwrap_or_else(PoisonError::into_inner);
+            // Forget the proofs of sessions that ended while the module
+            // was off (it hears no session events then).
+            proofs.retain(|id, _| node.sessions().get(id).is_some());
+            proofs.insert(live.id(), (live.peer, now));
+        }
+        Ok(ProofView {
+            peer: live.peer.to_string(),
+            session_id: live.id().to_string(),
+            proved_at: now.0,
+            took_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
+        })
+    }
+
+    fn proved_within(&self, session: &SessionId, now: UnixTime, max_age: u64) -> bool {
+        let proofs = self.proofs.lock().unwrap_or_else(PoisonError::into_inner);
+        proofs
+            .get(session)
+            .is_some_and(|(_, at)| at.0 <= now.0 && now.0 - at.0 < max_age)
+    }
+
+    /// `Ok` if `route` needs no proof, or the peer of `live` proved its
+    /// identity within the route's maximum age (challenging it now if
+    /// not).
+    pub async fn require_fresh(
+        &self,
+        node: &NodeState,
+        live: &LiveSession,
+        route: &str,
+    ) -> Result<(), ApiError> {
+        let Some(max_age) = self.max_age(route) else {
+            return Ok(());
+        };
+        let session = live.id();
+        if self.proved_within(&session, node.clock().now(), max_age) {
+            return Ok(());
+        }
+        let gate = self
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(session)
+            .or_default()
+            .clone();
+        let outcome = {
+            let _one_at_a_time = gate.lock().await;
+            // A challenge that ran while this request waited may have
+            // answered already.
+            if self.proved_within(&session, node.clock().now(), max_age) {
+                Ok(())
+            } else {
+                self.challenge(node, live).await.map(|_| ())
+            }
+        };
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|id, gate| Arc::strong_count(gate) > 1 || node.sessions().get(id).is_some());
+        outcome.map_err(|e| {
+            self.policy_refusals.fetch_add(1, Ordering::Relaxed);
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "peer_auth_failed",
+                format!(
+                    "{route} needs a proof of your identity younger than {max_age} s, \
+                     and this node's challenge failed: {e}"
+                ),
+            )
+        })
+    }
+
+    /// The proofs held now.
+    pub fn proofs(&self, node: &NodeState) -> Vec<ProofView> {
+        let proofs = self.proofs.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut views: Vec<ProofView> = proofs
+            .iter()
+            .filter(|(id, _)| node.sessions().get(id).is_some())
+            .map(|(id, (peer, at))| ProofView {
+                peer: peer.to_string(),
+                session_id: id.to_string(),
+                proved_at: at.0,
+                took_ms: None,
+            })
+            .collect();
+        views.sort_by(|a, b| a.peer.cmp(&b.peer));
+        views
+    }
+}
+
+impl NodeState {
+    /// For a module's sensitive route: `Ok` if the auth module is off, or
+    /// its policy does not name `route`, or the peer of `live` proved its
+    /// identity recently enough (the node challenges it now if not).
+    /// Otherwise a 403 `peer_auth_failed` for the peer. Call it after
+    /// opening the request's frame.
+    pub async fn require_peer_proof(
+        &self,
+        live: &LiveSession,
+        route: &str,
+    ) -> Result<(), ApiError> {
+        match self.modules().get::<Auth>() {
+            Some(auth) if self.modules().is_enabled(NAME) => {
+                auth.require_fresh(self, live, route).await
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `POST /p2p/auth/challenge`: signs the peer's challenge with this node's
+/// identity key, through the agent.
+async fn answer(
+    module: Arc<Auth>,
+    state: Arc<NodeState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (live, payload) = state.open_frame(CHALLENGE_PATH, &body)?;
+    let challenge: [u8; CHALLENGE_LEN] = payload
+        .as_slice()
+        .try_into()
+        .map_err(|_| ApiError::bad_request("bad_challenge", "a challenge is 32 random bytes"))?;
+    let signature = state
+        .crypto()
+        .sign_auth_challenge(&live.peer, live.id().as_bytes(), &challenge)
+        .await
+        .map_err(|e| NodeError::Crypto(e).to_api())?;
+    module.challenges_answered.fetch_add(1, Ordering::Relaxed);
+    state.answer_frame(&live, CHALLENGE_PATH, &signature)
+}
+
+/// `POST /admin/v1/auth/challenge`: challenges a peer now.
+async fn challenge_now(
+    module: Arc<Auth>,
+    state: Arc<NodeState>,
+    body: Result<Json<PeerRequest>, JsonRejection>,
+) -> Result<Json<ProofView>, ApiError> {
+    let peer = crate::admin::peer_id(body)?;
+    let live = state
+        .sessions()
+        .with_peer(&peer)
+        .ok_or_else(|| NodeError::NoSession(peer.to_string()).to_api())?;
+    match module.challenge(&state, &live).await {
+        Ok(view) => Ok(Json(view)),
+        Err(ProofError::Exchange(e)) => Err(e.to_api()),
+        Err(e @ ProofError::Invalid(_)) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "bad_proof",
+            e.to_string(),
+        )),
+    }
+}
+
+impl Module for Auth {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn description(&self) -> &'static str {
+        "Peers re-prove their identity on demand; routes can require a fresh proof"
+    }
+
+    fn p2p_routes(self: Arc<Self>) -> Router<Arc<NodeState>> {
+        Router::new().route(
+            CHALLENGE_PATH,
+            post(move |State(state): State<Arc<NodeState>>, body: Bytes| {
+                answer(self.clone(), state, body)
+            }),
+        )
+    }
+
+    fn admin_routes(self: Arc<Self>) -> Router<Arc<NodeState>> {
+        let listing = self.clone();
+        Router::new()
+            .route(
+                "/admin/v1/auth/challenge",
+                post(move |State(state): State<Arc<NodeState>>, body| {
+                    challenge_now(self.clone(), state, body)
+                }),
+            )
+            .route(
+                "/admin/v1/auth/proofs",
+                get(move |State(state): State<Arc<NodeState>>| {
+                    let module = listing.clone();
+                    async move { Json(module.proofs(&state)) }
+                }),
+            )
+    }
+
+    fn on_session_closed(&self, _node: &Arc<NodeState>, _peer: NodeId, session: SessionId) {
+        self.proofs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&session);
+    }
+
+    fn metrics(&self) -> Vec<Metric> {
+        let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            Metric::counter(
+                "challenges_sent",
+                "Challenges this node sent to peers",
+                count(&self.challenges_sent),
+            ),
+            Metric::counter(
+                "proofs_verified",
+                "Peers' answers that verified",
+                count(&self.proofs_verified),
+            ),
+            Metric::counter(
+                "proofs_failed",
+                "Challenges that failed: no answer, or an answer that does not verify",
+                count(&self.proofs_failed),
+            ),
+            Metric::counter(
+                "challenges_answered",
+                "Peers' challenges this node answered",
+                count(&self.challenges_answered),
+            ),
+            Metric::counter(
+                "policy_refusals",
+                "Requests refused because the peer could not prove its identity",
+                count(&self.policy_refusals),
+            ),
+        ]
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openred_core::IdentityKeypair;
+
+    fn keypair() -> IdentityKeypair {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).unwrap();
+        IdentityKeypair::from_secret_bytes(&seed)
+    }
+
+    struct Case {
+        challenger: NodeId,
+        prover: IdentityKeypair,
+        session: SessionId,
+        challenge: [u8; 32],
+    }
+
+    impl Case {
+        fn new() -> Case {
+            let mut session = [0u8; 16];
+            getrandom::fill(&mut session).unwrap();
+            let mut challenge = [0u8; 32];
+            getrandom::fill(&mut challenge).unwrap();
+            Case {
+                challenger: keypair().node_id(),
+                prover: keypair(),
+                session: SessionId::from_bytes(session),
+                challenge,
+            }
+        }
+
+        fn signed_by(&self, key: &IdentityKeypair, challenger: &NodeId) -> Vec<u8> {
+            let message = auth_challenge_message(
+                challenger,
+                &key.node_id(),
+                self.session.as_bytes(),
+                &self.challenge,
+            );
+            key.sign(SignatureContext::AuthChallenge, &message).to_vec()
+        }
+
+        fn verify(&self, signature: &[u8]) -> Result<(), ProofError> {
+            verify_answer(
+                &self.challenger,
+                &self.prover.node_id(),
+                &self.prover.public(),
+                &self.session,
+                &self.challenge,
+                signature,
+            )
+        }
+    }
+
+    #[test]
+    fn the_peers_signature_over_this_challenge_verifies() {
+        let case = Case::new();
+        let good = case.signed_by(&case.prover, &case.challenger);
+        case.verify(&good).unwrap();
+    }
+
+    #[test]
+    fn a_tampered_signature_is_refused() {
+        let case = Case::new();
+        let mut bad = case.signed_by(&case.prover, &case.challenger);
+        bad[10] ^= 1;
+        assert!(matches!(case.verify(&bad), Err(ProofError::Invalid(_))));
+        assert!(case.verify(&bad[..63]).is_err());
+        assert!(case.verify(&[]).is_err());
+    }
+
+    #[test]
+    fn an_answer_to_an_earlier_challenge_is_refused() {
+        let case = Case::new();
+        let old = case.signed_by(&case.prover, &case.challenger);
+        let mut replayed = Case::new();
+        replayed.challenger = case.challenger;
+        replayed.prover = IdentityKeypair::from_secret_bytes(&case.prover.secret_bytes());
+        replayed.session = case.session;
+        // Same peers, same session, a fresh challenge: the old answer is
+        // worth nothing.
+        assert!(replayed.verify(&old).is_err());
+    }
+
+    #[test]
+    fn an_answer_from_another_node_or_for_another_challenger_or_session_is_refused() {
+        let case = Case::new();
+        // Another node signs: its key is not the prover's.
+        let stranger = keypair();
+        let by_stranger = case.signed_by(&stranger, &case.challenger);
+        assert!(case.verify(&by_stranger).is_err());
+        assert!(matches!(
+            verify_answer(
+                &case.challenger,
+                &case.prover.node_id(),
+                &stranger.public(),
+                &case.session,
+                &case.challenge,
+                &by_stranger,
+            ),
+            Err(ProofError::Invalid("the key is not the peer's"))
+        ));
+        // The prover's answer to a third node's identical challenge.
+        let third = keypair().node_id();
+        let for_third = case.signed_by(&case.prover, &third);
+        assert!(case.verify(&for_third).is_err());
+        // The prover's answer in another session.
+        let mut other_session = Case::new();
+        other_session.challenger = case.challenger;
+        other_session.prover = IdentityKeypair::from_secret_bytes(&case.prover.secret_bytes());
+        other_session.challenge = case.challenge;
+        let in_other = other_session.signed_by(&other_session.prover, &case.challenger);
+        other_session.verify(&in_other).unwrap();
+        assert!(case.verify(&in_other).is_err());
+    }
+
+    #[test]
+    fn a_signature_made_under_another_label_is_refused() {
+        let case = Case::new();
+        let message = auth_challenge_message(
+            &case.challenger,
+            &case.prover.node_id(),
+            case.session.as_bytes(),
+            &case.challenge,
+        );
+        let audit = case.prover.sign(SignatureContext::AuditEntry, &message);
+        assert!(case.verify(&audit).is_err());
+    }
+
+    #[test]
+    fn settings_refuse_non_p2p_routes_and_zero_ages() {
+        assert!(Auth::new(Some(
+            &serde_json::json!({"require_fresh_proof": {"/admin/v1/x": 5}})
+        ))
+        .is_err());
+        assert!(Auth::new(Some(
+            &serde_json::json!({"require_fresh_proof": {"/p2p/x": 0}})
+        ))
+        .is_err());
+        assert!(Auth::new(Some(&serde_json::json!({"nope": 1}))).is_err());
+        let auth = Auth::new(None).unwrap();
+        assert_eq!(auth.max_age(super::super::files::REQUEST_PATH), Some(600));
+        assert_eq!(auth.max_age("/p2p/message"), None);
+    }
+}

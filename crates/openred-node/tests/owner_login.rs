@@ -1,0 +1,302 @@
+//! The owner's login to the admin API: password + TOTP code, an expiring
+//! HttpOnly/SameSite=Strict session cookie, logout, back-off and lock-out
+//! (kept across a restart), single-use codes, the audit trail, and the
+//! bearer token still working beside it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use openred_node::owner::{self, BACKOFF_AFTER, LOCKOUT_AFTER, LOCKOUT_S, SESSION_TTL_S};
+use serde_json::json;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+struct Owner {
+    secret: String,
+}
+
+impl Owner {
+    fn set_up(node: &TestNode) -> Owner {
+        owner::set_password(&node.data_dir, PASSWORD).unwrap();
+        let enrollment = owner::enroll_totp(&node.data_dir, &node.id().to_string()).unwrap();
+        Owner {
+            secret: enrollment.secret,
+        }
+    }
+
+    fn code(&self, net: &Network) -> String {
+        owner::totp_code(&self.secret, net.now().0).unwrap()
+    }
+}
+
+struct Login {
+    status: u16,
+    json: serde_json::Value,
+    set_cookie: Option<String>,
+    retry_after: Option<String>,
+}
+
+async fn login(net: &Network, node: &TestNode, password: &str, code: &str) -> Login {
+    let response = net
+        .http
+        .post(node.admin("/admin/v1/login"))
+        .json(&json!({ "password": password, "totp": code }))
+        .send()
+        .await
+        .unwrap();
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .map(|v: &reqwest::header::HeaderValue| v.to_str().unwrap().to_owned())
+    };
+    let set_cookie = header("set-cookie");
+    let retry_after = header("retry-after");
+    let status = response.status().as_u16();
+    let json = response.json().await.unwrap_or_default();
+    Login {
+        status,
+        json,
+        set_cookie,
+        retry_after,
+    }
+}
+
+/// The `name=value` part of a `Set-Cookie`.
+fn cookie_pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_owned()
+}
+
+async fn status_with_cookie(net: &Network, node: &TestNode, cookie: &str) -> u16 {
+    net.http
+        .get(node.admin("/admin/v1/status"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// The `admin_login` entries of the audit log: (outcome, reason).
+async fn logins(node: &TestNode) -> Vec<(String, Option<String>)> {
+    node.audit_entries()
+        .await
+        .into_iter()
+        .filter(|e| e.event == "admin_login")
+        .map(|e| (e.outcome, e.reason))
+        .collect()
+}
+
+fn failed(reason: &str) -> (String, Option<String>) {
+    ("failed".to_owned(), Some(reason.to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_gives_an_expiring_strict_cookie_and_logout_ends_it() {
+    let net = Network::start().await;
+    let node = net.node("a").await;
+
+    // Nothing set up yet.
+    let refused = login(&net, &node, PASSWORD, "123456").await;
+    assert_eq!(refused.status, 409, "{}", refused.json);
+    assert_eq!(refused.json["error"], "login_not_set_up");
+
+    let owner = Owner::set_up(&node);
+    let ok = login(&net, &node, PASSWORD, &owner.code(&net)).await;
+    assert_eq!(ok.status, 200, "{}", ok.json);
+    assert_eq!(ok.json["expires_at"], net.now().0 + SESSION_TTL_S);
+    let set_cookie = ok.set_cookie.unwrap();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=3600"] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    let cookie = cookie_pair(&set_cookie);
+    assert!(cookie.starts_with("openred_admin=") && cookie.len() == "openred_admin=".len() + 64);
+
+    // The cookie opens the admin API; without it, or with another value,
+    // it stays shut; the bearer token still works.
+    assert_eq!(status_with_cookie(&net, &node, &cookie).await, 200);
+    assert_eq!(
+        status_with_cookie(&net, &node, &format!("openred_admin={}", "0".repeat(64))).await,
+        401
+    );
+    let unauthenticated = get(&net.http, &node.admin("/admin/v1/status"), None).await;
+    assert_refused(&unauthenticated, 401, "unauthorized");
+    let bearer = get(
+        &net.http,
+        &node.admin("/admin/v1/status"),
+        Some(&node.admin_token()),
+    )
+    .await;
+    assert_eq!(bearer.status, 200);
+
+    // Logout ends the session at once and clears the cookie.
+    let response = net
+        .http
+        .post(node.admin("/admin/v1/logout"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let cleared = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(cleared.starts_with("openred_admin=;") && cleared.contains("Max-Age=0"));
+    assert_eq!(status_with_cookie(&net, &node, &cookie).await, 401);
+
+    // A session expires after its lifetime.
+    net.clock.advance(30);
+    let again = login(&net, &node, PASSWORD, &owner.code(&net)).await;
+    assert_eq!(again.status, 200, "{}", again.json);
+    let cookie = cookie_pair(&again.set_cookie.unwrap());
+    assert_eq!(status_with_cookie(&net, &node, &cookie).await, 200);
+    net.clock.advance(SESSION_TTL_S - 1);
+    assert_eq!(status_with_cookie(&net, &node, &cookie).await, 200);
+    net.clock.advance(1);
+    assert_eq!(status_with_cookie(&net, &node, &cookie).await, 401);
+
+    assert_eq!(
+        logins(&node).await,
+        vec![
+            failed("not_set_up"),
+            ("ok".to_owned(), None),
+            failed("bad_session"),
+            failed("no_token"),
+            failed("bad_session"),
+            ("ok".to_owned(), None),
+            failed("bad_session"),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_cannot_be_used_twice_nor_a_wrong_factor_pass() {
+    let net = Network::start().await;
+    let node = net.node("a").await;
+    let owner = Owner::set_up(&node);
+    let code = owner.code(&net);
+    assert_eq!(login(&net, &node, PASSWORD, &code).await.status, 200);
+    // The same code again, within its step: refused.
+    let replay = login(&net, &node, PASSWORD, &code).await;
+    assert_eq!(replay.status, 401);
+    assert_eq!(replay.json["error"], "login_failed");
+    assert!(replay.set_cookie.is_none());
+    // The previous step's code (still inside the drift window) is older
+    // than the one used: refused too.
+    let previous = owner::totp_code(&owner.secret, net.now().0 - 30).unwrap();
+    assert_eq!(login(&net, &node, PASSWORD, &previous).await.status, 401);
+    // Wrong password with a fresh code; right password with a wrong code;
+    // a code from a minute ago. The answers do not say which factor failed.
+    net.clock.advance(60);
+    let wrong_password = login(&net, &node, "not the password!", &owner.code(&net)).await;
+    assert_eq!(wrong_password.status, 401);
+    net.clock.advance(30);
+    let wrong_code = login(&net, &node, PASSWORD, "000000").await;
+    assert_eq!(wrong_code.status, 401);
+    assert_eq!(wrong_password.json, wrong_code.json);
+    // A fresh code after the failures (the back-off has passed): accepted,
+    // and the counter starts again.
+    net.clock.advance(30);
+    assert_eq!(
+        login(&net, &node, PASSWORD, &owner.code(&net)).await.status,
+        200
+    );
+    assert_eq!(
+        logins(&node).await,
+        vec![
+            ("ok".to_owned(), None),
+            failed("code_reused"),
+            failed("code_reused"),
+            failed("bad_password"),
+            failed("bad_code"),
+            ("ok".to_owned(), None),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failures_back_off_then_lock_out_even_across_a_restart() {
+    let net = Network::start().await;
+    let node = net.node("a").await;
+    let owner = Owner::set_up(&node);
+
+    // Parallel guesses are checked one at a time: the back-off starts
+    // after BACKOFF_AFTER of them, whatever the race.
+    let guesses = (0..BACKOFF_AFTER + 2).map(|_| login(&net, &node, "wrong password!", "123456"));
+    let answers = futures_util::future::join_all(guesses).await;
+    let checked = answers.iter().filter(|a| a.status == 401).count();
+    let held = answers.iter().filter(|a| a.status == 429).count();
+    assert_eq!((checked, held), (BACKOFF_AFTER as usize, 2));
+    let backoff = answers.iter().find(|a| a.status == 429).unwrap();
+    assert_eq!(backoff.json["error"], "login_backoff");
+    assert_eq!(backoff.retry_after.as_deref(), Some("1"));
+    // During the back-off even the right credentials are not checked.
+    let held = login(&net, &node, PASSWORD, &owner.code(&net)).await;
+    assert_eq!(held.status, 429);
+
+    // Fail on, waiting out each back-off, up to the lock-out.
+    for _ in BACKOFF_AFTER..LOCKOUT_AFTER {
+        net.clock.advance(61);
+        let answer = login(&net, &node, "wrong password!", "123456").await;
+        assert_eq!(answer.status, 401, "{}", answer.json);
+    }
+    net.clock.advance(61);
+    let locked = login(&net, &node, PASSWORD, &owner.code(&net)).await;
+    assert_eq!(locked.status, 429);
+    assert_eq!(locked.json["error"], "login_locked");
+    let retry: u64 = locked.retry_after.unwrap().parse().unwrap();
+    assert_eq!(retry, LOCKOUT_S - 61);
+
+    // A restart does not lift it.
+    let node = net.restart(node).await;
+    let locked = login(&net, &node, PASSWORD, &owner.code(&net)).await;
+    assert_eq!(locked.status, 429, "{}", locked.json);
+    assert_eq!(locked.json["error"], "login_locked");
+
+    // The owner, with the bearer token, lifts it.
+    let unlocked = node
+        .admin_post(
+            &net.http,
+            "/admin/v1/login/unlock",
+            Some(&node.admin_token()),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(unlocked.status, 200);
+    let ok = login(&net, &node, PASSWORD, &owner.code(&net)).await;
+    assert_eq!(ok.status, 200, "{}", ok.json);
+    let unlock_unauthenticated = node
+        .admin_post(&net.http, "/admin/v1/login/unlock", None, &json!({}))
+        .await;
+    assert_refused(&unlock_unauthenticated, 401, "unauthorized");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_login_bodies_get_a_4xx_json_error() {
+    let net = Network::start().await;
+    let node = net.node("a").await;
+    Owner::set_up(&node);
+    let not_json = net
+        .http
+        .post(node.admin("/admin/v1/login"))
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    let answer = Answer::from_reqwest(not_json).await;
+    assert!(
+        answer.status == 400 || answer.status == 422,
+        "{}",
+        answer.status
+    );
+    assert!(answer.code().is_some());
+    let huge = "x".repeat(owner::MAX_PASSWORD_BYTES + 1);
+    let answer = login(&net, &node, &huge, "123456").await;
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.json["error"], "bad_password");
+}
