@@ -4,9 +4,8 @@
 //! address and the token there.
 
 use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -39,31 +38,47 @@ pub fn address_path(data_dir: &Path) -> PathBuf {
     data_dir.join(ADDRESS_FILE)
 }
 
+/// A token is 32 random bytes in lowercase hex.
+const TOKEN_HEX_LEN: usize = 64;
+
 /// Reads the admin token, creating it (0600, 32 random bytes in hex) if
-/// missing.
+/// missing or empty. A token file that holds anything else is refused:
+/// a short or empty token would open the admin API to a guess, or to a
+/// request with no token at all.
 pub fn load_or_create_token(data_dir: &Path) -> io::Result<String> {
     let path = token_path(data_dir);
     match OpenOptions::new().read(true).open(&path) {
         Ok(mut file) => {
             let mut text = String::new();
             file.read_to_string(&mut text)?;
-            Ok(text.trim().to_owned())
+            let token = text.trim();
+            if token.is_empty() {
+                // What a crash while the file was first written would
+                // leave (the new file is written whole and renamed in now).
+                return create_token(&path);
+            }
+            if token.len() != TOKEN_HEX_LEN || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is not an admin token (64 hex digits); delete it to make a new one",
+                        path.display()
+                    ),
+                ));
+            }
+            Ok(token.to_owned())
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let mut bytes = [0u8; 32];
-            getrandom::fill(&mut bytes).map_err(io::Error::other)?;
-            let token = data_encoding::HEXLOWER.encode(&bytes);
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)?;
-            file.write_all(token.as_bytes())?;
-            file.sync_all()?;
-            Ok(token)
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => create_token(&path),
         Err(e) => Err(e),
     }
+}
+
+fn create_token(path: &Path) -> io::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(io::Error::other)?;
+    let token = data_encoding::HEXLOWER.encode(&bytes);
+    crate::owner::write_private(path, token.as_bytes())?;
+    Ok(token)
 }
 
 /// Records where the admin API listens, for the client subcommands.
@@ -106,7 +121,45 @@ pub fn routes(state: Arc<NodeState>) -> Router {
         // ends one.
         .route("/admin/v1/login", post(login))
         .route("/admin/v1/logout", post(logout))
+        .layer(axum::middleware::from_fn(local_host_only))
         .with_state(state)
+}
+
+/// Refuses a request whose `Host` is a name other than `localhost`: the
+/// admin API is reached at an address (the CLI uses the one in
+/// `admin.addr`), and a page whose domain was rebound to 127.0.0.1 (DNS
+/// rebinding) sends its own name, so it cannot reach the API, guess logins
+/// or lock the owner out.
+async fn local_host_only(request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
+    if host.is_some_and(|h| !is_local_host(h)) {
+        return axum::response::IntoResponse::into_response(ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "bad_host",
+            "the admin API answers only requests addressed to an IP address or localhost",
+        ));
+    }
+    next.run(request).await
+}
+
+/// Whether a `Host` header names an IP address or `localhost` (with or
+/// without a port).
+fn is_local_host(host: &str) -> bool {
+    if host.parse::<SocketAddr>().is_ok() || host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let name = host
+        .rsplit_once(':')
+        .filter(|(_, port)| port.parse::<u16>().is_ok())
+        .map_or(host, |(name, _)| name);
+    let name = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// `POST /admin/v1/login`: password + TOTP code, answered with a session
@@ -116,7 +169,13 @@ async fn login(
     body: Result<Json<crate::owner::LoginRequest>, JsonRejection>,
 ) -> Result<(axum::http::HeaderMap, Json<crate::owner::LoginView>), ApiError> {
     let Json(request) = body?;
-    let (headers, view) = state.owner_login.login(&state, request).await?;
+    // In a task of its own: a client that hangs up must not cancel a check
+    // half-way (the failure would go unrecorded and the one-at-a-time lock
+    // be released while the password hash still runs).
+    let task = tokio::spawn(async move { state.owner_login.login(&state, request).await });
+    let (headers, view) = task
+        .await
+        .map_err(|e| ApiError::internal("login task", e))??;
     Ok((headers, Json(view)))
 }
 
@@ -148,17 +207,29 @@ async fn authenticate(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let bearer_ok = constant_time_eq(presented.as_bytes(), state.admin_token.as_bytes());
-    if !bearer_ok
-        && !state
+    let bearer_ok = !presented.is_empty()
+        && constant_time_eq(presented.as_bytes(), state.admin_token.as_bytes());
+    let session_ok = !bearer_ok
+        && state
             .owner_login
-            .session_valid(request.headers(), state.clock.now())
-    {
+            .session_valid(&state, request.headers(), state.clock.now());
+    if session_ok && !crate::owner::cookie_request_allowed(request.method(), request.headers()) {
+        return axum::response::IntoResponse::into_response(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "missing_request_header",
+            format!(
+                "a request that changes something and is authenticated by the login cookie \
+                 needs the header {}: 1",
+                crate::owner::REQUEST_HEADER
+            ),
+        ));
+    }
+    if !bearer_ok && !session_ok {
         // Not awaited: an unauthenticated caller must not hold the API up.
         // Password logins record `admin_login` in `owner::login`.
         let reason = if !presented.is_empty() {
             "bad_token"
-        } else if crate::owner::OwnerLogin::has_cookie(request.headers()) {
+        } else if state.owner_login.has_cookie(request.headers()) {
             "bad_session"
         } else {
             "no_token"
@@ -569,4 +640,50 @@ async fn probe(
         "succeeded": outcome.is_ok(),
         "detail": outcome.err().map(|e| e.to_string()),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_token_file_is_replaced_and_a_malformed_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = load_or_create_token(dir.path()).unwrap();
+        assert_eq!(made.len(), TOKEN_HEX_LEN);
+        assert_eq!(load_or_create_token(dir.path()).unwrap(), made);
+        // What a crash during the first write would leave: an empty token
+        // would let a request without any token in.
+        fs::write(token_path(dir.path()), "").unwrap();
+        let remade = load_or_create_token(dir.path()).unwrap();
+        assert_eq!(remade.len(), TOKEN_HEX_LEN);
+        assert_ne!(remade, made);
+        fs::write(token_path(dir.path()), "abc").unwrap();
+        assert!(load_or_create_token(dir.path()).is_err());
+    }
+
+    #[test]
+    fn only_addresses_and_localhost_are_local_hosts() {
+        for host in [
+            "127.0.0.1:7801",
+            "127.0.0.1",
+            "[::1]:7801",
+            "::1",
+            "[::1]",
+            "localhost",
+            "LOCALHOST:80",
+            "10.1.2.3:9",
+        ] {
+            assert!(is_local_host(host), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:7801",
+            "localhost.evil.example",
+            "",
+            "127.0.0.1.evil",
+        ] {
+            assert!(!is_local_host(host), "{host}");
+        }
+    }
 }

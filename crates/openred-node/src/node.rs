@@ -178,6 +178,7 @@ impl Node {
             admin::load_or_create_token(&config.data_dir).map_err(StartError::AdminToken)?;
         crate::owner::prepare_dir(&config.data_dir).map_err(StartError::AdminToken)?;
         let directory = DirectoryClient::new(config.directory_url.clone(), config.directory_key);
+        let owner_login = crate::owner::OwnerLogin::new(&crypto.node_id());
         let state = Arc::new(NodeState {
             config,
             clock,
@@ -193,7 +194,7 @@ impl Node {
             metrics: crate::metrics::NodeMetrics::default(),
             readiness: crate::health::ReadinessCache::default(),
             audit,
-            owner_login: crate::owner::OwnerLogin::default(),
+            owner_login,
         });
         state.modules.attach(&state);
         Ok(Node { state })

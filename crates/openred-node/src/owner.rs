@@ -99,7 +99,7 @@ pub fn prepare_dir(data_dir: &Path) -> io::Result<()> {
 
 /// Writes `contents` to `path` (0600) through a temporary file and a
 /// rename, so a reader sees the old file or the new one, never half.
-fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
     let mut file = OpenOptions::new()
@@ -252,29 +252,51 @@ pub struct LoginView {
     pub expires_at: u64,
 }
 
+/// The header a request authenticated by the login cookie must carry when
+/// it is not a `GET` or `HEAD`. A page of another origin cannot add a
+/// custom header without a CORS preflight, which the admin API never
+/// grants; a plain HTML form cannot add one at all. `SameSite=Strict`
+/// alone is not enough: browsers treat every port of a host as the same
+/// site, so a page served by another program on this host could post a
+/// form with the owner's cookie.
+pub const REQUEST_HEADER: &str = "x-openred-request";
+
+/// Whether a request authenticated by the login cookie may go on (see
+/// [`REQUEST_HEADER`]).
+pub fn cookie_request_allowed(method: &axum::http::Method, headers: &HeaderMap) -> bool {
+    matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD)
+        || headers.contains_key(REQUEST_HEADER)
+}
+
+/// The session cookie's name for the node `node_id`: cookies are shared by
+/// every port of a host, so two nodes on one machine need two names.
+pub fn cookie_name(node_id: &openred_core::NodeId) -> String {
+    format!("{COOKIE}_{}", &node_id.to_string()[..12])
+}
+
+struct Session {
+    expires_at: UnixTime,
+    /// Of the credentials the login checked: a new password or TOTP secret
+    /// ends every session opened with the old ones.
+    credentials: [u8; 32],
+}
+
 /// The owner's sessions and the login's one-at-a-time gate.
 pub struct OwnerLogin {
-    sessions: Mutex<HashMap<[u8; 32], UnixTime>>,
+    cookie: String,
+    sessions: Mutex<HashMap<[u8; 32], Session>>,
     gate: tokio::sync::Mutex<()>,
 }
 
-impl Default for OwnerLogin {
-    fn default() -> Self {
-        OwnerLogin {
-            sessions: Mutex::new(HashMap::new()),
-            gate: tokio::sync::Mutex::new(()),
-        }
-    }
-}
-
-/// The value of cookie `name` in `headers`.
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// The values of every cookie `name` in `headers` (a browser may send
+/// several of one name, from other paths).
+fn cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
+        .filter_map(move |pair| {
             let (key, value) = pair.trim().split_once('=')?;
             (key == name).then_some(value)
         })
@@ -292,46 +314,94 @@ fn login_failed() -> ApiError {
     )
 }
 
-/// A `Set-Cookie` value.
-fn set_cookie(value: &str, max_age: u64) -> HeaderValue {
-    HeaderValue::from_str(&format!(
-        "{COOKIE}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict"
-    ))
-    .unwrap_or_else(|_| HeaderValue::from_static("openred_admin=; Max-Age=0"))
+/// The owner's credentials as stored: the password's PHC string and the
+/// TOTP secret, and a hash of both.
+struct Credentials {
+    hash: String,
+    secret: Zeroizing<String>,
+    fingerprint: [u8; 32],
+}
+
+fn fingerprint(hash: &[u8], secret: &[u8]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new_derive_key("openred v1 owner credentials");
+    hasher.update(&(hash.len() as u64).to_be_bytes());
+    hasher.update(hash);
+    hasher.update(secret);
+    *hasher.finalize().as_bytes()
+}
+
+/// Reads the credentials; `None` if either file is missing or unreadable.
+fn read_credentials(data_dir: &Path) -> Option<Credentials> {
+    let hash = fs::read_to_string(password_path(data_dir)).ok()?;
+    let secret = Zeroizing::new(fs::read_to_string(totp_path(data_dir)).ok()?);
+    let fingerprint = fingerprint(hash.as_bytes(), secret.as_bytes());
+    Some(Credentials {
+        hash,
+        secret,
+        fingerprint,
+    })
+}
+
+fn storage(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal("node storage", e)
 }
 
 impl OwnerLogin {
-    /// Whether `headers` carry the cookie of a live session.
-    pub fn session_valid(&self, headers: &HeaderMap, now: UnixTime) -> bool {
-        let Some(token) = cookie(headers, COOKIE) else {
-            return false;
-        };
-        let key = session_key(token);
-        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        match sessions.get(&key) {
-            Some(expires) if *expires > now => true,
-            Some(_) => {
-                sessions.remove(&key);
-                false
-            }
-            None => false,
+    /// The login of the node `node_id` (which names its cookie).
+    pub fn new(node_id: &openred_core::NodeId) -> OwnerLogin {
+        OwnerLogin {
+            cookie: cookie_name(node_id),
+            sessions: Mutex::new(HashMap::new()),
+            gate: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// Whether `headers` carry a session cookie at all.
-    pub fn has_cookie(headers: &HeaderMap) -> bool {
-        cookie(headers, COOKIE).is_some()
+    /// A `Set-Cookie` value.
+    fn set_cookie(&self, value: &str, max_age: u64) -> HeaderValue {
+        HeaderValue::from_str(&format!(
+            "{}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict",
+            self.cookie
+        ))
+        .unwrap_or_else(|_| HeaderValue::from_static("openred_admin=; Max-Age=0"))
     }
 
-    async fn failures(state: &NodeState) -> Result<Failures, ApiError> {
+    /// Whether `headers` carry the cookie of a live session opened with the
+    /// credentials stored now.
+    pub fn session_valid(&self, state: &NodeState, headers: &HeaderMap, now: UnixTime) -> bool {
+        let keys: Vec<[u8; 32]> = cookies(headers, &self.cookie).map(session_key).collect();
+        if keys.is_empty() {
+            return false;
+        }
+        let current = read_credentials(state.data_dir()).map(|c| c.fingerprint);
+        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        sessions.retain(|_, s| s.expires_at > now && Some(s.credentials) == current);
+        keys.iter().any(|key| sessions.contains_key(key))
+    }
+
+    /// Whether `headers` carry a session cookie of this node at all.
+    pub fn has_cookie(&self, headers: &HeaderMap) -> bool {
+        cookies(headers, &self.cookie).next().is_some()
+    }
+
+    async fn failures(state: &NodeState, now: UnixTime) -> Result<Failures, ApiError> {
         let stored = state
             .store()
             .setting(FAILURES_SETTING)
             .await
-            .map_err(|e| ApiError::internal("node storage", e))?;
-        Ok(stored
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default())
+            .map_err(storage)?;
+        Ok(match stored {
+            None => Failures::default(),
+            Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                // Fail closed: a record that does not parse locks the login
+                // (the bearer token's `admin unlock` rewrites it).
+                tracing::error!(error = %e, "the login failure record does not parse; locking the login");
+                Failures {
+                    count: LOCKOUT_AFTER,
+                    last_at: now.0,
+                    locked_until: now.0 + LOCKOUT_S,
+                }
+            }),
+        })
     }
 
     async fn save_failures(state: &NodeState, failures: &Failures) -> Result<(), ApiError> {
@@ -340,7 +410,7 @@ impl OwnerLogin {
             .store()
             .set_setting(FAILURES_SETTING, &bytes)
             .await
-            .map_err(|e| ApiError::internal("node storage", e))
+            .map_err(storage)
     }
 
     async fn last_step(state: &NodeState) -> Result<Option<u64>, ApiError> {
@@ -348,14 +418,15 @@ impl OwnerLogin {
             .store()
             .setting(TOTP_STEP_SETTING)
             .await
-            .map_err(|e| ApiError::internal("node storage", e))?;
+            .map_err(storage)?;
         Ok(stored
             .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
             .map(u64::from_be_bytes))
     }
 
     /// `POST /admin/v1/login`: checks the password and the code, and
-    /// answers a session cookie.
+    /// answers a session cookie. Run it to its end (the admin route runs
+    /// it in a task of its own): a check cut short would record nothing.
     pub async fn login(
         &self,
         state: &NodeState,
@@ -363,14 +434,14 @@ impl OwnerLogin {
     ) -> Result<(HeaderMap, LoginView), ApiError> {
         let _one_at_a_time = self.gate.lock().await;
         let now = state.clock().now();
-        let mut failures = Self::failures(state).await?;
-        let failed = |reason: &'static str| {
+        let audit = |reason: &'static str| {
             state
                 .audit()
                 .record(Event::failed(EventKind::AdminLogin).reason(reason));
         };
+        let mut failures = Self::failures(state, now).await?;
         if let Some((retry_after, reason)) = failures.wait(now) {
-            failed(reason);
+            audit(reason);
             let code = if reason == "locked_out" {
                 "login_locked"
             } else {
@@ -383,27 +454,57 @@ impl OwnerLogin {
             )
             .with_retry_after(retry_after));
         }
-        let data_dir = state.data_dir();
-        let (Ok(hash), Ok(secret)) = (
-            fs::read_to_string(password_path(data_dir)),
-            fs::read_to_string(totp_path(data_dir)).map(Zeroizing::new),
-        ) else {
-            failed("not_set_up");
-            return Err(ApiError::conflict(
+        if request.password.len() > MAX_PASSWORD_BYTES || request.totp.len() > 64 {
+            audit("bad_request");
+            return Err(ApiError::bad_request(
+                "bad_login",
+                format!("a password has at most {MAX_PASSWORD_BYTES} bytes, a code 6 digits"),
+            ));
+        }
+        let not_set_up = |reason: &'static str, message: &str| {
+            audit(reason);
+            ApiError::conflict(
                 "login_not_set_up",
-                "set a password and a TOTP secret first: `openred --data DIR admin \
-                 set-password` and `admin totp-enroll`",
+                format!(
+                    "{message}: `openred --data DIR admin set-password` and `admin totp-enroll`"
+                ),
+            )
+        };
+        let Some(credentials) = read_credentials(state.data_dir()) else {
+            return Err(not_set_up(
+                "not_set_up",
+                "set a password and a TOTP secret first",
             ));
         };
-        if request.password.len() > MAX_PASSWORD_BYTES {
-            return Err(ApiError::bad_request(
-                "bad_password",
-                format!("a password has at most {MAX_PASSWORD_BYTES} bytes"),
+        // Stored credentials that do not parse are the owner's problem to
+        // fix, not a failed guess: they are not counted.
+        let Ok(hash) = PasswordHash::new(credentials.hash.trim()).map(|h| h.serialize()) else {
+            return Err(not_set_up(
+                "credentials_unreadable",
+                "the stored password hash does not parse; set it again",
+            ));
+        };
+        let Some(totp) = stored_totp(&credentials.secret) else {
+            return Err(not_set_up(
+                "credentials_unreadable",
+                "the stored TOTP secret does not parse; enroll again",
+            ));
+        };
+        let current_step = now.0 / TOTP_STEP_S;
+        let last_step = Self::last_step(state).await?;
+        if last_step.is_some_and(|last| last > current_step + 1) {
+            // The node's clock went back past the last login: every code
+            // would look reused. Not the owner's failure.
+            audit("clock_behind");
+            return Err(ApiError::conflict(
+                "clock_behind",
+                "the node's clock is behind the last login's; fix the clock, or run \
+                 `openred --data DIR admin unlock`",
             ));
         }
         let password = Zeroizing::new(request.password);
         let password_ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(hash.trim()).is_ok_and(|parsed| {
+            PasswordHash::new(hash.as_str()).is_ok_and(|parsed| {
                 Argon2::default()
                     .verify_password(password.as_bytes(), &parsed)
                     .is_ok()
@@ -411,8 +512,7 @@ impl OwnerLogin {
         })
         .await
         .map_err(|e| ApiError::internal("password check", e))?;
-        let step = matching_step(&secret, request.totp.trim(), now.0);
-        let last_step = Self::last_step(state).await?;
+        let step = matching_step(&totp, request.totp.trim(), now.0);
         let reason = match (password_ok, step) {
             (false, _) => Some("bad_password"),
             (true, None) => Some("bad_code"),
@@ -426,7 +526,7 @@ impl OwnerLogin {
                 failures.locked_until = now.0 + LOCKOUT_S;
             }
             Self::save_failures(state, &failures).await?;
-            failed(reason);
+            audit(reason);
             return Err(login_failed());
         }
         let step = step.unwrap_or_default();
@@ -436,7 +536,7 @@ impl OwnerLogin {
             .store()
             .set_setting(TOTP_STEP_SETTING, &step.to_be_bytes())
             .await
-            .map_err(|e| ApiError::internal("node storage", e))?;
+            .map_err(storage)?;
         if failures.count > 0 || failures.locked_until > 0 {
             Self::save_failures(state, &Failures::default()).await?;
         }
@@ -446,20 +546,30 @@ impl OwnerLogin {
         let expires_at = UnixTime(now.0 + SESSION_TTL_S);
         {
             let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-            sessions.retain(|_, expires| *expires > now);
+            sessions.retain(|_, s| s.expires_at > now);
             while sessions.len() >= MAX_SESSIONS {
-                let Some(oldest) = sessions.iter().min_by_key(|(_, e)| **e).map(|(k, _)| *k) else {
+                let Some(oldest) = sessions
+                    .iter()
+                    .min_by_key(|(_, s)| s.expires_at)
+                    .map(|(k, _)| *k)
+                else {
                     break;
                 };
                 sessions.remove(&oldest);
             }
-            sessions.insert(session_key(&token), expires_at);
+            sessions.insert(
+                session_key(&token),
+                Session {
+                    expires_at,
+                    credentials: credentials.fingerprint,
+                },
+            );
         }
         state
             .audit()
             .record(Event::ok(EventKind::AdminLogin).detail("method", "password_totp".to_owned()));
         let mut headers = HeaderMap::new();
-        headers.insert(header::SET_COOKIE, set_cookie(&token, SESSION_TTL_S));
+        headers.insert(header::SET_COOKIE, self.set_cookie(&token, SESSION_TTL_S));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         Ok((
             headers,
@@ -469,40 +579,59 @@ impl OwnerLogin {
         ))
     }
 
-    /// `POST /admin/v1/logout`: forgets the session of the cookie sent,
+    /// `POST /admin/v1/logout`: forgets the sessions of the cookies sent,
     /// and clears the cookie.
     pub fn logout(&self, headers: &HeaderMap) -> HeaderMap {
-        if let Some(token) = cookie(headers, COOKIE) {
-            self.sessions
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&session_key(token));
+        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        for token in cookies(headers, &self.cookie) {
+            sessions.remove(&session_key(token));
         }
         let mut out = HeaderMap::new();
-        out.insert(header::SET_COOKIE, set_cookie("", 0));
+        out.insert(header::SET_COOKIE, self.set_cookie("", 0));
         out
     }
 
     /// Lifts a lock-out and the back-off (`admin unlock`, behind the
-    /// bearer token).
+    /// bearer token), and forgets a last TOTP step that lies ahead of the
+    /// clock (after the clock was set back).
     pub async fn unlock(&self, state: &NodeState) -> Result<(), ApiError> {
         let _one_at_a_time = self.gate.lock().await;
-        Self::save_failures(state, &Failures::default()).await
+        Self::save_failures(state, &Failures::default()).await?;
+        let current_step = state.clock().now().0 / TOTP_STEP_S;
+        if Self::last_step(state)
+            .await?
+            .is_some_and(|last| last > current_step + 1)
+        {
+            // Forgotten, not moved: codes of the steps the clock has not
+            // reached yet could be played again once it does, which the
+            // owner accepts by unlocking (a wrong clock already made them
+            // valid once).
+            state
+                .store()
+                .set_setting(TOTP_STEP_SETTING, &0u64.to_be_bytes())
+                .await
+                .map_err(storage)?;
+        }
+        Ok(())
     }
 }
 
-/// The TOTP step whose code is `code`, among the current step and the ones
-/// either side, compared in constant time.
-fn matching_step(secret_base32: &str, code: &str, now: u64) -> Option<u64> {
-    if code.len() != TOTP_DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
+/// The TOTP generator of a stored base32 secret.
+fn stored_totp(secret_base32: &str) -> Option<TOTP> {
     let secret = Zeroizing::new(
         data_encoding::BASE32_NOPAD
             .decode(secret_base32.trim().as_bytes())
             .ok()?,
     );
-    let totp = totp(secret.to_vec()).ok()?;
+    totp(secret.to_vec()).ok()
+}
+
+/// The TOTP step whose code is `code`, among the current step and the ones
+/// either side, compared in constant time.
+fn matching_step(totp: &TOTP, code: &str, now: u64) -> Option<u64> {
+    if code.len() != TOTP_DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let current = now / TOTP_STEP_S;
     let mut found = None;
     for step in [current.saturating_sub(1), current, current + 1] {
@@ -526,11 +655,13 @@ mod tests {
         let secret = data_encoding::BASE32_NOPAD.encode(b"12345678901234567890");
         assert_eq!(totp_code(&secret, 59).unwrap(), "287082");
         assert_eq!(totp_code(&secret, 1111111109).unwrap(), "081804");
-        assert_eq!(matching_step(&secret, "287082", 59), Some(1));
-        assert_eq!(matching_step(&secret, "287082", 59 + 30), Some(1));
-        assert_eq!(matching_step(&secret, "287082", 59 + 60), None);
-        assert_eq!(matching_step(&secret, "28708", 59), None);
-        assert_eq!(matching_step(&secret, "28708a", 59), None);
+        let totp = stored_totp(&secret).unwrap();
+        assert_eq!(matching_step(&totp, "287082", 59), Some(1));
+        assert_eq!(matching_step(&totp, "287082", 59 + 30), Some(1));
+        assert_eq!(matching_step(&totp, "287082", 59 + 60), None);
+        assert_eq!(matching_step(&totp, "28708", 59), None);
+        assert_eq!(matching_step(&totp, "28708a", 59), None);
+        assert!(stored_totp("not base32!").is_none());
     }
 
     #[test]
@@ -559,11 +690,12 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::COOKIE,
-            HeaderValue::from_static("a=1; openred_admin=abc; b=2"),
+            HeaderValue::from_static("a=1; openred_admin=abc; b=2; openred_admin=def"),
         );
-        assert_eq!(cookie(&headers, COOKIE), Some("abc"));
-        assert_eq!(cookie(&headers, "b"), Some("2"));
-        assert_eq!(cookie(&headers, "openred"), None);
+        let all = |name| cookies(&headers, name).collect::<Vec<_>>();
+        assert_eq!(all(COOKIE), vec!["abc", "def"]);
+        assert_eq!(all("b"), vec!["2"]);
+        assert!(all("openred").is_empty());
     }
 
     #[test]
@@ -609,7 +741,7 @@ mod tests {
         let code = totp_code(&enrollment.secret, 1_000_000).unwrap();
         let stored = fs::read_to_string(totp_path(dir.path())).unwrap();
         assert_eq!(
-            matching_step(&stored, &code, 1_000_000),
+            matching_step(&stored_totp(&stored).unwrap(), &code, 1_000_000),
             Some(1_000_000 / 30)
         );
     }

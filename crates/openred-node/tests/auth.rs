@@ -11,29 +11,45 @@ mod common;
 use std::any::Any;
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::response::Response;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use common::*;
 use openred_http::ApiError;
-use openred_node::modules::auth::ProofView;
-use openred_node::modules::Module;
+use openred_node::modules::auth::{ProofView, CHALLENGE_PATH};
+use openred_node::modules::{Middleware, Module};
 use openred_node::{NodeConfig, NodeState};
 use serde_json::json;
 
 const GUARDED: &str = "/p2p/test-guarded";
+/// Asks for a proof too, but the policy does not name it.
+const UNGUARDED: &str = "/p2p/test-unguarded";
 const MAX_AGE: u64 = 60;
 
 /// A module with one route that needs a fresh proof of the peer's
-/// identity, as the files module's download routes do.
-struct Guarded;
+/// identity, as the files module's download routes do. While `stall` is
+/// set, its middleware holds every challenge this node receives for half
+/// a second, then refuses it.
+#[derive(Default)]
+struct Guarded {
+    stall: Arc<AtomicBool>,
+}
 
-async fn guarded(state: Arc<NodeState>, body: Bytes) -> Result<Response, ApiError> {
-    let (live, payload) = state.open_frame(GUARDED, &body)?;
-    state.require_peer_proof(&live, GUARDED).await?;
-    state.answer_frame(&live, GUARDED, &payload)
+async fn guarded(
+    path: &'static str,
+    state: Arc<NodeState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (live, payload) = state.open_frame(path, &body)?;
+    state.require_peer_proof(&live, path).await?;
+    state.answer_frame(&live, path, &payload)
 }
 
 impl Module for Guarded {
@@ -42,10 +58,34 @@ impl Module for Guarded {
     }
 
     fn p2p_routes(self: Arc<Self>) -> Router<Arc<NodeState>> {
-        Router::new().route(
-            GUARDED,
-            post(|State(state): State<Arc<NodeState>>, body: Bytes| guarded(state, body)),
-        )
+        Router::new()
+            .route(
+                GUARDED,
+                post(|State(state): State<Arc<NodeState>>, body: Bytes| {
+                    guarded(GUARDED, state, body)
+                }),
+            )
+            .route(
+                UNGUARDED,
+                post(|State(state): State<Arc<NodeState>>, body: Bytes| {
+                    guarded(UNGUARDED, state, body)
+                }),
+            )
+    }
+
+    fn p2p_middleware(&self) -> Option<Middleware> {
+        let stall = self.stall.clone();
+        Some(Arc::new(move |_state, request: Request, next: Next| {
+            let stall = stall.clone();
+            Box::pin(async move {
+                if stall.load(Ordering::SeqCst) && request.uri().path() == CHALLENGE_PATH {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    return ApiError::new(StatusCode::FORBIDDEN, "stalled", "not answering")
+                        .into_response();
+                }
+                next.run(request).await
+            })
+        }))
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -66,13 +106,21 @@ fn metric(node: &NodeState, name: &str) -> f64 {
 
 async fn pair(net: &Network) -> (TestNode, TestNode) {
     let a = net
-        .node_with_modules("a", policy, vec![Arc::new(Guarded)])
+        .node_with_modules("a", policy, vec![Arc::new(Guarded::default())])
         .await;
     let b = net
-        .node_with_modules("b", policy, vec![Arc::new(Guarded)])
+        .node_with_modules("b", policy, vec![Arc::new(Guarded::default())])
         .await;
     a.connect(b.id()).await.unwrap();
     (a, b)
+}
+
+fn stall(node: &NodeState, on: bool) {
+    node.modules()
+        .get::<Guarded>()
+        .unwrap()
+        .stall
+        .store(on, Ordering::SeqCst);
 }
 
 async fn challenge(net: &Network, from: &TestNode, to: &TestNode) -> Answer {
@@ -150,10 +198,10 @@ async fn a_policy_route_needs_a_fresh_proof_and_refuses_a_peer_that_cannot_give_
     assert_eq!(metric(&a, "challenges_sent"), 2.0);
     assert_eq!(metric(&b, "challenges_answered"), 2.0);
 
-    // A route the policy does not name is never challenged.
+    // A route the policy does not name is never challenged, even with a
+    // stale proof.
     net.clock.advance(MAX_AGE);
-    let ping = b.ping(&a.id()).await;
-    assert!(ping.is_ok(), "{ping:?}");
+    b.exchange(&live, UNGUARDED, b"free").await.unwrap();
     assert_eq!(metric(&a, "challenges_sent"), 2.0);
 
     // b can no longer answer (its auth module is off: the challenge route
@@ -165,9 +213,25 @@ async fn a_policy_route_needs_a_fresh_proof_and_refuses_a_peer_that_cannot_give_
     assert_eq!(metric(&a, "proofs_failed"), 1.0);
     assert_eq!(metric(&a, "policy_refusals"), 1.0);
 
-    // Concurrent requests on a stale proof share one challenge.
+    // Concurrent requests that wait for a failing challenge share its
+    // failure: one challenge (held for half a second by b, then refused)
+    // answers all eight requests that arrived while it ran.
     let on = b.switch_module(&net.http, "auth", true).await;
     assert_eq!(on.status, 200);
+    stall(&b, true);
+    let before = metric(&a, "challenges_sent");
+    let calls = (0..8).map(|i| {
+        let (b, live) = (&b, live.clone());
+        async move { b.exchange(&live, GUARDED, &[i]).await }
+    });
+    for outcome in futures_util::future::join_all(calls).await {
+        assert_peer_refused(outcome, 403, "peer_auth_failed");
+    }
+    assert_eq!(metric(&a, "challenges_sent"), before + 1.0);
+    assert_eq!(metric(&a, "policy_refusals"), 9.0);
+    stall(&b, false);
+
+    // Concurrent requests on a stale proof share one challenge.
     let before = metric(&a, "challenges_sent");
     let calls = (0..8).map(|i| {
         let (b, live) = (&b, live.clone());

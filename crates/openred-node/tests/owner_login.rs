@@ -90,6 +90,17 @@ async fn logins(node: &TestNode) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
+/// `POST /admin/v1/login/unlock` with the bearer token.
+async fn unlock(net: &Network, node: &TestNode) -> Answer {
+    node.admin_post(
+        &net.http,
+        "/admin/v1/login/unlock",
+        Some(&node.admin_token()),
+        &json!({}),
+    )
+    .await
+}
+
 fn failed(reason: &str) -> (String, Option<String>) {
     ("failed".to_owned(), Some(reason.to_owned()))
 }
@@ -113,15 +124,44 @@ async fn a_login_gives_an_expiring_strict_cookie_and_logout_ends_it() {
         assert!(set_cookie.contains(attribute), "{set_cookie}");
     }
     let cookie = cookie_pair(&set_cookie);
-    assert!(cookie.starts_with("openred_admin=") && cookie.len() == "openred_admin=".len() + 64);
+    // Named after the node: browsers share cookies across a host's ports.
+    let name = owner::cookie_name(&node.id());
+    assert!(name.starts_with("openred_admin_") && name.len() > "openred_admin_".len());
+    assert!(cookie.starts_with(&format!("{name}=")) && cookie.len() == name.len() + 1 + 64);
 
     // The cookie opens the admin API; without it, or with another value,
     // it stays shut; the bearer token still works.
     assert_eq!(status_with_cookie(&net, &node, &cookie).await, 200);
     assert_eq!(
-        status_with_cookie(&net, &node, &format!("openred_admin={}", "0".repeat(64))).await,
+        status_with_cookie(&net, &node, &format!("{name}={}", "0".repeat(64))).await,
         401
     );
+    // Another node's cookie name does not count, whatever its value.
+    assert_eq!(
+        status_with_cookie(&net, &node, &cookie.replacen(&name, "openred_admin", 1)).await,
+        401
+    );
+
+    // A request that changes something needs the request header beside
+    // the cookie (a cross-site form cannot add one).
+    let switch = |with_header: bool| {
+        let mut request = net
+            .http
+            .post(node.admin("/admin/v1/modules/messaging/disable"))
+            .header("cookie", &cookie)
+            .header("content-type", "application/json")
+            .body("{}");
+        if with_header {
+            request = request.header(owner::REQUEST_HEADER, "1");
+        }
+        request.send()
+    };
+    let forged = Answer::from_reqwest(switch(false).await.unwrap()).await;
+    assert_refused(&forged, 403, "missing_request_header");
+    assert!(node.modules().is_enabled("messaging"));
+    let asked = Answer::from_reqwest(switch(true).await.unwrap()).await;
+    assert_eq!(asked.status, 200, "{}", asked.json);
+    assert!(!node.modules().is_enabled("messaging"));
     let unauthenticated = get(&net.http, &node.admin("/admin/v1/status"), None).await;
     assert_refused(&unauthenticated, 401, "unauthorized");
     let bearer = get(
@@ -145,7 +185,7 @@ async fn a_login_gives_an_expiring_strict_cookie_and_logout_ends_it() {
         .to_str()
         .unwrap()
         .to_owned();
-    assert!(cleared.starts_with("openred_admin=;") && cleared.contains("Max-Age=0"));
+    assert!(cleared.starts_with(&format!("{name}=;")) && cleared.contains("Max-Age=0"));
     assert_eq!(status_with_cookie(&net, &node, &cookie).await, 401);
 
     // A session expires after its lifetime.
@@ -159,18 +199,58 @@ async fn a_login_gives_an_expiring_strict_cookie_and_logout_ends_it() {
     net.clock.advance(1);
     assert_eq!(status_with_cookie(&net, &node, &cookie).await, 401);
 
+    // A new password ends the sessions opened with the old one.
+    net.clock.advance(30);
+    let again = login(&net, &node, PASSWORD, &owner.code(&net)).await;
+    assert_eq!(again.status, 200, "{}", again.json);
+    let cookie = cookie_pair(&again.set_cookie.unwrap());
+    assert_eq!(status_with_cookie(&net, &node, &cookie).await, 200);
+    owner::set_password(&node.data_dir, "another long password").unwrap();
+    assert_eq!(status_with_cookie(&net, &node, &cookie).await, 401);
+
     assert_eq!(
         logins(&node).await,
         vec![
             failed("not_set_up"),
             ("ok".to_owned(), None),
             failed("bad_session"),
+            // The other node's cookie name, then no credential at all.
             failed("no_token"),
+            failed("no_token"),
+            failed("bad_session"),
+            ("ok".to_owned(), None),
             failed("bad_session"),
             ("ok".to_owned(), None),
             failed("bad_session"),
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_answers_only_requests_addressed_to_an_address_or_localhost() {
+    let net = Network::start().await;
+    let node = net.node("a").await;
+    let with_host = |host: &'static str| {
+        net.http
+            .get(node.admin("/admin/v1/status"))
+            .bearer_auth(node.admin_token())
+            .header("host", host)
+            .send()
+    };
+    // A page whose name was rebound to 127.0.0.1 sends its own name.
+    let rebound = Answer::from_reqwest(with_host("evil.example").await.unwrap()).await;
+    assert_refused(&rebound, 421, "bad_host");
+    let login = net
+        .http
+        .post(node.admin("/admin/v1/login"))
+        .header("host", "evil.example:80")
+        .json(&json!({ "password": PASSWORD, "totp": "123456" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status().as_u16(), 421);
+    let local = Answer::from_reqwest(with_host("localhost").await.unwrap()).await;
+    assert_eq!(local.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,10 +281,11 @@ async fn a_code_cannot_be_used_twice_nor_a_wrong_factor_pass() {
     // A fresh code after the failures (the back-off has passed): accepted,
     // and the counter starts again.
     net.clock.advance(30);
-    assert_eq!(
-        login(&net, &node, PASSWORD, &owner.code(&net)).await.status,
-        200
-    );
+    let code = owner.code(&net);
+    assert_eq!(login(&net, &node, PASSWORD, &code).await.status, 200);
+    // A restart does not make a used code good again.
+    let node = net.restart(node).await;
+    assert_eq!(login(&net, &node, PASSWORD, &code).await.status, 401);
     assert_eq!(
         logins(&node).await,
         vec![
@@ -214,8 +295,63 @@ async fn a_code_cannot_be_used_twice_nor_a_wrong_factor_pass() {
             failed("bad_password"),
             failed("bad_code"),
             ("ok".to_owned(), None),
+            failed("code_reused"),
         ]
     );
+
+    // The clock set back past the last login: every code would look
+    // reused. Refused without counting as a failure; `unlock` clears it.
+    let ahead = net.now();
+    net.clock.set(openred_core::UnixTime(ahead.0 - 600));
+    let behind = login(&net, &node, PASSWORD, &owner.code(&net)).await;
+    assert_eq!(behind.status, 409, "{}", behind.json);
+    assert_eq!(behind.json["error"], "clock_behind");
+    assert_eq!(unlock(&net, &node).await.status, 200);
+    assert_eq!(
+        login(&net, &node, PASSWORD, &owner.code(&net)).await.status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_whose_client_hangs_up_is_still_checked_and_counted() {
+    use tokio::io::AsyncWriteExt;
+    let net = Network::start().await;
+    let node = net.node("a").await;
+    Owner::set_up(&node);
+    let address = std::fs::read_to_string(openred_node::admin::address_path(&node.data_dir))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let body = json!({ "password": "wrong password!!", "totp": "123456" }).to_string();
+    for attempt in 1..=BACKOFF_AFTER as usize {
+        // The whole request, then the connection closed before the answer.
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let request = format!(
+            "POST /admin/v1/login HTTP/1.1\r\nhost: {address}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        // Long enough for the request to be read and handed to the
+        // handler, far shorter than the password check.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        drop(stream);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while logins(&node).await.len() < attempt {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "hung-up attempt {attempt} was never checked"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(
+        logins(&node).await,
+        vec![failed("bad_password"); BACKOFF_AFTER as usize]
+    );
+    // They count: the next attempt must wait.
+    let next = login(&net, &node, "wrong password!!", "123456").await;
+    assert_eq!(next.status, 429, "{}", next.json);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,15 +394,7 @@ async fn repeated_failures_back_off_then_lock_out_even_across_a_restart() {
     assert_eq!(locked.json["error"], "login_locked");
 
     // The owner, with the bearer token, lifts it.
-    let unlocked = node
-        .admin_post(
-            &net.http,
-            "/admin/v1/login/unlock",
-            Some(&node.admin_token()),
-            &json!({}),
-        )
-        .await;
-    assert_eq!(unlocked.status, 200);
+    assert_eq!(unlock(&net, &node).await.status, 200);
     let ok = login(&net, &node, PASSWORD, &owner.code(&net)).await;
     assert_eq!(ok.status, 200, "{}", ok.json);
     let unlock_unauthenticated = node
@@ -298,5 +426,21 @@ async fn bad_login_bodies_get_a_4xx_json_error() {
     let huge = "x".repeat(owner::MAX_PASSWORD_BYTES + 1);
     let answer = login(&net, &node, &huge, "123456").await;
     assert_eq!(answer.status, 400);
-    assert_eq!(answer.json["error"], "bad_password");
+    assert_eq!(answer.json["error"], "bad_login");
+    // Credentials that do not parse are the owner's to fix: 409, not a
+    // counted failure.
+    std::fs::write(node.data_dir.join("owner/totp"), "not base32 !").unwrap();
+    for _ in 0..BACKOFF_AFTER + 1 {
+        let answer = login(&net, &node, PASSWORD, "123456").await;
+        assert_eq!(answer.status, 409, "{}", answer.json);
+        assert_eq!(answer.json["error"], "login_not_set_up");
+    }
+    assert_eq!(
+        logins(&node).await,
+        [
+            vec![failed("bad_request")],
+            vec![failed("credentials_unreadable"); BACKOFF_AFTER as usize + 1]
+        ]
+        .concat()
+    );
 }

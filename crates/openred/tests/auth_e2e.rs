@@ -93,6 +93,12 @@ async fn peers_prove_their_identity_and_the_owner_logs_in_with_credentials_set_b
     let out = ok(set_password(&a, password));
     assert!(out.contains("password set"), "{out}");
     let shown = ok(cli(&a, &["admin", "totp-enroll"]));
+    let first_secret = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("secret:"))
+        .unwrap()
+        .trim()
+        .to_owned();
     let uri_line = shown
         .lines()
         .find(|l| l.starts_with("otpauth URI: "))
@@ -111,7 +117,14 @@ async fn peers_prove_their_identity_and_the_owner_logs_in_with_credentials_set_b
 
     // The confined node reads what the CLI wrote: a login works with the
     // newest secret only.
+    let stale = openred_node::owner::totp_code(&first_secret, now()).unwrap();
     let code = openred_node::owner::totp_code(secret, now()).unwrap();
+    assert_ne!(stale, code);
+    let (status, body) = login(&a, password, &stale).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("login_failed"))
+    );
     let (status, body) = login(&a, "a wrong password!!", &code).await;
     assert_eq!(
         (status, body["error"].as_str()),
@@ -123,7 +136,12 @@ async fn peers_prove_their_identity_and_the_owner_logs_in_with_credentials_set_b
     // The same code again: refused.
     let (status, _) = login(&a, password, &code).await;
     assert_eq!(status, 401);
-    ok(cli(&a, &["admin", "unlock"]));
+    // `admin unlock` goes through the bearer token (what it lifts is
+    // tested in crates/openred-node/tests/owner_login.rs).
+    assert_eq!(
+        ok(cli(&a, &["admin", "unlock"])).trim(),
+        "the login is unlocked"
+    );
 
     // Both logins and the refusal are in a's audit log.
     let shown: Value = serde_json::from_str(&ok(cli(&a, &["audit", "show", "--json"]))).unwrap();
@@ -142,6 +160,7 @@ async fn peers_prove_their_identity_and_the_owner_logs_in_with_credentials_set_b
     assert_eq!(
         logins,
         vec![
+            ("failed".to_owned(), Some("bad_code".to_owned())),
             ("failed".to_owned(), Some("bad_password".to_owned())),
             ("ok".to_owned(), None),
             ("failed".to_owned(), Some("code_reused".to_owned())),

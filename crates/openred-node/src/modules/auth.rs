@@ -119,6 +119,9 @@ pub struct Auth {
     proofs: Mutex<HashMap<SessionId, (NodeId, UnixTime)>>,
     /// One challenge at a time per session.
     running: Mutex<HashMap<SessionId, Arc<tokio::sync::Mutex<()>>>>,
+    /// The last failed challenge of each session, when it ended and why:
+    /// requests that waited for it share its outcome.
+    failed: Mutex<HashMap<SessionId, (Instant, String)>>,
     challenges_sent: AtomicU64,
     proofs_verified: AtomicU64,
     proofs_failed: AtomicU64,
@@ -169,6 +172,7 @@ impl Auth {
             settings,
             proofs: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
+            failed: Mutex::new(HashMap::new()),
             challenges_sent: AtomicU64::new(0),
             proofs_verified: AtomicU64::new(0),
             proofs_failed: AtomicU64::new(0),
@@ -249,6 +253,7 @@ impl Auth {
         if self.proved_within(&session, node.clock().now(), max_age) {
             return Ok(());
         }
+        let arrived = Instant::now();
         let gate = self
             .running
             .lock()
@@ -262,8 +267,19 @@ impl Auth {
             // answered already.
             if self.proved_within(&session, node.clock().now(), max_age) {
                 Ok(())
+            } else if let Some(reason) = self.failed_since(&session, arrived) {
+                // The challenge this request waited for failed: one failed
+                // round answers all its waiters.
+                Err(reason)
             } else {
-                self.challenge(node, live).await.map(|_| ())
+                let outcome = self.challenge(node, live).await.map(|_| ());
+                let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+                failed.retain(|id, _| node.sessions().get(id).is_some());
+                match &outcome {
+                    Ok(()) => failed.remove(&session),
+                    Err(e) => failed.insert(session, (Instant::now(), e.to_string())),
+                };
+                outcome.map_err(|e| e.to_string())
             }
         };
         self.running
@@ -281,6 +297,16 @@ impl Auth {
                 ),
             )
         })
+    }
+
+    /// Why the last challenge of `session` failed, if it ended after
+    /// `since`.
+    fn failed_since(&self, session: &SessionId, since: Instant) -> Option<String> {
+        let failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        failed
+            .get(session)
+            .filter(|(at, _)| *at >= since)
+            .map(|(_, reason)| reason.clone())
     }
 
     /// The proofs held now.
@@ -446,6 +472,8 @@ impl Module for Auth {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::client::Crypto;
+    use crate::identity::NodeKeys;
     use openred_core::IdentityKeypair;
 
     fn keypair() -> IdentityKeypair {
@@ -570,6 +598,40 @@ mod tests {
         );
         let audit = case.prover.sign(SignatureContext::AuditEntry, &message);
         assert!(case.verify(&audit).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_agent_signs_what_the_challenger_verifies_and_refuses_its_own_challenge() {
+        let keys = NodeKeys::from_secrets(&random32(), random32());
+        let me = keys.node_id();
+        let public = keys.identity_public();
+        let crypto = Crypto::in_process(keys).await.unwrap();
+        let case = Case::new();
+        let signature = crypto
+            .sign_auth_challenge(&case.challenger, case.session.as_bytes(), &case.challenge)
+            .await
+            .unwrap();
+        verify_answer(
+            &case.challenger,
+            &me,
+            &public,
+            &case.session,
+            &case.challenge,
+            &signature,
+        )
+        .unwrap();
+        // A node is never asked to prove itself to itself: an answer to
+        // its own challenge could be reflected back as the peer's.
+        assert!(crypto
+            .sign_auth_challenge(&me, case.session.as_bytes(), &case.challenge)
+            .await
+            .is_err());
+    }
+
+    fn random32() -> [u8; 32] {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).unwrap();
+        bytes
     }
 
     #[test]
