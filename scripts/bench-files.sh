@@ -18,6 +18,11 @@
 #                     work folder, on the disk; /dev/shm shows the transfer
 #                     without the disk)
 #   SKIP_BUILD=1      use what is already built
+#   OPENRED=          the binary to run (default: the release build); to
+#                     compare two builds in one sitting
+#   PERF=1            record the fetch with `perf record -a` and print where
+#                     each side's CPU time goes, in ns per byte
+#                     (scripts/files-cpu-profile.py)
 #   KEEP=1            keep the work directory
 #
 # Installs iperf3 and openssh-server with apt-get when missing, starts
@@ -31,7 +36,7 @@ cd "$(dirname "$0")/.."
 SIZE=${SIZE:-1073741824}
 IPERF_SECONDS=${IPERF_SECONDS:-5}
 TARGET=${CARGO_TARGET_DIR:-target}/release
-OPENRED=$TARGET/openred
+OPENRED=${OPENRED:-$TARGET/openred}
 
 log() { printf '== %s\n' "$*" >&2; }
 fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -46,7 +51,7 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-if [ -z "${SKIP_BUILD:-}" ]; then
+if [ -z "${SKIP_BUILD:-}" ] && [ "$OPENRED" = "$TARGET/openred" ]; then
   log "building (release)"
   timeout 1800 cargo build --release --quiet -p openred --bin openred
 fi
@@ -165,10 +170,17 @@ t1=$(now)
 SHARE_S=$(python3 -c "print($t1 - $t0)")
 cpu() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
 A_CPU0=$(cpu "${NODE_PID[a]}"); B_CPU0=$(cpu "${NODE_PID[b]}")
+if [ -n "${PERF:-}" ]; then
+  # System-wide: `-p` would miss the threads a download starts.
+  perf record -F 2000 -a -o "$WORK/perf.data" >/dev/null 2>&1 &
+  PERF_PID=$!
+  sleep 0.5
+fi
 log "fetching"
 t0=$(now)
 "$OPENRED" --data "$WORK/b" file fetch "$A_ID" "$FILE_ID" --out "$OUT/file.bin" >"$WORK/fetch.jsonl"
 t1=$(now)
+if [ -n "${PERF:-}" ]; then kill -INT "$PERF_PID"; wait "$PERF_PID" || true; fi
 WALL_S=$(python3 -c "print($t1 - $t0)")
 A_CPU=$(python3 -c "print(f'{$(cpu "${NODE_PID[a]}") - $A_CPU0:.2f}')")
 B_CPU=$(python3 -c "print(f'{$(cpu "${NODE_PID[b]}") - $B_CPU0:.2f}')")
@@ -205,3 +217,8 @@ CPU seconds during the fetch: sender $A_CPU, receiver $B_CPU (2 cores: at most $
 load average before the OpenRed run: $LOAD
 sharing (BLAKE3 of the file, once, on the sender): $(printf %.2f "$SHARE_S") s
 OUT
+if [ -n "${PERF:-}" ]; then
+  echo
+  echo "CPU per byte during the fetch (perf, leaf symbols):"
+  scripts/files-cpu-profile.py "$WORK/perf.data" "$SIZE" "${NODE_PID[a]}" "${NODE_PID[b]}"
+fi

@@ -233,8 +233,14 @@ pub fn part_path(out: &Path) -> PathBuf {
 /// The receiver's partial file: the verified prefix of the download, and
 /// the BLAKE3 state over it.
 pub struct PartFile {
-    file: File,
+    writer: PartWriter,
     hasher: blake3::Hasher,
+}
+
+/// The partial file without its hasher, for a writer that hashes on
+/// another thread (see [`PartFile::into_parts`]).
+pub struct PartWriter {
+    file: File,
     verified: u64,
 }
 
@@ -271,21 +277,57 @@ impl PartFile {
             other => std::io::Error::other(other.to_string()),
         })?;
         Ok(PartFile {
-            file,
+            writer: PartWriter { file, verified },
             hasher,
-            verified,
         })
     }
 
     /// Plaintext bytes verified and written so far.
     pub fn verified(&self) -> u64 {
-        self.verified
+        self.writer.verified
     }
 
     /// Appends a verified chunk.
     pub fn append(&mut self, plaintext: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(plaintext)?;
+        self.writer.append(plaintext)?;
         self.hasher.update(plaintext);
+        Ok(())
+    }
+
+    /// Forgets anything written past the verified prefix (a write cut
+    /// short) before more is appended.
+    pub fn rewind(&mut self) -> std::io::Result<()> {
+        self.writer.rewind()
+    }
+
+    /// The BLAKE3 of everything written.
+    pub fn hash(&self) -> [u8; 32] {
+        *self.hasher.finalize().as_bytes()
+    }
+
+    /// Flushes the contents to disk, then renames `part` to `out` unless
+    /// `out` exists (never replacing a file), and flushes the folder.
+    pub fn commit(self, part: &Path, out: &Path) -> std::io::Result<()> {
+        self.writer.commit(part, out)
+    }
+
+    /// The file and the hasher apart: the hasher holds the state over the
+    /// verified prefix, and whoever holds it must feed it exactly what is
+    /// appended to the writer, in order, before comparing its hash.
+    pub fn into_parts(self) -> (PartWriter, blake3::Hasher) {
+        (self.writer, self.hasher)
+    }
+}
+
+impl PartWriter {
+    /// Plaintext bytes verified and written so far.
+    pub fn verified(&self) -> u64 {
+        self.verified
+    }
+
+    /// Appends a verified chunk (not hashed: see [`PartFile::into_parts`]).
+    pub fn append(&mut self, plaintext: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(plaintext)?;
         self.verified += plaintext.len() as u64;
         Ok(())
     }
@@ -297,11 +339,6 @@ impl PartFile {
         self.file.set_len(self.verified)?;
         self.file.seek(std::io::SeekFrom::Start(self.verified))?;
         Ok(())
-    }
-
-    /// The BLAKE3 of everything written.
-    pub fn hash(&self) -> [u8; 32] {
-        *self.hasher.finalize().as_bytes()
     }
 
     /// Flushes the contents to disk, then renames `part` to `out` unless

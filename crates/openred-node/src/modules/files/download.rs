@@ -4,9 +4,11 @@
 //!
 //! An attempt reads the stream on the async runtime and hands whole
 //! chunks to a blocking writer through a channel of [`PIPELINE_DEPTH`]
-//! chunks; the writer opens each (AEAD), appends it to the partial file
-//! and feeds the BLAKE3 hasher, and after the final chunk checks the hash,
-//! flushes and renames. Nothing but verified plaintext is ever written.
+//! chunks; the writer opens each (AEAD) and appends it to the partial
+//! file, a second thread feeds the BLAKE3 hasher with what was written and
+//! hands the buffer back to the reader ([`BUFFERS`] in all per stream), and
+//! after the final chunk the writer checks the hash, flushes and renames.
+//! Nothing but verified plaintext is ever written or hashed.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -19,7 +21,7 @@ use openred_core::{NodeId, UnixTime};
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
-use super::disk::{self, PartFile};
+use super::disk::{self, PartFile, PartWriter};
 use super::store::{random_bytes, Download, DownloadState, FileId};
 use super::transfers::{Direction, Transfer, TransferState};
 use super::{
@@ -34,6 +36,10 @@ use crate::sessions::LiveSession;
 
 /// Chunks received ahead of the writer, per download.
 const PIPELINE_DEPTH: usize = 4;
+/// Chunk buffers per stream, in all: the reader waits for one to come back
+/// rather than making more, so this (not the queues' lengths) bounds the
+/// memory of a download.
+const BUFFERS: usize = PIPELINE_DEPTH + 2;
 
 /// A link as the receiver holds it: the grant, checked.
 struct Ticket {
@@ -522,6 +528,10 @@ impl Files {
         let cipher = ChunkCipher::new(&ticket.secret, &shape, &transfer_id, &client_nonce);
 
         let (tx, rx) = mpsc::channel::<Vec<u8>>(PIPELINE_DEPTH);
+        // Buffers come back from the hasher once their chunk is written
+        // and hashed: a stream reuses at most BUFFERS of them instead of
+        // allocating (and faulting in) a fresh one per chunk.
+        let (free_tx, mut free_rx) = mpsc::channel::<Vec<u8>>(BUFFERS);
         let writer = {
             let (transfer, part, out, expected) = (
                 transfer.clone(),
@@ -531,16 +541,30 @@ impl Files {
             );
             tokio::task::spawn_blocking(move || {
                 write_chunks(
-                    partfile, &cipher, from_chunk, rx, &transfer, &expected, &part, &out,
+                    partfile, &cipher, from_chunk, rx, free_tx, &transfer, &expected, &part, &out,
                 )
             })
         };
         // Whole chunks to the writer; the reading stops early if the
         // writer does (a chunk refused).
         let mut read_error = None;
+        let mut made = 0;
+        let largest = shape.record_len(0).unwrap_or(0);
         'chunks: for index in from_chunk..shape.chunks() {
             let len = shape.record_len(index).unwrap_or(0);
-            let mut record = Vec::with_capacity(len);
+            let mut record = match free_rx.try_recv() {
+                Ok(buffer) => buffer,
+                Err(_) if made < BUFFERS => {
+                    made += 1;
+                    Vec::with_capacity(largest)
+                }
+                Err(_) => match free_rx.recv().await {
+                    Some(buffer) => buffer,
+                    // The writer stopped.
+                    None => break,
+                },
+            };
+            record.clear();
             while record.len() < len {
                 if pending.is_empty() {
                     pending = match response.chunk().await {
@@ -584,37 +608,92 @@ impl Files {
     }
 }
 
-/// The blocking writer of one stream: opens each chunk, appends it, and
-/// after the final one checks the hash and puts the file in place.
+/// The blocking writer of one stream: opens each chunk and appends it,
+/// while a second thread feeds the BLAKE3 hasher with what was written (the
+/// hash and the decryption with the write are the two largest costs per
+/// byte; on two threads they overlap). After the final chunk it checks the
+/// hash and puts the file in place. Every buffer goes back to `free`.
 #[allow(clippy::too_many_arguments)]
 fn write_chunks(
-    mut part: PartFile,
+    part: PartFile,
     cipher: &ChunkCipher,
     from_chunk: u64,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    rx: mpsc::Receiver<Vec<u8>>,
+    free: mpsc::Sender<Vec<u8>>,
     transfer: &Transfer,
     expected: &[u8; 32],
     part_path: &Path,
     out: &Path,
 ) -> Result<Written, WriteFailure> {
+    let (mut part, hasher) = part.into_parts();
     part.rewind().map_err(WriteFailure::Io)?;
+    let (to_hash, hash_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+    std::thread::scope(|scope| {
+        let hashing = scope.spawn(move || hash_chunks(hasher, hash_rx, free));
+        let written = open_and_write(&mut part, cipher, from_chunk, rx, &to_hash, transfer);
+        // The hasher ends once it has seen every chunk written.
+        drop(to_hash);
+        let hasher = hashing
+            .join()
+            .map_err(|_| WriteFailure::Io(std::io::Error::other("the hasher panicked")))?;
+        if !matches!(written?, Written::Complete) {
+            return Ok(Written::Partial);
+        }
+        if *hasher.finalize().as_bytes() != *expected {
+            drop(part);
+            let _ = std::fs::remove_file(part_path);
+            return Err(WriteFailure::HashMismatch);
+        }
+        part.commit(part_path, out).map_err(WriteFailure::Io)?;
+        Ok(Written::Complete)
+    })
+}
+
+/// Opens each chunk (AEAD) and appends its plaintext to the partial file,
+/// then passes it to the hasher: nothing unauthenticated is written or
+/// hashed. `Complete` once the final chunk is written.
+fn open_and_write(
+    part: &mut PartWriter,
+    cipher: &ChunkCipher,
+    from_chunk: u64,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    to_hash: &std::sync::mpsc::SyncSender<Vec<u8>>,
+    transfer: &Transfer,
+) -> Result<Written, WriteFailure> {
     let mut index = from_chunk;
     while let Some(mut record) = rx.blocking_recv() {
         let plain = cipher
             .open(index, &mut record)
-            .map_err(WriteFailure::Forged)?;
-        part.append(plain).map_err(WriteFailure::Io)?;
+            .map_err(WriteFailure::Forged)?
+            .len();
+        record.truncate(plain);
+        part.append(&record).map_err(WriteFailure::Io)?;
         transfer.progress(part.verified());
+        if to_hash.send(record).is_err() {
+            return Err(WriteFailure::Io(std::io::Error::other(
+                "the hasher stopped",
+            )));
+        }
         if cipher.shape().is_final(index) {
-            if part.hash() != *expected {
-                drop(part);
-                let _ = std::fs::remove_file(part_path);
-                return Err(WriteFailure::HashMismatch);
-            }
-            part.commit(part_path, out).map_err(WriteFailure::Io)?;
             return Ok(Written::Complete);
         }
         index += 1;
     }
     Ok(Written::Partial)
+}
+
+/// Feeds the hasher, in order, with the chunks written, and hands their
+/// buffers back to the reader.
+fn hash_chunks(
+    mut hasher: blake3::Hasher,
+    chunks: std::sync::mpsc::Receiver<Vec<u8>>,
+    free: mpsc::Sender<Vec<u8>>,
+) -> blake3::Hasher {
+    for chunk in chunks {
+        hasher.update(&chunk);
+        // Never full (it holds as many as there are buffers); closed when
+        // the reader is gone, and then the buffer is simply dropped.
+        let _ = free.try_send(chunk);
+    }
+    hasher
 }
