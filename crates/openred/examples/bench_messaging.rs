@@ -72,10 +72,8 @@
 mod support_stats;
 use support_stats::{stats, Stats};
 
-/// The allocator of the `openred` binary (see its `main.rs`), so that the
-/// nodes measured here run as they do there.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// No global allocator of its own: the nodes measured here use the system
+// allocator, as the `openred` binary does (see its `main.rs`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
