@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Benchmark of file sharing: a SIZE file (1 GiB by default) from one
 # `openred node run` to another on loopback, encrypted, verified and
-# flushed to disk, next to, in the same run, iperf3 on loopback and scp of
-# the same file through a local OpenSSH server.
+# flushed to disk, next to, in the same run, iperf3 on loopback, scp of
+# the same file through a local OpenSSH server, and a plain copy of it over
+# loopback TCP into the same folder (scripts/plain-copy.py: no encryption,
+# no hashing, the floor under any transfer).
 #
 #   scripts/bench-files.sh
 #
 # Prints, for each: MB/s (10^6 bytes per second); for OpenRed also the peak
 # resident memory (VmHWM) of both node processes, and the ratios to iperf3
-# and scp. Targets (issue 6): at least 40 % of iperf3, faster than scp,
+# scp and the plain copy. Targets (issue 6): at least 40 % of iperf3, faster than scp,
 # peak RSS at most 64 MiB on each side.
 #
 # Settings (environment):
@@ -136,6 +138,14 @@ SCP_CIPHER=$(ssh -G -p "$SSH_PORT" 127.0.0.1 2>/dev/null | awk '/^ciphers /{prin
 rm -f "$WORK/scp/file.bin"
 SCP_MBPS=$(mbps "$SIZE" "$SCP_S")
 
+# --- plain copy over loopback into the same folder as OpenRed's -----------
+log "plain copy over loopback TCP (read/send, then sendfile)"
+PLAIN_READ_MBPS=$(timeout 600 scripts/plain-copy.py "$FILE" "$OUT/plain.bin" read)
+cmp -s "$FILE" "$OUT/plain.bin" || fail "the plain copy differs"
+rm -f "$OUT/plain.bin"
+PLAIN_SENDFILE_MBPS=$(timeout 600 scripts/plain-copy.py "$FILE" "$OUT/plain.bin" sendfile)
+rm -f "$OUT/plain.bin"
+
 # --- OpenRed: a directory and two confined nodes ---------------------------
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 log "OpenRed: directory and two nodes"
@@ -207,11 +217,15 @@ file: $SIZE bytes of random data, in the page cache for every tool
 |---|---|---|---|
 | iperf3 (loopback, ${IPERF_SECONDS} s, 1 stream) | $IPERF_SECONDS | $IPERF_MBPS | memory to memory |
 | scp (OpenSSH, 127.0.0.1) | $(printf %.2f "$SCP_S") | $SCP_MBPS | cipher $SCP_CIPHER, to the page cache, no fsync |
+| plain copy, read/send (no crypto, no hash) | | $PLAIN_READ_MBPS | loopback TCP into $OUT_FS, fsynced |
+| plain copy, sendfile (no crypto, no hash) | | $PLAIN_SENDFILE_MBPS | the same, the sender's file read left to the kernel |
 | OpenRed file fetch, node's own timing | $(printf %.2f "$NODE_S") | $NODE_MBPS | link request to verified, fsynced and renamed in $OUT_FS; session $SUITE, chunks $CHUNKS |
 | OpenRed file fetch, CLI wall time | $(printf %.2f "$WALL_S") | $WALL_MBPS | plus the CLI start and its 200 ms polling |
 
 OpenRed / iperf3: $(ratio "$NODE_MBPS" "$IPERF_MBPS") (target >= 0.40)
 OpenRed / scp:    $(ratio "$NODE_MBPS" "$SCP_MBPS") (target > 1)
+plain copy / iperf3: read/send $(ratio "$PLAIN_READ_MBPS" "$IPERF_MBPS"), sendfile $(ratio "$PLAIN_SENDFILE_MBPS" "$IPERF_MBPS")
+OpenRed / plain copy: read/send $(ratio "$NODE_MBPS" "$PLAIN_READ_MBPS"), sendfile $(ratio "$NODE_MBPS" "$PLAIN_SENDFILE_MBPS")
 peak RSS (VmHWM): sender $A_HWM MiB, receiver $B_HWM MiB (target <= 64 MiB each)
 CPU seconds during the fetch: sender $A_CPU, receiver $B_CPU (2 cores: at most $(printf %.2f "$(python3 -c "print(2 * $WALL_S)")") in all)
 load average before the OpenRed run: $LOAD
