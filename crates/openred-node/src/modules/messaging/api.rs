@@ -124,23 +124,44 @@ fn check(
 }
 
 /// A frame carries one message, or a batch of them.
-#[derive(Deserialize)]
-#[serde(untagged)]
 enum Incoming {
     Batch(WireBatch),
     One(WireMessage),
 }
 
-/// Stores checked messages (they join one group commit) and counts them;
+impl Incoming {
+    /// Reads a batch (what senders send) or a single message. Not with
+    /// `#[serde(untagged)]`, which buffers every value of the frame and
+    /// parses it twice; the error shown is that of the form the frame
+    /// looks like (a batch if it has a `messages` field).
+    fn parse(payload: &[u8]) -> Result<Incoming, ApiError> {
+        let batch = match serde_json::from_slice::<WireBatch>(payload) {
+            Ok(batch) => return Ok(Incoming::Batch(batch)),
+            Err(e) => e,
+        };
+        match serde_json::from_slice::<WireMessage>(payload) {
+            Ok(one) => Ok(Incoming::One(one)),
+            Err(one) => {
+                let looks_like_batch = serde_json::from_slice::<serde_json::Value>(payload)
+                    .is_ok_and(|v| v.get("messages").is_some());
+                Err(bad_message(
+                    if looks_like_batch { batch } else { one }.to_string(),
+                ))
+            }
+        }
+    }
+}
+
+/// Stores checked messages (one job of a group commit) and counts them;
 /// answers once all are committed.
 async fn store_all(module: &Messaging, messages: Vec<Received>) -> Result<(), ApiError> {
     let store = module.store().ok_or_else(not_started)?;
-    let stored =
-        futures_util::future::join_all(messages.iter().map(|m| store.receive(m.clone()))).await;
+    let messages: Vec<Arc<Received>> = messages.into_iter().map(Arc::new).collect();
+    let stored = store.receive(messages.clone()).await.map_err(internal)?;
     for (message, fresh) in messages.into_iter().zip(stored) {
-        if fresh.map_err(internal)? {
+        if fresh {
             module.counters.received.fetch_add(1, Ordering::Relaxed);
-            let _ = module.events.send(Arc::new(message));
+            let _ = module.events.send(message);
         } else {
             module.counters.duplicates.fetch_add(1, Ordering::Relaxed);
         }
@@ -154,8 +175,7 @@ async fn receive(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (live, payload) = state.open_frame(MESSAGE_PATH, &body)?;
-    let incoming: Incoming =
-        serde_json::from_slice(&payload).map_err(|e| bad_message(e.to_string()))?;
+    let incoming = Incoming::parse(&payload)?;
     let now = state.clock().now().0;
     let answer = match incoming {
         Incoming::One(message) => {

@@ -87,6 +87,16 @@ pub struct WireMessage {
     pub body: String,
 }
 
+/// [`WireMessage`] as the sender writes it, borrowing its text.
+#[derive(Serialize)]
+struct WireMessageRef<'a> {
+    message_id: &'a str,
+    seq: u64,
+    sent_at: u64,
+    content_type: &'a str,
+    body: &'a str,
+}
+
 /// The most messages one frame carries.
 pub const MAX_BATCH_MESSAGES: usize = 64;
 
@@ -445,24 +455,24 @@ impl Messaging {
                 break;
             };
             match joined {
-                Ok((_, Ok(results))) => {
-                    for (id, result) in results {
+                Ok((frame, Ok(results))) => {
+                    for (entry, result) in frame.iter().zip(results) {
                         match result {
-                            Ok(()) => delivered.push(id),
+                            Ok(()) => delivered.push(entry.row),
                             Err(reason) => {
-                                store.mark_failed(&id, &reason).await?;
+                                store.mark_failed(&entry.id, &reason).await?;
                                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
                             }
                         }
                     }
                 }
                 Ok((frame, Err(e))) => match (refusal(&e), frame.as_slice()) {
-                    (Some(reason), [(id, _)]) => {
-                        store.mark_failed(id, &reason).await?;
+                    (Some(reason), [entry]) => {
+                        store.mark_failed(&entry.id, &reason).await?;
                         self.counters.failed.fetch_add(1, Ordering::Relaxed);
                     }
                     _ => {
-                        unacknowledged.extend(frame.iter().map(|(id, _)| *id));
+                        unacknowledged.extend(frame.iter().map(|entry| entry.row));
                         retry.get_or_insert(e);
                     }
                 },
@@ -498,7 +508,7 @@ impl Messaging {
         self: &Arc<Self>,
         node: &NodeState,
         marking: &mut tokio::task::JoinSet<Result<(), NodeError>>,
-        ids: Vec<MessageId>,
+        ids: Vec<store::RowId>,
     ) {
         let (Some(running), false) = (self.running.get(), ids.is_empty()) else {
             return;
@@ -555,8 +565,15 @@ async fn sleep_or_forever(wait: Option<Duration>) {
     }
 }
 
-/// The messages of one frame: their IDs and JSON.
-type Frame = Vec<(MessageId, Vec<u8>)>;
+/// A message on its way: its ID, its outbox row, its JSON.
+struct Entry {
+    id: MessageId,
+    row: store::RowId,
+    json: Vec<u8>,
+}
+
+/// The messages of one frame.
+type Frame = Vec<Entry>;
 
 /// How many outbox rows one read takes.
 const READ_AHEAD: usize = 512;
@@ -568,7 +585,7 @@ const MARK_BATCH: usize = 1024;
 /// The messages read from the outbox and not sent yet, in seq order.
 #[derive(Default)]
 struct Waiting {
-    messages: std::collections::VecDeque<store::Outgoing>,
+    messages: std::collections::VecDeque<(store::RowId, store::Outgoing)>,
     bytes: usize,
     /// The highest seq read so far.
     after: u64,
@@ -586,12 +603,12 @@ impl Waiting {
             && (!self.drained || self.messages.is_empty())
     }
 
-    fn add(&mut self, page: Vec<store::Outgoing>, asked: usize) {
+    fn add(&mut self, page: Vec<(store::RowId, store::Outgoing)>, asked: usize) {
         self.drained = page.len() < asked;
-        if let Some(last) = page.last() {
+        if let Some((_, last)) = page.last() {
             self.after = last.seq;
         }
-        self.bytes += page.iter().map(|m| m.body.len()).sum::<usize>();
+        self.bytes += page.iter().map(|(_, m)| m.body.len()).sum::<usize>();
         self.messages.extend(page);
     }
 
@@ -608,15 +625,15 @@ impl Waiting {
         let mut frame: Frame = Vec::new();
         let mut bytes = 0;
         while frame.len() < per_frame {
-            let Some(message) = self.messages.front() else {
+            let Some((row, message)) = self.messages.front() else {
                 break;
             };
-            let json = serde_json::to_vec(&WireMessage {
-                message_id: message.message_id.to_string(),
+            let json = serde_json::to_vec(&WireMessageRef {
+                message_id: &message.message_id.to_string(),
                 seq: message.seq,
                 sent_at: message.created_at,
-                content_type: message.content_type.clone(),
-                body: message.body.clone(),
+                content_type: &message.content_type,
+                body: &message.body,
             })
             .map_err(|_| NodeError::Malformed("encoding"))?;
             if !frame.is_empty() && bytes + json.len() + 1 > budget {
@@ -624,7 +641,11 @@ impl Waiting {
             }
             bytes += json.len() + 1;
             self.bytes -= message.body.len();
-            frame.push((message.message_id, json));
+            frame.push(Entry {
+                id: message.message_id,
+                row: *row,
+                json,
+            });
             self.messages.pop_front();
         }
         Ok((!frame.is_empty()).then_some(frame))
@@ -632,49 +653,52 @@ impl Waiting {
 }
 
 /// One delivery: messages in a frame of `live` (a batch), the receipt
-/// back: for each message, delivered, or refused for good with the
-/// peer's reason.
+/// back: for each message in the frame's order, delivered, or refused for
+/// good with the peer's reason.
 async fn send_frame(
     node: &NodeState,
     live: &crate::sessions::LiveSession,
-    frame: &[(MessageId, Vec<u8>)],
-) -> Result<Vec<(MessageId, Result<(), String>)>, NodeError> {
+    frame: &[Entry],
+) -> Result<Vec<Result<(), String>>, NodeError> {
     let mut payload = b"{\"messages\":[".to_vec();
-    for (i, (_, json)) in frame.iter().enumerate() {
+    for (i, entry) in frame.iter().enumerate() {
         if i > 0 {
             payload.push(b',');
         }
-        payload.extend_from_slice(json);
+        payload.extend_from_slice(&entry.json);
     }
     payload.extend_from_slice(b"]}");
     let answer = node.exchange(live, MESSAGE_PATH, &payload).await?;
     let receipt: BatchReceipt =
         serde_json::from_slice(&answer).map_err(|_| NodeError::Malformed("the peer's receipt"))?;
-    let mut results: std::collections::HashMap<String, MessageResult> = receipt
-        .results
-        .into_iter()
-        .map(|r| (r.message_id.clone(), r))
-        .collect();
-    if results.len() != frame.len() {
+    match_receipt(frame.iter().map(|entry| entry.id), receipt)
+}
+
+/// Reads a receipt for the messages `ids`: the receiver answers in the
+/// frame's order, one result per message. For each, delivered, or refused
+/// for good with the peer's reason; a receipt for other messages, in
+/// another order, or with a refusal that gives no reason is refused whole
+/// (the frame is retried).
+fn match_receipt(
+    ids: impl ExactSizeIterator<Item = MessageId>,
+    receipt: BatchReceipt,
+) -> Result<Vec<Result<(), String>>, NodeError> {
+    if receipt.results.len() != ids.len() {
         return Err(NodeError::Malformed("a receipt for other messages"));
     }
-    frame
-        .iter()
-        .map(|(id, _)| {
-            let result = results
-                .remove(&id.to_string())
-                .ok_or(NodeError::Malformed("a receipt for other messages"))?;
-            Ok((
-                *id,
-                match (result.received, result.error.as_deref()) {
-                    (true, _) => Ok(()),
-                    (false, Some(code @ ("bad_message" | "message_too_large"))) => Err(format!(
-                        "refused by the peer: {code}: {}",
-                        store::printable(result.message.as_deref().unwrap_or(""), 200)
-                    )),
-                    (false, _) => return Err(NodeError::Malformed("a refusal without a reason")),
-                },
-            ))
+    ids.zip(receipt.results)
+        .map(|(id, result)| {
+            if MessageId::parse(&result.message_id) != Some(id) {
+                return Err(NodeError::Malformed("a receipt for other messages"));
+            }
+            match (result.received, result.error.as_deref()) {
+                (true, _) => Ok(Ok(())),
+                (false, Some(code @ ("bad_message" | "message_too_large"))) => Ok(Err(format!(
+                    "refused by the peer: {code}: {}",
+                    store::printable(result.message.as_deref().unwrap_or(""), 200)
+                ))),
+                (false, _) => Err(NodeError::Malformed("a refusal without a reason")),
+            }
         })
         .collect()
 }
@@ -796,5 +820,72 @@ impl Module for Messaging {
 
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: usize) -> Vec<MessageId> {
+        (0..n).map(|_| MessageId::random().unwrap()).collect()
+    }
+
+    fn receipt(results: Vec<MessageResult>) -> BatchReceipt {
+        BatchReceipt { results }
+    }
+
+    #[test]
+    fn a_receipt_must_answer_the_frames_messages_in_order() {
+        let ids = ids(3);
+        let ok = |id: &MessageId| MessageResult::received(id.to_string());
+        let good = receipt(ids.iter().map(ok).collect());
+        assert_eq!(
+            match_receipt(ids.iter().copied(), good).unwrap(),
+            vec![Ok(()), Ok(()), Ok(())]
+        );
+        // Swapped, short, long, or naming another message: refused whole.
+        let swapped = receipt(vec![ok(&ids[1]), ok(&ids[0]), ok(&ids[2])]);
+        let short = receipt(vec![ok(&ids[0]), ok(&ids[1])]);
+        let long = receipt(ids.iter().chain(&ids[..1]).map(ok).collect());
+        let other = receipt(vec![
+            ok(&ids[0]),
+            ok(&ids[1]),
+            ok(&MessageId::random().unwrap()),
+        ]);
+        for bad in [swapped, short, long, other] {
+            assert!(matches!(
+                match_receipt(ids.iter().copied(), bad),
+                Err(NodeError::Malformed("a receipt for other messages"))
+            ));
+        }
+    }
+
+    #[test]
+    fn a_refusal_counts_only_with_a_known_reason() {
+        let ids = ids(2);
+        let refused = |code: &'static str| {
+            let error = openred_http::ApiError::bad_request(code, "no\u{7}pe");
+            MessageResult::refused(ids[1].to_string(), &error)
+        };
+        let with_reason = receipt(vec![
+            MessageResult::received(ids[0].to_string()),
+            refused("message_too_large"),
+        ]);
+        let results = match_receipt(ids.iter().copied(), with_reason).unwrap();
+        assert_eq!(results[0], Ok(()));
+        // The peer's text is shown without its control characters.
+        assert_eq!(
+            results[1],
+            Err("refused by the peer: message_too_large: no\\u{7}pe".to_owned())
+        );
+        let unknown = receipt(vec![
+            MessageResult::received(ids[0].to_string()),
+            refused("rate_limited"),
+        ]);
+        assert!(matches!(
+            match_receipt(ids.iter().copied(), unknown),
+            Err(NodeError::Malformed("a refusal without a reason"))
+        ));
     }
 }

@@ -4,6 +4,8 @@
 //! batch, not per message. Every insert is acknowledged only after its
 //! batch has committed.
 
+use std::sync::Arc;
+
 use openred_core::{NodeId, UnixTime};
 use serde::{Deserialize, Serialize};
 use sqlx::{QueryBuilder, Row, Sqlite};
@@ -11,10 +13,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{to_i64, NodeStore, StoreError};
 
-/// The most inserts one group commit takes (one transaction, in
-/// statements of [`CHUNKS`] rows).
+/// The most rows one group commit of the inbox takes (one transaction, in
+/// statements of [`CHUNKS`] rows); a job that would pass it waits for the
+/// next.
 const MAX_BATCH: usize = 1024;
-/// Inserts waiting for a commit, at most; more wait to be queued.
+/// The same for the outbox, whose transactions also carry
+/// acknowledgements (up to [`MAX_BATCH`] rows of updates).
+const MAX_OUTBOX_BATCH: usize = 2 * MAX_BATCH;
+/// Jobs waiting for a commit, at most; more wait to be queued.
 const QUEUE: usize = 4096;
 /// The row counts of the statements a group commit is cut into, largest
 /// first. SQLite prepares a statement per SQL text, and sqlx caches the
@@ -80,6 +86,12 @@ impl std::fmt::Display for MessageId {
         f.write_str(&data_encoding::HEXLOWER.encode(&self.0))
     }
 }
+
+/// An outbox row, as [`MessageStore::pending`] hands it out: what the
+/// acknowledgement updates find by primary key, without a search of the
+/// message ID index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowId(i64);
 
 /// Where a sent message stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,13 +178,15 @@ pub struct NewMessage {
 }
 
 type Reply<R> = oneshot::Sender<Result<R, StoreError>>;
+/// The queue of a group-commit writer: jobs with where to answer.
+type Queue<T, R> = mpsc::Sender<(T, Reply<R>)>;
 
 /// The messaging tables.
 #[derive(Clone)]
 pub struct MessageStore {
     store: NodeStore,
-    inbox: mpsc::Sender<(Received, Reply<bool>)>,
-    outbox: mpsc::Sender<(NewMessage, Reply<u64>)>,
+    inbox: Queue<Vec<Arc<Received>>, Vec<bool>>,
+    outbox: Queue<OutboxJob, Option<u64>>,
 }
 
 fn inbox_aad(peer: &NodeId, id: &MessageId) -> Vec<u8> {
@@ -204,12 +218,46 @@ fn u64_of(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
+/// A group commit's job: how many rows it writes.
+trait Job: Send + 'static {
+    fn rows(&self) -> usize;
+}
+
+/// What the outbox writer does: add a message (answered with its seq), or
+/// record acknowledgements. Both kinds share transactions: an
+/// acknowledgement then costs no commit (no fsync) of its own, and does
+/// not hold the one writer connection while sends wait.
+enum OutboxJob {
+    Insert(NewMessage),
+    Delivered { rows: Vec<RowId>, at: i64 },
+}
+
+impl Job for OutboxJob {
+    fn rows(&self) -> usize {
+        match self {
+            OutboxJob::Insert(_) => 1,
+            OutboxJob::Delivered { rows, .. } => rows.len(),
+        }
+    }
+}
+
+/// The messages of one frame: one job, one answer, whatever their number.
+impl Job for Vec<Arc<Received>> {
+    fn rows(&self) -> usize {
+        self.len()
+    }
+}
+
 /// Runs group commits: takes the first waiting job, then every job already
-/// queued (up to [`MAX_BATCH`]), commits them in one transaction with
+/// queued (up to [`MAX_BATCH`] rows), commits them in one transaction with
 /// `commit`, and answers each.
-fn spawn_group_commit<T, R, F>(store: NodeStore, commit: F) -> mpsc::Sender<(T, Reply<R>)>
+fn spawn_group_commit<T, R, F>(
+    store: NodeStore,
+    max_rows: usize,
+    commit: F,
+) -> mpsc::Sender<(T, Reply<R>)>
 where
-    T: Send + 'static,
+    T: Job,
     R: Send + 'static,
     F: for<'a> Fn(
             &'a NodeStore,
@@ -224,7 +272,16 @@ where
     tokio::spawn(async move {
         let mut jobs = Vec::with_capacity(MAX_BATCH);
         let mut replies = Vec::with_capacity(MAX_BATCH);
-        while let Some((job, reply)) = rx.recv().await {
+        // A job taken from the queue that did not fit the last batch.
+        let mut held: Option<(T, Reply<R>)> = None;
+        loop {
+            let Some((job, reply)) = (match held.take() {
+                Some(job) => Some(job),
+                None => rx.recv().await,
+            }) else {
+                break;
+            };
+            let mut rows = job.rows();
             jobs.push(job);
             replies.push(reply);
             // Take what is queued; then, as long as more keeps arriving,
@@ -235,17 +292,22 @@ where
             // batches alternated between small and large (half the
             // callers a batch with 512 senders). One yield costs
             // microseconds when nothing else comes.
-            loop {
-                while jobs.len() < MAX_BATCH {
+            'gather: loop {
+                while rows < max_rows {
                     match rx.try_recv() {
+                        Ok((job, reply)) if rows + job.rows() > max_rows => {
+                            held = Some((job, reply));
+                            break 'gather;
+                        }
                         Ok((job, reply)) => {
+                            rows += job.rows();
                             jobs.push(job);
                             replies.push(reply);
                         }
                         Err(_) => break,
                     }
                 }
-                if jobs.len() >= MAX_BATCH {
+                if rows >= max_rows {
                     break;
                 }
                 tokio::task::yield_now().await;
@@ -286,12 +348,16 @@ async fn wait<T, R>(queue: &mpsc::Sender<(T, Reply<R>)>, job: T) -> Result<R, St
 impl MessageStore {
     /// The messaging tables of `store`, with their group-commit writers.
     pub fn new(store: NodeStore) -> MessageStore {
-        let inbox = spawn_group_commit(store.clone(), |store, batch: &[Received]| {
-            Box::pin(insert_received(store, batch))
-        });
-        let outbox = spawn_group_commit(store.clone(), |store, batch: &[NewMessage]| {
-            Box::pin(insert_outgoing(store, batch))
-        });
+        let inbox = spawn_group_commit(
+            store.clone(),
+            MAX_BATCH,
+            |store, batch: &[Vec<Arc<Received>>]| Box::pin(insert_received(store, batch)),
+        );
+        let outbox = spawn_group_commit(
+            store.clone(),
+            MAX_OUTBOX_BATCH,
+            |store, batch: &[OutboxJob]| Box::pin(write_outbox(store, batch)),
+        );
         MessageStore {
             store,
             inbox,
@@ -299,25 +365,31 @@ impl MessageStore {
         }
     }
 
-    /// Stores a received message; answers once it is committed. `false`:
-    /// this peer sent a message with this ID before (a duplicate, dropped).
-    pub async fn receive(&self, message: Received) -> Result<bool, StoreError> {
-        wait(&self.inbox, message).await
+    /// Stores received messages (those of one frame); answers once they
+    /// are committed, one flag per message. `false`: this peer sent a
+    /// message with this ID before (a duplicate, dropped).
+    pub async fn receive(&self, messages: Vec<Arc<Received>>) -> Result<Vec<bool>, StoreError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        wait(&self.inbox, messages).await
     }
 
     /// Adds a message to the outbox; answers its seq once committed.
     pub async fn enqueue(&self, message: NewMessage) -> Result<u64, StoreError> {
-        wait(&self.outbox, message).await
+        wait(&self.outbox, OutboxJob::Insert(message))
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("the outbox writer gave no seq".into()))
     }
 
     /// Up to `limit` undelivered messages to `peer` with a seq above
-    /// `after`, in seq order.
+    /// `after`, in seq order, with their rows.
     pub async fn pending(
         &self,
         peer: &NodeId,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<Outgoing>, StoreError> {
+    ) -> Result<Vec<(RowId, Outgoing)>, StoreError> {
         let rows = sqlx::query(
             "SELECT outbox.*, NULL AS peer_error FROM outbox \
              WHERE peer = ? AND state IN ('queued', 'sent') AND seq > ? ORDER BY seq LIMIT ?",
@@ -327,7 +399,9 @@ impl MessageStore {
         .bind(to_i64(limit as u64)?)
         .fetch_all(self.store.reader())
         .await?;
-        rows.iter().map(|r| self.outgoing(r)).collect()
+        rows.iter()
+            .map(|r| Ok((RowId(r.try_get("id")?), self.outgoing(r)?)))
+            .collect()
     }
 
     /// The peers with undelivered messages.
@@ -345,66 +419,28 @@ impl MessageStore {
     /// they are `sent` from now on. (An acknowledged attempt is counted
     /// by [`MessageStore::mark_delivered`]; the happy path writes each
     /// message once, queued to delivered.)
-    pub async fn mark_sent(&self, ids: &[MessageId]) -> Result<(), StoreError> {
-        self.update_many(
-            "UPDATE outbox SET state = 'sent', attempts = attempts + 1 \
-             WHERE state IN ('queued', 'sent') AND message_id IN (",
-            None,
-            ids,
-        )
-        .await
+    pub async fn mark_sent(&self, rows: &[RowId]) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.store.writer().begin().await?;
+        update_rows(&mut tx, MARK_SENT, None, rows).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Records acknowledgements: the messages are `delivered`, their
     /// successful attempt counted. An acknowledgement wins over an expiry
     /// that raced it: the message is in the peer's inbox.
-    pub async fn mark_delivered(&self, ids: &[MessageId], now: UnixTime) -> Result<(), StoreError> {
-        // The time is bound, not written into the text: the same
-        // statement serves every call.
-        self.update_many(
-            "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, last_error = NULL, \
-             delivered_at = ? WHERE state != 'delivered' AND message_id IN (",
-            Some(to_i64(now.0)?),
-            ids,
-        )
-        .await
-    }
-
-    /// Runs `head` (after binding `first`, if any) with the IDs as its
-    /// list, in statements of [`SHORT_LIST`] or [`LONG_LIST`] IDs and one
-    /// transaction (one fsync) for all.
-    async fn update_many(
-        &self,
-        head: &str,
-        first: Option<i64>,
-        ids: &[MessageId],
-    ) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let sql = |size: usize| format!("{head}{})", vec!["?"; size].join(", "));
-        let (short, long) = (sql(SHORT_LIST), sql(LONG_LIST));
-        let mut tx = self.store.writer().begin().await?;
-        for chunk in ids.chunks(LONG_LIST) {
-            let (sql, size) = if chunk.len() <= SHORT_LIST {
-                (&short, SHORT_LIST)
-            } else {
-                (&long, LONG_LIST)
+    pub async fn mark_delivered(&self, rows: &[RowId], now: UnixTime) -> Result<(), StoreError> {
+        // Chunks of MAX_BATCH rows: a job never outgrows a group commit.
+        for chunk in rows.chunks(MAX_BATCH) {
+            let job = OutboxJob::Delivered {
+                rows: chunk.to_vec(),
+                at: to_i64(now.0)?,
             };
-            let mut query = sqlx::query(sql);
-            if let Some(first) = first {
-                query = query.bind(first);
-            }
-            let last = chunk[chunk.len() - 1];
-            for id in chunk
-                .iter()
-                .chain(std::iter::repeat_n(&last, size - chunk.len()))
-            {
-                query = query.bind(id.0.to_vec());
-            }
-            query.execute(&mut *tx).await?;
+            wait(&self.outbox, job).await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
@@ -565,11 +601,14 @@ impl MessageStore {
     }
 }
 
-async fn insert_received(store: &NodeStore, batch: &[Received]) -> Result<Vec<bool>, StoreError> {
+async fn insert_received(
+    store: &NodeStore,
+    jobs: &[Vec<Arc<Received>>],
+) -> Result<Vec<Vec<bool>>, StoreError> {
     // Everything that can fail for one message is done before the shared
     // statement (the receiver also refuses such values up front).
-    let mut rows = Vec::with_capacity(batch.len());
-    for m in batch {
+    let mut rows = Vec::with_capacity(jobs.iter().map(Vec::len).sum());
+    for m in jobs.iter().flatten() {
         let numbers = (to_i64(m.seq)?, to_i64(m.sent_at)?, to_i64(m.received_at)?);
         let body = store
             .sealer()
@@ -578,37 +617,96 @@ async fn insert_received(store: &NodeStore, batch: &[Received]) -> Result<Vec<bo
     }
     // One transaction, one fsync for the whole batch, in statements of
     // fixed sizes; the rows they return are the messages not seen before.
-    let mut new: std::collections::HashSet<(Vec<u8>, Vec<u8>)> = Default::default();
+    // Values are bound borrowed: nothing is copied for the statement.
+    let mut new: std::collections::HashSet<([u8; 32], [u8; 16])> = Default::default();
     let mut tx = store.writer().begin().await?;
     for chunk in fixed_chunks(&rows) {
         let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO inbox (peer, message_id, seq, sent_at, received_at, content_type, body) ",
         );
         query.push_values(chunk, |mut row, (m, (seq, sent_at, received_at), body)| {
-            row.push_bind(m.peer.as_bytes().to_vec())
-                .push_bind(m.message_id.0.to_vec())
+            row.push_bind(&m.peer.as_bytes()[..])
+                .push_bind(&m.message_id.0[..])
                 .push_bind(*seq)
                 .push_bind(*sent_at)
                 .push_bind(*received_at)
-                .push_bind(m.content_type.clone())
-                .push_bind(body.clone());
+                .push_bind(m.content_type.as_str())
+                .push_bind(&body[..]);
         });
         query.push(" ON CONFLICT (peer, message_id) DO NOTHING RETURNING peer, message_id");
         for r in query.build().fetch_all(&mut *tx).await? {
-            new.insert((r.try_get("peer")?, r.try_get("message_id")?));
+            let (peer, id): (&[u8], &[u8]) = (r.try_get("peer")?, r.try_get("message_id")?);
+            let key = peer.try_into().ok().zip(id.try_into().ok());
+            new.insert(key.ok_or_else(|| StoreError::Corrupt("an inbox key's length".into()))?);
         }
     }
     tx.commit().await?;
     // A message twice in one batch is new once.
-    Ok(batch
+    Ok(jobs
         .iter()
-        .map(|m| new.remove(&(m.peer.as_bytes().to_vec(), m.message_id.0.to_vec())))
+        .map(|job| {
+            job.iter()
+                .map(|m| new.remove(&(*m.peer.as_bytes(), m.message_id.0)))
+                .collect()
+        })
         .collect())
 }
 
-async fn insert_outgoing(store: &NodeStore, batch: &[NewMessage]) -> Result<Vec<u64>, StoreError> {
+/// Records an attempt that got no acknowledgement.
+const MARK_SENT: &str = "UPDATE outbox SET state = 'sent', attempts = attempts + 1 \
+     WHERE state IN ('queued', 'sent') AND id IN (";
+/// Records acknowledgements; an acknowledgement wins over an expiry that
+/// raced it: the message is in the peer's inbox. The time is bound, not
+/// written into the text: the same statement serves every call.
+const MARK_DELIVERED: &str =
+    "UPDATE outbox SET state = 'delivered', attempts = attempts + 1, last_error = NULL, \
+     delivered_at = ? WHERE state != 'delivered' AND id IN (";
+
+/// Runs `head` (after binding `first`, if any) with `rows` as its list, in
+/// statements of [`SHORT_LIST`] or [`LONG_LIST`] rows, inside `tx`.
+async fn update_rows(
+    tx: &mut sqlx::SqliteConnection,
+    head: &str,
+    first: Option<i64>,
+    rows: &[RowId],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(LONG_LIST) {
+        let size = if chunk.len() <= SHORT_LIST {
+            SHORT_LIST
+        } else {
+            LONG_LIST
+        };
+        let sql = format!("{head}{})", vec!["?"; size].join(", "));
+        let mut query = sqlx::query(&sql);
+        if let Some(first) = first {
+            query = query.bind(first);
+        }
+        let last = chunk[chunk.len() - 1];
+        for row in chunk
+            .iter()
+            .chain(std::iter::repeat_n(&last, size - chunk.len()))
+        {
+            query = query.bind(row.0);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+/// One outbox transaction: the new messages, then the acknowledgements.
+async fn write_outbox(
+    store: &NodeStore,
+    jobs: &[OutboxJob],
+) -> Result<Vec<Option<u64>>, StoreError> {
+    let batch: Vec<&NewMessage> = jobs
+        .iter()
+        .filter_map(|job| match job {
+            OutboxJob::Insert(m) => Some(m),
+            OutboxJob::Delivered { .. } => None,
+        })
+        .collect();
     let mut sealed = Vec::with_capacity(batch.len());
-    for m in batch {
+    for m in &batch {
         sealed.push(
             store
                 .sealer()
@@ -622,7 +720,7 @@ async fn insert_outgoing(store: &NodeStore, batch: &[NewMessage]) -> Result<Vec<
     let mut tx = store.writer().begin_with("BEGIN IMMEDIATE").await?;
     // The next seq of each peer in the batch, then the seqs in batch order.
     let mut next: std::collections::HashMap<NodeId, i64> = std::collections::HashMap::new();
-    for m in batch {
+    for m in &batch {
         if next.contains_key(&m.peer) {
             continue;
         }
@@ -637,7 +735,7 @@ async fn insert_outgoing(store: &NodeStore, batch: &[NewMessage]) -> Result<Vec<
         next.insert(m.peer, first);
     }
     let mut seqs = Vec::with_capacity(batch.len());
-    for m in batch {
+    for m in &batch {
         let slot = next.entry(m.peer).or_insert(1);
         seqs.push(*slot);
         *slot += 1;
@@ -648,25 +746,39 @@ async fn insert_outgoing(store: &NodeStore, batch: &[NewMessage]) -> Result<Vec<
             "INSERT INTO outbox (message_id, peer, seq, created_at, content_type, body, state) ",
         );
         query.push_values(chunk, |mut row, (((m, body), seq), created)| {
-            row.push_bind(m.message_id.0.to_vec())
-                .push_bind(m.peer.as_bytes().to_vec())
+            row.push_bind(&m.message_id.0[..])
+                .push_bind(&m.peer.as_bytes()[..])
                 .push_bind(**seq)
                 .push_bind(**created)
-                .push_bind(m.content_type.clone())
-                .push_bind((*body).clone())
+                .push_bind(m.content_type.as_str())
+                .push_bind(&body[..])
                 .push_bind("queued");
         });
         query.build().execute(&mut *tx).await?;
     }
-    let mut counters: QueryBuilder<Sqlite> =
-        QueryBuilder::new("INSERT INTO outbox_seq (peer, next) ");
-    counters.push_values(&next, |mut row, (peer, next)| {
-        row.push_bind(peer.as_bytes().to_vec()).push_bind(*next);
-    });
-    counters.push(" ON CONFLICT (peer) DO UPDATE SET next = excluded.next");
-    counters.build().execute(&mut *tx).await?;
+    if !next.is_empty() {
+        let mut counters: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO outbox_seq (peer, next) ");
+        counters.push_values(&next, |mut row, (peer, next)| {
+            row.push_bind(peer.as_bytes().to_vec()).push_bind(*next);
+        });
+        counters.push(" ON CONFLICT (peer) DO UPDATE SET next = excluded.next");
+        counters.build().execute(&mut *tx).await?;
+    }
+    for job in jobs {
+        if let OutboxJob::Delivered { rows, at } = job {
+            update_rows(&mut tx, MARK_DELIVERED, Some(*at), rows).await?;
+        }
+    }
     tx.commit().await?;
-    Ok(seqs.into_iter().map(u64_of).collect())
+    let mut seqs = seqs.into_iter().map(u64_of);
+    Ok(jobs
+        .iter()
+        .map(|job| match job {
+            OutboxJob::Insert(_) => seqs.next(),
+            OutboxJob::Delivered { .. } => None,
+        })
+        .collect())
 }
 
 /// `text` cut to `max` characters, control characters shown as `\u{..}`:
