@@ -367,10 +367,7 @@ impl Audit {
             tx,
             dropped: AtomicU64::new(0),
             written: AtomicU64::new(next_seq),
-            sealer: Sealer::new(&details_key.0).map_err(|e| AuditError::Io {
-                path: dir.display().to_string(),
-                source: std::io::Error::other(e.to_string()),
-            })?,
+            sealer: Sealer::new(&details_key.0),
             dir,
         });
         if !first.is_empty() {

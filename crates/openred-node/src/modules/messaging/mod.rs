@@ -503,7 +503,8 @@ impl Messaging {
     }
 
     /// Commits acknowledgements without waiting: the next frames go out
-    /// meanwhile. The node's one writer connection keeps them in order.
+    /// meanwhile. They join the outbox writer's queue, which commits in
+    /// order.
     fn mark_in_background(
         self: &Arc<Self>,
         node: &NodeState,
