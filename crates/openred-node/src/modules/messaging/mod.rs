@@ -97,6 +97,20 @@ struct WireMessageRef<'a> {
     body: &'a str,
 }
 
+/// Counts what is written to it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The most messages one frame carries.
 pub const MAX_BATCH_MESSAGES: usize = 64;
 
@@ -286,15 +300,20 @@ impl Messaging {
         }
         let message_id = MessageId::random()?;
         let created_at = node.clock().now().0;
-        let encoded = serde_json::to_vec(&WireMessage {
-            message_id: message_id.to_string(),
-            seq: u64::from(u32::MAX),
-            sent_at: created_at,
-            content_type: content_type.to_owned(),
-            body: text.to_owned(),
-        })
+        // The size of its JSON in a frame, counted without writing it out.
+        let mut encoded = ByteCount(0);
+        serde_json::to_writer(
+            &mut encoded,
+            &WireMessageRef {
+                message_id: &message_id.to_string(),
+                seq: u64::from(u32::MAX),
+                sent_at: created_at,
+                content_type,
+                body: text,
+            },
+        )
         .map_err(|_| SendError::FrameTooLarge)?;
-        if encoded.len() + 2 * MESSAGE_PATH.len() + 64 > node.config().max_frame_bytes {
+        if encoded.0 + 2 * MESSAGE_PATH.len() + 64 > node.config().max_frame_bytes {
             return Err(SendError::FrameTooLarge);
         }
         let store = self.store().ok_or(SendError::NotStarted)?.clone();
@@ -586,7 +605,7 @@ const MARK_BATCH: usize = 1024;
 /// The messages read from the outbox and not sent yet, in seq order.
 #[derive(Default)]
 struct Waiting {
-    messages: std::collections::VecDeque<(store::RowId, store::Outgoing)>,
+    messages: std::collections::VecDeque<store::Pending>,
     bytes: usize,
     /// The highest seq read so far.
     after: u64,
@@ -604,12 +623,12 @@ impl Waiting {
             && (!self.drained || self.messages.is_empty())
     }
 
-    fn add(&mut self, page: Vec<(store::RowId, store::Outgoing)>, asked: usize) {
+    fn add(&mut self, page: Vec<store::Pending>, asked: usize) {
         self.drained = page.len() < asked;
-        if let Some((_, last)) = page.last() {
+        if let Some(last) = page.last() {
             self.after = last.seq;
         }
-        self.bytes += page.iter().map(|(_, m)| m.body.len()).sum::<usize>();
+        self.bytes += page.iter().map(|m| m.body.len()).sum::<usize>();
         self.messages.extend(page);
     }
 
@@ -626,7 +645,7 @@ impl Waiting {
         let mut frame: Frame = Vec::new();
         let mut bytes = 0;
         while frame.len() < per_frame {
-            let Some((row, message)) = self.messages.front() else {
+            let Some(message) = self.messages.front() else {
                 break;
             };
             let json = serde_json::to_vec(&WireMessageRef {
@@ -644,7 +663,7 @@ impl Waiting {
             self.bytes -= message.body.len();
             frame.push(Entry {
                 id: message.message_id,
-                row: *row,
+                row: message.row,
                 json,
             });
             self.messages.pop_front();

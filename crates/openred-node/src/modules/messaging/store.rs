@@ -163,6 +163,23 @@ pub struct Outgoing {
     pub delivered_at: Option<u64>,
 }
 
+/// An outbox message waiting for delivery, as the delivery reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// Its outbox row.
+    pub row: RowId,
+    /// Its ID.
+    pub message_id: MessageId,
+    /// Its sequence number for the peer.
+    pub seq: u64,
+    /// When it was written.
+    pub created_at: u64,
+    /// Its media type.
+    pub content_type: String,
+    /// Its text.
+    pub body: String,
+}
+
 /// A message to add to the outbox.
 pub struct NewMessage {
     /// Its ID.
@@ -383,15 +400,15 @@ impl MessageStore {
     }
 
     /// Up to `limit` undelivered messages to `peer` with a seq above
-    /// `after`, in seq order, with their rows.
+    /// `after`, in seq order: what the delivery needs of them only.
     pub async fn pending(
         &self,
         peer: &NodeId,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<(RowId, Outgoing)>, StoreError> {
+    ) -> Result<Vec<Pending>, StoreError> {
         let rows = sqlx::query(
-            "SELECT outbox.*, NULL AS peer_error FROM outbox \
+            "SELECT id, message_id, seq, created_at, content_type, body FROM outbox \
              WHERE peer = ? AND state IN ('queued', 'sent') AND seq > ? ORDER BY seq LIMIT ?",
         )
         .bind(&peer.as_bytes()[..])
@@ -400,7 +417,21 @@ impl MessageStore {
         .fetch_all(self.store.reader())
         .await?;
         rows.iter()
-            .map(|r| Ok((RowId(r.try_get("id")?), self.outgoing(r)?)))
+            .map(|r| {
+                let id = message_id(r.try_get("message_id")?)?;
+                let body = self
+                    .store
+                    .sealer()
+                    .open(&outbox_aad(peer, &id), r.try_get("body")?)?;
+                Ok(Pending {
+                    row: RowId(r.try_get("id")?),
+                    message_id: id,
+                    seq: u64_of(r.try_get("seq")?),
+                    created_at: u64_of(r.try_get("created_at")?),
+                    content_type: r.try_get("content_type")?,
+                    body: text(&body)?,
+                })
+            })
             .collect()
     }
 
@@ -607,19 +638,30 @@ async fn insert_received(
 ) -> Result<Vec<Vec<bool>>, StoreError> {
     // Everything that can fail for one message is done before the shared
     // statement (the receiver also refuses such values up front).
-    let mut rows = Vec::with_capacity(jobs.iter().map(Vec::len).sum());
-    for m in jobs.iter().flatten() {
+    let messages: Vec<&Arc<Received>> = jobs.iter().flatten().collect();
+    let bodies = store.sealer().seal_each(
+        messages
+            .iter()
+            .map(|m| (inbox_aad(&m.peer, &m.message_id), m.body.as_bytes())),
+    )?;
+    let mut rows = Vec::with_capacity(bodies.len());
+    for (m, body) in messages.into_iter().zip(bodies) {
         let numbers = (to_i64(m.seq)?, to_i64(m.sent_at)?, to_i64(m.received_at)?);
-        let body = store
-            .sealer()
-            .seal(&inbox_aad(&m.peer, &m.message_id), m.body.as_bytes())?;
         rows.push((m, numbers, body));
     }
     // One transaction, one fsync for the whole batch, in statements of
-    // fixed sizes; the rows they return are the messages not seen before.
-    // Values are bound borrowed: nothing is copied for the statement.
-    let mut new: std::collections::HashSet<([u8; 32], [u8; 16])> = Default::default();
-    let mut tx = store.writer().begin().await?;
+    // fixed sizes. Values are bound borrowed: nothing is copied for the
+    // statement. The rows this transaction adds are those above the
+    // highest row ID before it (the table's only writer is this
+    // connection, and SQLite gives a new row the highest ID plus one);
+    // usually every message is new, and only when some were not are the
+    // new ones read back, instead of every insert returning its row.
+    let mut tx = store.writer().begin_with("BEGIN IMMEDIATE").await?;
+    let before: i64 = sqlx::query("SELECT COALESCE(MAX(id), 0) AS id FROM inbox")
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("id")?;
+    let mut added = 0;
     for chunk in fixed_chunks(&rows) {
         let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO inbox (peer, message_id, seq, sent_at, received_at, content_type, body) ",
@@ -633,20 +675,34 @@ async fn insert_received(
                 .push_bind(m.content_type.as_str())
                 .push_bind(&body[..]);
         });
-        query.push(" ON CONFLICT (peer, message_id) DO NOTHING RETURNING peer, message_id");
-        for r in query.build().fetch_all(&mut *tx).await? {
+        query.push(" ON CONFLICT (peer, message_id) DO NOTHING");
+        added += query.build().execute(&mut *tx).await?.rows_affected();
+    }
+    let mut new = if added == rows.len() as u64 {
+        None
+    } else {
+        let mut new = std::collections::HashSet::new();
+        for r in sqlx::query("SELECT peer, message_id FROM inbox WHERE id > ?")
+            .bind(before)
+            .fetch_all(&mut *tx)
+            .await?
+        {
             let (peer, id): (&[u8], &[u8]) = (r.try_get("peer")?, r.try_get("message_id")?);
-            let key = peer.try_into().ok().zip(id.try_into().ok());
+            let key: Option<([u8; 32], [u8; 16])> = peer.try_into().ok().zip(id.try_into().ok());
             new.insert(key.ok_or_else(|| StoreError::Corrupt("an inbox key's length".into()))?);
         }
-    }
+        Some(new)
+    };
     tx.commit().await?;
-    // A message twice in one batch is new once.
+    // A message twice in one batch is new once (then not all were added).
     Ok(jobs
         .iter()
         .map(|job| {
             job.iter()
-                .map(|m| new.remove(&(*m.peer.as_bytes(), m.message_id.0)))
+                .map(|m| match &mut new {
+                    None => true,
+                    Some(new) => new.remove(&(*m.peer.as_bytes(), m.message_id.0)),
+                })
                 .collect()
         })
         .collect())
@@ -705,14 +761,11 @@ async fn write_outbox(
             OutboxJob::Delivered { .. } => None,
         })
         .collect();
-    let mut sealed = Vec::with_capacity(batch.len());
-    for m in &batch {
-        sealed.push(
-            store
-                .sealer()
-                .seal(&outbox_aad(&m.peer, &m.message_id), m.body.as_bytes())?,
-        );
-    }
+    let sealed = store.sealer().seal_each(
+        batch
+            .iter()
+            .map(|m| (outbox_aad(&m.peer, &m.message_id), m.body.as_bytes())),
+    )?;
     let created: Vec<i64> = batch
         .iter()
         .map(|m| to_i64(m.created_at))
@@ -808,6 +861,134 @@ mod tests {
         assert_eq!(sizes, [256, 256, 64, 16, 4, 1]);
         assert_eq!(chunks.concat(), rows);
         assert_eq!(fixed_chunks(&rows[..0]).count(), 0);
+    }
+
+    fn received(peer: u8, id: MessageId, seq: u64) -> Arc<Received> {
+        Arc::new(Received {
+            peer: NodeId::from_bytes([peer; 32]),
+            message_id: id,
+            seq,
+            sent_at: 1,
+            received_at: 2,
+            content_type: "text/plain".into(),
+            body: format!("message {seq}"),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_message_is_new_once_across_batches_and_within_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = NodeStore::open(&dir.path().join("node.db"), &[7; 32])
+            .await
+            .unwrap();
+        let messages = MessageStore::new(store);
+        let ids: Vec<MessageId> = (0..4).map(|_| MessageId::random().unwrap()).collect();
+        // All new: the path that reads nothing back.
+        let first = vec![received(1, ids[0], 1), received(1, ids[1], 2)];
+        assert_eq!(messages.receive(first).await.unwrap(), [true, true]);
+        // A repeat from an earlier batch, one twice in this batch, the
+        // same ID from another peer (new: IDs are per sender), a new one.
+        let second = vec![
+            received(1, ids[1], 2),
+            received(1, ids[2], 3),
+            received(1, ids[2], 3),
+            received(2, ids[1], 1),
+            received(1, ids[3], 4),
+        ];
+        assert_eq!(
+            messages.receive(second).await.unwrap(),
+            [false, true, false, true, true]
+        );
+        let texts: Vec<String> = messages
+            .inbox(None, 100, 0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.body)
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "message 1",
+                "message 2",
+                "message 3",
+                "message 4",
+                "message 1"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_lean_outbox_keeps_every_row_and_waiting_seqs_unique() {
+        use sqlx::Connection as _;
+        let mut db = sqlx::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        for sql in [
+            include_str!("../../../migrations/0004_messaging.sql"),
+            include_str!("../../../migrations/0005_outbox_waiting.sql"),
+        ] {
+            sqlx::raw_sql(sql).execute(&mut db).await.unwrap();
+        }
+        let insert = "INSERT INTO outbox (message_id, peer, seq, created_at, content_type, \
+                      body, state, attempts, last_error, delivered_at) \
+                      VALUES (?, x'01', ?, 5, 'text/plain', x'beef', ?, 2, ?, ?)";
+        for (id, seq, state, error, delivered) in [
+            (1u8, 1i64, "delivered", None, Some(9i64)),
+            (2, 2, "failed", Some("too old"), None),
+            (3, 3, "sent", Some("refused"), None),
+            (4, 4, "queued", None, None),
+        ] {
+            sqlx::query(insert)
+                .bind(vec![id; 16])
+                .bind(seq)
+                .bind(state)
+                .bind(error)
+                .bind(delivered)
+                .execute(&mut db)
+                .await
+                .unwrap();
+        }
+        let all = "SELECT id, message_id, peer, seq, created_at, content_type, body, state, \
+                   attempts, last_error, delivered_at FROM outbox ORDER BY id";
+        let dump = |rows: Vec<sqlx::sqlite::SqliteRow>| -> Vec<String> {
+            rows.iter()
+                .map(|r| {
+                    (0..r.len())
+                        .map(|i| {
+                            let v: Option<Vec<u8>> = r.try_get(i).ok().flatten();
+                            let n: Option<i64> = r.try_get(i).ok().flatten();
+                            let t: Option<String> = r.try_get(i).ok().flatten();
+                            format!("{v:?}/{n:?}/{t:?}")
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect()
+        };
+        let before = dump(sqlx::query(all).fetch_all(&mut db).await.unwrap());
+        sqlx::raw_sql(include_str!("../../../migrations/0007_outbox_lean.sql"))
+            .execute(&mut db)
+            .await
+            .unwrap();
+        let after = dump(sqlx::query(all).fetch_all(&mut db).await.unwrap());
+        assert_eq!(before.len(), 4);
+        assert_eq!(before, after);
+        // A seq that waits already cannot be given again; a seq whose
+        // message is delivered or failed is out of the way.
+        let again = |id: u8, seq: i64| {
+            sqlx::query(insert)
+                .bind(vec![id; 16])
+                .bind(seq)
+                .bind("queued")
+                .bind(None::<String>)
+                .bind(None::<i64>)
+        };
+        assert!(again(5, 4).execute(&mut db).await.is_err());
+        assert!(again(6, 3).execute(&mut db).await.is_err());
+        again(7, 1).execute(&mut db).await.unwrap();
+        // Message IDs stay unique.
+        assert!(again(4, 8).execute(&mut db).await.is_err());
     }
 
     #[test]
