@@ -121,17 +121,24 @@ impl Sealer {
         A: AsRef<[u8]>,
         P: AsRef<[u8]>,
     {
-        let mut nonces = vec![0u8; 24 * values.len()];
+        let count = values.len();
+        let mut nonces = vec![0u8; 24 * count];
         fill_random(&mut nonces)?;
-        values
-            .zip(nonces.chunks_exact(24))
-            .map(|((aad, plaintext), nonce)| {
-                let nonce: &[u8; 24] = nonce
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("a nonce's length".into()))?;
-                self.seal_with(nonce, aad.as_ref(), plaintext.as_ref())
-            })
-            .collect()
+        let mut nonces = nonces.chunks_exact(24);
+        let mut sealed = Vec::with_capacity(count);
+        for (aad, plaintext) in values {
+            // A length that the iterator got wrong is an error, never a
+            // value left out or a nonce used twice.
+            let nonce: &[u8; 24] = nonces
+                .next()
+                .and_then(|n| n.try_into().ok())
+                .ok_or_else(|| StoreError::Corrupt("more values than nonces".into()))?;
+            sealed.push(self.seal_with(nonce, aad.as_ref(), plaintext.as_ref())?);
+        }
+        if sealed.len() != count {
+            return Err(StoreError::Corrupt("fewer values than announced".into()));
+        }
+        Ok(sealed)
     }
 
     fn seal_with(

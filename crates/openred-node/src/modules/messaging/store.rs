@@ -651,18 +651,17 @@ async fn insert_received(
     }
     // One transaction, one fsync for the whole batch, in statements of
     // fixed sizes. Values are bound borrowed: nothing is copied for the
-    // statement. The rows this transaction adds are those above the
-    // highest row ID before it (the table's only writer is this
-    // connection, and SQLite gives a new row the highest ID plus one);
-    // usually every message is new, and only when some were not are the
-    // new ones read back, instead of every insert returning its row.
+    // statement. The inserts return nothing: usually every message is new,
+    // and only a statement that added fewer rows than it offered has its
+    // added rows read back. Those are the row IDs up to the last it added,
+    // one after the other: the table's only writer is this connection, and
+    // SQLite gives each new row the highest ID plus one.
     let mut tx = store.writer().begin_with("BEGIN IMMEDIATE").await?;
-    let before: i64 = sqlx::query("SELECT COALESCE(MAX(id), 0) AS id FROM inbox")
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("id")?;
-    let mut added = 0;
+    let mut new: Option<std::collections::HashSet<([u8; 32], [u8; 16])>> = None;
+    let mut offered = 0;
     for chunk in fixed_chunks(&rows) {
+        let earlier = &rows[..offered];
+        offered += chunk.len();
         let mut query: QueryBuilder<Sqlite> = QueryBuilder::new(
             "INSERT INTO inbox (peer, message_id, seq, sent_at, received_at, content_type, body) ",
         );
@@ -676,14 +675,24 @@ async fn insert_received(
                 .push_bind(&body[..]);
         });
         query.push(" ON CONFLICT (peer, message_id) DO NOTHING");
-        added += query.build().execute(&mut *tx).await?.rows_affected();
-    }
-    let mut new = if added == rows.len() as u64 {
-        None
-    } else {
-        let mut new = std::collections::HashSet::new();
-        for r in sqlx::query("SELECT peer, message_id FROM inbox WHERE id > ?")
-            .bind(before)
+        let done = query.build().execute(&mut *tx).await?;
+        let added = i64::try_from(done.rows_affected())
+            .map_err(|_| StoreError::Corrupt("an inbox insert's row count".into()))?;
+        if added == chunk.len() as i64 && new.is_none() {
+            continue;
+        }
+        // Some message here was not new: name the new ones, of this
+        // statement and of those before it (all of theirs were).
+        let new = new.get_or_insert_with(|| {
+            earlier
+                .iter()
+                .map(|(m, _, _)| (*m.peer.as_bytes(), m.message_id.0))
+                .collect()
+        });
+        let last = done.last_insert_rowid();
+        for r in sqlx::query("SELECT peer, message_id FROM inbox WHERE id > ? AND id <= ?")
+            .bind(last - added)
+            .bind(last)
             .fetch_all(&mut *tx)
             .await?
         {
@@ -691,8 +700,7 @@ async fn insert_received(
             let key: Option<([u8; 32], [u8; 16])> = peer.try_into().ok().zip(id.try_into().ok());
             new.insert(key.ok_or_else(|| StoreError::Corrupt("an inbox key's length".into()))?);
         }
-        Some(new)
-    };
+    }
     tx.commit().await?;
     // A message twice in one batch is new once (then not all were added).
     Ok(jobs
@@ -899,23 +907,25 @@ mod tests {
             messages.receive(second).await.unwrap(),
             [false, true, false, true, true]
         );
+        // A batch whose first statement adds all it offers (four rows)
+        // and whose second finds a repeat of that first statement's row.
+        let ids: Vec<MessageId> = (0..4).map(|_| MessageId::random().unwrap()).collect();
+        let mut third: Vec<Arc<Received>> =
+            (0..4).map(|i| received(3, ids[i], i as u64 + 1)).collect();
+        third.push(received(3, ids[0], 1));
+        assert_eq!(
+            messages.receive(third).await.unwrap(),
+            [true, true, true, true, false]
+        );
         let texts: Vec<String> = messages
-            .inbox(None, 100, 0)
+            .inbox(Some(&NodeId::from_bytes([1; 32])), 100, 0)
             .await
             .unwrap()
             .into_iter()
             .map(|m| m.body)
             .collect();
-        assert_eq!(
-            texts,
-            [
-                "message 1",
-                "message 2",
-                "message 3",
-                "message 4",
-                "message 1"
-            ]
-        );
+        assert_eq!(texts, ["message 1", "message 2", "message 3", "message 4"]);
+        assert_eq!(messages.inbox_len().await.unwrap(), 9);
     }
 
     #[tokio::test]
