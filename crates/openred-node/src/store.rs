@@ -102,7 +102,8 @@ impl Sealer {
         Sealer(XChaCha20Poly1305::new(key.into()))
     }
 
-    pub(crate) fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
+    /// Seals `plaintext` bound to `aad`: `nonce || ciphertext || tag`.
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
         let mut nonce = [0u8; 24];
         fill_random(&mut nonce)?;
         self.seal_with(&nonce, aad, plaintext)
@@ -113,7 +114,7 @@ impl Sealer {
     /// a group commit's values cost one system call, not one each (about
     /// 0.5 µs saved per value). Every nonce is still fresh from the
     /// kernel's generator, drawn just before its use.
-    pub(crate) fn seal_each<A, P>(
+    pub fn seal_each<A, P>(
         &self,
         values: impl ExactSizeIterator<Item = (A, P)>,
     ) -> Result<Vec<Vec<u8>>, StoreError>
@@ -159,7 +160,9 @@ impl Sealer {
         Ok(out)
     }
 
-    pub(crate) fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+    /// Opens what [`Sealer::seal`] made with the same `aad`; an error for
+    /// anything else.
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
         let corrupt =
             || StoreError::Corrupt("a sealed value does not open under this node's key".into());
         let (nonce, body) = sealed.split_at_checked(24).ok_or_else(corrupt)?;

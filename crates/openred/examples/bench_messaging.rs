@@ -235,6 +235,9 @@ struct Pipelined {
     /// B's first and last inbox commit, from the first send.
     b_first: Duration,
     b_last: Duration,
+    /// B's inbox commits in each whole second from its first commit (the
+    /// last, partial second left out): how steady the rate was.
+    b_seconds: Vec<u64>,
     cpu_s: Option<f64>,
     /// Delivery attempts beyond one per message (retries).
     retries: u64,
@@ -639,16 +642,27 @@ async fn pipelined(
         let b = b.clone();
         tokio::spawn(async move {
             let mut first = None;
+            // (when the current whole second began, B's count then).
+            let mut second: Option<(Duration, u64)> = None;
+            let mut seconds = Vec::new();
             loop {
                 let got = metric(&b, "received_total");
+                let now = started.elapsed();
                 if first.is_none() && got > received0 {
-                    first = Some(started.elapsed());
+                    first = Some(now);
+                    second = Some((now, got));
+                }
+                if let Some((began, count)) = second {
+                    if now >= began + Duration::from_secs(1) {
+                        seconds.push(got - count);
+                        second = Some((now, got));
+                    }
                 }
                 if got >= received0 + n as u64 {
-                    return (first.unwrap_or_default(), started.elapsed());
+                    return (first.unwrap_or_default(), now, seconds);
                 }
-                if started.elapsed() > Duration::from_secs(600) {
-                    return (first.unwrap_or_default(), Duration::MAX);
+                if now > Duration::from_secs(600) {
+                    return (first.unwrap_or_default(), Duration::MAX, seconds);
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
@@ -668,7 +682,7 @@ async fn pipelined(
         (Some(x), Some(y)) => Some(y - x),
         _ => None,
     };
-    let (b_first, b_last) = b_times.await?;
+    let (b_first, b_last, b_seconds) = b_times.await?;
     if metric(a, "failed_total") != failed0 {
         bail!("some messages failed");
     }
@@ -679,6 +693,7 @@ async fn pipelined(
         delivered,
         b_first,
         b_last,
+        b_seconds,
         cpu_s,
         retries: attempts.saturating_sub(n as u64),
     })
@@ -1062,6 +1077,23 @@ async fn pipelined_run(
         b_per_s,
         p.retries
     );
+    if !p.b_seconds.is_empty() {
+        let mut sorted = p.b_seconds.clone();
+        sorted.sort_unstable();
+        println!(
+            "  B's commits per whole second ({} s): min {}, median {}, max {}; in order: {}",
+            sorted.len(),
+            sorted[0],
+            sorted[sorted.len() / 2],
+            sorted[sorted.len() - 1],
+            p.b_seconds
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        results.add("module_b_min_second", sorted[0] as f64);
+    }
     results.add("module_per_s", per_s);
     results.add("module_b_per_s", b_per_s);
     results.add("module_enqueue_per_s", enqueue_per_s);
