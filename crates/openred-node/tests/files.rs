@@ -649,8 +649,15 @@ impl Relay {
         let (m, h) = (mode.clone(), hits.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
+                // An accept error is about one connection (one reset while
+                // it waited, say), not the listener: the relay goes on, or
+                // the node behind it would look unreachable from then on.
+                let client = match listener.accept().await {
+                    Ok((client, _)) => client,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
                 };
                 let (mode, hits) = (m.clone(), h.clone());
                 tokio::spawn(async move {
