@@ -57,6 +57,17 @@ pub struct NodeConfig {
     pub danger_in_process_crypto: bool,
     /// The program to start as `PROGRAM agent` (default: this program).
     pub agent_program: Option<PathBuf>,
+    /// The user the crypto agent runs as, when the node runs as root
+    /// (`--agent-user`): the key folder is handed to that user and the
+    /// agent never runs as root. `None`: the node's own user.
+    pub agent_user: Option<crate::agent::process::RunAs>,
+    /// Folders the node may write downloads to. A confined node can write
+    /// only there and in its data folder (not its keys); a download to
+    /// another folder is refused before it starts. Empty: no such check
+    /// (an unconfined node, e.g. in tests).
+    pub download_dirs: Vec<PathBuf>,
+    /// Allow `admin_listen` on a non-loopback address.
+    pub danger_admin_listen_non_loopback: bool,
     /// Connections open at once to one peer (or the directory) by the
     /// node's one HTTP client; more requests wait for one to free up
     /// (default 100, as the seed).
@@ -109,6 +120,9 @@ impl NodeConfig {
             max_backoff_s: 60,
             danger_in_process_crypto: false,
             agent_program: None,
+            agent_user: None,
+            download_dirs: Vec::new(),
+            danger_admin_listen_non_loopback: false,
             max_connections_per_peer: 100,
             pool_max_idle_per_peer: 100,
             requests_per_peer_per_s: 20_000,
@@ -127,6 +141,13 @@ impl NodeConfig {
         self.directory_url
             .check_policy(allow)
             .map_err(|e| ConfigError(format!("directory URL {}: {e}", self.directory_url)))?;
+        if !self.admin_listen.ip().is_loopback() && !self.danger_admin_listen_non_loopback {
+            return Err(ConfigError(format!(
+                "admin_listen {} is not a loopback address: the admin API would answer on the \
+                 network; pass --danger-admin-listen-non-loopback if that is really meant",
+                self.admin_listen
+            )));
+        }
         if self.suites.is_empty() || self.suites.len() > crate::handshake::MAX_OFFER {
             return Err(ConfigError("list between 1 and 8 suites".into()));
         }

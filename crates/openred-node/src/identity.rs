@@ -261,6 +261,52 @@ fn write_public(dir: &Path, public: &IdentityPublicKey) -> Result<(), IdentityEr
     file.sync_all().map_err(io_err(&path))
 }
 
+/// Hands the key folder and its files to the agent's user (`--agent-user`,
+/// a node running as root), so that the agent, which never runs as root,
+/// can read them and discretionary access control keeps every other
+/// non-root user out (0700 folder, 0600 files). Fails with a clear message
+/// if that user could not reach the folder through its parents (no search
+/// permission), which would otherwise surface as an agent that cannot start.
+pub fn hand_keys_to(dir: &Path, user: crate::agent::process::RunAs) -> Result<(), IdentityError> {
+    use std::os::unix::fs::MetadataExt;
+    let canonical = fs::canonicalize(dir).map_err(io_err(dir))?;
+    for ancestor in canonical.ancestors().skip(1) {
+        let meta = fs::metadata(ancestor).map_err(io_err(ancestor))?;
+        let mode = meta.mode();
+        let searchable = if meta.uid() == user.uid {
+            mode & 0o100 != 0
+        } else if meta.gid() == user.gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !searchable {
+            return Err(IdentityError::Io {
+                path: ancestor.display().to_string(),
+                source: io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "the agent user (uid {}) cannot search this folder on the way to the \
+                         key folder; allow it (e.g. chmod o+x) or move the data folder",
+                        user.uid
+                    ),
+                ),
+            });
+        }
+    }
+    let chown = |path: &Path| {
+        std::os::unix::fs::chown(path, Some(user.uid), Some(user.gid)).map_err(io_err(path))
+    };
+    chown(&canonical)?;
+    for entry in fs::read_dir(&canonical).map_err(io_err(&canonical))? {
+        let entry = entry.map_err(io_err(&canonical))?;
+        if entry.file_type().map_err(io_err(&entry.path()))?.is_file() {
+            chown(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 /// The key folder of a data directory (the crypto agent's).
 pub fn key_dir(data_dir: &Path) -> PathBuf {
     data_dir.join(KEY_DIR)

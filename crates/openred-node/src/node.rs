@@ -142,16 +142,11 @@ impl Node {
             );
             Crypto::in_process(NodeKeys::load(&config.data_dir)?).await?
         } else {
-            let program = match &config.agent_program {
-                Some(p) => p.clone(),
-                None => std::env::current_exe().map_err(|e| {
-                    StartError::Agent(format!("cannot find this program to start the agent: {e}"))
-                })?,
-            };
             // The keys must be there before an agent tries to load them; only
             // the agent reads them (and unwraps the master key).
             crate::identity::check_present(&config.data_dir)?;
-            Crypto::start_agent(&program, &crate::identity::key_dir(&config.data_dir)).await?
+            let launcher = start_launcher(&config)?;
+            Crypto::with_launcher(launcher).await?
         };
         let crypto = Arc::new(crypto);
         let storage_key = crypto
@@ -703,6 +698,9 @@ impl NodeState {
     }
 }
 
+/// The download folder inside the data folder, used when none is given.
+pub const DOWNLOAD_DIR: &str = "downloads";
+
 /// The folder of the node's database, `DATA/state`. A folder of its own,
 /// because once the node has confined itself it can create and delete
 /// files only inside folders that existed beside the key folder (see
@@ -738,11 +736,35 @@ pub fn prepare_confinement(
     admin::load_or_create_token(&config.data_dir).map_err(StartError::AdminToken)?;
     admin::touch_address_file(&config.data_dir).map_err(StartError::AdminToken)?;
     crate::identity::check_present(&config.data_dir)?;
+    let default_downloads = config.data_dir.join(DOWNLOAD_DIR);
+    for folder in &config.download_dirs {
+        if *folder == default_downloads {
+            std::fs::create_dir_all(folder).map_err(StartError::AdminToken)?;
+        } else if !folder.is_dir() {
+            return Err(StartError::Agent(format!(
+                "the download folder {} does not exist; create it first",
+                folder.display()
+            )));
+        }
+    }
+    start_launcher(config)
+}
+
+/// Opens the agent's program (`agent_program`, else this process's own
+/// image) and starts the launcher from that descriptor, with the key
+/// folder handed to `agent_user` first when one is set.
+fn start_launcher(config: &NodeConfig) -> Result<crate::agent::process::Launcher, StartError> {
+    use crate::agent::process::{Executable, Launcher};
     let program = match &config.agent_program {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()
-            .map_err(|e| StartError::Agent(format!("cannot find this program: {e}")))?,
-    };
-    crate::agent::process::Launcher::start(&program, &crate::identity::key_dir(&config.data_dir))
+        Some(path) => Executable::open(path),
+        None => Executable::current(),
+    }
+    .map_err(|e| StartError::Agent(format!("cannot open the program to start the agent: {e}")))?;
+    let key_dir = crate::identity::key_dir(&config.data_dir);
+    if let Some(user) = config.agent_user {
+        crate::identity::hand_keys_to(&key_dir, user)
+            .map_err(|e| StartError::Agent(format!("agent user: {e}")))?;
+    }
+    Launcher::start(&program, &key_dir, config.agent_user)
         .map_err(|e| StartError::Agent(format!("starting the agent launcher: {e}")))
 }

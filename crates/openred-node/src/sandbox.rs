@@ -36,6 +36,14 @@ pub struct Protections {
     pub seccomp: bool,
     /// The Landlock domain the process put itself in.
     pub landlock: Landlock,
+    /// Signals and abstract Unix sockets are scoped to the process's
+    /// Landlock domain (Landlock ABI 6 and later): the process can signal,
+    /// or connect to an abstract socket of, no process outside it.
+    #[serde(default)]
+    pub landlock_scoped: bool,
+    /// The process's user ID.
+    #[serde(default)]
+    pub uid: u32,
 }
 
 /// The state of a process's Landlock domain.
@@ -103,6 +111,14 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
+    /// A writable folder is the key folder or inside it, or cannot be opened.
+    #[error("writable folder {path}: {reason}")]
+    Writable {
+        /// The folder as given.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The Landlock ruleset could not be built or enforced.
     #[error("Landlock: {0}")]
     Landlock(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -125,24 +141,36 @@ pub fn confine_agent(key_dir: &Path) -> Result<Protections, SandboxError> {
     imp::confine_agent(key_dir)
 }
 
-/// The agent launcher (a small process that spawns agents on request; it must exec the
-/// binary, so no Landlock): no_new_privs; not dumpable; the same seccomp filter as the agent
-/// minus the execve denial.
+/// The agent launcher (a small process that spawns agents on request):
+/// no_new_privs; not dumpable; the same seccomp filter as the agent minus
+/// the execve denial; Landlock: everything readable and executable (it
+/// executes the program, whose libraries and key folder the agents it
+/// starts must read), nothing writable anywhere, no TCP, and signals and
+/// abstract Unix sockets scoped to its own domain (its agents are inside
+/// it: it starts them).
 pub fn confine_launcher() -> Result<Protections, SandboxError> {
     imp::confine_launcher()
 }
 
 /// The node, once its agent launcher runs: not dumpable; no_new_privs; a seccomp filter
-/// denying ptrace and process_vm_readv/process_vm_writev; Landlock giving full access to
-/// everything EXCEPT `key_dir`.
+/// denying ptrace and process_vm_readv/process_vm_writev; Landlock giving read access to
+/// everything EXCEPT `key_dir`, write access only beneath the `writable` folders (minus
+/// `key_dir`), and scoping signals and abstract Unix sockets to the node's own domain.
 ///
 /// Landlock only allows, so "everything but `key_dir`" is built from the
 /// directories on the way to it: in each ancestor of the canonical
 /// `key_dir` (from `/` down to its parent), every entry other than the next
-/// step towards `key_dir` gets all rights beneath it (a non-directory gets
-/// the file rights), and the ancestor itself gets only `ReadDir`. Landlock
-/// also stops the node from tracing any process outside its domain, which
-/// includes every agent (started before, or by the launcher).
+/// step towards `key_dir` gets rights beneath it, and the ancestor itself
+/// gets only `ReadDir`. Those rights are the read rights (read, list,
+/// execute), or all rights where the ancestor is inside one of the
+/// `writable` folders (the data folder: its entries but `keys/`). A
+/// `writable` folder elsewhere (a download folder) gets all rights beneath
+/// it; one inside `key_dir` is refused. System folders, the program's own
+/// file and everything else are therefore read-only for the node: it cannot
+/// replace the program its launcher runs, nor write anywhere it has no
+/// reason to. Landlock also stops the node from tracing any process
+/// outside its domain, and (ABI 6) from signalling one, which includes the
+/// launcher and every agent.
 ///
 /// Consequences:
 /// - The entries are read at confinement time. A file or directory created
@@ -164,8 +192,11 @@ pub fn confine_launcher() -> Result<Protections, SandboxError> {
 ///   the key directory flat and do not link into it.
 /// - Files already open (descriptors) are not affected: the node must not
 ///   hold key files open when it confines itself.
-pub fn confine_node(key_dir: &Path) -> Result<Protections, SandboxError> {
-    imp::confine_node(key_dir)
+pub fn confine_node(
+    key_dir: &Path,
+    writable: &[std::path::PathBuf],
+) -> Result<Protections, SandboxError> {
+    imp::confine_node(key_dir, writable)
 }
 
 /// A description of the current process's protections read back from the kernel,
@@ -235,7 +266,28 @@ mod imp {
             path: key_dir.to_path_buf(),
             source: e.into(),
         })?;
-        let filter = seccomp_filter(Role::Agent)?;
+        confine_read_only(Role::Agent, keys)
+    }
+
+    pub(super) fn confine_launcher() -> Result<Protections, SandboxError> {
+        let root = rustix::fs::open(
+            "/",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| SandboxError::Walk {
+            path: "/".into(),
+            source: e.into(),
+        })?;
+        confine_read_only(Role::Launcher, root)
+    }
+
+    /// The agent's and the launcher's confinement: the process flags, the
+    /// role's seccomp filter, and a Landlock domain where only `readable`
+    /// can be read (and executed) beneath, nothing written, no TCP, and
+    /// signals and abstract sockets scoped.
+    fn confine_read_only(role: Role, readable: OwnedFd) -> Result<Protections, SandboxError> {
+        let filter = seccomp_filter(role)?;
         set_process_flags()?;
         let threads = other_threads_exist();
         let ruleset = Ruleset::default()
@@ -243,25 +295,26 @@ mod imp {
             .and_then(|r| r.handle_access(AccessNet::from_all(LANDLOCK_ABI)))
             .and_then(|r| r.scope(Scope::from_all(LANDLOCK_ABI)))
             .and_then(|r| r.create())
-            .and_then(|r| r.add_rule(PathBeneath::new(keys, AccessFs::from_read(LANDLOCK_ABI))))
+            .and_then(|r| {
+                r.add_rule(PathBeneath::new(
+                    readable,
+                    AccessFs::from_read(LANDLOCK_ABI),
+                ))
+            })
             .map_err(landlock_error)?;
         let landlock = restrict(ruleset, threads)?;
         install(&filter)?;
         Ok(super::current(landlock))
     }
 
-    pub(super) fn confine_launcher() -> Result<Protections, SandboxError> {
-        let filter = seccomp_filter(Role::Launcher)?;
-        set_process_flags()?;
-        install(&filter)?;
-        Ok(super::current(Landlock::NotApplied))
-    }
-
-    pub(super) fn confine_node(key_dir: &Path) -> Result<Protections, SandboxError> {
+    pub(super) fn confine_node(
+        key_dir: &Path,
+        writable: &[PathBuf],
+    ) -> Result<Protections, SandboxError> {
         let filter = seccomp_filter(Role::Node)?;
         // The rules are built before any protection is applied, so a key
         // directory that cannot be walked changes nothing.
-        let ruleset = node_ruleset(key_dir)?;
+        let ruleset = node_ruleset(key_dir, writable)?;
         set_process_flags()?;
         let threads = other_threads_exist();
         let landlock = restrict(ruleset, threads)?;
@@ -289,11 +342,20 @@ mod imp {
             rustix::process::dumpable_behavior(),
             Ok(DumpableBehavior::NotDumpable)
         );
+        // Every domain built here asks for the scopes, and a kernel applies
+        // them from ABI 6 on. (`Partial` with such a kernel means other
+        // threads could not be covered, not that a scope was dropped.)
+        let landlock_scoped = matches!(
+            landlock,
+            Landlock::Enforced { abi } | Landlock::Partial { abi } if abi >= 6
+        );
         Protections {
             no_new_privs,
             dumpable,
             seccomp,
             landlock,
+            landlock_scoped,
+            uid: rustix::process::getuid().as_raw(),
         }
     }
 
@@ -474,12 +536,13 @@ mod imp {
     /// (see `confine_node`). Directories are opened step by step from `/`
     /// without following symbolic links, so what gets a rule is what was
     /// looked at.
-    fn node_ruleset(key_dir: &Path) -> Result<RulesetCreated, SandboxError> {
+    fn node_ruleset(key_dir: &Path, writable: &[PathBuf]) -> Result<RulesetCreated, SandboxError> {
         let key_dir_error = |source: std::io::Error| SandboxError::KeyDir {
             path: key_dir.to_path_buf(),
             source,
         };
-        let canonical = std::fs::canonicalize(key_dir).map_err(key_dir_error)?;
+        let canonical_keys = std::fs::canonicalize(key_dir).map_err(key_dir_error)?;
+        let canonical = canonical_keys.clone();
         let components: Vec<&OsStr> = canonical
             .components()
             .filter_map(|c| match c {
@@ -523,28 +586,79 @@ mod imp {
             }
         }
 
+        // Writable folders: those on the way to the key folder make their
+        // part of the walk writable; the others get a rule of their own.
+        let mut writable_ancestors = Vec::new();
+        let mut writable_elsewhere = Vec::new();
+        for folder in writable {
+            let writable_error = |reason: String| SandboxError::Writable {
+                path: folder.clone(),
+                reason,
+            };
+            let canonical =
+                std::fs::canonicalize(folder).map_err(|e| writable_error(e.to_string()))?;
+            if canonical.starts_with(&canonical_keys) {
+                return Err(writable_error("it is the key folder or inside it".into()));
+            }
+            if canonical_keys.starts_with(&canonical) {
+                writable_ancestors.push(canonical);
+            } else {
+                let fd = rustix::fs::open(&canonical, dir_flags, Mode::empty())
+                    .map_err(|e| writable_error(std::io::Error::from(e).to_string()))?;
+                let st = rustix::fs::fstat(&fd)
+                    .map_err(|e| writable_error(std::io::Error::from(e).to_string()))?;
+                if protected.contains(&(st.st_dev, st.st_ino)) {
+                    return Err(writable_error(
+                        "it is the key folder or one of its ancestors under another name".into(),
+                    ));
+                }
+                writable_elsewhere.push(fd);
+            }
+        }
+
         let mut ruleset = Ruleset::default()
             .handle_access(AccessFs::from_all(LANDLOCK_ABI))
+            .and_then(|r| r.scope(Scope::from_all(LANDLOCK_ABI)))
             .and_then(|r| r.create())
             .map_err(landlock_error)?;
         let mut path = PathBuf::from("/");
         for (ancestor, next) in chain.iter().zip(&components) {
-            ruleset = allow_siblings(ruleset, ancestor, next, &path, &protected)?;
+            let rights = if writable_ancestors.iter().any(|w| path.starts_with(w)) {
+                Rights::All
+            } else {
+                Rights::Read
+            };
+            ruleset = allow_siblings(ruleset, ancestor, next, &path, &protected, rights)?;
             ruleset = ruleset
                 .add_rule(PathBeneath::new(ancestor.as_fd(), AccessFs::ReadDir))
                 .map_err(landlock_error)?;
             path.push(next);
         }
+        for fd in writable_elsewhere {
+            ruleset = ruleset
+                .add_rule(PathBeneath::new(fd, AccessFs::from_all(LANDLOCK_ABI)))
+                .map_err(landlock_error)?;
+        }
         Ok(ruleset)
     }
 
-    /// Allows everything beneath each entry of `ancestor` but `next`.
+    /// What the entries beside the way to the key folder get.
+    #[derive(Clone, Copy)]
+    enum Rights {
+        /// Read, list and execute.
+        Read,
+        /// Everything (inside a writable folder).
+        All,
+    }
+
+    /// Allows `rights` beneath each entry of `ancestor` but `next`.
     fn allow_siblings(
         mut ruleset: RulesetCreated,
         ancestor: &OwnedFd,
         next: &OsStr,
         path: &Path,
         protected: &HashSet<(u64, u64)>,
+        rights: Rights,
     ) -> Result<RulesetCreated, SandboxError> {
         let walk_error = |path: PathBuf| {
             move |e: rustix::io::Errno| SandboxError::Walk {
@@ -579,8 +693,16 @@ mod imp {
                     );
                     continue;
                 }
-                FileType::Directory => AccessFs::from_all(LANDLOCK_ABI),
-                _ => AccessFs::from_file(LANDLOCK_ABI),
+                FileType::Directory => match rights {
+                    Rights::All => AccessFs::from_all(LANDLOCK_ABI),
+                    Rights::Read => AccessFs::from_read(LANDLOCK_ABI),
+                },
+                _ => match rights {
+                    Rights::All => AccessFs::from_file(LANDLOCK_ABI),
+                    Rights::Read => {
+                        AccessFs::from_read(LANDLOCK_ABI) & AccessFs::from_file(LANDLOCK_ABI)
+                    }
+                },
             };
             ruleset = ruleset
                 .add_rule(PathBeneath::new(fd, access))
@@ -604,7 +726,10 @@ mod imp {
         Err(SandboxError::UnsupportedOs)
     }
 
-    pub(super) fn confine_node(_key_dir: &Path) -> Result<Protections, SandboxError> {
+    pub(super) fn confine_node(
+        _key_dir: &Path,
+        _writable: &[std::path::PathBuf],
+    ) -> Result<Protections, SandboxError> {
         Err(SandboxError::UnsupportedOs)
     }
 
@@ -614,6 +739,8 @@ mod imp {
             dumpable: true,
             seccomp: false,
             landlock,
+            landlock_scoped: false,
+            uid: 0,
         }
     }
 }

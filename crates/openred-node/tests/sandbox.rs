@@ -35,7 +35,7 @@ const TCP_PORT: &str = "OPENRED_SANDBOX_TCP_PORT";
 const TARGET_PID: &str = "OPENRED_SANDBOX_TARGET_PID";
 const DATA: &str = "OPENRED_SANDBOX_DATA";
 const OTHER: &str = "OPENRED_SANDBOX_OTHER";
-const LAUNCHER: &str = "OPENRED_SANDBOX_LAUNCHER";
+const WRITABLE: &str = "OPENRED_SANDBOX_WRITABLE";
 
 const KEY_BYTES: &[u8] = b"secret identity key";
 
@@ -131,6 +131,17 @@ fn assert_ok_or_no_landlock(stdout: &str, check: &str) {
     }
 }
 
+/// Asserts that the child passed `check`, or skipped it because the
+/// kernel's Landlock cannot scope signals (ABI < 6), which the confinement
+/// must then have reported.
+fn assert_ok_or_no_scoping(stdout: &str, check: &str) {
+    if skipped(stdout, check) {
+        assert!(stdout.contains("landlock_scoped: false"));
+    } else {
+        assert_ok(stdout, check);
+    }
+}
+
 /// Asserts that the child denied io_uring, or skipped the check because
 /// io_uring did not work even before confinement.
 fn assert_io_uring_denied(stdout: &str) {
@@ -196,33 +207,57 @@ fn agent_is_confined_to_reading_its_keys() {
 }
 
 #[test]
-fn node_is_kept_away_from_the_keys() {
+fn node_is_kept_away_from_the_keys_and_cannot_write_or_signal_outside_its_folders() {
     let data = tempfile::tempdir().unwrap();
     fs::create_dir(data.path().join("keys")).unwrap();
     fs::write(data.path().join("keys/identity.key"), KEY_BYTES).unwrap();
     fs::write(data.path().join("node.db"), b"database").unwrap();
     let other = tempfile::tempdir().unwrap();
     fs::write(other.path().join("before.txt"), b"before").unwrap();
+    fs::write(other.path().join("program"), b"the program").unwrap();
+    let downloads = tempfile::tempdir().unwrap();
 
     let stdout = run_child(
         "node_child",
-        &[(DATA, data.path().into()), (OTHER, other.path().into())],
+        &[
+            (DATA, data.path().into()),
+            (OTHER, other.path().into()),
+            (WRITABLE, downloads.path().into()),
+        ],
     );
+    let stand_in = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("stand-in pid: "))
+        .and_then(|pid| pid.parse().ok())
+        .map(Pid::from_raw);
+    if let Some(pid) = stand_in {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    }
 
-    // The node could not have written a file into its data directory.
+    // The node could not have written a file into its data directory
+    // itself, nor anywhere outside its writable folders.
     assert!(!data.path().join("created-after.txt").exists());
+    assert!(!other.path().join("created-after.txt").exists());
     assert_eq!(
-        fs::read(other.path().join("created-after.txt")).unwrap(),
+        fs::read(other.path().join("before.txt")).unwrap(),
+        b"before"
+    );
+    assert_eq!(
+        fs::read(other.path().join("program")).unwrap(),
+        b"the program"
+    );
+    assert_eq!(
+        fs::read(downloads.path().join("created-after.txt")).unwrap(),
         b"after"
     );
     for check in [
         "reads the database",
         "writes the database",
         "reads a file in another directory",
-        "creates a file in another directory",
         "tcp still works",
         "ptrace attach denied",
         "process_vm_readv denied",
+        "signals itself",
         "no_new_privs",
         "not dumpable",
         "seccomp",
@@ -235,19 +270,53 @@ fn node_is_kept_away_from_the_keys() {
         "creating a file in the key directory denied",
         "creating a file in the data directory denied",
         "opening the agent's memory denied",
+        "creates a file in a download folder",
+        "creating a file in another directory denied",
+        "writing a file in another directory denied",
+        "replacing a program file denied",
+        "writing a system file denied",
     ] {
         assert_ok_or_no_landlock(&stdout, check);
+    }
+    for check in [
+        "signalling the agent denied",
+        "signalling the parent denied",
+    ] {
+        assert_ok_or_no_scoping(&stdout, check);
     }
 }
 
 #[test]
-fn launcher_can_spawn_but_not_reach_the_network() {
-    let stdout = run_child("launcher_child", &[(LAUNCHER, "1".into())]);
+fn a_writable_folder_inside_the_key_folder_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let keys = data.path().join("keys");
+    fs::create_dir_all(keys.join("inner")).unwrap();
+    let before = sandbox::current(Landlock::NotApplied);
+    for writable in [keys.clone(), keys.join("inner")] {
+        assert!(matches!(
+            sandbox::confine_node(&keys, &[writable]),
+            Err(sandbox::SandboxError::Writable { .. })
+        ));
+    }
+    assert_eq!(sandbox::current(Landlock::NotApplied), before);
+}
+
+#[test]
+fn launcher_can_spawn_but_not_reach_the_network_nor_write() {
+    let other = tempfile::tempdir().unwrap();
+    fs::write(other.path().join("before.txt"), b"before").unwrap();
+    let stdout = run_child("launcher_child", &[(OTHER, other.path().into())]);
+    assert_eq!(
+        fs::read(other.path().join("before.txt")).unwrap(),
+        b"before"
+    );
     assert_io_uring_denied(&stdout);
     for check in [
         "ptrace attach denied",
+        "stops an agent it started",
         "process_vm_readv denied",
         "spawns a process",
+        "reads a file",
         "unix socket pair carries bytes",
         "tcp bind denied",
         "udp bind denied",
@@ -255,17 +324,21 @@ fn launcher_can_spawn_but_not_reach_the_network() {
         "no_new_privs",
         "not dumpable",
         "seccomp",
-        "landlock not applied",
+        "reported protections match the kernel",
     ] {
         assert_ok(&stdout, check);
     }
+    for check in ["writing a file denied", "creating a file denied"] {
+        assert_ok_or_no_landlock(&stdout, check);
+    }
+    assert_ok_or_no_scoping(&stdout, "signalling the parent denied");
 }
 
 #[test]
 fn a_root_key_directory_is_refused_before_anything_changes() {
     let before = sandbox::current(Landlock::NotApplied);
     assert!(matches!(
-        sandbox::confine_node(Path::new("/")),
+        sandbox::confine_node(Path::new("/"), &[]),
         Err(sandbox::SandboxError::KeyDirIsRoot)
     ));
     let missing = tempfile::tempdir().unwrap().path().join("missing");
@@ -283,11 +356,13 @@ fn protections_serialise_with_a_tagged_landlock_state() {
         dumpable: false,
         seccomp: true,
         landlock: Landlock::Enforced { abi: 7 },
+        landlock_scoped: true,
+        uid: 1000,
     };
     let json = serde_json::to_string(&protections).unwrap();
     assert_eq!(
         json,
-        r#"{"no_new_privs":true,"dumpable":false,"seccomp":true,"landlock":{"state":"enforced","abi":7}}"#
+        r#"{"no_new_privs":true,"dumpable":false,"seccomp":true,"landlock":{"state":"enforced","abi":7},"landlock_scoped":true,"uid":1000}"#
     );
     assert_eq!(
         serde_json::from_str::<Protections>(&json).unwrap(),
@@ -323,11 +398,20 @@ impl Checks {
         }
     }
 
-    fn without_landlock() -> Self {
-        println!();
-        Checks {
-            failed: Vec::new(),
-            landlock: false,
+    /// Landlock checks, and scope checks if `reported` says the domain
+    /// scopes signals.
+    fn with_scopes(reported: &Protections) -> Self {
+        let checks = Checks::new(&reported.landlock);
+        println!("landlock_scoped: {}", reported.landlock_scoped);
+        checks
+    }
+
+    /// A check that only Landlock's scoping (ABI 6) makes pass.
+    fn scope_check(&mut self, reported: &Protections, name: &str, passed: impl FnOnce() -> bool) {
+        if reported.landlock_scoped {
+            self.check(name, passed());
+        } else {
+            println!("skipped: {name} (the kernel's Landlock cannot scope signals)");
         }
     }
 
@@ -499,25 +583,35 @@ fn agent_child() {
 }
 
 #[test]
-#[ignore = "run by node_is_kept_away_from_the_keys in a child process"]
+#[ignore = "run by node_is_kept_away_from_the_keys_and_cannot_write_or_signal_outside_its_folders in a child process"]
+// The confined child cannot signal its stand-in: the parent ends it.
+#[allow(clippy::zombie_processes)]
 fn node_child() {
     let data = PathBuf::from(env_var(DATA));
     let other = PathBuf::from(env_var(OTHER));
+    let downloads = PathBuf::from(env_var(WRITABLE));
     let keys = data.join("keys");
     let key_file = keys.join("identity.key");
     let database = data.join("node.db");
+    let program = other.join("program");
 
     // The agent stand-in, started before the node confines itself, like
     // the real agent launcher.
-    let mut agent = stand_in();
+    let agent = stand_in();
     let agent_pid = Pid::from_raw(i32::try_from(agent.id()).unwrap());
     let agent_mem = format!("/proc/{}/mem", agent.id());
     // Unconfined (and root), all of this works.
     assert_eq!(fs::read(&key_file).unwrap(), KEY_BYTES);
     fs::File::open(&agent_mem).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(other.join("before.txt"))
+        .unwrap();
+    nix::sys::signal::kill(agent_pid, None).unwrap();
+    nix::sys::signal::kill(nix::unistd::getppid(), None).unwrap();
 
-    let reported = sandbox::confine_node(&keys).unwrap();
-    let mut checks = Checks::new(&reported.landlock);
+    let reported = sandbox::confine_node(&keys, &[data.clone(), downloads.clone()]).unwrap();
+    let mut checks = Checks::with_scopes(&reported);
 
     checks.landlock_check("opening the identity key denied", || {
         fs::File::open(&key_file).is_err()
@@ -544,14 +638,43 @@ fn node_child() {
         "reads a file in another directory",
         fs::read(other.join("before.txt")).is_ok_and(|b| b == b"before"),
     );
-    checks.check(
-        "creates a file in another directory",
-        fs::write(other.join("created-after.txt"), b"after").is_ok(),
-    );
+    checks.landlock_check("creates a file in a download folder", || {
+        fs::write(downloads.join("created-after.txt"), b"after").is_ok()
+    });
+    checks.landlock_check("creating a file in another directory denied", || {
+        fs::write(other.join("created-after.txt"), b"after").is_err()
+    });
+    checks.landlock_check("writing a file in another directory denied", || {
+        fs::OpenOptions::new()
+            .append(true)
+            .open(other.join("before.txt"))
+            .is_err()
+    });
+    // What a compromised node did to get its code run outside the
+    // sandbox: put another file where the program is.
+    checks.landlock_check("replacing a program file denied", || {
+        fs::rename(&database, &program).is_err() && fs::remove_file(&program).is_err()
+    });
+    checks.landlock_check("writing a system file denied", || {
+        fs::OpenOptions::new()
+            .append(true)
+            .open("/etc/passwd")
+            .is_err()
+    });
     checks.check("tcp still works", TcpListener::bind("127.0.0.1:0").is_ok());
     checks.check("ptrace attach denied", ptrace::attach(agent_pid).is_err());
     checks.landlock_check("opening the agent's memory denied", || {
         fs::File::open(&agent_mem).is_err()
+    });
+    checks.check(
+        "signals itself",
+        nix::sys::signal::kill(Pid::this(), None).is_ok(),
+    );
+    checks.scope_check(&reported, "signalling the agent denied", || {
+        nix::sys::signal::kill(agent_pid, nix::sys::signal::Signal::SIGKILL) == Err(Errno::EPERM)
+    });
+    checks.scope_check(&reported, "signalling the parent denied", || {
+        nix::sys::signal::kill(nix::unistd::getppid(), None) == Err(Errno::EPERM)
     });
     let mut byte = [0u8; 1];
     checks.check(
@@ -566,32 +689,39 @@ fn node_child() {
         ) == Err(Errno::EPERM),
     );
     checks.protections(&reported);
-    agent.kill().unwrap();
-    agent.wait().unwrap();
+    // The confined child may not be able to end its stand-in: the parent
+    // does.
+    println!("stand-in pid: {}", agent.id());
     checks.finish();
 }
 
 #[test]
-#[ignore = "run by launcher_can_spawn_but_not_reach_the_network in a child process"]
+#[ignore = "run by launcher_can_spawn_but_not_reach_the_network_nor_write in a child process"]
 fn launcher_child() {
-    env_var(LAUNCHER);
+    let other = PathBuf::from(env_var(OTHER));
     drop(TcpListener::bind("127.0.0.1:0").unwrap());
     drop(UdpSocket::bind("127.0.0.1:0").unwrap());
     let io_uring_works = try_io_uring().is_ok();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(other.join("before.txt"))
+        .unwrap();
+    nix::sys::signal::kill(nix::unistd::getppid(), None).unwrap();
 
     read_own_memory().unwrap();
 
     let reported = sandbox::confine_launcher().unwrap();
-    let mut checks = Checks::without_landlock();
+    let mut checks = Checks::with_scopes(&reported);
 
-    // An agent it spawned: no Landlock stands in the way, only the filter.
+    // An agent it spawned, inside its domain: Landlock lets it signal the
+    // agent; only the filter stands against ptrace.
     let mut agent = stand_in();
     let agent_pid = Pid::from_raw(i32::try_from(agent.id()).unwrap());
     checks.check(
         "ptrace attach denied",
         ptrace::attach(agent_pid) == Err(Errno::EPERM),
     );
-    agent.kill().unwrap();
+    checks.check("stops an agent it started", agent.kill().is_ok());
     agent.wait().unwrap();
     checks.check(
         "process_vm_readv denied",
@@ -604,6 +734,22 @@ fn launcher_child() {
             .status()
             .is_ok_and(|s| s.success()),
     );
+    checks.check(
+        "reads a file",
+        fs::read(other.join("before.txt")).is_ok_and(|b| b == b"before"),
+    );
+    checks.landlock_check("writing a file denied", || {
+        fs::OpenOptions::new()
+            .append(true)
+            .open(other.join("before.txt"))
+            .is_err()
+    });
+    checks.landlock_check("creating a file denied", || {
+        fs::write(other.join("created-after.txt"), b"after").is_err()
+    });
+    checks.scope_check(&reported, "signalling the parent denied", || {
+        nix::sys::signal::kill(nix::unistd::getppid(), None) == Err(Errno::EPERM)
+    });
     checks.check("unix socket pair carries bytes", pair_carries_bytes());
     checks.check(
         "tcp bind denied",
@@ -621,10 +767,6 @@ fn launcher_child() {
     } else {
         println!("skipped: io_uring denied (io_uring is unavailable even unconfined)");
     }
-    checks.check(
-        "landlock not applied",
-        reported.landlock == Landlock::NotApplied,
-    );
     checks.protections(&reported);
     // Last, see agent_child.
     println!("traceme tid: {}", nix::unistd::gettid());

@@ -291,8 +291,8 @@ fn peer_table(sessions: &[openred_node::admin::SessionView]) -> String {
     out
 }
 
-/// One line for a process's protections, e.g. `seccomp on, Landlock ABI 7,
-/// no_new_privs on, not dumpable`.
+/// One line for a process's protections, e.g. `seccomp on, Landlock ABI 7
+/// enforced, signals scoped, no_new_privs on, not dumpable, uid 0`.
 fn describe_protections(p: &serde_json::Value) -> String {
     if p.get("in_process").is_some() {
         return "in the node process: no separate sandbox".into();
@@ -304,15 +304,21 @@ fn describe_protections(p: &serde_json::Value) -> String {
         Some("unsupported") => "Landlock not supported by this kernel".into(),
         _ => "Landlock not applied".into(),
     };
+    let scoped = if p["landlock_scoped"] == true {
+        "signals scoped"
+    } else {
+        "signals NOT scoped"
+    };
     format!(
-        "seccomp {}, {landlock}, no_new_privs {}, {}",
+        "seccomp {}, {landlock}, {scoped}, no_new_privs {}, {}, uid {}",
         on("seccomp"),
         on("no_new_privs"),
         if p["dumpable"] == false {
             "not dumpable"
         } else {
             "DUMPABLE"
-        }
+        },
+        p["uid"]
     )
 }
 

@@ -133,6 +133,9 @@ enum Command {
         /// The node's key folder.
         #[arg(long)]
         keys: std::path::PathBuf,
+        /// With `--launcher`: start agents as this `UID:GID`.
+        #[arg(long)]
+        agent_user: Option<String>,
     },
 }
 
@@ -148,9 +151,14 @@ fn main() -> ExitCode {
     init_logging(cli.log_format, default_level);
     // The agent and its launcher confine themselves before any thread
     // exists: no async runtime for them.
-    if let Command::Agent { launcher, keys } = &cli.command {
+    if let Command::Agent {
+        launcher,
+        keys,
+        agent_user,
+    } = &cli.command
+    {
         let result = if *launcher {
-            openred_node::agent::run_launcher(keys)
+            openred_node::agent::run_launcher(keys, agent_user.as_deref())
         } else {
             openred_node::agent::run_agent(keys)
         };

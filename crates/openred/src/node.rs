@@ -25,7 +25,7 @@ pub enum NodeCommand {
     /// Print the node's ID.
     Id,
     /// Run the node daemon.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 /// Flags of `openred node run`.
@@ -58,6 +58,20 @@ pub struct RunArgs {
     /// development, tests and the demo only.
     #[arg(long)]
     danger_allow_private_addresses: bool,
+    /// Serve the admin API on a non-loopback --admin-listen address: anyone
+    /// who can reach it may try the owner's credentials. Off by default.
+    #[arg(long)]
+    danger_admin_listen_non_loopback: bool,
+    /// Run the crypto agent as this user (a name or a numeric UID) when the
+    /// node runs as root: the key folder is handed to that user and the
+    /// agent never runs as root.
+    #[arg(long, env = "OPENRED_AGENT_USER")]
+    agent_user: Option<String>,
+    /// A folder the node may write downloads to (repeatable). Once
+    /// confined, the node can write nowhere else but its data folder
+    /// [default: DATA/downloads].
+    #[arg(long = "download-dir")]
+    download_dirs: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum, Deserialize)]
@@ -107,6 +121,8 @@ struct NodeSection {
     requests_per_peer_per_s: Option<u32>,
     pool_max_idle_per_peer: Option<usize>,
     pool_idle_timeout_s: Option<u64>,
+    agent_user: Option<String>,
+    download_dirs: Option<Vec<PathBuf>>,
 }
 
 /// Runs a node subcommand.
@@ -163,8 +179,10 @@ pub fn prepare(command: &NodeCommand, data: Option<&Path>) -> anyhow::Result<Opt
     let launcher =
         openred_node::node::prepare_confinement(&config).context("preparing the node")?;
     let key_dir = openred_node::identity::key_dir(&config.data_dir);
-    let protections =
-        openred_node::sandbox::confine_node(&key_dir).context("confining the node process")?;
+    let mut writable = vec![config.data_dir.clone()];
+    writable.extend(config.download_dirs.iter().cloned());
+    let protections = openred_node::sandbox::confine_node(&key_dir, &writable)
+        .context("confining the node process")?;
     Ok(Some(Prepared {
         config,
         derive,
@@ -242,8 +260,40 @@ fn build_config(args: &RunArgs, data: &Path) -> anyhow::Result<(NodeConfig, bool
     if let Some(s) = f.pool_idle_timeout_s {
         config.pool_idle_timeout_s = s;
     }
+    config.danger_admin_listen_non_loopback = args.danger_admin_listen_non_loopback;
+    if let Some(user) = args.agent_user.or(f.agent_user) {
+        config.agent_user = Some(resolve_user(&user)?);
+    }
+    config.download_dirs = if !args.download_dirs.is_empty() {
+        args.download_dirs
+    } else {
+        f.download_dirs
+            .unwrap_or_else(|| vec![data.join(openred_node::node::DOWNLOAD_DIR)])
+    };
     config.validate()?;
     Ok((config, derive))
+}
+
+/// `--agent-user`: a user name or a numeric UID, with the user's primary
+/// group. Only root can start processes as another user.
+fn resolve_user(text: &str) -> anyhow::Result<openred_node::agent::process::RunAs> {
+    use nix::unistd::{Uid, User};
+    if !Uid::effective().is_root() {
+        anyhow::bail!("--agent-user needs the node to run as root");
+    }
+    let user = match text.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+        Err(_) => User::from_name(text),
+    }
+    .with_context(|| format!("looking up the user {text}"))?
+    .with_context(|| format!("--agent-user: no user {text}"))?;
+    if user.uid.is_root() {
+        anyhow::bail!("--agent-user must not be root: the point is an agent that is not root");
+    }
+    Ok(openred_node::agent::process::RunAs {
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+    })
 }
 
 fn derived_url(listen: SocketAddr, allow_private: bool) -> anyhow::Result<ApiUrl> {
@@ -260,6 +310,13 @@ async fn run_node(prepared: Prepared) -> anyhow::Result<()> {
     } = prepared;
     if config.danger_allow_private_addresses {
         tracing::warn!("--danger-allow-private-addresses: loopback, private addresses and plain http allowed; never use this in production");
+    }
+    if config.danger_admin_listen_non_loopback {
+        tracing::warn!(
+            admin_listen = %config.admin_listen,
+            "--danger-admin-listen-non-loopback: the admin API answers on the network; anyone who \
+             reaches it may try the owner's credentials"
+        );
     }
     let (listen, admin_listen) = (config.listen, config.admin_listen);
     let p2p = tokio::net::TcpListener::bind(listen)

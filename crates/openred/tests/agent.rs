@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use openred_core::{NodeId, UnixTime};
-use openred_node::agent::process::spawn_with_socket;
+use openred_node::agent::process::{spawn_with_socket, Executable};
 use openred_node::agent::proto::{self, ErrorKind, Probe, Request, Response};
 use openred_node::agent::{Crypto, CryptoError};
 use openred_node::NodeKeys;
@@ -126,8 +126,9 @@ fn malformed(response: &Response) -> bool {
 fn malformed_frames_are_refused_and_the_agent_survives_them() {
     let (_data, keys) = identity();
     let (mut child, mut socket) = spawn_with_socket(
-        &program(),
+        &Executable::open(&program()).unwrap(),
         &[OsStr::new("agent"), OsStr::new("--keys"), keys.as_os_str()],
+        None,
     )
     .unwrap();
     socket

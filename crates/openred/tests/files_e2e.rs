@@ -77,7 +77,9 @@ impl Setup {
         let mut c = node_run_on(data, &self.directory, listen);
         c.args(["--directory-key", &self.key])
             .arg("--config")
-            .arg(&self.config);
+            .arg(&self.config)
+            .arg("--download-dir")
+            .arg(&self.out);
         start(c, "admin on ")
     }
 
@@ -277,6 +279,25 @@ async fn the_cli_shares_fetches_and_revokes_and_a_large_file_crosses_in_constant
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("revoked"), "{stderr}");
     assert!(!setup.out.join("revoked.bin").exists());
+
+    // A folder the node was not given to write downloads to: refused
+    // before anything is asked of the peer (the confined node could not
+    // write there anyway).
+    let path = setup.shared.join("elsewhere.bin");
+    make_file(&path, MIB, 8);
+    let file_id = share(&setup, &path, &b_id, &[]);
+    let elsewhere = setup.dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let refused = setup
+        .cli(&setup.b)
+        .args(["file", "fetch", &setup.a_id, &file_id, "--out"])
+        .arg(elsewhere.join("elsewhere.bin"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("outside_download_dirs"), "{stderr}");
+    assert!(!elsewhere.join("elsewhere.bin").exists());
 
     // Bad input from the CLI: a clear error, nothing shared.
     let bad = setup

@@ -304,11 +304,7 @@ fn node_probe(data: &Path, admin: &str, probe: Value) -> (bool, String) {
 fn the_node_daemon_cannot_read_its_keys_nor_reach_into_its_agent() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("n");
-    ok(openred()
-        .args(["node", "init", "--data"])
-        .arg(&data)
-        .output()
-        .unwrap());
+    init_node(&data);
     // Nobody listens at that directory: the node keeps retrying, which is
     // enough here.
     let c = node_run(&data, "http://127.0.0.1:9");
@@ -367,4 +363,147 @@ fn the_node_daemon_cannot_read_its_keys_nor_reach_into_its_agent() {
         .output()
         .unwrap());
     assert!(text.contains("seccomp"), "{text}");
+    // Signals are scoped where the kernel can (Landlock ABI 6).
+    let abi = p["node"]["landlock"]["abi"].as_u64().unwrap_or(0);
+    for who in ["node", "agent"] {
+        assert_eq!(p[who]["landlock_scoped"], abi >= 6, "{who}: {p}");
+    }
+    if abi >= 6 {
+        assert!(text.contains("signals scoped"), "{text}");
+    }
+}
+
+/// The key-theft path: a confined node put another program at the path the
+/// launcher was started from, killed the agent, and had the launcher start
+/// the replacement outside every sandbox. The launcher now starts agents
+/// only from the file it runs itself, opened before it confined itself.
+#[test]
+fn a_program_replaced_at_its_path_is_never_run_by_the_launcher() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let program = bin.join("openred");
+    if std::fs::hard_link(env!("CARGO_BIN_EXE_openred"), &program).is_err() {
+        std::fs::copy(env!("CARGO_BIN_EXE_openred"), &program).unwrap();
+    }
+    let original = std::fs::metadata(&program).unwrap();
+    let data = dir.path().join("n");
+    init_node(&data);
+    let mut run = Command::new(&program);
+    run.env("OPENRED_LOG", "warn")
+        .env_remove("OPENRED_DATA")
+        .args([
+            "node",
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--danger-allow-private-addresses",
+            "--directory",
+            "http://127.0.0.1:9",
+            "--data",
+        ])
+        .arg(&data);
+    let (_node, _) = start(run, "admin on ");
+    let first = status(&data)["protections"]["agent_pid"].as_u64().unwrap();
+
+    // The replacement leaves a mark if it ever runs.
+    let mark = dir.path().join("the-replacement-ran");
+    let replacement = bin.join("openred.new");
+    std::fs::write(
+        &replacement,
+        format!("#!/bin/sh\necho ran > '{}'\nexit 1\n", mark.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&replacement, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&replacement, &program).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(first).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+
+    // A new agent answers: `status` asks it for its protections.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let second = loop {
+        let view = status(&data);
+        let pid = view["protections"]["agent_pid"].as_u64().unwrap_or(0);
+        if pid != 0 && pid != first && view["protections"]["agent"]["seccomp"] == true {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no new agent: {view}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!mark.exists(), "the replacement program ran");
+    match std::fs::metadata(format!("/proc/{second}/exe")) {
+        Ok(exe) => assert_eq!(
+            (exe.dev(), exe.ino()),
+            (original.dev(), original.ino()),
+            "the new agent runs another file than the original program"
+        ),
+        // The agent is not dumpable: only root may look at its image.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            println!("skipped: the new agent's image (needs root): {e}")
+        }
+        Err(e) => panic!("/proc/{second}/exe: {e}"),
+    }
+}
+
+/// `--agent-user`: a node running as root starts its agent as another user,
+/// which owns the key folder; the node itself still cannot read the keys.
+#[test]
+fn a_root_node_runs_its_agent_as_the_agent_user() {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("skipped: --agent-user needs root");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The agent user must be able to reach the key folder.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let data = dir.path().join("n");
+    init_node(&data);
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let mut run = node_run(&data, "http://127.0.0.1:9");
+    run.args(["--agent-user", "nobody"]);
+    let (_node, lines) = start(run, "admin on ");
+    let admin = field(&lines, "admin on ").to_owned();
+
+    let view = status(&data);
+    let p = &view["protections"];
+    assert_eq!(p["agent"]["uid"], nobody.uid.as_raw(), "{p}");
+    assert_eq!(p["node"]["uid"], 0, "{p}");
+    let keys = data.join("keys");
+    for entry in std::fs::read_dir(&keys).unwrap() {
+        let meta = entry.unwrap().metadata().unwrap();
+        assert_eq!(meta.uid(), nobody.uid.as_raw());
+    }
+    assert_eq!(std::fs::metadata(&keys).unwrap().mode() & 0o777, 0o700);
+    // The agent answers (status asked it for its protections); and the
+    // node, root as it is, still cannot read the keys.
+    assert!(p["agent_pid"].as_u64().unwrap() > 0, "{p}");
+    assert_eq!(p["agent"]["seccomp"], true, "{p}");
+    let landlock = p["node"]["landlock"]["state"].as_str().unwrap();
+    let (worked, _) = node_probe(
+        &data,
+        &admin,
+        serde_json::json!({ "read_file": keys.join("identity.key") }),
+    );
+    if landlock != "unsupported" {
+        assert!(!worked, "the root node read a key file of the agent user");
+    }
+
+    // Without search permission on the way, the node says so and stops.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = node_run(&data, "http://127.0.0.1:9")
+        .args(["--agent-user", "nobody"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot search this folder"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -308,10 +308,12 @@ impl Crypto {
     /// Starts the launcher (`program agent --launcher`) and a first agent
     /// for the keys in `key_dir`, and learns the public keys.
     pub async fn start_agent(program: &Path, key_dir: &Path) -> Result<Crypto, CryptoError> {
-        let launcher = Launcher::start(program, key_dir).map_err(|e| {
-            tracing::error!(error = %e, "could not start the agent launcher");
-            CryptoError::Unavailable
-        })?;
+        let launcher = super::process::Executable::open(program)
+            .and_then(|program| Launcher::start(&program, key_dir, None))
+            .map_err(|e| {
+                tracing::error!(error = %e, "could not start the agent launcher");
+                CryptoError::Unavailable
+            })?;
         Crypto::with_launcher(launcher).await
     }
 

@@ -44,12 +44,23 @@ pub fn run_agent(key_dir: &Path) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// `openred agent --launcher --keys DIR`: confines itself, then starts an
-/// agent (this same program) each time the node asks.
-pub fn run_launcher(key_dir: &Path) -> Result<(), AgentError> {
+/// `openred agent --launcher --keys DIR [--agent-user UID:GID]`: opens its
+/// own executable, confines itself, then starts an agent from that
+/// descriptor each time the node asks, as `agent_user` when given.
+///
+/// The executable is opened before anything else, so that every agent runs
+/// the very file the launcher runs: replacing the file at the program's
+/// path (which a compromised node might manage) changes nothing here.
+pub fn run_launcher(key_dir: &Path, agent_user: Option<&str>) -> Result<(), AgentError> {
+    let program = process::Executable::current()?;
     let control = process::inherited_socket()?;
-    let program = std::env::current_exe()?;
+    let run_as = match agent_user {
+        Some(text) => Some(process::RunAs::parse(text).ok_or_else(|| {
+            AgentError::Sandbox(format!("--agent-user {text}: expected UID:GID"))
+        })?),
+        None => None,
+    };
     crate::sandbox::confine_launcher().map_err(|e| AgentError::Sandbox(e.to_string()))?;
-    process::run_launcher(control, &program, key_dir)?;
+    process::run_launcher(control, &program, key_dir, run_as)?;
     Ok(())
 }

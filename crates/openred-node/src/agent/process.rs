@@ -11,7 +11,12 @@
 //! ```
 //!
 //! No socket has a path in the filesystem: each child gets its end of a
-//! socket pair as its standard input. The launcher exists because the
+//! socket pair as its standard input. No child is started from a path
+//! either: the node opens the program once at start, the launcher opens
+//! its own running image (`/proc/self/exe`) before it confines itself, and
+//! every child is executed from that descriptor ([`Executable`]). A
+//! compromised node that replaces the file at the program's path therefore
+//! changes nothing that the launcher starts. The launcher exists because the
 //! node, once confined, can no longer read the key directory, and a
 //! process it spawned itself would inherit that confinement; agents started
 //! by the launcher do not, and are outside the node's Landlock domain, so
@@ -20,8 +25,9 @@
 use std::ffi::OsStr;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,14 +47,98 @@ const WORKERS: usize = 2;
 /// The byte the node sends the launcher to ask for an agent.
 const SPAWN: u8 = b'S';
 
+/// A program held open by a descriptor (`O_PATH`), so that what is
+/// started is the file that was opened, whatever happens at its path
+/// afterwards (a rename over it, a replaced symbolic link).
+#[derive(Debug)]
+pub struct Executable {
+    fd: OwnedFd,
+}
+
+impl Executable {
+    /// Opens the program at `path` (following symbolic links: the file
+    /// they name at this moment is the one kept).
+    pub fn open(path: &Path) -> io::Result<Executable> {
+        let fd = rustix::fs::open(
+            path,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        let stat = rustix::fs::fstat(&fd)?;
+        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", path.display()),
+            ));
+        }
+        Ok(Executable { fd })
+    }
+
+    /// The image this process runs: `/proc/self/exe` names the inode that
+    /// was executed, not the path it was found at.
+    pub fn current() -> io::Result<Executable> {
+        Executable::open(Path::new("/proc/self/exe"))
+    }
+
+    /// The file's device and inode numbers.
+    pub fn identity(&self) -> io::Result<(u64, u64)> {
+        let stat = rustix::fs::fstat(&self.fd)?;
+        Ok((stat.st_dev, stat.st_ino))
+    }
+
+    /// A command that executes this descriptor. `/proc/self/fd/N` is a
+    /// link to the open file itself, resolved in the child, which has the
+    /// descriptor until the exec succeeds (it is close-on-exec): this is
+    /// how `fexecve(3)` works, with no `unsafe` code and no path to the
+    /// program's file involved.
+    fn command(&self) -> Command {
+        let mut command = Command::new(format!("/proc/self/fd/{}", self.fd.as_raw_fd()));
+        command.arg0("openred");
+        command
+    }
+}
+
+/// The user a child runs as (`--agent-user`), resolved by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunAs {
+    /// The user ID.
+    pub uid: u32,
+    /// The primary group ID (supplementary groups are dropped).
+    pub gid: u32,
+}
+
+impl RunAs {
+    /// `UID:GID`, as passed to the launcher.
+    pub fn to_arg(self) -> String {
+        format!("{}:{}", self.uid, self.gid)
+    }
+
+    /// Parses [`RunAs::to_arg`]'s form.
+    pub fn parse(text: &str) -> Option<RunAs> {
+        let (uid, gid) = text.split_once(':')?;
+        Some(RunAs {
+            uid: uid.parse().ok()?,
+            gid: gid.parse().ok()?,
+        })
+    }
+}
+
 /// Starts `program` with `args`, one end of a new socket pair as its
-/// standard input; returns the child and the other end.
-pub fn spawn_with_socket(program: &Path, args: &[&OsStr]) -> io::Result<(Child, UnixStream)> {
+/// standard input, as `run_as` when given; returns the child and the other
+/// end.
+pub fn spawn_with_socket(
+    program: &Executable,
+    args: &[&OsStr],
+    run_as: Option<RunAs>,
+) -> io::Result<(Child, UnixStream)> {
     let (ours, theirs) = UnixStream::pair()?;
-    let child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::from(OwnedFd::from(theirs)))
-        .spawn()?;
+    let mut command = program.command();
+    command.args(args).stdin(Stdio::from(OwnedFd::from(theirs)));
+    if let Some(user) = run_as {
+        // std drops the supplementary groups when it changes the user.
+        command.uid(user.uid).gid(user.gid);
+    }
+    let child = command.spawn()?;
     Ok((child, ours))
 }
 
@@ -174,7 +264,12 @@ pub fn serve(stream: UnixStream, core: Arc<AgentCore>) -> io::Result<()> {
 /// passed back with SCM_RIGHTS and its pid as the 4 data bytes (0 and no
 /// descriptor when it could not be started). Ends, stopping its agents,
 /// when the node closes `control`.
-pub fn run_launcher(control: UnixStream, program: &Path, key_dir: &Path) -> io::Result<()> {
+pub fn run_launcher(
+    control: UnixStream,
+    program: &Executable,
+    key_dir: &Path,
+    run_as: Option<RunAs>,
+) -> io::Result<()> {
     let mut control = control;
     let mut children: Vec<Child> = Vec::new();
     let key_dir_arg = key_dir.to_path_buf();
@@ -196,6 +291,7 @@ pub fn run_launcher(control: UnixStream, program: &Path, key_dir: &Path) -> io::
                 OsStr::new("--keys"),
                 key_dir_arg.as_os_str(),
             ],
+            run_as,
         );
         let sent = match started {
             Ok((child, end)) => {
@@ -237,17 +333,24 @@ pub struct Launcher {
 }
 
 impl Launcher {
-    /// Starts `program agent --launcher --keys KEY_DIR`.
-    pub fn start(program: &Path, key_dir: &Path) -> io::Result<Launcher> {
-        let (child, control) = spawn_with_socket(
-            program,
-            &[
-                OsStr::new("agent"),
-                OsStr::new("--launcher"),
-                OsStr::new("--keys"),
-                key_dir.as_os_str(),
-            ],
-        )?;
+    /// Starts `program agent --launcher --keys KEY_DIR [--agent-user
+    /// UID:GID]`.
+    pub fn start(
+        program: &Executable,
+        key_dir: &Path,
+        agent_user: Option<RunAs>,
+    ) -> io::Result<Launcher> {
+        let user = agent_user.map(RunAs::to_arg);
+        let mut args = vec![
+            OsStr::new("agent"),
+            OsStr::new("--launcher"),
+            OsStr::new("--keys"),
+            key_dir.as_os_str(),
+        ];
+        if let Some(user) = &user {
+            args.extend([OsStr::new("--agent-user"), OsStr::new(user.as_str())]);
+        }
+        let (child, control) = spawn_with_socket(program, &args, None)?;
         Ok(Launcher {
             control: Mutex::new(control),
             child: Mutex::new(child),

@@ -104,6 +104,17 @@ pub fn node_run_on(data: &Path, directory: &str, listen: &str) -> Command {
     c
 }
 
+/// `openred node init --data DATA`: the new node's ID.
+pub fn init_node(data: &Path) -> String {
+    ok(openred()
+        .args(["node", "init", "--data"])
+        .arg(data)
+        .output()
+        .unwrap())
+    .trim()
+    .to_owned()
+}
+
 /// A node daemon: the process, its data directory, its node ID.
 pub type NodeDaemon = (Daemon, PathBuf, String);
 
@@ -116,14 +127,10 @@ pub fn registered_nodes(root: &Path, names: &[&str]) -> (Daemon, String, Vec<Nod
     let mut nodes = Vec::new();
     for name in names {
         let data = root.join(name);
-        let id = ok(openred()
-            .args(["node", "init", "--data"])
-            .arg(&data)
-            .output()
-            .unwrap());
+        let id = init_node(&data);
         let mut c = node_run(&data, &directory_url);
         c.args(["--directory-key", &fingerprint]);
-        nodes.push((start(c, "admin on ").0, data, id.trim().to_owned()));
+        nodes.push((start(c, "admin on ").0, data, id));
     }
     // --listen 127.0.0.1:0 picks a free port; the public URL is derived from
     // the bound address. Wait until all registered.

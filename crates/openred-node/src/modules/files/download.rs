@@ -180,6 +180,7 @@ impl Files {
         out: PathBuf,
     ) -> Result<Arc<Transfer>, FilesError> {
         check_out(&out)?;
+        check_download_folder(&node.config.download_dirs, &out)?;
         if peer == node.node_id() {
             return Err(FilesError::Invalid(
                 "bad_node_id",
@@ -696,4 +697,37 @@ fn hash_chunks(
         let _ = free.try_send(chunk);
     }
     hasher
+}
+
+/// Refuses a destination outside the folders the node may write downloads
+/// to (`download_dirs`; empty: no such limit). A confined node could not
+/// write there anyway: this says so before anything is asked of the peer.
+fn check_download_folder(allowed: &[PathBuf], out: &Path) -> Result<(), FilesError> {
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let folder = if out.is_dir() {
+        Some(out)
+    } else {
+        out.parent()
+    };
+    let canonical = folder.and_then(|f| std::fs::canonicalize(f).ok());
+    let inside = canonical.is_some_and(|folder| {
+        allowed
+            .iter()
+            .any(|dir| std::fs::canonicalize(dir).is_ok_and(|dir| folder.starts_with(dir)))
+    });
+    if inside {
+        Ok(())
+    } else {
+        let list: Vec<String> = allowed.iter().map(|d| d.display().to_string()).collect();
+        Err(FilesError::Invalid(
+            "outside_download_dirs",
+            format!(
+                "{} is not inside a download folder of this node ({}); see --download-dir",
+                out.display(),
+                list.join(", ")
+            ),
+        ))
+    }
 }
