@@ -148,6 +148,14 @@ impl NodeConfig {
                 self.admin_listen
             )));
         }
+        if self.record_lifetime_s == 0
+            || self.record_lifetime_s > crate::agent::state::MAX_RECORD_LIFETIME_S
+        {
+            return Err(ConfigError(format!(
+                "record_lifetime_s must be between 1 and {} (7 days): the agent signs no longer record",
+                crate::agent::state::MAX_RECORD_LIFETIME_S
+            )));
+        }
         if self.suites.is_empty() || self.suites.len() > crate::handshake::MAX_OFFER {
             return Err(ConfigError("list between 1 and 8 suites".into()));
         }
@@ -173,5 +181,47 @@ impl NodeConfig {
             return Err(ConfigError("record_lifetime_s must be at least 60".into()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn config(admin: &str) -> NodeConfig {
+        let url = ApiUrl::parse_origin("http://127.0.0.1:7800").unwrap();
+        let mut c = NodeConfig::new(
+            PathBuf::from("/tmp/n"),
+            "127.0.0.1:7800".parse().unwrap(),
+            url.clone(),
+            admin.parse().unwrap(),
+            url,
+        );
+        c.danger_allow_private_addresses = true;
+        c
+    }
+
+    #[test]
+    fn an_admin_api_on_the_network_needs_the_flag_that_says_so() {
+        assert!(config("127.0.0.1:0").validate().is_ok());
+        assert!(config("[::1]:0").validate().is_ok());
+        let mut open = config("0.0.0.0:7801");
+        let refused = open.validate().unwrap_err().to_string();
+        assert!(
+            refused.contains("--danger-admin-listen-non-loopback"),
+            "{refused}"
+        );
+        open.danger_admin_listen_non_loopback = true;
+        assert!(open.validate().is_ok());
+    }
+
+    #[test]
+    fn a_record_lifetime_beyond_what_the_agent_signs_is_refused() {
+        let mut c = config("127.0.0.1:0");
+        c.record_lifetime_s = 8 * 86400;
+        assert!(c.validate().is_err());
+        c.record_lifetime_s = 7 * 86400;
+        assert!(c.validate().is_ok());
     }
 }

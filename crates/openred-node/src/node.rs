@@ -140,7 +140,7 @@ impl Node {
             tracing::warn!(
                 "danger: the node's private keys are used in process, without the agent's sandbox"
             );
-            Crypto::in_process(NodeKeys::load(&config.data_dir)?).await?
+            Crypto::in_process(NodeKeys::load(&config.data_dir)?, clock.clone()).await?
         } else {
             // The keys must be there before an agent tries to load them; only
             // the agent reads them (and unwraps the master key).

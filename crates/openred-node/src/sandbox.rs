@@ -145,11 +145,12 @@ pub fn confine_agent(key_dir: &Path) -> Result<Protections, SandboxError> {
 /// no_new_privs; not dumpable; the same seccomp filter as the agent minus
 /// the execve denial; Landlock: everything readable and executable (it
 /// executes the program, whose libraries and key folder the agents it
-/// starts must read), nothing writable anywhere, no TCP, and signals and
-/// abstract Unix sockets scoped to its own domain (its agents are inside
-/// it: it starts them).
-pub fn confine_launcher() -> Result<Protections, SandboxError> {
-    imp::confine_launcher()
+/// starts must read), nothing writable but the one file `writable_file`
+/// (the agents' signing state, `keys/agent.state`, which its agents inherit
+/// the right to write), no TCP, and signals and abstract Unix sockets scoped
+/// to its own domain (its agents are inside it: it starts them).
+pub fn confine_launcher(writable_file: &Path) -> Result<Protections, SandboxError> {
+    imp::confine_launcher(writable_file)
 }
 
 /// The node, once its agent launcher runs: not dumpable; no_new_privs; a seccomp filter
@@ -266,27 +267,42 @@ mod imp {
             path: key_dir.to_path_buf(),
             source: e.into(),
         })?;
-        confine_read_only(Role::Agent, keys)
+        confine_read_only(Role::Agent, keys, None)
     }
 
-    pub(super) fn confine_launcher() -> Result<Protections, SandboxError> {
+    pub(super) fn confine_launcher(writable_file: &Path) -> Result<Protections, SandboxError> {
+        let walk = |path: &Path| {
+            let path = path.to_path_buf();
+            move |e: rustix::io::Errno| SandboxError::Walk {
+                path,
+                source: e.into(),
+            }
+        };
         let root = rustix::fs::open(
             "/",
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| SandboxError::Walk {
-            path: "/".into(),
-            source: e.into(),
-        })?;
-        confine_read_only(Role::Launcher, root)
+        .map_err(walk(Path::new("/")))?;
+        let file = rustix::fs::open(
+            writable_file,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(walk(writable_file))?;
+        let write = PathBeneath::new(file, AccessFs::ReadFile | AccessFs::WriteFile);
+        confine_read_only(Role::Launcher, root, Some(write))
     }
 
     /// The agent's and the launcher's confinement: the process flags, the
     /// role's seccomp filter, and a Landlock domain where only `readable`
-    /// can be read (and executed) beneath, nothing written, no TCP, and
-    /// signals and abstract sockets scoped.
-    fn confine_read_only(role: Role, readable: OwnedFd) -> Result<Protections, SandboxError> {
+    /// can be read (and executed) beneath, nothing written but what `extra`
+    /// allows, no TCP, and signals and abstract sockets scoped.
+    fn confine_read_only(
+        role: Role,
+        readable: OwnedFd,
+        extra: Option<PathBeneath<OwnedFd>>,
+    ) -> Result<Protections, SandboxError> {
         let filter = seccomp_filter(role)?;
         set_process_flags()?;
         let threads = other_threads_exist();
@@ -301,6 +317,7 @@ mod imp {
                     AccessFs::from_read(LANDLOCK_ABI),
                 ))
             })
+            .and_then(|r| r.add_rules(extra.map(Ok::<_, landlock::RulesetError>)))
             .map_err(landlock_error)?;
         let landlock = restrict(ruleset, threads)?;
         install(&filter)?;
@@ -392,10 +409,16 @@ mod imp {
 
         // An empty rule list matches on the number alone.
         let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+        // Setting the clock: the agent bounds the times it signs by the
+        // system clock, so a node running as root must not move it.
         for nr in [
             libc::SYS_ptrace,
             libc::SYS_process_vm_readv,
             libc::SYS_process_vm_writev,
+            libc::SYS_clock_settime,
+            libc::SYS_settimeofday,
+            libc::SYS_adjtimex,
+            libc::SYS_clock_adjtime,
         ] {
             rules.insert(nr, Vec::new());
         }
@@ -722,7 +745,7 @@ mod imp {
         Err(SandboxError::UnsupportedOs)
     }
 
-    pub(super) fn confine_launcher() -> Result<Protections, SandboxError> {
+    pub(super) fn confine_launcher(_writable_file: &Path) -> Result<Protections, SandboxError> {
         Err(SandboxError::UnsupportedOs)
     }
 

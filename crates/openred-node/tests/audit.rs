@@ -33,10 +33,11 @@ struct Owner {
 impl Owner {
     async fn new() -> Owner {
         let keys = NodeKeys::from_secrets(&random32(), random32());
+        let clock = Arc::new(ManualClock::new(UnixTime(1_700_000_000)));
         Owner {
             dir: tempfile::tempdir().unwrap(),
-            crypto: Arc::new(Crypto::in_process(keys).await.unwrap()),
-            clock: Arc::new(ManualClock::new(UnixTime(1_700_000_000))),
+            crypto: Arc::new(Crypto::in_process(keys, clock.clone()).await.unwrap()),
+            clock,
         }
     }
 

@@ -278,6 +278,9 @@ fn node_is_kept_away_from_the_keys_and_cannot_write_or_signal_outside_its_folder
     ] {
         assert_ok_or_no_landlock(&stdout, check);
     }
+    if nix::unistd::Uid::effective().is_root() {
+        assert_ok(&stdout, "setting the clock denied");
+    }
     for check in [
         "signalling the agent denied",
         "signalling the parent denied",
@@ -305,7 +308,12 @@ fn a_writable_folder_inside_the_key_folder_is_refused() {
 fn launcher_can_spawn_but_not_reach_the_network_nor_write() {
     let other = tempfile::tempdir().unwrap();
     fs::write(other.path().join("before.txt"), b"before").unwrap();
+    fs::write(other.path().join("agent.state"), b"").unwrap();
     let stdout = run_child("launcher_child", &[(OTHER, other.path().into())]);
+    assert_eq!(
+        fs::read(other.path().join("agent.state")).unwrap(),
+        b"state"
+    );
     assert_eq!(
         fs::read(other.path().join("before.txt")).unwrap(),
         b"before"
@@ -317,6 +325,7 @@ fn launcher_can_spawn_but_not_reach_the_network_nor_write() {
         "process_vm_readv denied",
         "spawns a process",
         "reads a file",
+        "writes the agents' state file",
         "unix socket pair carries bytes",
         "tcp bind denied",
         "udp bind denied",
@@ -666,6 +675,16 @@ fn node_child() {
     checks.landlock_check("opening the agent's memory denied", || {
         fs::File::open(&agent_mem).is_err()
     });
+    if nix::unistd::Uid::effective().is_root() {
+        // Setting the clock to what it shows changes nothing if allowed.
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME).unwrap();
+        checks.check(
+            "setting the clock denied",
+            nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, now) == Err(Errno::EPERM),
+        );
+    } else {
+        println!("skipped: setting the clock denied (only root could set it anyway)");
+    }
     checks.check(
         "signals itself",
         nix::sys::signal::kill(Pid::this(), None).is_ok(),
@@ -710,7 +729,7 @@ fn launcher_child() {
 
     read_own_memory().unwrap();
 
-    let reported = sandbox::confine_launcher().unwrap();
+    let reported = sandbox::confine_launcher(&other.join("agent.state")).unwrap();
     let mut checks = Checks::with_scopes(&reported);
 
     // An agent it spawned, inside its domain: Landlock lets it signal the
@@ -737,6 +756,14 @@ fn launcher_child() {
     checks.check(
         "reads a file",
         fs::read(other.join("before.txt")).is_ok_and(|b| b == b"before"),
+    );
+    checks.check(
+        "writes the agents' state file",
+        fs::OpenOptions::new()
+            .write(true)
+            .open(other.join("agent.state"))
+            .and_then(|mut f| f.write_all(b"state"))
+            .is_ok(),
     );
     checks.landlock_check("writing a file denied", || {
         fs::OpenOptions::new()

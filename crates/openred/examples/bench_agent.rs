@@ -472,7 +472,8 @@ async fn main() -> anyhow::Result<()> {
     let agent = Crypto::start_agent(&program, &key_dir)
         .await
         .map_err(|e| anyhow::anyhow!("starting the agent from {}: {e}", program.display()))?;
-    let in_process = Crypto::in_process(NodeKeys::load(&data)?).await?;
+    let in_process =
+        Crypto::in_process(NodeKeys::load(&data)?, Arc::new(support_stats::SystemClock)).await?;
     if agent.node_id() != keys.node_id() || in_process.node_id() != keys.node_id() {
         bail!("the two modes do not hold the same keys");
     }

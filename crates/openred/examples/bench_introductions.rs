@@ -39,6 +39,7 @@
 
 #[path = "support/stats.rs"]
 mod support_stats;
+use support_stats::SystemClock;
 use support_stats::{stats, Stats};
 
 use std::fmt::Write as _;
@@ -50,26 +51,12 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use openred_core::session::{Role, Session};
 use openred_core::token::LinkKey;
-use openred_core::{ApiUrl, Clock, NodeId, UnixTime};
+use openred_core::{ApiUrl, Clock, NodeId};
 use openred_directory::{Config as DirectoryConfig, Directory};
 use openred_node::handshake::{self, HandshakeContext};
 use openred_node::{Node, NodeConfig, NodeKeys, NodeState};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-
-/// The wall clock.
-struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> UnixTime {
-        UnixTime(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        )
-    }
-}
 
 #[derive(Parser)]
 #[command(about = "Introduction latency on loopback")]

@@ -70,6 +70,7 @@
 
 #[path = "support/stats.rs"]
 mod support_stats;
+use support_stats::SystemClock;
 use support_stats::{stats, Stats};
 
 // No global allocator of its own: the nodes measured here use the system
@@ -88,7 +89,7 @@ use axum::body::Bytes;
 use axum::routing::{get, post};
 use axum::Router;
 use clap::Parser;
-use openred_core::{ApiUrl, Clock, NodeId, UnixTime};
+use openred_core::{ApiUrl, NodeId};
 use openred_directory::{Config as DirectoryConfig, Directory};
 use openred_node::error::NodeError;
 use openred_node::modules::messaging::store::MessageId;
@@ -99,20 +100,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 const CONTENT_TYPE: &str = "text/plain; charset=utf-8";
-
-/// The wall clock.
-struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> UnixTime {
-        UnixTime(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        )
-    }
-}
 
 #[derive(Parser)]
 #[command(about = "Messaging throughput and latency on loopback, next to axum hello-world")]

@@ -160,7 +160,7 @@ fn main() -> ExitCode {
         let result = if *launcher {
             openred_node::agent::run_launcher(keys, agent_user.as_deref())
         } else {
-            openred_node::agent::run_agent(keys)
+            openred_node::agent::run_agent(keys, std::sync::Arc::new(config::SystemClock))
         };
         return match result {
             Ok(()) => ExitCode::SUCCESS,

@@ -215,14 +215,91 @@ async fn after_a_crash_crypto_fails_closed_then_a_new_agent_answers_within_secon
     assert_eq!(restarts, 1);
     assert_ne!(second_pid, first_pid);
     // And it works as the first one did.
+    let now = wall_clock();
     let record = crypto
-        .sign_record(
-            &openred_core::ApiUrl::parse_origin("http://127.0.0.1:9").unwrap(),
-            5,
-            UnixTime(10),
-            UnixTime(20),
-        )
+        .sign_record(&url(), now.0 * 1000, now, now.plus(60))
         .await
         .unwrap();
     assert_eq!(record.record().node_id, crypto.node_id());
+}
+
+fn wall_clock() -> UnixTime {
+    UnixTime(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+}
+
+fn url() -> openred_core::ApiUrl {
+    openred_core::ApiUrl::parse_origin("http://127.0.0.1:9").unwrap()
+}
+
+fn refused(result: Result<impl std::fmt::Debug, CryptoError>) -> bool {
+    matches!(result, Err(CryptoError::Failed { .. }))
+}
+
+/// The agent was a signing oracle for the future: one record with seq
+/// 2^63-1 and a 100-year expiry bricked an identity at the directory. Now
+/// times must fall near its clock, and what it signed moves only forward,
+/// across a restart of the agent process that a compromised node can
+/// cause by closing its socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_signs_nothing_for_the_future_nor_anything_again_after_a_restart() {
+    let (_data, keys) = identity();
+    let crypto = Crypto::start_agent(&program(), &keys).await.unwrap();
+    let now = wall_clock();
+    let ms = now.0 * 1000;
+    let century = now.plus(100 * 365 * 86400);
+    assert!(refused(
+        crypto
+            .sign_record(&url(), i64::MAX as u64, now, century)
+            .await
+    ));
+    assert!(refused(
+        crypto
+            .sign_record(&url(), i64::MAX as u64, now, now.plus(60))
+            .await
+    ));
+    assert!(refused(crypto.sign_record(&url(), ms, now, century).await));
+    assert!(refused(
+        crypto
+            .sign_record(&url(), ms, now.plus(86400), now.plus(86460))
+            .await
+    ));
+    assert!(refused(crypto.deregistration(ms, now.plus(86400)).await));
+    crypto
+        .sign_record(&url(), ms, now, now.plus(86400))
+        .await
+        .unwrap();
+    crypto.sign_audit_entry(3, &[1; 32]).await.unwrap();
+    crypto.sign_audit_head(4, &[2; 32]).await.unwrap();
+
+    // The node closes the agent (here: the probe makes it exit); the new
+    // agent reads what the old one signed.
+    assert!(crypto.probe(Probe::Exit).await.is_err());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crypto.agent_status().await.is_err() {
+        assert!(Instant::now() < deadline, "no new agent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(crypto.agent_process().unwrap().1, 1);
+    assert!(refused(
+        crypto.sign_record(&url(), ms, now, now.plus(60)).await
+    ));
+    assert!(refused(crypto.deregistration(ms, now).await));
+    assert!(refused(crypto.sign_audit_entry(2, &[1; 32]).await));
+    assert!(refused(crypto.sign_audit_head(3, &[2; 32]).await));
+    crypto
+        .sign_record(&url(), ms + 1, now, now.plus(60))
+        .await
+        .unwrap();
+    crypto.sign_audit_entry(4, &[3; 32]).await.unwrap();
+    crypto.sign_audit_head(5, &[4; 32]).await.unwrap();
+    let saved = openred_node::agent::state::read(&keys).unwrap().unwrap();
+    assert_eq!(
+        (saved.record_seq, saved.audit_seq, saved.audit_head),
+        (ms + 1, 4, 5)
+    );
 }

@@ -335,11 +335,16 @@ impl Crypto {
 
     /// The same operations in this process: only for platforms without the
     /// kernel features the agent's sandbox needs (`danger_in_process_crypto`).
-    pub async fn in_process(keys: NodeKeys) -> Result<Crypto, CryptoError> {
+    /// `clock` bounds the times it signs, as the agent's own clock does.
+    pub async fn in_process(
+        keys: NodeKeys,
+        clock: Arc<dyn openred_core::Clock>,
+    ) -> Result<Crypto, CryptoError> {
         let protections = serde_json::json!({ "in_process": true }).to_string();
         Crypto::finish_start(Backend::InProcess(Box::new(AgentCore::new(
             keys,
             protections,
+            super::state::SigningState::in_memory(clock),
         ))))
         .await
     }

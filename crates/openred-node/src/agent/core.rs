@@ -5,7 +5,9 @@
 //! (a record, a deregistration, a connection request, a reachability
 //! proof, an audit entry, an audit head) and the agent builds the signed bytes itself, with this node's ID
 //! and keys, under that kind's context label. Nothing asks it to sign
-//! arbitrary bytes.
+//! arbitrary bytes. Nor is it one for the future: times must fall in a
+//! window around its clock, and record and audit sequence numbers only move
+//! forward, kept across restarts ([`super::state`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +37,7 @@ const MAX_PENDING: usize = 4096;
 pub struct AgentCore {
     keys: NodeKeys,
     protections: String,
+    state: super::state::SigningState,
     links: Mutex<HashMap<[u8; 16], (LinkSigningKey, Instant)>>,
     handshakes: Mutex<HashMap<u64, (InitiatorHandshake, Instant)>>,
     next_handle: AtomicU64,
@@ -45,6 +48,16 @@ fn refused(message: impl Into<String>) -> Response {
         kind: ErrorKind::Refused,
         message: message.into(),
     })
+}
+
+fn refused_by(refusal: super::state::Refusal) -> Response {
+    match refusal {
+        super::state::Refusal::Save(e) => Response::Error(WireError {
+            kind: ErrorKind::Internal,
+            message: format!("the agent could not save its state: {e}"),
+        }),
+        other => refused(other.to_string()),
+    }
 }
 
 fn handshake_failed(e: handshake::HandshakeError) -> Response {
@@ -101,11 +114,17 @@ fn session_keys(result: HandshakeResult) -> SessionKeys {
 }
 
 impl AgentCore {
-    /// The agent for `keys`, reporting `protections` (JSON) in its status.
-    pub fn new(keys: NodeKeys, protections: String) -> AgentCore {
+    /// The agent for `keys`, reporting `protections` (JSON) in its status,
+    /// signing under the rules and counters of `state`.
+    pub fn new(
+        keys: NodeKeys,
+        protections: String,
+        state: super::state::SigningState,
+    ) -> AgentCore {
         AgentCore {
             keys,
             protections,
+            state,
             links: Mutex::new(HashMap::new()),
             handshakes: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
@@ -132,6 +151,9 @@ impl AgentCore {
                 if expires_at <= issued_at {
                     return refused("a record must expire after it is issued");
                 }
+                if let Err(r) = self.state.admit_record(seq, issued_at, expires_at) {
+                    return refused_by(r);
+                }
                 let record = NodeRecord::sign(
                     self.keys.identity(),
                     self.keys.agreement_public(),
@@ -143,6 +165,13 @@ impl AgentCore {
                 Response::Record(record.as_bytes().to_vec())
             }
             Request::SignDeregistration { seq, issued_at } => {
+                if let Err(r) = self
+                    .state
+                    .check_issued(issued_at)
+                    .and_then(|()| self.state.admit_record_seq(seq))
+                {
+                    return refused_by(r);
+                }
                 let message =
                     deregistration_message(&self.keys.node_id(), seq, UnixTime(issued_at));
                 self.signature(NodeSignature::Deregistration, &message)
@@ -156,6 +185,9 @@ impl AgentCore {
                 let target = NodeId::from_bytes(target);
                 if target == me {
                     return refused("a node cannot ask to meet itself");
+                }
+                if let Err(r) = self.state.check_issued(issued_at) {
+                    return refused_by(r);
                 }
                 let message = connection_request_message(&me, &target, &nonce, UnixTime(issued_at));
                 self.signature(NodeSignature::ConnectionRequest, &message)
@@ -199,6 +231,9 @@ impl AgentCore {
                 Response::StorageKey(super::proto::StorageKey(*self.keys.storage_key(purpose)))
             }
             Request::SignAuditEntry { seq, entry_hash } => {
+                if let Err(r) = self.state.admit_audit_entry(seq) {
+                    return refused_by(r);
+                }
                 let message = audit_entry_message(&self.keys.node_id(), seq, &entry_hash);
                 self.signature(NodeSignature::AuditEntry, &message)
             }
@@ -206,6 +241,9 @@ impl AgentCore {
                 entries,
                 last_line_hash,
             } => {
+                if let Err(r) = self.state.admit_audit_head(entries) {
+                    return refused_by(r);
+                }
                 let message = audit_head_message(&self.keys.node_id(), entries, &last_line_hash);
                 self.signature(NodeSignature::AuditHead, &message)
             }

@@ -11,6 +11,7 @@ pub mod client;
 pub mod core;
 pub mod process;
 pub mod proto;
+pub mod state;
 
 pub use client::{Crypto, CryptoError, InitiatorHandle, OpenedToken, PublicKeys};
 
@@ -29,18 +30,26 @@ pub enum AgentError {
     /// The socket failed.
     #[error("agent socket: {0}")]
     Io(#[from] std::io::Error),
+    /// The signing state could not be read.
+    #[error(transparent)]
+    State(#[from] state::StateError),
 }
 
-/// `openred agent --keys DIR`: loads the keys, confines itself, then serves
-/// the node on its standard input until the node closes it. Call before any
-/// other thread or runtime exists.
-pub fn run_agent(key_dir: &Path) -> Result<(), AgentError> {
+/// `openred agent --keys DIR`: loads the keys and its signing state,
+/// confines itself, then serves the node on its standard input until the
+/// node closes it. Call before any other thread or runtime exists; `clock`
+/// is the system clock, which the node cannot set (its seccomp filter).
+pub fn run_agent(key_dir: &Path, clock: Arc<dyn openred_core::Clock>) -> Result<(), AgentError> {
     let stream = process::inherited_socket()?;
     let keys = crate::identity::NodeKeys::load_key_dir(key_dir)?;
+    let signing = state::SigningState::open(key_dir, clock)?;
     let protections =
         crate::sandbox::confine_agent(key_dir).map_err(|e| AgentError::Sandbox(e.to_string()))?;
     let protections = serde_json::to_string(&protections).unwrap_or_default();
-    process::serve(stream, Arc::new(core::AgentCore::new(keys, protections)))?;
+    process::serve(
+        stream,
+        Arc::new(core::AgentCore::new(keys, protections, signing)),
+    )?;
     Ok(())
 }
 
@@ -60,7 +69,9 @@ pub fn run_launcher(key_dir: &Path, agent_user: Option<&str>) -> Result<(), Agen
         })?),
         None => None,
     };
-    crate::sandbox::confine_launcher().map_err(|e| AgentError::Sandbox(e.to_string()))?;
+    let state_file = state::ensure_file(key_dir, run_as)?;
+    crate::sandbox::confine_launcher(&state_file)
+        .map_err(|e| AgentError::Sandbox(e.to_string()))?;
     process::run_launcher(control, &program, key_dir, run_as)?;
     Ok(())
 }

@@ -605,7 +605,10 @@ mod tests {
         let keys = NodeKeys::from_secrets(&random32(), random32());
         let me = keys.node_id();
         let public = keys.identity_public();
-        let crypto = Crypto::in_process(keys).await.unwrap();
+        let clock = Arc::new(openred_core::time::ManualClock::new(UnixTime(
+            1_700_000_000,
+        )));
+        let crypto = Crypto::in_process(keys, clock).await.unwrap();
         let case = Case::new();
         let signature = crypto
             .sign_auth_challenge(&case.challenger, case.session.as_bytes(), &case.challenge)
