@@ -138,6 +138,16 @@ impl NodeKeys {
     /// Loads the identity from the key folder itself (the agent is given
     /// only that folder).
     pub fn load_key_dir(dir: &Path) -> Result<NodeKeys, IdentityError> {
+        let passphrase = crate::master_key::passphrase_from_env()?;
+        NodeKeys::load_key_dir_with(dir, passphrase.as_ref().map(|p| p.as_slice()))
+    }
+
+    /// [`NodeKeys::load_key_dir`] with the master key's passphrase given
+    /// (the agent gets it from its launcher, not from its environment).
+    pub fn load_key_dir_with(
+        dir: &Path,
+        passphrase: Option<&[u8]>,
+    ) -> Result<NodeKeys, IdentityError> {
         if !dir.join(IDENTITY_FILE).exists() {
             return Err(IdentityError::Missing(dir.display().to_string()));
         }
@@ -145,9 +155,7 @@ impl NodeKeys {
         let agreement = read_key(&dir.join(AGREEMENT_FILE))?;
         // A key folder from before the master key gets one now (the agent
         // loads its keys before it confines itself, so it may still write).
-        let passphrase = crate::master_key::passphrase_from_env()?;
-        let master =
-            crate::master_key::load_or_create(dir, passphrase.as_ref().map(|p| p.as_slice()))?;
+        let master = crate::master_key::load_or_create(dir, passphrase)?;
         let keys = NodeKeys::from_parts(&identity, *agreement, master);
         if !dir.join(PUBLIC_FILE).exists() {
             // Best effort: a read-only key folder still serves.

@@ -767,3 +767,68 @@ mod imp {
         }
     }
 }
+
+/// The environment variables that carry the master key's passphrase.
+pub const PASSPHRASE_VARIABLES: [&str; 2] = ["OPENRED_PASSPHRASE", "OPENRED_PASSPHRASE_FILE"];
+
+/// Removes `names` from this process's environment, and overwrites their
+/// values in the environment block the process started with, which
+/// `/proc/PID/environ` (and anything reading this process's memory) shows
+/// whatever `remove_var` did. Call before any thread exists (`remove_var`
+/// is not thread-safe). Returns how many values were overwritten.
+///
+/// The block is read and written through `/proc/self/mem` (the process's
+/// own memory, no `unsafe`), between `env_start` and `env_end` of
+/// `/proc/self/stat`.
+pub fn scrub_environment(names: &[&str]) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    for name in names {
+        std::env::remove_var(name);
+    }
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: env_start and env_end are fields 50 and 51 (1-based).
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| std::io::Error::other("unreadable /proc/self/stat"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |n: usize| -> std::io::Result<u64> {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| std::io::Error::other("no environment bounds in /proc/self/stat"))
+    };
+    let (start, end) = (field(50)?, field(51)?);
+    if end <= start || end - start > 16 * 1024 * 1024 {
+        return Ok(0);
+    }
+    let mem = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/proc/self/mem")?;
+    let len = usize::try_from(end - start).map_err(std::io::Error::other)?;
+    let mut block = vec![0u8; len];
+    mem.read_exact_at(&mut block, start)?;
+    let mut scrubbed = 0;
+    let mut offset = 0;
+    for entry in block.split(|b| *b == 0) {
+        let value_at = names.iter().find_map(|name| {
+            let prefix = name.len() + 1;
+            (entry.len() >= prefix
+                && entry.starts_with(name.as_bytes())
+                && entry[name.len()] == b'=')
+                .then_some(prefix)
+        });
+        if let Some(prefix) = value_at {
+            let value = offset + prefix..offset + entry.len();
+            if !value.is_empty() {
+                let zeros = vec![0u8; value.len()];
+                mem.write_all_at(&zeros, start + value.start as u64)?;
+                scrubbed += 1;
+            }
+        }
+        offset += entry.len() + 1;
+    }
+    Ok(scrubbed)
+}

@@ -136,6 +136,10 @@ enum Command {
         /// With `--launcher`: start agents as this `UID:GID`.
         #[arg(long)]
         agent_user: Option<String>,
+        /// The master key's passphrase comes first on the socket (from the
+        /// launcher), not from the environment.
+        #[arg(long)]
+        passphrase_on_stdin: bool,
     },
 }
 
@@ -155,12 +159,17 @@ fn main() -> ExitCode {
         launcher,
         keys,
         agent_user,
+        passphrase_on_stdin,
     } = &cli.command
     {
         let result = if *launcher {
             openred_node::agent::run_launcher(keys, agent_user.as_deref())
         } else {
-            openred_node::agent::run_agent(keys, std::sync::Arc::new(config::SystemClock))
+            openred_node::agent::run_agent(
+                keys,
+                *passphrase_on_stdin,
+                std::sync::Arc::new(config::SystemClock),
+            )
         };
         return match result {
             Ok(()) => ExitCode::SUCCESS,

@@ -178,6 +178,10 @@ pub fn prepare(command: &NodeCommand, data: Option<&Path>) -> anyhow::Result<Opt
     }
     let launcher =
         openred_node::node::prepare_confinement(&config).context("preparing the node")?;
+    // The launcher has the passphrase for its agents; the node has no use
+    // for it, and a compromised node must not find it in its memory.
+    openred_node::sandbox::scrub_environment(&openred_node::sandbox::PASSPHRASE_VARIABLES)
+        .context("removing the passphrase from the environment")?;
     let key_dir = openred_node::identity::key_dir(&config.data_dir);
     let mut writable = vec![config.data_dir.clone()];
     writable.extend(config.download_dirs.iter().cloned());

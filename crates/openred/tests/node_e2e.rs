@@ -507,3 +507,73 @@ fn a_root_node_runs_its_agent_as_the_agent_user() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The passphrase that wraps the master key was left in the environment of
+/// the node, its launcher and its agent, where a compromised node process
+/// reads it (`/proc/self/environ`). Only the launcher keeps it, in memory.
+#[test]
+fn the_passphrase_is_scrubbed_from_every_process_environment() {
+    let secret = "correct horse battery staple 4417";
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("n");
+    ok(openred()
+        .env("OPENRED_PASSPHRASE", secret)
+        .args(["node", "init", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap());
+    let mut run = node_run(&data, "http://127.0.0.1:9");
+    run.env("OPENRED_PASSPHRASE", secret);
+    let (node, _) = start(run, "admin on ");
+    let agent = status(&data)["protections"]["agent_pid"].as_u64().unwrap();
+    let agent_stat = std::fs::read_to_string(format!("/proc/{agent}/stat")).unwrap();
+    let launcher: u64 = agent_stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    for (who, pid) in [
+        ("node", u64::from(node.0.id())),
+        ("launcher", launcher),
+        ("agent", agent),
+    ] {
+        match std::fs::read(format!("/proc/{pid}/environ")) {
+            Ok(environ) => {
+                let text = String::from_utf8_lossy(&environ);
+                assert!(
+                    !text.contains(secret),
+                    "the {who}'s environment holds the passphrase"
+                );
+                assert!(
+                    text.contains("OPENRED_LOG="),
+                    "{who}: not the expected process"
+                );
+            }
+            // Not dumpable: only root may read it.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                println!("skipped: the {who}'s environment (needs root): {e}")
+            }
+            Err(e) => panic!("{who}: {e}"),
+        }
+    }
+    // The agent restarted by the launcher still opens the wrapped key.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(agent).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let view = status(&data);
+        let pid = view["protections"]["agent_pid"].as_u64().unwrap_or(0);
+        if pid != 0 && pid != agent && view["protections"]["agent"]["seccomp"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new agent: {view}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -39,9 +39,18 @@ pub enum AgentError {
 /// confines itself, then serves the node on its standard input until the
 /// node closes it. Call before any other thread or runtime exists; `clock`
 /// is the system clock, which the node cannot set (its seccomp filter).
-pub fn run_agent(key_dir: &Path, clock: Arc<dyn openred_core::Clock>) -> Result<(), AgentError> {
+pub fn run_agent(
+    key_dir: &Path,
+    passphrase_on_stdin: bool,
+    clock: Arc<dyn openred_core::Clock>,
+) -> Result<(), AgentError> {
     let stream = process::inherited_socket()?;
-    let keys = crate::identity::NodeKeys::load_key_dir(key_dir)?;
+    let keys = if passphrase_on_stdin {
+        let passphrase = process::read_passphrase(&stream)?;
+        crate::identity::NodeKeys::load_key_dir_with(key_dir, Some(&passphrase))?
+    } else {
+        crate::identity::NodeKeys::load_key_dir(key_dir)?
+    };
     let signing = state::SigningState::open(key_dir, clock)?;
     let protections =
         crate::sandbox::confine_agent(key_dir).map_err(|e| AgentError::Sandbox(e.to_string()))?;
@@ -70,8 +79,19 @@ pub fn run_launcher(key_dir: &Path, agent_user: Option<&str>) -> Result<(), Agen
         None => None,
     };
     let state_file = state::ensure_file(key_dir, run_as)?;
+    // Each agent needs the passphrase; the launcher keeps it for them in
+    // memory only, out of every environment block, and hands it to each
+    // agent over its socket.
+    let passphrase = crate::master_key::passphrase_from_env()?;
+    crate::sandbox::scrub_environment(&crate::sandbox::PASSPHRASE_VARIABLES)?;
     crate::sandbox::confine_launcher(&state_file)
         .map_err(|e| AgentError::Sandbox(e.to_string()))?;
-    process::run_launcher(control, &program, key_dir, run_as)?;
+    process::run_launcher(
+        control,
+        &program,
+        key_dir,
+        run_as,
+        passphrase.as_ref().map(|p| p.as_slice()),
+    )?;
     Ok(())
 }

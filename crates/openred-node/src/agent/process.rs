@@ -142,6 +142,23 @@ pub fn spawn_with_socket(
     Ok((child, ours))
 }
 
+/// The passphrase an agent started with `--passphrase-on-stdin` reads
+/// first from its socket: `length u32 BE || bytes`, at most 4 KiB.
+pub fn read_passphrase(mut stream: &UnixStream) -> io::Result<zeroize::Zeroizing<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > 4096 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "passphrase longer than 4 KiB",
+        ));
+    }
+    let mut passphrase = zeroize::Zeroizing::new(vec![0u8; len]);
+    stream.read_exact(&mut passphrase)?;
+    Ok(passphrase)
+}
+
 /// The socket this process was given as its standard input by
 /// [`spawn_with_socket`].
 pub fn inherited_socket() -> io::Result<UnixStream> {
@@ -260,7 +277,9 @@ pub fn serve(stream: UnixStream, core: Arc<AgentCore>) -> io::Result<()> {
     result
 }
 
-/// The launcher's loop: one agent per request on `control`, its socket end
+/// The launcher's loop: one agent per request on `control` (given the
+/// `passphrase` variables, which the launcher no longer has in its own
+/// environment), its socket end
 /// passed back with SCM_RIGHTS and its pid as the 4 data bytes (0 and no
 /// descriptor when it could not be started). Ends, stopping its agents,
 /// when the node closes `control`.
@@ -269,6 +288,7 @@ pub fn run_launcher(
     program: &Executable,
     key_dir: &Path,
     run_as: Option<RunAs>,
+    passphrase: Option<&[u8]>,
 ) -> io::Result<()> {
     let mut control = control;
     let mut children: Vec<Child> = Vec::new();
@@ -284,15 +304,23 @@ pub fn run_launcher(
         }
         // Reap agents that ended.
         children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
-        let started = spawn_with_socket(
-            program,
-            &[
-                OsStr::new("agent"),
-                OsStr::new("--keys"),
-                key_dir_arg.as_os_str(),
-            ],
-            run_as,
-        );
+        let mut args = vec![
+            OsStr::new("agent"),
+            OsStr::new("--keys"),
+            key_dir_arg.as_os_str(),
+        ];
+        if passphrase.is_some() {
+            args.push(OsStr::new("--passphrase-on-stdin"));
+        }
+        let started = spawn_with_socket(program, &args, run_as).and_then(|(child, mut end)| {
+            // The first bytes the agent reads, before the node's requests.
+            if let Some(passphrase) = passphrase {
+                let len = u32::try_from(passphrase.len()).map_err(io::Error::other)?;
+                end.write_all(&len.to_be_bytes())?;
+                end.write_all(passphrase)?;
+            }
+            Ok((child, end))
+        });
         let sent = match started {
             Ok((child, end)) => {
                 let pid = child.id().to_be_bytes();
