@@ -106,8 +106,18 @@ pub struct NodeKeys {
 }
 
 impl NodeKeys {
-    /// Creates a new identity in `data_dir`, refusing to overwrite one.
+    /// Creates a new identity in `data_dir`, refusing to overwrite one,
+    /// under the passphrase of the environment if one is set.
     pub fn create(data_dir: &Path) -> Result<NodeKeys, IdentityError> {
+        let passphrase = crate::master_key::passphrase_from_env()?;
+        NodeKeys::create_with(data_dir, passphrase.as_ref().map(|p| p.as_slice()))
+    }
+
+    /// [`NodeKeys::create`] with the passphrase given.
+    pub fn create_with(
+        data_dir: &Path,
+        passphrase: Option<&[u8]>,
+    ) -> Result<NodeKeys, IdentityError> {
         let dir = data_dir.join(KEY_DIR);
         if dir.join(IDENTITY_FILE).exists() || dir.join(AGREEMENT_FILE).exists() {
             return Err(IdentityError::Exists(data_dir.display().to_string()));
@@ -121,10 +131,12 @@ impl NodeKeys {
         let mut agreement = Zeroizing::new([0u8; 32]);
         getrandom::fill(&mut identity[..]).map_err(|e| IdentityError::Random(e.to_string()))?;
         getrandom::fill(&mut agreement[..]).map_err(|e| IdentityError::Random(e.to_string()))?;
-        write_key(&dir.join(IDENTITY_FILE), &identity)?;
-        write_key(&dir.join(AGREEMENT_FILE), &agreement)?;
-        let passphrase = crate::master_key::passphrase_from_env()?;
-        let master = crate::master_key::create(&dir, passphrase.as_ref().map(|p| p.as_slice()))?;
+        let master = crate::master_key::create(&dir, passphrase)?;
+        // With a passphrase, every private key file is sealed (under the
+        // wrapped master key), not only the master key.
+        let seal = passphrase.is_some().then_some(&*master);
+        write_key(&dir.join(IDENTITY_FILE), &identity, seal, false)?;
+        write_key(&dir.join(AGREEMENT_FILE), &agreement, seal, false)?;
         let keys = NodeKeys::from_parts(&identity, *agreement, master);
         write_public(&dir, &keys.identity_public())?;
         Ok(keys)
@@ -151,11 +163,11 @@ impl NodeKeys {
         if !dir.join(IDENTITY_FILE).exists() {
             return Err(IdentityError::Missing(dir.display().to_string()));
         }
-        let identity = read_key(&dir.join(IDENTITY_FILE))?;
-        let agreement = read_key(&dir.join(AGREEMENT_FILE))?;
         // A key folder from before the master key gets one now (the agent
         // loads its keys before it confines itself, so it may still write).
         let master = crate::master_key::load_or_create(dir, passphrase)?;
+        let identity = read_key(&dir.join(IDENTITY_FILE), &master, passphrase.is_some())?;
+        let agreement = read_key(&dir.join(AGREEMENT_FILE), &master, passphrase.is_some())?;
         let keys = NodeKeys::from_parts(&identity, *agreement, master);
         if !dir.join(PUBLIC_FILE).exists() {
             // Best effort: a read-only key folder still serves.
@@ -327,20 +339,50 @@ fn io_err(path: &Path) -> impl Fn(io::Error) -> IdentityError + '_ {
     }
 }
 
-fn write_key(path: &Path, secret: &[u8; 32]) -> Result<(), IdentityError> {
-    let text = Zeroizing::new(data_encoding::HEXLOWER.encode(secret));
+/// Writes a private key file (0600): sealed under `seal` (the master key,
+/// when a passphrase wraps it), else in hex. `replace`: over an existing
+/// file, through a new file renamed over it.
+fn write_key(
+    path: &Path,
+    secret: &[u8; 32],
+    seal: Option<&[u8; 32]>,
+    replace: bool,
+) -> Result<(), IdentityError> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let text = match seal {
+        Some(master) => crate::master_key::seal_key_file(master, name, secret)?,
+        None => Zeroizing::new(format!("{}\n", data_encoding::HEXLOWER.encode(secret))),
+    };
+    let target = if replace {
+        path.with_extension("key.new")
+    } else {
+        path.to_path_buf()
+    };
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
-        .map_err(io_err(path))?;
-    file.write_all(text.as_bytes()).map_err(io_err(path))?;
-    file.write_all(b"\n").map_err(io_err(path))?;
-    file.sync_all().map_err(io_err(path))
+        .open(&target)
+        .map_err(io_err(&target))?;
+    file.write_all(text.as_bytes()).map_err(io_err(&target))?;
+    file.sync_all().map_err(io_err(&target))?;
+    if replace {
+        fs::rename(&target, path).map_err(io_err(path))?;
+    }
+    Ok(())
 }
 
-fn read_key(path: &Path) -> Result<Zeroizing<[u8; 32]>, IdentityError> {
+/// Reads a private key file: sealed (opened with `master`) or in hex. A key
+/// in clear in a folder whose master key is wrapped (`sealing`) is sealed
+/// now, in place: the agent reads its keys before it confines itself.
+fn read_key(
+    path: &Path,
+    master: &[u8; 32],
+    sealing: bool,
+) -> Result<Zeroizing<[u8; 32]>, IdentityError> {
     let mut file = OpenOptions::new()
         .read(true)
         .open(path)
@@ -351,6 +393,13 @@ fn read_key(path: &Path) -> Result<Zeroizing<[u8; 32]>, IdentityError> {
     }
     let mut text = Zeroizing::new(String::new());
     file.read_to_string(&mut text).map_err(io_err(path))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if let Some(opened) = crate::master_key::open_key_file(master, path, name, &text) {
+        return opened;
+    }
     let malformed = || IdentityError::Malformed(path.display().to_string());
     let bytes = Zeroizing::new(
         data_encoding::HEXLOWER_PERMISSIVE
@@ -358,12 +407,55 @@ fn read_key(path: &Path) -> Result<Zeroizing<[u8; 32]>, IdentityError> {
             .map_err(|_| malformed())?,
     );
     let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| malformed())?;
+    if sealing {
+        write_key(path, &key, Some(master), true)?;
+    }
     Ok(Zeroizing::new(key))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The passphrase wrapped only `master.key`: the identity and agreement
+    /// keys sat in clear beside it.
+    #[test]
+    fn a_passphrase_seals_every_private_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let pass: &[u8] = b"a passphrase";
+        let keys = NodeKeys::create_with(dir.path(), Some(pass)).unwrap();
+        let key_dir = dir.path().join(KEY_DIR);
+        let agreement_hex = data_encoding::HEXLOWER.encode(&keys.agreement_secret()[..]);
+        for file in [IDENTITY_FILE, AGREEMENT_FILE] {
+            let text = fs::read_to_string(key_dir.join(file)).unwrap();
+            assert!(text.starts_with("openred-key v1 sealed "), "{file}: {text}");
+            assert!(!text.contains(&agreement_hex), "{file}");
+        }
+        assert!(NodeKeys::load_key_dir_with(&key_dir, None).is_err());
+        assert!(NodeKeys::load_key_dir_with(&key_dir, Some(b"wrong")).is_err());
+        let loaded = NodeKeys::load_key_dir_with(&key_dir, Some(pass)).unwrap();
+        assert_eq!(loaded.node_id(), keys.node_id());
+        assert_eq!(loaded.agreement_public(), keys.agreement_public());
+
+        // A sealed file under another name does not open: the name is bound.
+        let identity = fs::read(key_dir.join(IDENTITY_FILE)).unwrap();
+        let agreement = fs::read(key_dir.join(AGREEMENT_FILE)).unwrap();
+        fs::write(key_dir.join(AGREEMENT_FILE), &identity).unwrap();
+        assert!(NodeKeys::load_key_dir_with(&key_dir, Some(pass)).is_err());
+
+        // A key left in clear from before is sealed at the next load.
+        fs::write(key_dir.join(AGREEMENT_FILE), format!("{agreement_hex}\n")).unwrap();
+        let reloaded = NodeKeys::load_key_dir_with(&key_dir, Some(pass)).unwrap();
+        assert_eq!(reloaded.agreement_public(), keys.agreement_public());
+        let text = fs::read_to_string(key_dir.join(AGREEMENT_FILE)).unwrap();
+        assert!(text.starts_with("openred-key v1 sealed "), "{text}");
+        assert_ne!(text.as_bytes(), &agreement[..], "a fresh nonce");
+        let mode = fs::metadata(key_dir.join(AGREEMENT_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 
     #[test]
     fn create_refuses_to_overwrite_and_load_round_trips() {

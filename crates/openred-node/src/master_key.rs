@@ -262,6 +262,92 @@ pub fn load_or_create(
     parse(&path, &text, passphrase)
 }
 
+const KEY_FILE_HEADER: &str = "openred-key v1 sealed";
+
+/// The key that seals the other private key files (identity, agreement)
+/// when the master key is wrapped under a passphrase: derived from the
+/// master key, so that one passphrase (one Argon2id run) guards them all.
+fn key_file_key(master: &[u8; 32]) -> Zeroizing<[u8; 32]> {
+    let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(STORAGE_SALT), master);
+    let mut key = Zeroizing::new([0u8; 32]);
+    // 32 bytes is far below HKDF-SHA256's limit of 8160: cannot fail.
+    let _ = hk.expand(b"openred/v1/key-file", &mut key[..]);
+    key
+}
+
+/// The text of a private key file named `name`, sealed under the master
+/// key: `openred-key v1 sealed nonce=<48 hex> sealed=<96 hex>`,
+/// XChaCha20-Poly1305 with the file's name in the associated data (a
+/// sealed identity key cannot pass for the agreement key).
+pub fn seal_key_file(
+    master: &[u8; 32],
+    name: &str,
+    secret: &[u8; 32],
+) -> Result<Zeroizing<String>, IdentityError> {
+    let mut nonce = [0u8; 24];
+    getrandom::fill(&mut nonce).map_err(|e| IdentityError::Random(e.to_string()))?;
+    let aad = format!("openred/v1/key-file/{name}");
+    let sealed = XChaCha20Poly1305::new((&*key_file_key(master)).into())
+        .encrypt(
+            (&nonce).into(),
+            Payload {
+                msg: secret,
+                aad: aad.as_bytes(),
+            },
+        )
+        .map_err(|_| IdentityError::Passphrase("sealing a key file failed".into()))?;
+    Ok(Zeroizing::new(format!(
+        "{KEY_FILE_HEADER} nonce={} sealed={}\n",
+        hex(&nonce),
+        hex(&sealed)
+    )))
+}
+
+/// Opens a key file's text written by [`seal_key_file`]; `None` if the
+/// text is not a sealed key file (a key in clear, hex).
+pub fn open_key_file(
+    master: &[u8; 32],
+    path: &Path,
+    name: &str,
+    text: &str,
+) -> Option<Result<Zeroizing<[u8; 32]>, IdentityError>> {
+    let fields = text.trim().strip_prefix(KEY_FILE_HEADER)?;
+    let field = |label: &str| {
+        fields
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(label).and_then(|v| v.strip_prefix('=')))
+            .and_then(|h| data_encoding::HEXLOWER_PERMISSIVE.decode(h.as_bytes()).ok())
+            .ok_or_else(|| malformed(path))
+    };
+    let open = || {
+        let nonce: [u8; 24] = field("nonce")?
+            .as_slice()
+            .try_into()
+            .map_err(|_| malformed(path))?;
+        let sealed = field("sealed")?;
+        let aad = format!("openred/v1/key-file/{name}");
+        let opened = Zeroizing::new(
+            XChaCha20Poly1305::new((&*key_file_key(master)).into())
+                .decrypt(
+                    (&nonce).into(),
+                    Payload {
+                        msg: &sealed,
+                        aad: aad.as_bytes(),
+                    },
+                )
+                .map_err(|_| {
+                    IdentityError::Passphrase(format!(
+                        "{} does not open under this master key (altered, or from another node)",
+                        path.display()
+                    ))
+                })?,
+        );
+        let key: [u8; 32] = opened.as_slice().try_into().map_err(|_| malformed(path))?;
+        Ok(Zeroizing::new(key))
+    };
+    Some(open())
+}
+
 /// The storage key for `purpose`.
 pub fn storage_key(master: &[u8; 32], purpose: Purpose) -> Zeroizing<[u8; 32]> {
     let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(STORAGE_SALT), master);
