@@ -186,8 +186,11 @@ fn is_public_name(name: &str) -> bool {
 
 /// Whether an address is globally routable: not loopback, private, shared,
 /// link-local, documentation, benchmarking, multicast, reserved or otherwise
-/// special-purpose. Mapped and translated IPv6 forms are judged by the IPv4
-/// address they carry, so `::ffff:127.0.0.1` is loopback too.
+/// special-purpose. The IPv4-mapped form (`::ffff:a.b.c.d`) and the NAT64
+/// and 6to4 forms are judged by the IPv4 address they carry, so
+/// `::ffff:127.0.0.1` is loopback too. The SIIT IPv4-translated form
+/// (`::ffff:0:a.b.c.d`, RFC 6145) is never global, whatever it carries: it
+/// only has a meaning behind a stateless translator.
 pub fn is_global_ip(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_global_v4(v4),
@@ -239,19 +242,45 @@ fn is_global_v6(ip: Ipv6Addr) -> bool {
         );
         return is_global_v4(v4);
     }
-    let special = ip.is_unspecified()
-        || ip.is_loopback()
-        || seg[0..6] == [0, 0, 0, 0, 0, 0] // IPv4-compatible (deprecated) and others in ::/96
-        || (seg[0] == 0x64 && seg[1] == 0xff9b && seg[2] == 1) // 64:ff9b:1::/48 local-use NAT64
-        || (seg[0] == 0x100 && seg[1..4] == [0, 0, 0]) // discard-only 100::/64
-        || (seg[0] == 0x2001 && seg[1] < 0x200) // IETF protocol assignments 2001::/23
-        || (seg[0] == 0x2001 && seg[1] == 0xdb8) // documentation
-        || (seg[0] & 0xfff0) == 0x3ff0 // documentation 3fff::/20
-        || (seg[0] & 0xfe00) == 0xfc00 // unique local
-        || (seg[0] & 0xffc0) == 0xfe80 // link-local
-        || (seg[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
-        || (seg[0] & 0xff00) == 0xff00; // multicast
+    // Only 2000::/3 is allocated for global unicast (IANA); everything else
+    // that reaches this point is not global: ::/8 (unspecified, loopback,
+    // IPv4-compatible ::/96, the IPv4-translated ::ffff:0:0:0/96, local-use
+    // NAT64 64:ff9b:1::/48), discard-only 100::/64, unique local fc00::/7,
+    // link-local fe80::/10, site-local fec0::/10, multicast ff00::/8 and the
+    // unallocated rest. Checking the allocation, rather than listing the
+    // special ranges outside it, leaves no unlisted range open.
+    if seg[0] & 0xe000 != 0x2000 {
+        return false;
+    }
+    // 2001::/23: IETF protocol assignments; 2001:db8::/32 and 3fff::/20:
+    // documentation.
+    let special =
+        (seg[0] == 0x2001 && (seg[1] < 0x200 || seg[1] == 0xdb8)) || (seg[0] & 0xfff0) == 0x3ff0;
     !special
+}
+
+/// The prefix length under which rate limits count IPv6 sources by default:
+/// one subscriber is usually given a whole /64 and can pick any address in
+/// it.
+pub const DEFAULT_IPV6_PREFIX_LEN: u8 = 64;
+
+/// The key a per-source limit counts `ip` under: an IPv4 address as itself
+/// (an IPv4-mapped IPv6 address as the IPv4 address it carries), an IPv6
+/// address as its first `ipv6_prefix_len` bits (at most 128), the rest
+/// zeroed. Without this, a client rotating through the addresses of its own
+/// /64 would get a fresh budget with every address.
+pub fn source_key(ip: IpAddr, ipv6_prefix_len: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let len = u32::from(ipv6_prefix_len.min(128));
+                let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+            }
+        },
+    }
 }
 
 #[cfg(test)]
@@ -317,6 +346,12 @@ mod tests {
             "https://[fd00::1]",
             "https://[ff02::1]",
             "https://[2001:db8::1]",
+            "https://[::ffff:0:7f00:1]",    // IPv4-translated 127.0.0.1
+            "https://[::ffff:0:808:808]",   // IPv4-translated 8.8.8.8
+            "https://[::8.8.8.8]",          // IPv4-compatible (deprecated)
+            "https://[64:ff9b:1::808:808]", // local-use NAT64
+            "https://[100::1]",             // discard-only
+            "https://[4000::1]",            // not allocated (outside 2000::/3)
             "https://localhost",
             "https://api.localhost",
             "https://printer.local",
@@ -335,5 +370,100 @@ mod tests {
         ] {
             assert_eq!(ApiUrl::parse_origin(ok).unwrap().check_policy(true), Ok(()));
         }
+    }
+
+    #[test]
+    fn an_ipv4_translated_address_is_not_global_whatever_it_carries() {
+        // ::ffff:0:a.b.c.d (SIIT, RFC 6145) next to the IPv4-mapped
+        // ::ffff:a.b.c.d, which is judged by its IPv4 address.
+        for v4 in ["8.8.8.8", "1.1.1.1", "127.0.0.1", "10.0.0.1"] {
+            let v4: Ipv4Addr = v4.parse().unwrap();
+            let [a, b, c, d] = v4.octets();
+            let translated = Ipv6Addr::new(
+                0,
+                0,
+                0,
+                0,
+                0xffff,
+                0,
+                u16::from_be_bytes([a, b]),
+                u16::from_be_bytes([c, d]),
+            );
+            assert!(!is_global_ip(IpAddr::V6(translated)), "{translated}");
+            assert_eq!(
+                is_global_ip(IpAddr::V6(v4.to_ipv6_mapped())),
+                is_global_ip(IpAddr::V4(v4))
+            );
+        }
+        assert_eq!(
+            "::ffff:0:7f00:1".parse::<Ipv6Addr>().unwrap().segments(),
+            [0, 0, 0, 0, 0xffff, 0, 0x7f00, 1]
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn embedded_ipv4_forms_are_judged_as_their_ipv4_address(bits in proptest::num::u32::ANY) {
+            let v4 = Ipv4Addr::from(bits);
+            let global = is_global_ip(IpAddr::V4(v4));
+            let [a, b, c, d] = v4.octets();
+            let (hi, lo) = (u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]));
+            let mapped = IpAddr::V6(v4.to_ipv6_mapped());
+            let nat64 = IpAddr::V6(Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, hi, lo));
+            let six_to_four = IpAddr::V6(Ipv6Addr::new(0x2002, hi, lo, 0, 0, 0, 0, 1));
+            let translated = IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0xffff, 0, hi, lo));
+            let compatible = IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0, hi, lo));
+            proptest::prop_assert_eq!(is_global_ip(mapped), global);
+            proptest::prop_assert_eq!(is_global_ip(nat64), global);
+            proptest::prop_assert_eq!(is_global_ip(six_to_four), global);
+            proptest::prop_assert!(!is_global_ip(translated));
+            proptest::prop_assert!(!is_global_ip(compatible));
+        }
+
+        #[test]
+        fn nothing_outside_global_unicast_is_global(bits in proptest::num::u128::ANY) {
+            let ip = Ipv6Addr::from(bits);
+            let seg = ip.segments();
+            let nat64 = seg[0..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+            let mapped = ip.to_ipv4_mapped().is_some();
+            if seg[0] & 0xe000 != 0x2000 && !nat64 && !mapped {
+                proptest::prop_assert!(!is_global_ip(IpAddr::V6(ip)), "{}", ip);
+            }
+        }
+
+        #[test]
+        fn addresses_in_one_prefix_share_one_source_key(bits in proptest::num::u128::ANY, other in proptest::num::u64::ANY) {
+            let ip = Ipv6Addr::from(bits);
+            if ip.to_ipv4_mapped().is_none() {
+                // The same /64 with any interface identifier: one key.
+                let rotated = Ipv6Addr::from((bits & !u128::from(u64::MAX)) | u128::from(other));
+                proptest::prop_assert_eq!(
+                    source_key(IpAddr::V6(ip), 64),
+                    source_key(IpAddr::V6(rotated), 64)
+                );
+                // The next /64 has its own.
+                let next = Ipv6Addr::from(bits ^ (1u128 << 64));
+                proptest::prop_assert_ne!(
+                    source_key(IpAddr::V6(ip), 64),
+                    source_key(IpAddr::V6(next), 64)
+                );
+                proptest::prop_assert_eq!(source_key(IpAddr::V6(ip), 128), IpAddr::V6(ip));
+            }
+        }
+    }
+
+    #[test]
+    fn source_keys_of_ipv4_and_mapped_addresses_are_the_ipv4_address() {
+        let v4: IpAddr = "203.0.113.7".parse().unwrap();
+        assert_eq!(source_key(v4, 64), v4);
+        assert_eq!(source_key("::ffff:203.0.113.7".parse().unwrap(), 64), v4);
+        assert_eq!(
+            source_key("2001:db8:1:2:3:4:5:6".parse().unwrap(), 48),
+            "2001:db8:1::".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            source_key("2001:db8::1".parse().unwrap(), 0),
+            "::".parse::<IpAddr>().unwrap()
+        );
     }
 }

@@ -18,7 +18,9 @@ use openred_core::wire::{
     HealthResponse, NodeCounts, NodeEntry, NodeStatus, ReachabilityChallenge, RegisterRequest,
     RegisterResponse, TokenPush,
 };
-use openred_core::{IdentityPublicKey, NodeId, RecordError, SignedRecord, UnixTime, UrlError};
+use openred_core::{
+    IdentityPublicKey, NodeId, NodeRecord, RecordError, SignedRecord, UnixTime, UrlError,
+};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -75,9 +77,8 @@ async fn register_inner(
     r.api_url
         .check_policy(state.config.danger_allow_private_addresses)
         .map_err(url_error)?;
-    if r.seq > i64::MAX as u64 {
-        return Err(ApiError::bad_request("bad_seq", "seq must be below 2^63"));
-    }
+    check_lifetime(state, r)?;
+    check_seq(state, r.seq, now)?;
     state.limits.write_by(&r.node_id)?;
     prove_reachability(state, &record).await?;
     match state
@@ -170,6 +171,46 @@ async fn prove_reachability(state: &AppState, record: &SignedRecord) -> Result<(
             .is_err()
     {
         return Err(unreachable());
+    }
+    Ok(())
+}
+
+/// A record may live at most `max_record_lifetime_s`: one signed to live
+/// for a century (by a stolen key, or a node process that fooled its
+/// signer) would otherwise be served, and put in tokens, for a century.
+fn check_lifetime(state: &AppState, r: &NodeRecord) -> Result<(), ApiError> {
+    let cap = state.config.max_record_lifetime_s;
+    let lifetime = r.expires_at.0.saturating_sub(r.issued_at.0);
+    if lifetime > cap {
+        return Err(ApiError::bad_request(
+            "expiry_too_far",
+            format!("the record lives {lifetime} s; this directory accepts at most {cap} s"),
+        ));
+    }
+    Ok(())
+}
+
+/// The highest `seq` accepted at `now`: the directory's clock in
+/// milliseconds, plus the clock skew. A node numbers its records and
+/// deregistrations `max(last + 1, its clock in ms)`, so it never needs
+/// more; and a `seq` far ahead (2^63 - 1, say) would otherwise lock the
+/// node out for good, since no later record could outrun it. With the
+/// ceiling, a `seq` signed ahead of time is outrun by the node's clock
+/// within `clock_skew_s`.
+fn check_seq(state: &AppState, seq: u64, now: UnixTime) -> Result<(), ApiError> {
+    let ceiling = now
+        .0
+        .saturating_add(state.config.clock_skew_s)
+        .saturating_add(1)
+        .saturating_mul(1000)
+        .min(i64::MAX as u64);
+    if seq > ceiling {
+        return Err(ApiError::bad_request(
+            "seq_too_far",
+            format!(
+                "seq {seq} is ahead of the directory's clock in milliseconds (at most {ceiling})"
+            ),
+        ));
     }
     Ok(())
 }
@@ -288,17 +329,52 @@ pub async fn discover(
         .page(after, filter, limit)
         .await
         .map_err(|e| ApiError::internal("listing nodes", e))?;
-    let next_cursor = (rows.len() == limit as usize)
-        .then(|| rows.last().map(|n| encode_cursor(&n.node_id)))
-        .flatten();
     // Expired records are left out of the page (the cursor still moves past
-    // them, so pages stay consistent).
-    let nodes = rows
-        .iter()
-        .filter_map(|n| listed_entry(n, now, cutoff))
-        .collect();
-    Ok(Json(DiscoverResponse { nodes, next_cursor }).into_response())
+    // them, so pages stay consistent). A page also ends before its JSON
+    // would pass `max_page_bytes`, so that it fits a client's answer cap
+    // (a node's is 64 KiB) whatever `limit` asked for; the cursor then
+    // points after the last node included. The text is what serialising a
+    // `DiscoverResponse` gives (clients decode it as one).
+    // Each entry is rendered once, measured, and the page is put together
+    // from the rendered entries.
+    let mut body = String::from(r#"{"nodes":["#);
+    let mut count = 0;
+    let mut last_consumed = None;
+    let mut full = rows.len() == limit as usize;
+    for node in &rows {
+        if let Some(entry) = listed_entry(node, now, cutoff) {
+            let entry = serde_json::to_string(&entry)
+                .map_err(|e| ApiError::internal("rendering a node", e))?;
+            // One byte for the comma between entries.
+            if body.len() + entry.len() + 1 + PAGE_TAIL_BYTES > state.config.max_page_bytes {
+                full = true;
+                break;
+            }
+            if count > 0 {
+                body.push(',');
+            }
+            body.push_str(&entry);
+            count += 1;
+        }
+        last_consumed = Some(node.node_id);
+    }
+    body.push(']');
+    if full {
+        // `validate` keeps `max_page_bytes` above the largest possible
+        // entry, so a page always makes progress.
+        let last = last_consumed
+            .ok_or_else(|| ApiError::internal("listing nodes", "page budget below one entry"))?;
+        body.push_str(r#","next_cursor":""#);
+        body.push_str(&encode_cursor(&last));
+        body.push('"');
+    }
+    body.push('}');
+    Ok(json_response(body))
 }
+
+/// What a page may still add after its last entry:
+/// `],"next_cursor":"…"}` with a cursor of 44 characters, rounded up.
+const PAGE_TAIL_BYTES: usize = 64;
 
 /// A JSON answer rendered ahead of time.
 fn json_response(body: String) -> Response {
@@ -479,9 +555,7 @@ pub async fn deregister(
             ),
         ));
     }
-    if body.seq > i64::MAX as u64 {
-        return Err(ApiError::bad_request("bad_seq", "seq must be below 2^63"));
-    }
+    check_seq(&state, body.seq, now)?;
     match state
         .store
         .deregister(&node_id, body.seq, now)

@@ -37,6 +37,11 @@ pub struct RateLimits {
     pub introductions_per_requester: Quota,
     /// Introductions to one target node.
     pub introductions_per_target: Quota,
+    /// Per-address limits count an IPv6 client under its first this many
+    /// bits (default 64: one subscriber's network), so that rotating
+    /// through the addresses of one prefix does not buy a fresh budget.
+    /// IPv4 clients count per address.
+    pub ipv6_prefix_len: u8,
 }
 
 impl Default for RateLimits {
@@ -49,6 +54,7 @@ impl Default for RateLimits {
             lookups_per_address: None,
             introductions_per_requester: Quota::new(2, 20),
             introductions_per_target: Quota::new(5, 50),
+            ipv6_prefix_len: openred_core::url::DEFAULT_IPV6_PREFIX_LEN,
         }
     }
 }
@@ -85,6 +91,10 @@ pub struct Config {
     pub danger_allow_private_addresses: bool,
     /// How far a record's `issued_at` may be from the directory's clock.
     pub clock_skew_s: u64,
+    /// The longest lifetime (`expires_at - issued_at`) of a record the
+    /// directory accepts (default 7 days): a record signed to live for a
+    /// century would otherwise be served for a century.
+    pub max_record_lifetime_s: u64,
     /// The heartbeat interval the directory asks nodes to keep.
     pub heartbeat_interval_s: u64,
     /// Jitter applied to each heartbeat interval, as a fraction (0.0..0.5).
@@ -99,6 +109,10 @@ pub struct Config {
     pub allow_listing: bool,
     /// Largest page of `discover`.
     pub max_page_size: u32,
+    /// A `discover` page ends (with a `next_cursor`) before its JSON passes
+    /// this many bytes, whatever `limit` asked for. Default 60 KiB, under a
+    /// node's 64 KiB answer cap.
+    pub max_page_bytes: usize,
     /// Request bodies larger than this are refused (413).
     pub max_body_bytes: usize,
     /// How long a cached record may be served before it is re-read from the
@@ -129,6 +143,7 @@ impl Config {
             database,
             danger_allow_private_addresses: false,
             clock_skew_s: 300,
+            max_record_lifetime_s: 7 * 24 * 3600,
             heartbeat_interval_s: 300,
             heartbeat_jitter: 0.1,
             active_window_s: 900,
@@ -136,6 +151,7 @@ impl Config {
             prune_interval_s: 3600,
             allow_listing: true,
             max_page_size: 500,
+            max_page_bytes: 60 * 1024,
             max_body_bytes: 16 * 1024,
             cache_ttl_s: None,
             trusted_proxies: Vec::new(),
@@ -159,11 +175,19 @@ impl Config {
         if self.retention_s < self.active_window_s {
             return fail("retention_s must be at least active_window_s");
         }
+        if self.max_record_lifetime_s < 60 {
+            return fail("max_record_lifetime_s must be at least 60");
+        }
         if self.prune_interval_s == 0 {
             return fail("prune_interval_s must be at least 1");
         }
         if self.max_page_size == 0 || self.max_page_size > 10_000 {
             return fail("max_page_size must be in 1..=10000");
+        }
+        if self.max_page_bytes < 4096 {
+            // The largest entry (a 255-byte URL, escaped, and its record) is
+            // about 1.3 KB: every page must hold one.
+            return fail("max_page_bytes must be at least 4096");
         }
         if !(10..=300).contains(&self.introduction_ttl_s) {
             return fail("introduction_ttl_s must be in 10..=300");
@@ -172,6 +196,9 @@ impl Config {
             return fail("max_body_bytes must be at least 1024");
         }
         let limits = &self.rate_limits;
+        if !(1..=128).contains(&limits.ipv6_prefix_len) {
+            return fail("rate_limits.ipv6_prefix_len must be in 1..=128");
+        }
         for quota in [
             Some(limits.writes_per_address),
             Some(limits.writes_per_node),

@@ -1,6 +1,10 @@
 //! Rate limits per source address and per node ID, and finding the source
 //! address behind trusted reverse proxies.
 //!
+//! A "source address" is an IPv4 address, or the configured prefix (a /64
+//! by default) of an IPv6 address: one subscriber holds a whole prefix and
+//! could otherwise rotate through it for fresh budgets.
+//!
 //! Limiters use governor's monotonic clock: they measure intervals, never
 //! wall-clock time, so they need no injected clock.
 
@@ -48,6 +52,7 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
 
 /// All the directory's limiters.
 pub struct Limits {
+    ipv6_prefix_len: u8,
     writes_per_address: Limiter<IpAddr>,
     writes_per_node: Limiter<NodeId>,
     lookup_misses_per_address: Limiter<IpAddr>,
@@ -61,6 +66,7 @@ impl Limits {
     pub fn new(config: &RateLimits) -> Limits {
         let on = config.enabled;
         Limits {
+            ipv6_prefix_len: config.ipv6_prefix_len,
             writes_per_address: Limiter::new(on, Some(config.writes_per_address)),
             writes_per_node: Limiter::new(on, Some(config.writes_per_node)),
             lookup_misses_per_address: Limiter::new(on, Some(config.lookup_misses_per_address)),
@@ -72,7 +78,7 @@ impl Limits {
 
     /// A write from this address.
     pub fn write_from(&self, address: IpAddr) -> Result<(), ApiError> {
-        self.writes_per_address.check(&address)
+        self.writes_per_address.check(&self.source(address))
     }
 
     /// A write by this (verified) node.
@@ -82,18 +88,23 @@ impl Limits {
 
     /// A lookup that missed (unknown or malformed ID) from this address.
     pub fn lookup_miss_from(&self, address: IpAddr) -> Result<(), ApiError> {
-        self.lookup_misses_per_address.check(&address)
+        self.lookup_misses_per_address.check(&self.source(address))
     }
 
     /// Any lookup or listing from this address (off by default).
     pub fn lookup_from(&self, address: IpAddr) -> Result<(), ApiError> {
-        self.lookups_per_address.check(&address)
+        self.lookups_per_address.check(&self.source(address))
     }
 
     /// An introduction asked by this (verified) node to `target`.
     pub fn introduction(&self, requester: &NodeId, target: &NodeId) -> Result<(), ApiError> {
         self.introductions_per_requester.check(requester)?;
         self.introductions_per_target.check(target)
+    }
+
+    /// The key `address` is counted under.
+    fn source(&self, address: IpAddr) -> IpAddr {
+        openred_core::url::source_key(address, self.ipv6_prefix_len)
     }
 
     /// Drops the state of keys that are back to a full budget.
@@ -188,5 +199,34 @@ mod tests {
         assert_eq!(err.code(), "rate_limited");
         // Another address has its own budget.
         assert!(limits.write_from("192.0.2.2".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn rotating_ipv6_addresses_in_one_prefix_share_one_budget() {
+        let limits = Limits::new(&RateLimits {
+            writes_per_address: Quota::new(1, 3),
+            lookup_misses_per_address: Quota::new(1, 3),
+            ..RateLimits::default()
+        });
+        // A fresh address of one /64 for every request: the fourth is
+        // refused all the same.
+        for check in [Limits::write_from, Limits::lookup_miss_from] {
+            for host in 1..=3 {
+                let ip = format!("2001:db8:7:7::{host}").parse().unwrap();
+                assert!(check(&limits, ip).is_ok());
+            }
+            let err = check(&limits, "2001:db8:7:7:ffff::9".parse().unwrap()).unwrap_err();
+            assert_eq!(err.code(), "rate_limited");
+            // The next /64 has its own budget.
+            assert!(check(&limits, "2001:db8:7:8::1".parse().unwrap()).is_ok());
+        }
+        // A /128 setting counts each address on its own again.
+        let exact = Limits::new(&RateLimits {
+            writes_per_address: Quota::new(1, 1),
+            ipv6_prefix_len: 128,
+            ..RateLimits::default()
+        });
+        assert!(exact.write_from("2001:db8::1".parse().unwrap()).is_ok());
+        assert!(exact.write_from("2001:db8::2".parse().unwrap()).is_ok());
     }
 }

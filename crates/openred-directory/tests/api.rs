@@ -32,6 +32,10 @@ on_both_backends!(
     restart_keeps_records_and_key,
     garbage_never_gets_a_5xx,
     concurrent_registrations_share_commits_and_keep_the_highest_seq,
+    a_record_signed_to_live_for_a_century_is_refused,
+    a_seq_of_2_63_minus_1_cannot_lock_a_node_out,
+    rotating_ipv6_addresses_in_one_prefix_share_one_rate_limit_budget,
+    a_page_of_the_largest_records_never_passes_the_page_byte_cap,
 );
 
 async fn register_lookup_discover_and_health(backend: Backend) {
@@ -802,4 +806,211 @@ async fn concurrent_registrations_share_commits_and_keep_the_highest_seq(backend
     assert_eq!(stored.seq, 30);
     let a = h.call("GET", "/api/v3/health", None).await;
     assert_eq!(a.json["nodes"]["active"], 41);
+}
+
+async fn a_record_signed_to_live_for_a_century_is_refused(backend: Backend) {
+    let h = Harness::new(backend.clone()).await;
+    let node = TestNode::new(50);
+    let url = node.url.clone();
+    let century = 100 * 365 * 86_400;
+    let a = h.register(&node.record_at(1, T0, T0 + century, &url)).await;
+    assert_eq!(
+        (a.status, a.code()),
+        (StatusCode::BAD_REQUEST, "expiry_too_far")
+    );
+    assert!(a.json["message"].as_str().unwrap().contains("604800"));
+    // One second past the cap (7 days, measured from issued_at) is refused
+    // too, and nothing was stored.
+    let week = h.config.max_record_lifetime_s;
+    assert_eq!(week, 7 * 86_400);
+    let a = h
+        .register(&node.record_at(1, T0 - 200, T0 - 200 + week + 1, &url))
+        .await;
+    assert_eq!(a.code(), "expiry_too_far");
+    assert_nothing_stored(&h).await;
+    // Exactly the cap passes, from a node whose clock is behind by up to
+    // the skew as well.
+    let a = h
+        .register(&node.record_at(1, T0 - 200, T0 - 200 + week, &url))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+
+    // The cap is the operator's.
+    let h = Harness::with(backend, |c| c.max_record_lifetime_s = 3600).await;
+    let node = TestNode::new(52);
+    let url = node.url.clone();
+    let a = h.register(&node.record_at(1, T0, T0 + 3601, &url)).await;
+    assert_eq!(a.code(), "expiry_too_far");
+    let a = h.register(&node.record_at(1, T0, T0 + 3600, &url)).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+}
+
+async fn a_seq_of_2_63_minus_1_cannot_lock_a_node_out(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let node = TestNode::new(51);
+    let skew = h.config.clock_skew_s;
+    // The directory's clock in milliseconds plus the skew is the ceiling.
+    let ceiling = (T0 + skew + 1) * 1000;
+    for seq in [i64::MAX as u64, u64::MAX, ceiling + 1] {
+        let a = h.register(&node.record(seq, T0)).await;
+        assert_eq!(
+            (a.status, a.code()),
+            (StatusCode::BAD_REQUEST, "seq_too_far"),
+            "seq {seq}"
+        );
+    }
+    assert_nothing_stored(&h).await;
+    // The worst a record signed ahead of time can do is take the ceiling;
+    // the node's own clock-based seq outruns it once the skew has passed.
+    assert_eq!(
+        h.register(&node.record(ceiling, T0)).await.status,
+        StatusCode::OK
+    );
+    let honest = |now: u64| node.record(now * 1000, now);
+    assert_eq!(h.register(&honest(T0)).await.code(), "seq_rollback");
+    h.clock.advance(skew + 2);
+    let a = h.register(&honest(h.now())).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+
+    // A deregistration cannot take the node's seq out of reach either.
+    let path = "/api/v3/nodes/deregister";
+    let far = DeregisterRequest::sign(&node.key, i64::MAX as u64, UnixTime(h.now()));
+    let a = h
+        .call("POST", path, Some(serde_json::to_value(&far).unwrap()))
+        .await;
+    assert_eq!(
+        (a.status, a.code()),
+        (StatusCode::BAD_REQUEST, "seq_too_far")
+    );
+    assert_eq!(h.lookup(&node.id()).await.status, StatusCode::OK);
+}
+
+async fn rotating_ipv6_addresses_in_one_prefix_share_one_rate_limit_budget(backend: Backend) {
+    let h = Harness::with(backend, |c| {
+        c.rate_limits.enabled = true;
+        c.rate_limits.writes_per_address = Quota::new(1, 3);
+        c.rate_limits.lookup_misses_per_address = Quota::new(1, 3);
+    })
+    .await;
+    let in_prefix = |host: u16| -> std::net::SocketAddr {
+        format!("[2001:db8:aa:bb:{host:x}::{host:x}]:4000")
+            .parse()
+            .unwrap()
+    };
+    // Twenty writes, each from a fresh address of one /64: per address
+    // each would have a full budget; per prefix, at most the burst (plus one
+    // refill per second of a slow run) passes.
+    let mut refused = 0;
+    for i in 0..20u8 {
+        let node = TestNode::new(60 + i);
+        let a = reg(&h, &node.record(1, T0), in_prefix(u16::from(i) + 1)).await;
+        match a.status {
+            StatusCode::OK => {}
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(a.code(), "rate_limited");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {}", a.text),
+        }
+    }
+    assert!(
+        refused > 0,
+        "rotating addresses in one /64 escaped the limit"
+    );
+    // Another /64 has its own budget.
+    let a = reg(
+        &h,
+        &TestNode::new(90).record(1, T0),
+        "[2001:db8:aa:bc::1]:4000".parse().unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+
+    // Lookups of unknown nodes, likewise.
+    let unknown = TestNode::new(91).id();
+    let mut refused = 0;
+    for i in 0..20u16 {
+        let uri = format!("/api/v3/nodes/{unknown}");
+        let a = h.raw("GET", &uri, None, "", in_prefix(100 + i)).await;
+        if a.status == StatusCode::TOO_MANY_REQUESTS {
+            refused += 1;
+        } else {
+            assert_eq!(a.status, StatusCode::NOT_FOUND);
+        }
+    }
+    assert!(
+        refused > 0,
+        "rotating addresses in one /64 escaped the limit"
+    );
+}
+
+/// An origin of exactly 255 bytes (the longest a record holds), unique per
+/// `i`.
+fn longest_url(i: u32) -> String {
+    let filler = |c: char, n: usize| c.to_string().repeat(n);
+    let url = format!(
+        "https://n{i:04}{}.{}.{}.{}.example.com:65535",
+        filler('a', 45),
+        filler('b', 63),
+        filler('c', 63),
+        filler('d', 50)
+    );
+    assert_eq!(url.len(), openred_core::url::MAX_URL_LEN);
+    url
+}
+
+async fn a_page_of_the_largest_records_never_passes_the_page_byte_cap(backend: Backend) {
+    let h = Harness::new(backend).await;
+    let mut expected = BTreeSet::new();
+    // 150 records of the largest size: about 1.2 KB each as listed, so a
+    // page of 500 would be some 180 KB. Written concurrently, so that they
+    // share group commits.
+    let mut writes = tokio::task::JoinSet::new();
+    for i in 0..150u32 {
+        let mut secret = [7u8; 32];
+        secret[..4].copy_from_slice(&i.to_be_bytes());
+        let key = openred_core::IdentityKeypair::from_secret_bytes(&secret);
+        let record = openred_core::NodeRecord::sign(
+            &key,
+            openred_core::AgreementSecret::from_secret_bytes(secret).public(),
+            openred_core::ApiUrl::parse_canonical(&longest_url(i)).unwrap(),
+            1,
+            UnixTime(T0),
+            UnixTime(T0 + 86_400),
+        );
+        expected.insert(key.node_id().to_string());
+        let store = h.directory.store().clone();
+        writes.spawn(async move { store.upsert_record(&record, UnixTime(T0)).await });
+    }
+    while let Some(written) = writes.join_next().await {
+        assert_eq!(
+            written.unwrap().unwrap(),
+            openred_directory::store::Write::Applied
+        );
+    }
+    let cap = h.config.max_page_bytes;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    let mut uri = "/api/v3/nodes/discover?limit=500".to_owned();
+    loop {
+        let a = h.call("GET", &uri, None).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        assert!(a.text.len() <= cap, "a page of {} bytes", a.text.len());
+        // Exactly the documented type, as clients decode it.
+        serde_json::from_str::<openred_core::wire::DiscoverResponse>(&a.text).unwrap();
+        pages += 1;
+        let page = a.json["nodes"].as_array().unwrap();
+        assert!(!page.is_empty());
+        seen.extend(
+            page.iter()
+                .map(|n| n["node_id"].as_str().unwrap().to_owned()),
+        );
+        match a.json["next_cursor"].as_str() {
+            Some(cursor) => uri = format!("/api/v3/nodes/discover?limit=500&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert!(pages >= 3, "{pages} pages");
+    assert_eq!(seen.len(), 150, "every node once");
+    assert_eq!(seen.into_iter().collect::<BTreeSet<_>>(), expected);
 }

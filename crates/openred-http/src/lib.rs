@@ -277,6 +277,12 @@ impl OutboundClient {
         self.inner.allow_private
     }
 
+    /// The largest response body accepted, in bytes: callers that page
+    /// through a listing size their pages to it.
+    pub fn max_response_bytes(&self) -> usize {
+        self.inner.max_response_bytes
+    }
+
     /// `GET origin + path`.
     pub async fn get(
         &self,

@@ -18,6 +18,49 @@ pub enum IntroductionPolicy {
     KnownPeers,
 }
 
+/// A rate: `per_minute` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateQuota {
+    /// Sustained requests per minute (at least 1).
+    pub per_minute: u32,
+    /// Requests allowed at once (at least 1).
+    pub burst: u32,
+}
+
+/// Limits on the reachability route (`POST /api/v3/reachability`), which
+/// signs a fresh challenge for anyone who asks: without them, a flood keeps
+/// the crypto agent signing. The directory calls it once per new or
+/// changed URL, so the defaults leave it ample room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReachabilityLimits {
+    /// Per source: an IPv4 address, or an IPv6 prefix of `ipv6_prefix_len`
+    /// bits. Default 6 a minute, bursts of 3.
+    pub per_source: RateQuota,
+    /// For all sources together. Default 60 a minute, bursts of 20.
+    pub global: RateQuota,
+    /// How many leading bits of an IPv6 source make one source (default
+    /// 64: one subscriber's network).
+    pub ipv6_prefix_len: u8,
+}
+
+impl Default for ReachabilityLimits {
+    fn default() -> Self {
+        ReachabilityLimits {
+            per_source: RateQuota {
+                per_minute: 6,
+                burst: 3,
+            },
+            global: RateQuota {
+                per_minute: 60,
+                burst: 20,
+            },
+            ipv6_prefix_len: openred_core::url::DEFAULT_IPV6_PREFIX_LEN,
+        }
+    }
+}
+
 /// The node's configuration.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -81,6 +124,8 @@ pub struct NodeConfig {
     pub requests_per_peer_per_s: u32,
     /// How long an idle connection is kept (default 300 s, as the seed).
     pub pool_idle_timeout_s: u64,
+    /// Rate limits on the reachability route.
+    pub reachability_limits: ReachabilityLimits,
     /// The modules switched on at start; `None` (the default): every
     /// module the node has.
     pub modules: Option<std::collections::BTreeSet<String>>,
@@ -127,6 +172,7 @@ impl NodeConfig {
             pool_max_idle_per_peer: 100,
             requests_per_peer_per_s: 20_000,
             pool_idle_timeout_s: 300,
+            reachability_limits: ReachabilityLimits::default(),
             modules: None,
             module_settings: Default::default(),
         }
@@ -176,6 +222,20 @@ impl NodeConfig {
         }
         if self.pool_idle_timeout_s == 0 {
             return Err(ConfigError("pool_idle_timeout_s must be at least 1".into()));
+        }
+        let reach = &self.reachability_limits;
+        if [reach.per_source, reach.global]
+            .iter()
+            .any(|q| q.per_minute == 0 || q.burst == 0)
+        {
+            return Err(ConfigError(
+                "reachability_limits quotas need per_minute and burst of at least 1".into(),
+            ));
+        }
+        if !(1..=128).contains(&reach.ipv6_prefix_len) {
+            return Err(ConfigError(
+                "reachability_limits.ipv6_prefix_len must be in 1..=128".into(),
+            ));
         }
         if self.record_lifetime_s < 60 {
             return Err(ConfigError("record_lifetime_s must be at least 60".into()));

@@ -200,17 +200,30 @@ impl DirectoryClient {
     ) -> Result<Vec<(NodeEntry, Result<SignedRecord, NodeError>)>, NodeError> {
         let mut out = Vec::new();
         let mut cursor: Option<String> = None;
+        let mut limit = Some(page_limit(outbound.max_response_bytes()));
         loop {
-            let mut query = vec![("limit", "500".to_owned())];
+            let mut query = Vec::new();
+            if let Some(limit) = limit {
+                query.push(("limit", limit.to_string()));
+            }
             if let Some(c) = &cursor {
                 query.push(("cursor", c.clone()));
             }
-            let page: DiscoverResponse = expect_ok(
-                outbound
-                    .get_with_query(&self.url, "/api/v3/nodes/discover", &query)
-                    .await?,
-                true,
-            )?;
+            let answer = outbound
+                .get_with_query(&self.url, "/api/v3/nodes/discover", &query)
+                .await?;
+            let page: DiscoverResponse = match expect_ok(answer, true) {
+                Ok(page) => page,
+                // A directory whose largest page is smaller than ours: its
+                // own default page size, from then on.
+                Err(NodeError::Directory { code, .. })
+                    if code == "bad_limit" && limit.is_some() =>
+                {
+                    limit = None;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             for entry in page.nodes {
                 let checked = verify_entry(&entry, store, now).await;
                 out.push((entry, checked));
@@ -245,6 +258,27 @@ impl DirectoryClient {
             .ok_or(NodeError::Malformed("an empty lookup"))?;
         verify_entry(&entry, store, now).await
     }
+}
+
+/// The most entries a directory may put in one page, in the protocol.
+const MAX_PAGE_ENTRIES: usize = 500;
+
+/// The page size whose answer fits `answer_cap` bytes even if every entry is
+/// as large as an entry can be (a 255-byte URL, escaped, and its record):
+/// a page of 500 ordinary entries is some 230 KB, past a node's 64 KiB
+/// answer cap, and would fail the whole listing.
+fn page_limit(answer_cap: usize) -> usize {
+    // `{"nodes":[` … `],"next_cursor":"…"}` with a 44-character cursor.
+    const ENVELOPE: usize = 128;
+    let node_id = NodeId::from_bytes([0; 32]).to_string().len();
+    let record = (openred_core::record::MAX_RECORD_LEN * 4).div_ceil(3);
+    let entry = r#"{"node_id":"","api_url":"","last_seen":,"status":"inactive","record":""},"#
+        .len()
+        + node_id
+        + 2 * openred_core::url::MAX_URL_LEN
+        + u64::MAX.to_string().len()
+        + record;
+    (answer_cap.saturating_sub(ENVELOPE) / entry).clamp(1, MAX_PAGE_ENTRIES)
 }
 
 async fn verify_entry(
@@ -306,4 +340,51 @@ pub fn expect_ok<T: serde::de::DeserializeOwned>(
             message,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openred_core::wire::NodeStatus;
+    use openred_core::{AgreementSecret, IdentityKeypair, NodeRecord};
+
+    #[test]
+    fn a_page_of_the_largest_entries_fits_the_answer_cap() {
+        let url = format!(
+            "https://{}.{}.{}.{}.example.com:65535",
+            "a".repeat(50),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(50)
+        );
+        assert_eq!(url.len(), openred_core::url::MAX_URL_LEN);
+        let key = IdentityKeypair::from_secret_bytes(&[9; 32]);
+        let record = NodeRecord::sign(
+            &key,
+            AgreementSecret::from_secret_bytes([9; 32]).public(),
+            ApiUrl::parse_canonical(&url).unwrap(),
+            u64::MAX,
+            UnixTime(u64::MAX - 1),
+            UnixTime(u64::MAX),
+        );
+        let entry = NodeEntry {
+            node_id: key.node_id().to_string(),
+            api_url: url,
+            last_seen: u64::MAX,
+            status: NodeStatus::Inactive,
+            record: b64_encode(record.as_bytes()),
+        };
+        let cap = 64 * 1024;
+        let limit = page_limit(cap);
+        let page = DiscoverResponse {
+            nodes: vec![entry; limit],
+            next_cursor: Some(b64_encode(&[1u8; 33])),
+        };
+        let size = serde_json::to_vec(&page).unwrap().len();
+        assert!(size <= cap, "{limit} entries: {size} bytes");
+        // Not needlessly small either: 600 nodes take at most a dozen pages.
+        assert!(limit >= 50, "{limit}");
+        assert_eq!(page_limit(10), 1);
+        assert_eq!(page_limit(usize::MAX), MAX_PAGE_ENTRIES);
+    }
 }

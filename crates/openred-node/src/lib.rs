@@ -12,6 +12,8 @@
 //! - [`sessions`]: established sessions, in memory only.
 //! - [`lifecycle`]: purging what expired, renewing sessions in use.
 //! - `p2p`: the API peers and the directory call.
+//! - `reachability`: rate limits on the route that signs a challenge for
+//!   anyone.
 //! - [`admin`]: the owner's API.
 //! - [`owner`]: the owner's password + TOTP login and session cookies.
 //! - [`node`]: [`Node`]: serving, the registration loop, connecting.
@@ -43,6 +45,7 @@ pub mod modules;
 pub mod node;
 pub mod owner;
 mod p2p;
+mod reachability;
 pub mod sandbox;
 pub mod sessions;
 pub mod store;

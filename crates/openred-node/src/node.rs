@@ -85,6 +85,8 @@ pub struct NodeState {
     pub(crate) audit: Audit,
     /// The owner's password + TOTP logins.
     pub(crate) owner_login: crate::owner::OwnerLogin,
+    /// Rate limits on the reachability route.
+    pub(crate) reachability: crate::reachability::ReachabilityLimiter,
 }
 
 /// A node, opened and ready to serve.
@@ -174,6 +176,8 @@ impl Node {
         crate::owner::prepare_dir(&config.data_dir).map_err(StartError::AdminToken)?;
         let directory = DirectoryClient::new(config.directory_url.clone(), config.directory_key);
         let owner_login = crate::owner::OwnerLogin::new(&crypto.node_id());
+        let reachability =
+            crate::reachability::ReachabilityLimiter::new(&config.reachability_limits);
         let state = Arc::new(NodeState {
             config,
             clock,
@@ -190,6 +194,7 @@ impl Node {
             readiness: crate::health::ReadinessCache::default(),
             audit,
             owner_login,
+            reachability,
         });
         state.modules.attach(&state);
         Ok(Node { state })
@@ -244,11 +249,16 @@ impl Node {
         let p2p_server = tokio::spawn({
             let mut stop = stop_rx.clone();
             async move {
-                axum::serve(p2p, p2p_app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .await
+                // The peer's address goes with each request: the
+                // reachability route's limits count sources.
+                axum::serve(
+                    p2p,
+                    p2p_app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
             }
         });
         let admin_server = tokio::spawn({

@@ -166,10 +166,16 @@ async fn ready(State(state): Shared) -> Response {
     axum::response::IntoResponse::into_response((status, Json(view)))
 }
 
+/// Signs a fresh challenge for anyone who asks, so it is rate limited per
+/// source and for all sources together, before anything else is looked at.
 async fn reachability(
     State(state): Shared,
+    extensions: axum::http::Extensions,
     body: Result<Json<ReachabilityChallenge>, JsonRejection>,
 ) -> Result<Json<ReachabilityProof>, ApiError> {
+    state
+        .reachability
+        .check(crate::reachability::source(&extensions))?;
     let Json(body) = body?;
     let me = state.crypto.node_id();
     if body.node_id != me.to_string() {

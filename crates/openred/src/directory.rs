@@ -58,6 +58,7 @@ struct DirectorySection {
     data: Option<PathBuf>,
     database_url: Option<String>,
     clock_skew_s: Option<u64>,
+    max_record_lifetime_s: Option<u64>,
     heartbeat_interval_s: Option<u64>,
     heartbeat_jitter: Option<f64>,
     active_window_s: Option<u64>,
@@ -65,6 +66,7 @@ struct DirectorySection {
     prune_interval_s: Option<u64>,
     allow_listing: Option<bool>,
     max_page_size: Option<u32>,
+    max_page_bytes: Option<usize>,
     max_body_bytes: Option<usize>,
     cache_ttl_s: Option<u64>,
     trusted_proxies: Option<Vec<IpNet>>,
@@ -100,6 +102,7 @@ fn build_config(args: ServeArgs, data: Option<PathBuf>) -> anyhow::Result<Config
     }
     take!(
         clock_skew_s,
+        max_record_lifetime_s,
         heartbeat_interval_s,
         heartbeat_jitter,
         active_window_s,
@@ -107,6 +110,7 @@ fn build_config(args: ServeArgs, data: Option<PathBuf>) -> anyhow::Result<Config
         prune_interval_s,
         allow_listing,
         max_page_size,
+        max_page_bytes,
         max_body_bytes,
         trusted_proxies,
         rate_limits
@@ -186,5 +190,36 @@ mod tests {
             build_config(t.args, None).is_err(),
             "the danger flag must not come from a file"
         );
+    }
+
+    #[test]
+    fn the_file_sets_the_record_lifetime_page_bytes_and_ipv6_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        let parse = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            build_config(
+                T::parse_from(["t", "--config", file.to_str().unwrap()]).args,
+                None,
+            )
+        };
+        let config = parse(
+            "[directory]\ndata = \"/tmp/x\"\nmax_record_lifetime_s = 3600\nmax_page_bytes = 8192\n\
+             [directory.rate_limits]\nipv6_prefix_len = 48\n",
+        )
+        .unwrap();
+        assert_eq!(config.max_record_lifetime_s, 3600);
+        assert_eq!(config.max_page_bytes, 8192);
+        assert_eq!(config.rate_limits.ipv6_prefix_len, 48);
+        let defaults = parse("[directory]\ndata = \"/tmp/x\"\n").unwrap();
+        assert_eq!(defaults.max_record_lifetime_s, 604_800);
+        assert_eq!(defaults.rate_limits.ipv6_prefix_len, 64);
+        for bad in [
+            "max_page_bytes = 100",
+            "max_record_lifetime_s = 0",
+            "[directory.rate_limits]\nipv6_prefix_len = 129",
+        ] {
+            assert!(parse(&format!("[directory]\ndata = \"/tmp/x\"\n{bad}\n")).is_err());
+        }
     }
 }

@@ -123,6 +123,7 @@ struct NodeSection {
     pool_idle_timeout_s: Option<u64>,
     agent_user: Option<String>,
     download_dirs: Option<Vec<PathBuf>>,
+    reachability_limits: Option<openred_node::config::ReachabilityLimits>,
 }
 
 /// Runs a node subcommand.
@@ -274,6 +275,9 @@ fn build_config(args: &RunArgs, data: &Path) -> anyhow::Result<(NodeConfig, bool
         f.download_dirs
             .unwrap_or_else(|| vec![data.join(openred_node::node::DOWNLOAD_DIR)])
     };
+    if let Some(limits) = f.reachability_limits {
+        config.reachability_limits = limits;
+    }
     config.validate()?;
     Ok((config, derive))
 }
@@ -408,5 +412,36 @@ mod tests {
         std::fs::write(&file, "[node]\ndanger_in_proces_crypto = true\n").unwrap();
         let args = Wrapper::parse_from(["x", "--config", file.to_str().unwrap()]).args;
         assert!(build_config(&args, dir.path()).is_err());
+    }
+
+    #[test]
+    fn the_config_file_sets_the_reachability_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        let head = "[node]\ndirectory = \"https://d.example.org\"\npublic_url = \"https://n.example.org\"\n";
+        let parse = |table: &str| {
+            std::fs::write(&file, format!("{head}[node.reachability_limits]\n{table}")).unwrap();
+            let args = Wrapper::parse_from(["x", "--config", file.to_str().unwrap()]).args;
+            build_config(&args, dir.path()).map(|(config, _)| config)
+        };
+        let config = parse(
+            "per_source = { per_minute = 2, burst = 1 }\nglobal = { per_minute = 30, burst = 5 }\nipv6_prefix_len = 56\n",
+        )
+        .unwrap();
+        let limits = config.reachability_limits;
+        assert_eq!(
+            (limits.per_source.per_minute, limits.per_source.burst),
+            (2, 1)
+        );
+        assert_eq!((limits.global.per_minute, limits.global.burst), (30, 5));
+        assert_eq!(limits.ipv6_prefix_len, 56);
+        // Keys left out keep their defaults; zero quotas and typos are refused.
+        let config = parse("ipv6_prefix_len = 48\n").unwrap();
+        assert_eq!(
+            config.reachability_limits.per_source,
+            openred_node::config::ReachabilityLimits::default().per_source
+        );
+        assert!(parse("global = { per_minute = 0, burst = 5 }\n").is_err());
+        assert!(parse("per_sorce = { per_minute = 1, burst = 1 }\n").is_err());
     }
 }

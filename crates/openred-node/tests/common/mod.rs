@@ -286,6 +286,12 @@ impl Network {
             .expect("the directory pushed a token for this connection")
     }
 
+    /// The directory's database, for tests that fill it without going
+    /// through registration.
+    pub fn directory_database(&self) -> openred_directory::Database {
+        openred_directory::Database::Sqlite(self.root.path().join("directory").join("directory.db"))
+    }
+
     /// The network's time.
     pub fn now(&self) -> UnixTime {
         self.clock.now()
