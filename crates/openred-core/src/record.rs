@@ -37,6 +37,8 @@ use crate::url::{ApiUrl, UrlError, MAX_URL_LEN};
 /// The record encoding version this code writes and reads.
 pub const RECORD_VERSION: u8 = 1;
 const FIXED_LEN: usize = 123;
+/// The shortest encoded record (a one-byte URL).
+pub const MIN_RECORD_LEN: usize = FIXED_LEN + 1 + SIGNATURE_LEN;
 /// The longest encoded record.
 pub const MAX_RECORD_LEN: usize = FIXED_LEN + MAX_URL_LEN + SIGNATURE_LEN;
 

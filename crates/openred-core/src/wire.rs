@@ -17,6 +17,12 @@ use crate::time::UnixTime;
 #[cfg(feature = "openapi")]
 use utoipa::ToSchema;
 
+pub mod integer;
+#[cfg(feature = "openapi")]
+mod schema;
+#[cfg(feature = "openapi")]
+pub use schema::*;
+
 /// Encodes bytes as unpadded base64url, the form of every binary JSON value.
 pub fn b64_encode(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
@@ -55,6 +61,7 @@ pub enum NodeStatus {
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// The signed record, base64url of its canonical encoding.
+    #[cfg_attr(feature = "openapi", schema(value_type = SignedRecordText))]
     pub record: String,
 }
 
@@ -64,12 +71,15 @@ pub struct RegisterRequest {
 #[serde(deny_unknown_fields)]
 pub struct RegisterResponse {
     /// The registered node.
+    #[cfg_attr(feature = "openapi", schema(value_type = NodeIdText))]
     pub node_id: String,
     /// Its status (always `active` right after a registration).
     pub status: NodeStatus,
     /// The `seq` now stored.
+    #[cfg_attr(feature = "openapi", schema(value_type = SeqNumber))]
     pub seq: u64,
     /// When the directory saw it, Unix seconds.
+    #[cfg_attr(feature = "openapi", schema(value_type = UnixSeconds))]
     pub last_seen: u64,
     /// When to send the next heartbeat, in seconds from now. The directory
     /// spreads these with jitter to set the pace for a crowd of nodes.
@@ -82,15 +92,18 @@ pub struct RegisterResponse {
 #[serde(deny_unknown_fields)]
 pub struct NodeEntry {
     /// The node's ID.
+    #[cfg_attr(feature = "openapi", schema(value_type = NodeIdText))]
     pub node_id: String,
     /// The node's API origin, copied from the record.
     pub api_url: String,
     /// When the directory last heard from it, Unix seconds.
+    #[cfg_attr(feature = "openapi", schema(value_type = UnixSeconds))]
     pub last_seen: u64,
     /// Active or inactive.
     pub status: NodeStatus,
     /// The node's signed record exactly as the node signed it (base64url):
     /// clients verify it themselves.
+    #[cfg_attr(feature = "openapi", schema(value_type = SignedRecordText))]
     pub record: String,
 }
 
@@ -103,6 +116,7 @@ pub struct DiscoverResponse {
     pub nodes: Vec<NodeEntry>,
     /// Pass as `cursor` to get the next page; absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<CursorText>))]
     pub next_cursor: Option<String>,
 }
 
@@ -112,14 +126,20 @@ pub struct DiscoverResponse {
 #[serde(deny_unknown_fields)]
 pub struct DeregisterRequest {
     /// The node leaving.
+    #[cfg_attr(feature = "openapi", schema(value_type = NodeIdText))]
     pub node_id: String,
     /// Greater than the stored record's `seq`, so the request cannot be
     /// replayed and no older record can be re-registered afterwards.
+    #[cfg_attr(feature = "openapi", schema(value_type = SeqNumber))]
+    #[serde(deserialize_with = "integer::u64")]
     pub seq: u64,
     /// When the node signed the request, Unix seconds.
+    #[cfg_attr(feature = "openapi", schema(value_type = UnixSeconds))]
+    #[serde(deserialize_with = "integer::u64")]
     pub issued_at: u64,
     /// Signature by the node's identity key over
     /// [`deregistration_message`], base64url.
+    #[cfg_attr(feature = "openapi", schema(value_type = SignatureText))]
     pub signature: String,
 }
 
@@ -129,6 +149,7 @@ pub struct DeregisterRequest {
 #[serde(deny_unknown_fields)]
 pub struct DeregisterResponse {
     /// The node forgotten.
+    #[cfg_attr(feature = "openapi", schema(value_type = NodeIdText))]
     pub node_id: String,
     /// Always true.
     pub deregistered: bool,
@@ -155,9 +176,11 @@ pub struct HealthResponse {
     /// The software version.
     pub version: String,
     /// The fingerprint of the directory's key, which nodes pin.
+    #[cfg_attr(feature = "openapi", schema(value_type = FingerprintText))]
     pub directory_key: String,
     /// The directory's Ed25519 public key (base64url), whose fingerprint is
     /// `directory_key`: nodes verify token envelopes with it.
+    #[cfg_attr(feature = "openapi", schema(value_type = Bytes32))]
     pub directory_public_key: String,
     /// Registered nodes by status.
     pub nodes: NodeCounts,
@@ -171,14 +194,20 @@ pub struct HealthResponse {
 #[serde(deny_unknown_fields)]
 pub struct ConnectionRequest {
     /// The requester.
+    #[cfg_attr(feature = "openapi", schema(value_type = NodeIdText))]
     pub from: String,
     /// The node it wants to meet.
+    #[cfg_attr(feature = "openapi", schema(value_type = NodeIdText))]
     pub target: String,
     /// 16 random bytes (base64url), never reused within the freshness window.
+    #[cfg_attr(feature = "openapi", schema(value_type = Bytes16))]
     pub nonce: String,
     /// When the requester signed, Unix seconds.
+    #[cfg_attr(feature = "openapi", schema(value_type = UnixSeconds))]
+    #[serde(deserialize_with = "integer::u64")]
     pub issued_at: u64,
     /// The requester's signature, base64url.
+    #[cfg_attr(feature = "openapi", schema(value_type = SignatureText))]
     pub signature: String,
 }
 
@@ -188,10 +217,13 @@ pub struct ConnectionRequest {
 #[serde(deny_unknown_fields)]
 pub struct ConnectionResponse {
     /// The introduction's connection ID (base64url, 16 bytes).
+    #[cfg_attr(feature = "openapi", schema(value_type = Bytes16))]
     pub connection_id: String,
     /// When both tokens expire, Unix seconds.
+    #[cfg_attr(feature = "openapi", schema(value_type = UnixSeconds))]
     pub expires_at: u64,
     /// token_a: the envelope sealed to the requester (base64url).
+    #[cfg_attr(feature = "openapi", schema(value_type = Base64Text))]
     pub token: String,
 }
 
@@ -201,8 +233,10 @@ pub struct ConnectionResponse {
 #[serde(deny_unknown_fields)]
 pub struct TokenPush {
     /// The initiator's node ID.
+    #[cfg_attr(feature = "openapi", schema(value_type = NodeIdText))]
     pub from: String,
     /// token_b: the envelope sealed to this node (base64url).
+    #[cfg_attr(feature = "openapi", schema(value_type = Base64Text))]
     pub token: String,
 }
 
@@ -214,6 +248,7 @@ pub struct TokenAccepted {
     /// Always true.
     pub accepted: bool,
     /// The connection ID (base64url).
+    #[cfg_attr(feature = "openapi", schema(value_type = Bytes16))]
     pub connection_id: String,
 }
 
@@ -224,8 +259,10 @@ pub struct TokenAccepted {
 #[serde(deny_unknown_fields)]
 pub struct ReachabilityChallenge {
     /// The node the directory expects to find there.
+    #[cfg_attr(feature = "openapi", schema(value_type = NodeIdText))]
     pub node_id: String,
     /// 32 random bytes, base64url.
+    #[cfg_attr(feature = "openapi", schema(value_type = Bytes32))]
     pub challenge: String,
 }
 
@@ -235,8 +272,10 @@ pub struct ReachabilityChallenge {
 #[serde(deny_unknown_fields)]
 pub struct ReachabilityProof {
     /// The node answering.
+    #[cfg_attr(feature = "openapi", schema(value_type = NodeIdText))]
     pub node_id: String,
     /// Its signature, base64url.
+    #[cfg_attr(feature = "openapi", schema(value_type = SignatureText))]
     pub signature: String,
 }
 

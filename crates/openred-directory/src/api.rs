@@ -18,6 +18,8 @@ use openred_core::wire::{
     HealthResponse, NodeCounts, NodeEntry, NodeStatus, ReachabilityChallenge, RegisterRequest,
     RegisterResponse, TokenPush,
 };
+#[allow(unused_imports)] // Named only in the OpenAPI annotations.
+use openred_core::wire::{CursorText, NodeIdText};
 use openred_core::{
     IdentityPublicKey, NodeId, NodeRecord, RecordError, SignedRecord, UnixTime, UrlError,
 };
@@ -44,6 +46,7 @@ type Shared = State<Arc<AppState>>;
         (status = 409, description = "seq replayed or rolled back", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "The database does not answer (unavailable)", body = ErrorBody),
     )
 )]
 pub async fn register(
@@ -257,12 +260,16 @@ fn url_error(e: UrlError) -> ApiError {
 #[into_params(parameter_in = Query)]
 pub struct DiscoverQuery {
     /// Look up one node by ID (404 if unknown).
+    #[param(value_type = Option<NodeIdText>)]
     node_id: Option<String>,
     /// Only nodes with this status.
     status: Option<NodeStatus>,
-    /// Page size (1 to the configured maximum, default 100).
+    /// Page size, 1 to the configured maximum (the document states this
+    /// directory's), default 100 or that maximum if smaller.
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<u32>,
     /// The `next_cursor` of the previous page.
+    #[param(value_type = Option<CursorText>)]
     cursor: Option<String>,
 }
 
@@ -279,6 +286,7 @@ const CURSOR_VERSION: u8 = 1;
         (status = 403, description = "Listing is turned off on this directory", body = ErrorBody),
         (status = 404, description = "Unknown node (with node_id)", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "The database does not answer (unavailable)", body = ErrorBody),
     )
 )]
 pub async fn discover(
@@ -486,12 +494,13 @@ fn unknown(node_id: &NodeId) -> ApiError {
 /// Look up one node.
 #[utoipa::path(
     get, path = "/api/v3/nodes/{node_id}", tag = "nodes",
-    params(("node_id" = String, Path, description = "The node's ID")),
+    params(("node_id" = NodeIdText, Path, description = "The node's ID")),
     responses(
         (status = 200, description = "The node", body = NodeEntry),
         (status = 400, description = "Malformed node ID", body = ErrorBody),
         (status = 404, description = "Unknown node", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "The database does not answer (unavailable)", body = ErrorBody),
     )
 )]
 pub async fn node(
@@ -518,6 +527,7 @@ pub async fn node(
         (status = 404, description = "Unknown node", body = ErrorBody),
         (status = 409, description = "seq replayed or rolled back", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "The database does not answer (unavailable)", body = ErrorBody),
     )
 )]
 pub async fn deregister(
@@ -586,6 +596,7 @@ pub async fn deregister(
         (status = 409, description = "Nonce replayed, or target inactive", body = ErrorBody),
         (status = 429, description = "Rate limited", body = ErrorBody),
         (status = 502, description = "The target is unreachable", body = ErrorBody),
+        (status = 503, description = "The database does not answer (unavailable)", body = ErrorBody),
     )
 )]
 pub async fn request_connection(

@@ -120,6 +120,33 @@ pub fn routes() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
+/// The document as this directory serves it: the routes' own, the answers
+/// every API shares (see [`openred_http::openapi`]), and the limits of this
+/// directory's configuration.
+fn document(mut doc: utoipa::openapi::OpenApi, config: &Config) -> utoipa::openapi::OpenApi {
+    openred_http::openapi::complete(&mut doc);
+    let discover = doc
+        .paths
+        .paths
+        .get_mut("/api/v3/nodes/discover")
+        .and_then(|item| item.get.as_mut());
+    for parameter in discover
+        .and_then(|op| op.parameters.as_mut())
+        .into_iter()
+        .flatten()
+    {
+        if parameter.name != "limit" {
+            continue;
+        }
+        if let Some(utoipa::openapi::RefOr::T(utoipa::openapi::Schema::Object(schema))) =
+            parameter.schema.as_mut()
+        {
+            schema.maximum = Some(config.max_page_size.into());
+        }
+    }
+    doc
+}
+
 /// A directory, opened and ready to serve.
 pub struct Directory {
     state: Arc<AppState>,
@@ -163,7 +190,7 @@ impl Directory {
             cache.put(&node);
         }
         let (router, doc) = routes();
-        let openapi_json = doc
+        let openapi_json = document(doc, &config)
             .to_pretty_json()
             .map_err(|e| StartError::OpenApi(e.to_string()))?;
         let state = Arc::new(AppState {

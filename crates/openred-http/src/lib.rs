@@ -42,6 +42,7 @@
 #![forbid(unsafe_code)]
 
 mod api_error;
+pub mod openapi;
 mod resolve;
 
 use std::collections::HashMap;

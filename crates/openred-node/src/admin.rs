@@ -121,6 +121,7 @@ pub fn routes(state: Arc<NodeState>) -> Router {
         // ends one.
         .route("/admin/v1/login", post(login))
         .route("/admin/v1/logout", post(logout))
+        .route("/admin/v1/openapi.json", get(openapi))
         .layer(axum::middleware::from_fn(local_host_only))
         .with_state(state)
 }
@@ -177,6 +178,15 @@ async fn login(
         .await
         .map_err(|e| ApiError::internal("login task", e))??;
     Ok((headers, Json(view)))
+}
+
+/// `GET /admin/v1/openapi.json`: this API's document, without
+/// authentication (see [`crate::admin_openapi`]).
+async fn openapi() -> ([(header::HeaderName, &'static str); 1], &'static str) {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::admin_openapi::json(),
+    )
 }
 
 /// `POST /admin/v1/logout`: ends the cookie's session.
@@ -419,10 +429,11 @@ async fn peers(State(state): State<Arc<NodeState>>) -> Result<Json<Vec<PeerView>
 }
 
 /// Body of `connect` and `ping`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PeerRequest {
     /// The peer.
+    #[schema(value_type = openred_core::wire::NodeIdText)]
     pub node_id: String,
 }
 

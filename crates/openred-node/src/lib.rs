@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admin_openapi;
 pub mod agent;
 pub mod audit;
 pub mod config;

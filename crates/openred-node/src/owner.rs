@@ -237,7 +237,7 @@ impl Failures {
 }
 
 /// A login request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LoginRequest {
     /// The owner's password.
     pub password: String,

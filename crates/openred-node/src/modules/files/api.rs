@@ -161,18 +161,19 @@ impl ShareView {
 }
 
 /// `POST /admin/v1/files/shares`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateShare {
     /// An absolute path readable by the node.
     pub path: String,
     /// The peers allowed to fetch it.
+    #[schema(value_type = Vec<openred_core::wire::NodeIdText>)]
     pub to: Vec<String>,
     /// Its lifetime in seconds (default from the settings).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "openred_core::wire::integer::option_u64")]
     pub expires_in_s: Option<u64>,
     /// Completed downloads allowed (no limit if absent).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "openred_core::wire::integer::option_u64")]
     pub max_downloads: Option<u64>,
 }
 
@@ -308,12 +309,14 @@ async fn offers(State(state): Shared) -> Result<Json<Vec<OfferView>>, ApiError> 
 }
 
 /// `POST /admin/v1/files/fetch`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FetchRequest {
     /// The owner.
+    #[schema(value_type = openred_core::wire::NodeIdText)]
     pub node_id: String,
     /// The share.
+    #[schema(pattern = "^[0-9a-fA-F]{32}$")]
     pub file_id: String,
     /// An absolute path: the file to write, or an existing folder to
     /// write the owner's name (made safe) in.

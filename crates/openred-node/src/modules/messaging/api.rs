@@ -217,10 +217,11 @@ async fn receive(
 }
 
 /// `POST /admin/v1/messages`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
     /// The peer.
+    #[schema(value_type = openred_core::wire::NodeIdText)]
     pub node_id: String,
     /// The text.
     pub text: String,
