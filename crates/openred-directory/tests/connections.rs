@@ -70,7 +70,12 @@ async fn connection_metric(http: &reqwest::Client, base: &str, name: &str) -> u6
 async fn slowloris_on_the_directory_leaves_health_answering_and_is_cut_at_the_header_timeout() {
     let _ = openred_http::raise_open_files_limit();
     let header_timeout = 8;
-    let (base, _stop, _root) = start(|c| c.header_read_timeout_s = header_timeout).await;
+    let (base, _stop, _root) = start(|c| {
+        c.header_read_timeout_s = header_timeout;
+        // Only the header timeout may cut them within the deadline.
+        c.idle_timeout_s = 600;
+    })
+    .await;
     let target: SocketAddr = base.trim_start_matches("http://").parse().unwrap();
     let http = client();
     let before = connection_metric(&http, &base, "accepted_total").await;

@@ -114,7 +114,11 @@ async fn slowloris_on_the_p2p_port_leaves_health_and_status_answering_and_is_cut
     let net = Network::start().await;
     let header_timeout = 8;
     let node = net
-        .node_with("target", |c| c.header_read_timeout_s = header_timeout)
+        .node_with("target", |c| {
+            c.header_read_timeout_s = header_timeout;
+            // Only the header timeout may cut them within the deadline.
+            c.idle_timeout_s = 600;
+        })
         .await;
     let target = p2p_address(&node);
     let before = listener_metric(&node, "accepted_total", "p2p");
