@@ -812,11 +812,17 @@ pub async fn health(State(state): Shared) -> Result<Json<HealthResponse>, ApiErr
     responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"))
 )]
 pub async fn metrics_text(State(state): Shared) -> impl IntoResponse {
-    let body = state
+    let mut body = state
         .metrics
         .as_ref()
         .map(|h| h.render())
         .unwrap_or_default();
+    // The accept loop's counts are this instance's, not the process's.
+    openred_http::ListenerCounts::render(
+        &mut body,
+        "openred_directory",
+        &[("api", state.connections.counts())],
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 

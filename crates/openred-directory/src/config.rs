@@ -125,6 +125,23 @@ pub struct Config {
     pub introduction_ttl_s: u64,
     /// Rate limits.
     pub rate_limits: RateLimits,
+    /// Connections open at once (default 4096); more are answered 503 and
+    /// closed at once.
+    pub max_connections: usize,
+    /// Connections open at once from one source address (IPv6: one prefix
+    /// of `connections_ipv6_prefix_len` bits); default 128. Trusted proxies
+    /// are held only to `max_connections`.
+    pub max_connections_per_address: usize,
+    /// The IPv6 prefix counted as one source by the connection cap
+    /// (default 64).
+    pub connections_ipv6_prefix_len: u8,
+    /// How long a request's head may take to arrive, counted from when the
+    /// server waits for it (after the accept or the previous answer, so
+    /// also the keep-alive idle limit); default 10 s.
+    pub header_read_timeout_s: u64,
+    /// A connection on which nothing moves for this long while no handler
+    /// works is closed; default 60 s.
+    pub idle_timeout_s: u64,
 }
 
 /// A configuration that cannot work.
@@ -157,6 +174,23 @@ impl Config {
             trusted_proxies: Vec::new(),
             introduction_ttl_s: 120,
             rate_limits: RateLimits::default(),
+            max_connections: 4096,
+            max_connections_per_address: 128,
+            connections_ipv6_prefix_len: 64,
+            header_read_timeout_s: 10,
+            idle_timeout_s: 60,
+        }
+    }
+
+    /// The listener's limits.
+    pub fn serve_limits(&self) -> openred_http::ServeLimits {
+        openred_http::ServeLimits {
+            max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address,
+            ipv6_prefix_len: self.connections_ipv6_prefix_len,
+            header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_s),
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout_s),
+            uncapped_sources: self.trusted_proxies.clone(),
         }
     }
 
@@ -194,6 +228,9 @@ impl Config {
         }
         if self.max_body_bytes < 1024 {
             return fail("max_body_bytes must be at least 1024");
+        }
+        if let Err(e) = self.serve_limits().validate() {
+            return Err(ConfigError(e.to_string()));
         }
         let limits = &self.rate_limits;
         if !(1..=128).contains(&limits.ipv6_prefix_len) {

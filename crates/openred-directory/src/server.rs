@@ -67,6 +67,8 @@ pub struct AppState {
     pub(crate) openapi_json: String,
     pub(crate) key: IdentityKeypair,
     pub(crate) transport: Arc<dyn NodeTransport>,
+    /// What the accept loop counts.
+    pub(crate) connections: Arc<openred_http::ListenerStats>,
 }
 
 impl AppState {
@@ -204,6 +206,7 @@ impl Directory {
             openapi_json,
             key,
             transport,
+            connections: Arc::default(),
         });
         let router = router
             .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
@@ -280,13 +283,14 @@ impl Directory {
                 }
             })
         };
-        let service = this
-            .router
-            .clone()
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let result = axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let result = openred_http::serve(
+            listener,
+            this.router.clone(),
+            this.state.config.serve_limits(),
+            this.state.connections.clone(),
+            shutdown,
+        )
+        .await;
         pruner.abort();
         this.state.store.close().await;
         result

@@ -142,14 +142,35 @@ impl From<PathRejection> for ApiError {
 }
 
 /// Gives a router the behaviour every OpenRed API shares: JSON 404 and 405
-/// answers, a body size limit (413), and a panic caught and answered as a
-/// JSON 500 instead of a dropped connection.
+/// answers, a body size limit (413 `body_too_large` in JSON, whatever
+/// extractor hit it), and a panic caught and answered as a JSON 500 instead
+/// of a dropped connection.
 pub fn harden(router: Router, max_body_bytes: usize) -> Router {
     router
         .fallback(no_such_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::map_response(too_large_as_json))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+}
+
+/// Routes that take raw bytes (`Bytes`, the encrypted P2P frames) meet the
+/// body limit inside axum's extractor, which answers 413 in plain text;
+/// every other error of ours is JSON, so that one is rewritten here.
+async fn too_large_as_json(response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE || is_json {
+        return response;
+    }
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        "the request body is larger than this route accepts",
+    )
+    .into_response()
 }
 
 async fn no_such_route() -> ApiError {

@@ -1,6 +1,8 @@
 //! HTTP plumbing shared by the directory and the node: the one outbound
-//! client, and the one JSON error type of their APIs ([`ApiError`],
-//! [`harden`]).
+//! client, the one JSON error type of their APIs ([`ApiError`],
+//! [`harden`]), and the accept loop of every listener ([`serve()`]: caps on
+//! connections per listener and per source, header and idle timeouts; see
+//! its module).
 //!
 //! # The outbound client
 //!
@@ -44,6 +46,7 @@
 mod api_error;
 pub mod openapi;
 mod resolve;
+pub mod serve;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -60,6 +63,7 @@ use serde::Serialize;
 
 pub use api_error::{harden, ApiError};
 pub use resolve::{filter_addresses, GlobalResolver, ResolveError};
+pub use serve::{raise_open_files_limit, serve, ListenerCounts, ListenerStats, ServeLimits};
 
 /// A rate: `per_second` requests on average, up to `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -132,6 +132,27 @@ pub struct NodeConfig {
     /// Each module's settings, by module name (`[modules.NAME]` in the
     /// configuration file); a module takes the defaults without one.
     pub module_settings: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Connections open at once on the P2P listener (default 4096); more
+    /// are answered 503 and closed at once.
+    pub max_connections: usize,
+    /// Connections open at once on the P2P listener from one source address
+    /// (IPv6: one prefix of `connections_ipv6_prefix_len` bits). Default
+    /// 128, above the 100 connections a peer's own client opens at most.
+    pub max_connections_per_address: usize,
+    /// The IPv6 prefix counted as one source by the connection cap
+    /// (default 64).
+    pub connections_ipv6_prefix_len: u8,
+    /// Connections open at once on the admin listener (default 64), apart
+    /// from the P2P listener's, so that a saturated P2P port leaves the
+    /// owner a way in.
+    pub admin_max_connections: usize,
+    /// How long a request's head may take to arrive, counted from when the
+    /// server waits for it (after the accept or the previous answer, so
+    /// also the keep-alive idle limit); default 10 s. Both listeners.
+    pub header_read_timeout_s: u64,
+    /// A connection on which nothing moves for this long while no handler
+    /// works is closed (stalled uploads, readers that stop); default 60 s.
+    pub idle_timeout_s: u64,
 }
 
 /// A configuration that cannot work.
@@ -175,6 +196,34 @@ impl NodeConfig {
             reachability_limits: ReachabilityLimits::default(),
             modules: None,
             module_settings: Default::default(),
+            max_connections: 4096,
+            max_connections_per_address: 128,
+            connections_ipv6_prefix_len: 64,
+            admin_max_connections: 64,
+            header_read_timeout_s: 10,
+            idle_timeout_s: 60,
+        }
+    }
+
+    /// The P2P listener's limits.
+    pub fn p2p_limits(&self) -> openred_http::ServeLimits {
+        openred_http::ServeLimits {
+            max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address,
+            ipv6_prefix_len: self.connections_ipv6_prefix_len,
+            header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_s),
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout_s),
+            uncapped_sources: Vec::new(),
+        }
+    }
+
+    /// The admin listener's limits: its own cap, and no cap per address
+    /// (its clients are the owner's, on loopback by default).
+    pub fn admin_limits(&self) -> openred_http::ServeLimits {
+        openred_http::ServeLimits {
+            max_connections: self.admin_max_connections,
+            max_connections_per_address: self.admin_max_connections,
+            ..self.p2p_limits()
         }
     }
 
@@ -239,6 +288,9 @@ impl NodeConfig {
         }
         if self.record_lifetime_s < 60 {
             return Err(ConfigError("record_lifetime_s must be at least 60".into()));
+        }
+        for limits in [self.p2p_limits(), self.admin_limits()] {
+            limits.validate().map_err(|e| ConfigError(e.to_string()))?;
         }
         Ok(())
     }

@@ -110,6 +110,10 @@ pub struct NodeMetrics {
     pub p2p_bytes_out: AtomicU64,
     /// Peer round trips measured over sessions (encrypted pings).
     pub peer_rtt: Histogram,
+    /// What the P2P listener's accept loop counts.
+    pub p2p_connections: std::sync::Arc<openred_http::ListenerStats>,
+    /// What the admin listener's accept loop counts.
+    pub admin_connections: std::sync::Arc<openred_http::ListenerStats>,
 }
 
 /// Gauges read from the node's state when the metrics are shown.
@@ -229,6 +233,14 @@ impl NodeMetrics {
             "openred_node_p2p_sent_bytes_total",
             "Bytes of P2P answers sent (bodies of known length).",
             load(&self.p2p_bytes_out),
+        );
+        openred_http::ListenerCounts::render(
+            &mut out,
+            "openred_node",
+            &[
+                ("p2p", self.p2p_connections.counts()),
+                ("admin", self.admin_connections.counts()),
+            ],
         );
         agent.render(
             &mut out,

@@ -246,31 +246,22 @@ impl Node {
             admin::routes(state.clone()),
             state.config.max_frame_bytes + 4096,
         );
-        let p2p_server = tokio::spawn({
-            let mut stop = stop_rx.clone();
-            async move {
-                // The peer's address goes with each request: the
-                // reachability route's limits count sources.
-                axum::serve(
-                    p2p,
-                    p2p_app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-                )
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-            }
-        });
-        let admin_server = tokio::spawn({
-            let mut stop = stop_rx.clone();
-            async move {
-                axum::serve(admin, admin_app)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    })
-                    .await
-            }
-        });
+        // Each listener its own accept loop, caps and counters, so that a
+        // flood of the P2P port leaves the admin API its connections.
+        let p2p_server = tokio::spawn(openred_http::serve(
+            p2p,
+            p2p_app,
+            state.config.p2p_limits(),
+            state.metrics.p2p_connections.clone(),
+            stopped(stop_rx.clone()),
+        ));
+        let admin_server = tokio::spawn(openred_http::serve(
+            admin,
+            admin_app,
+            state.config.admin_limits(),
+            state.metrics.admin_connections.clone(),
+            stopped(stop_rx.clone()),
+        ));
         let registration = tokio::spawn(registration_loop(state.clone(), stop_rx.clone()));
         let housekeeping = tokio::spawn(crate::lifecycle::lifecycle_loop(
             state.clone(),
@@ -304,6 +295,11 @@ impl Node {
         state.audit.close().await;
         Ok(())
     }
+}
+
+/// Completes when `stop` turns true (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Registers, then refreshes at the pace the directory sets; retries with

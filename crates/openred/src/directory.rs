@@ -71,6 +71,11 @@ struct DirectorySection {
     cache_ttl_s: Option<u64>,
     trusted_proxies: Option<Vec<IpNet>>,
     rate_limits: Option<RateLimits>,
+    max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
+    connections_ipv6_prefix_len: Option<u8>,
+    header_read_timeout_s: Option<u64>,
+    idle_timeout_s: Option<u64>,
 }
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
@@ -113,7 +118,12 @@ fn build_config(args: ServeArgs, data: Option<PathBuf>) -> anyhow::Result<Config
         max_page_bytes,
         max_body_bytes,
         trusted_proxies,
-        rate_limits
+        rate_limits,
+        max_connections,
+        max_connections_per_address,
+        connections_ipv6_prefix_len,
+        header_read_timeout_s,
+        idle_timeout_s
     );
     if f.cache_ttl_s.is_some() {
         config.cache_ttl_s = f.cache_ttl_s;
@@ -221,5 +231,33 @@ mod tests {
         ] {
             assert!(parse(&format!("[directory]\ndata = \"/tmp/x\"\n{bad}\n")).is_err());
         }
+    }
+
+    #[test]
+    fn the_config_file_sets_the_listener_limits_and_refuses_impossible_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[directory]\ndata = \"/tmp/x\"\nmax_connections = 100\n\
+             max_connections_per_address = 10\nconnections_ipv6_prefix_len = 56\n\
+             header_read_timeout_s = 5\nidle_timeout_s = 20\n",
+        )
+        .unwrap();
+        let t = T::parse_from(["t", "--config", file.to_str().unwrap()]);
+        let limits = build_config(t.args, None).unwrap().serve_limits();
+        assert_eq!(limits.max_connections, 100);
+        assert_eq!(limits.max_connections_per_address, 10);
+        assert_eq!(limits.ipv6_prefix_len, 56);
+        assert_eq!(limits.header_read_timeout.as_secs(), 5);
+        assert_eq!(limits.idle_timeout.as_secs(), 20);
+
+        std::fs::write(
+            &file,
+            "[directory]\ndata = \"/tmp/x\"\nmax_connections = 10\nmax_connections_per_address = 11\n",
+        )
+        .unwrap();
+        let t = T::parse_from(["t", "--config", file.to_str().unwrap()]);
+        assert!(build_config(t.args, None).is_err());
     }
 }

@@ -143,6 +143,21 @@ enum Command {
     },
 }
 
+/// A server holds a descriptor per connection, and its connection caps
+/// (4096 on a public listener by default) are meant to bind before the
+/// process runs out of descriptors, which a typical soft limit of 1024
+/// would not allow: the soft limit goes up to the hard one.
+fn raise_open_files_limit() {
+    let show = |limit: Option<u64>| limit.map_or("unlimited".to_owned(), |n| n.to_string());
+    match openred_http::raise_open_files_limit() {
+        Ok((before, after)) if before != after => {
+            tracing::info!(before = %show(before), after = %show(after), "raised the open files limit");
+        }
+        Ok((_, after)) => tracing::info!(limit = %show(after), "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own summary; its services only log warnings
@@ -178,6 +193,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if matches!(
+        cli.command,
+        Command::Directory { .. } | Command::Node { .. } | Command::Demo { .. }
+    ) {
+        raise_open_files_limit();
     }
     // `node run` confines itself before the runtime starts its threads.
     let prepared = match &cli.command {

@@ -124,6 +124,12 @@ struct NodeSection {
     agent_user: Option<String>,
     download_dirs: Option<Vec<PathBuf>>,
     reachability_limits: Option<openred_node::config::ReachabilityLimits>,
+    max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
+    connections_ipv6_prefix_len: Option<u8>,
+    admin_max_connections: Option<usize>,
+    header_read_timeout_s: Option<u64>,
+    idle_timeout_s: Option<u64>,
 }
 
 /// Runs a node subcommand.
@@ -278,6 +284,17 @@ fn build_config(args: &RunArgs, data: &Path) -> anyhow::Result<(NodeConfig, bool
     if let Some(limits) = f.reachability_limits {
         config.reachability_limits = limits;
     }
+    macro_rules! take {
+        ($($field:ident),*) => { $( if let Some(v) = f.$field { config.$field = v; } )* };
+    }
+    take!(
+        max_connections,
+        max_connections_per_address,
+        connections_ipv6_prefix_len,
+        admin_max_connections,
+        header_read_timeout_s,
+        idle_timeout_s
+    );
     config.validate()?;
     Ok((config, derive))
 }
@@ -443,5 +460,30 @@ mod tests {
         );
         assert!(parse("global = { per_minute = 0, burst = 5 }\n").is_err());
         assert!(parse("per_sorce = { per_minute = 1, burst = 1 }\n").is_err());
+    }
+
+    #[test]
+    fn the_config_file_sets_both_listeners_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "[node]\ndirectory = \"https://d.example.org\"\npublic_url = \"https://n.example.org\"\n\
+             max_connections = 500\nmax_connections_per_address = 20\n\
+             connections_ipv6_prefix_len = 48\nadmin_max_connections = 8\n\
+             header_read_timeout_s = 4\nidle_timeout_s = 30\n",
+        )
+        .unwrap();
+        let args = Wrapper::parse_from(["x", "--config", file.to_str().unwrap()]).args;
+        let (config, _) = build_config(&args, dir.path()).unwrap();
+        let p2p = config.p2p_limits();
+        assert_eq!(p2p.max_connections, 500);
+        assert_eq!(p2p.max_connections_per_address, 20);
+        assert_eq!(p2p.ipv6_prefix_len, 48);
+        assert_eq!(p2p.header_read_timeout.as_secs(), 4);
+        assert_eq!(p2p.idle_timeout.as_secs(), 30);
+        let admin = config.admin_limits();
+        assert_eq!(admin.max_connections, 8);
+        assert_eq!(admin.header_read_timeout.as_secs(), 4);
     }
 }

@@ -223,6 +223,8 @@ impl Network {
         let mut config = DirectoryConfig::new(address, root.path().join("directory"));
         config.danger_allow_private_addresses = true;
         config.rate_limits.enabled = false;
+        // Every test node reaches the directory from 127.0.0.1.
+        config.max_connections_per_address = config.max_connections;
         tweak(&mut config);
         let recording = Arc::new(Recording {
             inner: OutboundTransport(
@@ -353,6 +355,9 @@ impl Network {
         // These tests run nodes inside the test process, which has no agent
         // program to start; the binary crate's tests run the real agent.
         config.danger_in_process_crypto = true;
+        // Every test node and client connects from 127.0.0.1: one source
+        // here stands for a whole network.
+        config.max_connections_per_address = config.max_connections;
         tweak(&mut config);
         config
     }
