@@ -234,11 +234,11 @@ async fn authenticate(
         } else {
             "no_token"
         };
-        state.audit.record(
-            Event::failed(EventKind::AdminLogin)
-                .reason(reason)
-                .detail("path", request.uri().path().to_owned()),
-        );
+        // Counted, not an entry each: whoever can reach the listener could
+        // otherwise grow the log by a line per request.
+        state
+            .audit
+            .count_unauthenticated(EventKind::AdminLogin, reason);
         return axum::response::IntoResponse::into_response(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
