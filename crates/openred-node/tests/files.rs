@@ -967,3 +967,106 @@ async fn bad_admin_requests_are_refused_with_json_errors() {
         "module_disabled",
     );
 }
+
+/// Logs in to `node`'s admin API with a password and a TOTP code; the
+/// session cookie (`name=value`).
+async fn login_cookie(net: &Network, node: &TestNode) -> String {
+    use openred_node::owner;
+    owner::set_password(&node.data_dir, "a long enough password").unwrap();
+    let enrolled = owner::enroll_totp(&node.data_dir, &node.id().to_string()).unwrap();
+    let code = owner::totp_code(&enrolled.secret, net.now().0).unwrap();
+    let response = net
+        .http
+        .post(node.admin("/admin/v1/login"))
+        .json(&json!({ "password": "a long enough password", "totp": code }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let set_cookie = response.headers()["set-cookie"].to_str().unwrap();
+    set_cookie.split(';').next().unwrap().to_owned()
+}
+
+/// A POST to `node`'s admin API with the login cookie (and the header a
+/// cookie request needs).
+async fn post_with_cookie(
+    net: &Network,
+    node: &TestNode,
+    cookie: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> Answer {
+    let response = net
+        .http
+        .post(node.admin(path))
+        .header("cookie", cookie)
+        .header(openred_node::owner::REQUEST_HEADER, "1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    Answer::from_reqwest(response).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_login_cannot_share_the_admin_token_or_the_totp_secret_by_any_name() {
+    let (net, a, b, dir) = two_nodes().await;
+    let cookie = login_cookie(&net, &a).await;
+    let data = a.data_dir.clone();
+    let share = |path: PathBuf| {
+        let (net, a, cookie, to) = (&net, &a, &cookie, b.id().to_string());
+        async move {
+            post_with_cookie(
+                net,
+                a,
+                cookie,
+                "/admin/v1/files/shares",
+                json!({ "path": path, "to": [to] }),
+            )
+            .await
+        }
+    };
+    // A symbolic link outside to the TOTP secret, the data folder through a
+    // link and `..`, a hard link outside to the token.
+    let link_to_secret = dir.path().join("holiday.txt");
+    std::os::unix::fs::symlink(data.join("owner/totp"), &link_to_secret).unwrap();
+    let link_to_data = dir.path().join("documents");
+    std::os::unix::fs::symlink(&data, &link_to_data).unwrap();
+    let hard_link = dir.path().join("notes.txt");
+    std::fs::hard_link(data.join("admin.token"), &hard_link).unwrap();
+    for path in [
+        data.join("admin.token"),
+        data.join("owner/totp"),
+        data.join("owner/password"),
+        data.join("owner/../admin.token"),
+        link_to_secret,
+        link_to_data.join("admin.token"),
+        hard_link,
+    ] {
+        let answer = share(path.clone()).await;
+        assert_refused(&answer, 403, "inside_data_folder");
+        assert!(answer.message().contains("data folder"), "{path:?}");
+    }
+    assert!(files(&a)
+        .store()
+        .unwrap()
+        .shares(100)
+        .await
+        .unwrap()
+        .is_empty());
+    // A file of the owner's is shared as before.
+    let fine = write(dir.path(), "fine.txt", b"fine");
+    assert_eq!(share(fine).await.status, 200);
+    // Nor may a download write among the node's files.
+    for out in [data.join("owner"), link_to_data.join("owner/new")] {
+        let answer = post_with_cookie(
+            &net,
+            &a,
+            &cookie,
+            "/admin/v1/files/fetch",
+            json!({ "node_id": b.id().to_string(), "file_id": "0".repeat(32), "out": out }),
+        )
+        .await;
+        assert_refused(&answer, 403, "inside_data_folder");
+    }
+}

@@ -421,6 +421,40 @@ async fn repeated_failures_back_off_then_lock_out_even_across_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_session_cannot_lift_the_back_off_that_protects_the_password() {
+    let net = Network::start().await;
+    let node = net.node("a").await;
+    let owner = Owner::set_up(&node);
+    let ok = login(&net, &node, PASSWORD, &owner.code(&net)).await;
+    assert_eq!(ok.status, 200, "{}", ok.json);
+    let cookie = cookie_pair(&ok.set_cookie.unwrap());
+    for _ in 0..BACKOFF_AFTER {
+        let answer = login(&net, &node, "wrong password!", "123456").await;
+        assert_eq!(answer.status, 401, "{}", answer.json);
+    }
+    let unlock_with_cookie = |cookie: String| {
+        net.http
+            .post(node.admin("/admin/v1/login/unlock"))
+            .header("cookie", cookie)
+            .header(owner::REQUEST_HEADER, "1")
+            .json(&json!({}))
+            .send()
+    };
+    let refused = Answer::from_reqwest(unlock_with_cookie(cookie.clone()).await.unwrap()).await;
+    assert_refused(&refused, 403, "bearer_token_required");
+    // The back-off still holds: the next guess must wait.
+    let held = login(&net, &node, "another guess!!", "123456").await;
+    assert_eq!(held.status, 429, "{}", held.json);
+    // The cookie still works for day-to-day requests, and the bearer
+    // token lifts the back-off.
+    assert_eq!(status_with_cookie(&net, &node, &cookie).await, 200);
+    assert_eq!(unlock(&net, &node).await.status, 200);
+    net.clock.advance(30);
+    let ok = login(&net, &node, PASSWORD, &owner.code(&net)).await;
+    assert_eq!(ok.status, 200, "{}", ok.json);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_login_bodies_get_a_4xx_json_error() {
     let net = Network::start().await;
     let node = net.node("a").await;

@@ -179,7 +179,7 @@ impl Files {
         file_id: FileId,
         out: PathBuf,
     ) -> Result<Arc<Transfer>, FilesError> {
-        check_out(&out)?;
+        check_out(&out, node.data_dir())?;
         if peer == node.node_id() {
             return Err(FilesError::Invalid(
                 "bad_node_id",
