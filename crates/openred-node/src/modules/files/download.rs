@@ -90,7 +90,7 @@ enum Attempt {
     Fatal(String),
 }
 
-/// A local failure to open or write: for good (a folder that went away,
+/// A failure to open the partial file: for good (a folder that went away,
 /// no permission, a full disk), unless the process or the system ran out
 /// of descriptors or memory for a moment, which passes: then the attempt
 /// is retried like a network failure, not the download given up.
@@ -617,10 +617,13 @@ impl Files {
             Err(WriteFailure::HashMismatch) => Err(Attempt::Fatal(
                 "hash_mismatch: the file received does not match its BLAKE3 hash; the partial file was removed".into(),
             )),
-            Err(WriteFailure::Io(e)) => Err(local_failure(
-                format!("writing {}", download.out_path.display()),
-                &e,
-            )),
+            // Final, even for EMFILE: the failure may come after the
+            // rename that put the file in place (the folder's fsync), and a
+            // new attempt would then start a second copy.
+            Err(WriteFailure::Io(e)) => Err(Attempt::Fatal(format!(
+                "writing {}: {e}",
+                download.out_path.display()
+            ))),
         }
     }
 }
