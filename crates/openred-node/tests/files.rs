@@ -895,12 +895,16 @@ impl Drop for DescriptorPressure {
 
 /// The damaged downloads again while the process keeps running out of
 /// descriptors (a CI run on a loaded machine saw the download stuck in
-/// `Retrying`, "the peer is unreachable", for 60 s). The limit is the
+/// `Retrying`, "the peer is unreachable", for 60 s). Here that showed
+/// as: an owner's completion transaction cut when the receiver hung up
+/// left the owner's writer connection inside a transaction, so the final
+/// chunk was never served again ("the peer is unreachable": the answer's
+/// body ended early); `file_unavailable` and a partial file that could
+/// not be opened ended downloads for good; and the folder's fsync after
+/// the final rename failed a complete download. The limit is the
 /// process's, so the check runs in a child process of this test binary
 /// that runs only it.
 #[test]
-#[ignore = "stalls in about 1 run of 6: the download sits in Retrying at its final chunk \
-            (the CI symptom); the cause is not found yet, see the report of issue 16"]
 fn damaged_downloads_resume_while_descriptors_keep_running_out() {
     const NAME: &str = "damaged_downloads_resume_while_descriptors_keep_running_out";
     if std::env::var_os(FD_PRESSURE).is_some() {
@@ -920,13 +924,7 @@ fn damaged_downloads_resume_while_descriptors_keep_running_out() {
         return;
     }
     let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            NAME,
-            "--exact",
-            "--include-ignored",
-            "--test-threads=1",
-            "--nocapture",
-        ])
+        .args([NAME, "--exact", "--test-threads=1", "--nocapture"])
         .env(FD_PRESSURE, "1")
         .output()
         .unwrap();

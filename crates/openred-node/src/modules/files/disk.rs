@@ -429,9 +429,28 @@ impl PartWriter {
             rustix::fs::RenameFlags::NOREPLACE,
         )?;
         if let Some(parent) = out.parent() {
-            File::open(parent)?.sync_all()?;
+            open_folder_after_rename(parent)?.sync_all()?;
         }
         Ok(())
+    }
+}
+
+/// Opens the folder whose entry a rename just changed, to fsync it. The
+/// file is in place already, so a failure here would end a complete
+/// download: a process out of descriptors for a moment is waited out
+/// (about a second at most), anything else is an error.
+fn open_folder_after_rename(folder: &Path) -> std::io::Result<File> {
+    let mut tries = 0;
+    loop {
+        match File::open(folder) {
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) && tries < 100 =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
     }
 }
 
