@@ -606,6 +606,20 @@ impl MessageStore {
         peer: &NodeId,
         ids: Option<&[MessageId]>,
     ) -> Result<u64, StoreError> {
+        // Run to its end in a task of its own: an admin client that hangs
+        // up must not cut the transaction (a transaction cut at an await
+        // leaves the node's one writer connection inside it).
+        let (this, peer, ids) = (self.clone(), *peer, ids.map(<[MessageId]>::to_vec));
+        tokio::spawn(async move { this.delete_inbox_to_the_end(&peer, ids.as_deref()).await })
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("the deletion task failed: {e}")))?
+    }
+
+    async fn delete_inbox_to_the_end(
+        &self,
+        peer: &NodeId,
+        ids: Option<&[MessageId]>,
+    ) -> Result<u64, StoreError> {
         let usage = self.usage().await?;
         let mut tx = self.store.writer().begin_with("BEGIN IMMEDIATE").await?;
         let (mut messages, mut bytes) = (0u64, 0u64);
