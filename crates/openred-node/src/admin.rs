@@ -200,15 +200,47 @@ async fn logout(
     )
 }
 
-/// `POST /admin/v1/login/unlock`: lifts a login lock-out.
-async fn unlock(State(state): State<Arc<NodeState>>) -> Result<Json<serde_json::Value>, ApiError> {
+/// How a request to the admin API was authenticated (a request extension
+/// set by `authenticate`, for the routes that care).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminCredential {
+    /// The bearer token of `DATA/admin.token`: whoever holds it can read
+    /// the node's files, so it may do everything.
+    BearerToken,
+    /// A login session cookie (password + TOTP): day-to-day use, but no
+    /// credential operation (see `docs/AUTH.md`).
+    LoginCookie,
+}
+
+/// Refuses a credential operation to a cookie session: a stolen or
+/// left-open browser session must not be able to keep itself alive or
+/// open the way for more guesses.
+fn require_bearer(credential: AdminCredential, what: &str) -> Result<(), ApiError> {
+    match credential {
+        AdminCredential::BearerToken => Ok(()),
+        AdminCredential::LoginCookie => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "bearer_token_required",
+            format!("{what} needs the admin bearer token; a login session may not do it"),
+        )),
+    }
+}
+
+/// `POST /admin/v1/login/unlock`: lifts a login lock-out (bearer token
+/// only: the lock-out protects the password, so a cookie session must not
+/// lift it for more guesses).
+async fn unlock(
+    State(state): State<Arc<NodeState>>,
+    axum::Extension(credential): axum::Extension<AdminCredential>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    require_bearer(credential, "lifting a login lock-out")?;
     state.owner_login.unlock(&state).await?;
     Ok(Json(serde_json::json!({ "unlocked": true })))
 }
 
 async fn authenticate(
     State(state): State<Arc<NodeState>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let presented = request
@@ -244,17 +276,22 @@ async fn authenticate(
         } else {
             "no_token"
         };
-        state.audit.record(
-            Event::failed(EventKind::AdminLogin)
-                .reason(reason)
-                .detail("path", request.uri().path().to_owned()),
-        );
+        // Counted, not an entry each: whoever can reach the listener could
+        // otherwise grow the log by a line per request.
+        state
+            .audit
+            .count_unauthenticated(EventKind::AdminLogin, reason);
         return axum::response::IntoResponse::into_response(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "a valid admin bearer token or login session is required",
         ));
     }
+    request.extensions_mut().insert(if bearer_ok {
+        AdminCredential::BearerToken
+    } else {
+        AdminCredential::LoginCookie
+    });
     next.run(request).await
 }
 

@@ -22,9 +22,10 @@
 //! - A session is 32 random bytes in an `HttpOnly; SameSite=Strict`
 //!   cookie; the node keeps only their BLAKE3 hashes, in memory (a restart
 //!   logs everyone out). Logout forgets it at once.
-//! - Every login, good or bad, goes into the audit log (`admin_login`)
-//!   with its reason; the answer to a failed login does not say which
-//!   factor was wrong.
+//! - Every login that was checked, good or bad, goes into the audit log
+//!   (`admin_login`) with its reason; attempts refused before any check
+//!   are counted in the log's `unauthenticated_failures` entries. The
+//!   answer to a failed login does not say which factor was wrong.
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
@@ -434,10 +435,15 @@ impl OwnerLogin {
     ) -> Result<(HeaderMap, LoginView), ApiError> {
         let _one_at_a_time = self.gate.lock().await;
         let now = state.clock().now();
+        // Attempts refused before the credentials are checked (too early,
+        // malformed, nothing set up) cost the caller nothing, so they are
+        // counted, not an entry each; checked failures (`bad_password`,
+        // `bad_code`, `code_reused`) are paced by the back-off and each
+        // get an entry.
         let audit = |reason: &'static str| {
             state
                 .audit()
-                .record(Event::failed(EventKind::AdminLogin).reason(reason));
+                .count_unauthenticated(EventKind::AdminLogin, reason);
         };
         let mut failures = Self::failures(state, now).await?;
         if let Some((retry_after, reason)) = failures.wait(now) {
@@ -526,7 +532,9 @@ impl OwnerLogin {
                 failures.locked_until = now.0 + LOCKOUT_S;
             }
             Self::save_failures(state, &failures).await?;
-            audit(reason);
+            state
+                .audit()
+                .record(Event::failed(EventKind::AdminLogin).reason(reason));
             return Err(login_failed());
         }
         let step = step.unwrap_or_default();

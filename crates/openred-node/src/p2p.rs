@@ -215,12 +215,16 @@ async fn receive_token(
     body: Result<Json<TokenPush>, JsonRejection>,
 ) -> Result<Json<TokenAccepted>, ApiError> {
     let outcome = accept_token(&state, body).await;
-    state.audit.record(match &outcome {
-        Ok((_, initiator)) => Event::ok(EventKind::IntroductionReceived).peer(*initiator),
-        Err(e) => Event::failed(EventKind::TokenRejected)
-            .reason(e.code())
-            .detail("route", "tokens/receive"),
-    });
+    // A refused push proved nothing about its sender: counted, not an
+    // entry of its own, so a flood cannot grow the log or crowd it.
+    match &outcome {
+        Ok((_, initiator)) => state
+            .audit
+            .record(Event::ok(EventKind::IntroductionReceived).peer(*initiator)),
+        Err(e) => state
+            .audit
+            .count_unauthenticated(EventKind::TokenRejected, e.code()),
+    }
     outcome.map(|(answer, _)| answer)
 }
 
@@ -347,18 +351,21 @@ async fn handshake_route(
     body: Result<Json<HandshakeRequest>, JsonRejection>,
 ) -> Result<Json<HandshakeResponse>, ApiError> {
     let outcome = answer_handshake(&state, body).await;
-    state.audit.record(match &outcome {
-        Ok((answer, initiator)) => Event::ok(EventKind::Handshake)
-            .peer(*initiator)
-            .detail("role", "responder")
-            .detail("session_id", answer.session_id.clone()),
-        Err(e) if TOKEN_REFUSALS.contains(&e.code()) => Event::failed(EventKind::TokenRejected)
-            .reason(e.code())
-            .detail("route", "handshake"),
-        Err(e) => Event::failed(EventKind::Handshake)
-            .reason(e.code())
-            .detail("role", "responder"),
-    });
+    // A refused handshake proved nothing about its sender: counted only.
+    match &outcome {
+        Ok((answer, initiator)) => state.audit.record(
+            Event::ok(EventKind::Handshake)
+                .peer(*initiator)
+                .detail("role", "responder")
+                .detail("session_id", answer.session_id.clone()),
+        ),
+        Err(e) if TOKEN_REFUSALS.contains(&e.code()) => state
+            .audit
+            .count_unauthenticated(EventKind::TokenRejected, e.code()),
+        Err(e) => state
+            .audit
+            .count_unauthenticated(EventKind::Handshake, e.code()),
+    }
     outcome.map(|(answer, _)| answer)
 }
 

@@ -669,7 +669,9 @@ async fn a_real_flow_leaves_its_events_in_order() {
             "session_renewed:ok",
             "module_disabled:ok",
             "module_enabled:ok",
-            "admin_login:failed",
+            // The failed admin authentication, counted (written at the
+            // flush `events` asks for).
+            "unauthenticated_failures:failed",
         ]
     );
     let at_b = events(&b).await;
@@ -683,7 +685,7 @@ async fn a_real_flow_leaves_its_events_in_order() {
             "session_renewed:ok",
             "introduction_received:ok",
             "handshake:ok",
-            "token_rejected:failed",
+            "unauthenticated_failures:failed",
         ]
     );
     // The details name the peer for the owner; the log does not.
@@ -704,9 +706,21 @@ async fn a_real_flow_leaves_its_events_in_order() {
     let rejected = events_view(&b).await;
     let rejected = rejected
         .iter()
-        .find(|e| e.event == "token_rejected")
+        .find(|e| e.event == "unauthenticated_failures")
         .unwrap();
-    assert_eq!(rejected.reason.as_deref(), Some("token_used"));
+    assert_eq!(
+        rejected.details.as_ref().unwrap()["counts"],
+        json!({ "token_rejected:token_used": 1 })
+    );
+    let refused = view
+        .entries
+        .iter()
+        .find(|e| e.event == "unauthenticated_failures")
+        .unwrap();
+    assert_eq!(
+        refused.details.as_ref().unwrap()["counts"],
+        json!({ "admin_login:bad_token": 1 })
+    );
     let switch = view
         .entries
         .iter()
@@ -770,4 +784,238 @@ async fn a_node_restarts_on_its_log_and_closes_sessions_in_it() {
     let closed = events_view(&b).await;
     let closed = closed.iter().find(|e| e.event == "session_closed").unwrap();
     assert_eq!(closed.reason.as_deref(), Some("max_age"));
+}
+
+/// The counts of an `unauthenticated_failures` entry's details.
+fn failure_counts(entry: &audit::AuditEntryView) -> serde_json::Map<String, serde_json::Value> {
+    entry.details.as_ref().unwrap()["counts"]
+        .as_object()
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test]
+async fn a_flood_of_unauthenticated_failures_is_counted_and_never_crowds_out_authenticated_events()
+{
+    let owner = Owner::new().await;
+    let audit = owner.open().await.unwrap();
+    let peer = NodeId::from_bytes(random32());
+    // On this single-threaded runtime the writer cannot run while we loop:
+    // the old code put each failure in the queue, filled it, and counted
+    // what came after (the introduction among them) in a `gap`.
+    for i in 0..20_000u32 {
+        let reason = if i % 2 == 0 {
+            "bad_token"
+        } else {
+            "unknown_connection"
+        };
+        audit.count_unauthenticated(EventKind::TokenRejected, reason);
+        if i == 10_000 {
+            audit.record(Event::ok(EventKind::IntroductionReceived).peer(peer));
+        }
+    }
+    assert_eq!(audit.unauthenticated_pending(), 20_000);
+    assert_eq!(audit.dropped(), 0);
+    audit.close().await;
+    owner.verify().unwrap();
+    // log_started, the introduction, one summary.
+    assert_eq!(owner.lines().len(), 3, "{:#?}", owner.lines());
+    let audit = owner.open().await.unwrap();
+    let view = audit.read(0, 100).await.unwrap();
+    let events: Vec<&str> = view.entries.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(
+        events,
+        [
+            "log_started",
+            "introduction_received",
+            "unauthenticated_failures"
+        ]
+    );
+    assert_eq!(
+        view.entries[1].details.as_ref().unwrap()["peer_id"],
+        json!(peer.to_string())
+    );
+    let summary = &view.entries[2];
+    assert_eq!(summary.reason.as_deref(), Some("unauthenticated"));
+    assert_eq!(summary.details.as_ref().unwrap()["total"], json!(20_000));
+    assert_eq!(
+        failure_counts(summary),
+        *json!({
+            "token_rejected:bad_token": 10_000,
+            "token_rejected:unknown_connection": 10_000
+        })
+        .as_object()
+        .unwrap()
+    );
+}
+
+/// Waits (a liveness deadline, not a timing) until `audit` holds
+/// `entries` entries.
+async fn wait_for_entries(audit: &Audit, entries: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while audit.entries() < entries {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the audit log never reached {entries} entries (it has {})",
+            audit.entries()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn unauthenticated_failures_become_one_entry_per_interval_without_a_flush() {
+    let owner = Owner::new().await;
+    let interval = std::time::Duration::from_millis(50);
+    let audit = Audit::open_with(
+        owner.data(),
+        owner.crypto.clone(),
+        owner.clock.clone() as Arc<dyn Clock>,
+        interval,
+    )
+    .await
+    .unwrap();
+    audit.flush().await.unwrap();
+    let start = audit.entries();
+    for _ in 0..1001 {
+        audit.count_unauthenticated(EventKind::Handshake, "bad_message");
+    }
+    // Written by the writer's own timer: nobody flushes.
+    wait_for_entries(&audit, start + 1).await;
+    assert_eq!(audit.unauthenticated_pending(), 0);
+    // Intervals without failures write nothing.
+    tokio::time::sleep(interval * 4).await;
+    assert_eq!(audit.entries(), start + 1);
+    audit.count_unauthenticated(EventKind::AdminLogin, "no_token");
+    wait_for_entries(&audit, start + 2).await;
+    audit.close().await;
+    assert_eq!(owner.lines().len() as u64, start + 2);
+    let view = owner.open().await.unwrap().read(0, 100).await.unwrap();
+    let summaries: Vec<_> = view
+        .entries
+        .iter()
+        .filter(|e| e.event == "unauthenticated_failures")
+        .map(failure_counts)
+        .collect();
+    assert_eq!(
+        summaries,
+        [
+            json!({ "handshake:bad_message": 1001 }),
+            json!({ "admin_login:no_token": 1 })
+        ]
+        .map(|v| v.as_object().unwrap().clone())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_bogus_token_pushes_and_handshakes_add_a_few_lines_and_an_introduction_stays_by_name(
+) {
+    const BOGUS: usize = 20_000;
+    const IN_FLIGHT: usize = 16;
+    let net = Network::start().await;
+    let a = net.node("a").await;
+    let b = net.node("b").await;
+    b.audit().flush().await.unwrap();
+    let before = b.audit().entries();
+
+    // Half bogus token pushes, half handshakes for connections that do not
+    // exist (well-formed, so each reaches the connection lookup).
+    let intro = introduce(&a.state, b.id(), net.now()).await;
+    let (_, genuine) = genuine_message_1(&a.state, &intro);
+    let push_url = b.p2p("/api/v3/tokens/receive");
+    let handshake_url = b.p2p("/p2p/handshake");
+    let flood = {
+        let http = net.http.clone();
+        tokio::spawn(async move {
+            let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let workers = (0..IN_FLIGHT).map(|_| {
+                let (http, sent) = (http.clone(), sent.clone());
+                let (push_url, handshake_url) = (push_url.clone(), handshake_url.clone());
+                let mut handshake = genuine.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let i = sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= BOGUS {
+                            return;
+                        }
+                        let answer = if i % 2 == 0 {
+                            post_json(
+                                &http,
+                                &push_url,
+                                &json!({ "from": "nobody", "token": "AAAA" }),
+                            )
+                            .await
+                        } else {
+                            handshake.connection_id = b64_encode(&random16());
+                            post_json(&http, &handshake_url, &handshake).await
+                        };
+                        assert!(
+                            matches!(answer.status, 400 | 404),
+                            "{}: {:?}",
+                            answer.status,
+                            answer.json
+                        );
+                    }
+                })
+            });
+            for worker in workers.collect::<Vec<_>>() {
+                worker.await.unwrap();
+            }
+        })
+    };
+    // An introduction in the middle of the flood.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while b.audit().unauthenticated_pending() < (BOGUS / 4) as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flood did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    a.connect(b.id()).await.unwrap();
+    flood.await.unwrap();
+
+    let entries = b.audit_entries().await;
+    let added = &entries[before as usize..];
+    assert!(
+        added.len() <= 24,
+        "{} entries added by the flood: {:?}",
+        added.len(),
+        added.iter().map(|e| &e.event).collect::<Vec<_>>()
+    );
+    assert!(added.iter().all(|e| e.event != "gap"));
+    // The introduction and its handshake, by name.
+    for event in ["introduction_received", "handshake"] {
+        let entry = added
+            .iter()
+            .find(|e| e.event == event && e.outcome == "ok")
+            .unwrap_or_else(|| panic!("no {event} in {added:?}"));
+        assert_eq!(
+            entry.details.as_ref().unwrap()["peer_id"],
+            json!(a.id().to_string())
+        );
+    }
+    // Every bogus request is counted, by reason.
+    let mut counts = std::collections::BTreeMap::<String, u64>::new();
+    for summary in added
+        .iter()
+        .filter(|e| e.event == "unauthenticated_failures")
+    {
+        for (key, n) in failure_counts(summary) {
+            *counts.entry(key).or_default() += n.as_u64().unwrap();
+        }
+    }
+    assert_eq!(
+        counts,
+        [
+            ("token_rejected:bad_token".to_owned(), (BOGUS / 2) as u64),
+            (
+                "token_rejected:unknown_connection".to_owned(),
+                (BOGUS / 2) as u64
+            ),
+        ]
+        .into()
+    );
+    let key = openred_node::identity::public_key(&b.data_dir).unwrap();
+    audit::verify_dir(&b.data_dir, key).unwrap();
 }

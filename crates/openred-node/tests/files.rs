@@ -712,6 +712,14 @@ impl Relay {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_damaged_on_the_way_is_caught_and_resumed_from_the_last_good_chunk() {
+    damaged_downloads_resume(None).await;
+}
+
+/// Through a relay that damages one connection per download (a flipped
+/// byte, then a cut), two downloads of one file: each is caught, resumed
+/// from the chunks verified before the damage, and completes. With
+/// `pressure`, descriptors run out again and again while they run.
+async fn damaged_downloads_resume(pressure: Option<&DescriptorPressure>) {
     let network = Network::start().await;
     let p2p = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let relay = Relay::start(p2p.local_addr().unwrap(), 200_000).await;
@@ -728,7 +736,17 @@ async fn a_download_damaged_on_the_way_is_caught_and_resumed_from_the_last_good_
         let hits = relay.hits.load(Ordering::SeqCst);
         relay.mode.store(mode, Ordering::SeqCst);
         let out = dir.path().join(name);
-        let transfer = fetch(&b, &a, file_id, &out).await.unwrap();
+        let transfer = files(&b)
+            .fetch(&b.state, a.id(), file_id, out.clone())
+            .await
+            .unwrap();
+        if let Some(pressure) = pressure {
+            pressure.bursts(true);
+        }
+        finished(&transfer).await;
+        if let Some(pressure) = pressure {
+            pressure.bursts(false);
+        }
         let view = transfer.view();
         assert_eq!(transfer.state(), TransferState::Done, "{view:?}");
         assert_eq!(
@@ -760,6 +778,163 @@ async fn a_download_damaged_on_the_way_is_caught_and_resumed_from_the_last_good_
         .unwrap()
         .unwrap();
     assert_eq!(stored.downloads, 2);
+}
+
+/// The flag bit of `DescriptorPressure::bursts_made` set by the thread
+/// between two bursts.
+const IDLE: u64 = 1 << 63;
+/// The pause between two bursts, and how long a burst holds the headroom.
+const BURST_EVERY_MS: u64 = 40;
+const BURST_MS: u64 = 15;
+
+/// Set in the child process that runs the damaged downloads under
+/// descriptor pressure.
+const FD_PRESSURE: &str = "OPENRED_TEST_FD_PRESSURE";
+
+/// A thread that holds most of this process's descriptors, as a busy
+/// machine's other work can leave a process: the soft `RLIMIT_NOFILE` is
+/// set to what is open plus [`DescriptorPressure::SPARE`] plus
+/// [`DescriptorPressure::HEADROOM`], every spare one is held, and while
+/// bursts are on it also takes the headroom for a few milliseconds, again
+/// and again, so that accepts, connects and opens fail with `EMFILE` in
+/// every part of the transfer (the node's listener, the relay, the
+/// client's connections, the partial file). A leak of one descriptor per
+/// attempt would also use the headroom up for good.
+struct DescriptorPressure {
+    bursts_on: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    bursts_made: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DescriptorPressure {
+    /// Descriptors held for the whole run.
+    const SPARE: u64 = 2048;
+    /// Descriptors left to the transfer between bursts.
+    const HEADROOM: usize = 96;
+
+    fn start() -> DescriptorPressure {
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let open = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+        let limit = getrlimit(Resource::Nofile);
+        let wanted = open + Self::SPARE + Self::HEADROOM as u64;
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(limit.maximum.map_or(wanted, |max| wanted.min(max))),
+                maximum: limit.maximum,
+            },
+        )
+        .unwrap();
+        let fill = || {
+            let mut held = Vec::new();
+            while let Ok(file) = std::fs::File::open("/dev/null") {
+                held.push(file);
+            }
+            held
+        };
+        let mut held = fill();
+        assert!(
+            held.len() > Self::HEADROOM,
+            "only {} descriptors free",
+            held.len()
+        );
+        held.truncate(held.len() - Self::HEADROOM);
+        let bursts_on = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let bursts_made = Arc::new(AtomicU64::new(0));
+        let (on, end, made) = (bursts_on.clone(), stop.clone(), bursts_made.clone());
+        let thread = std::thread::spawn(move || {
+            while !end.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(BURST_EVERY_MS));
+                if on.load(Ordering::SeqCst) {
+                    let burst = fill();
+                    made.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(BURST_MS));
+                    drop(burst);
+                }
+                // Between bursts: `bursts(false)` waits for this.
+                made.fetch_or(IDLE, Ordering::SeqCst);
+            }
+            drop(held);
+        });
+        DescriptorPressure {
+            bursts_on,
+            stop,
+            bursts_made,
+            thread: Some(thread),
+        }
+    }
+
+    /// Switches the bursts on or off; off, returns once the burst under
+    /// way (if any) has given its descriptors back.
+    fn bursts(&self, on: bool) {
+        self.bursts_on.store(on, Ordering::SeqCst);
+        if !on {
+            self.bursts_made.fetch_and(!IDLE, Ordering::SeqCst);
+            while self.bursts_made.load(Ordering::SeqCst) & IDLE == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// Bursts made so far.
+    fn bursts_made(&self) -> u64 {
+        self.bursts_made.load(Ordering::SeqCst) & !IDLE
+    }
+}
+
+impl Drop for DescriptorPressure {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The damaged downloads again while the process keeps running out of
+/// descriptors (a CI run on a loaded machine saw the download stuck in
+/// `Retrying`, "the peer is unreachable", for 60 s). Here that showed
+/// as: an owner's completion transaction cut when the receiver hung up
+/// left the owner's writer connection inside a transaction, so the final
+/// chunk was never served again ("the peer is unreachable": the answer's
+/// body ended early); `file_unavailable` and a partial file that could
+/// not be opened ended downloads for good; and the folder's fsync after
+/// the final rename failed a complete download. The limit is the
+/// process's, so the check runs in a child process of this test binary
+/// that runs only it.
+#[test]
+fn damaged_downloads_resume_while_descriptors_keep_running_out() {
+    const NAME: &str = "damaged_downloads_resume_while_descriptors_keep_running_out";
+    if std::env::var_os(FD_PRESSURE).is_some() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let pressure = DescriptorPressure::start();
+            damaged_downloads_resume(Some(&pressure)).await;
+            assert!(
+                pressure.bursts_made() > 0,
+                "the downloads ran without a single burst"
+            );
+        });
+        return;
+    }
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([NAME, "--exact", "--test-threads=1", "--nocapture"])
+        .env(FD_PRESSURE, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    assert!(
+        child.status.success() && stdout.contains("1 passed"),
+        "the child run failed: {}\n{stdout}\n{}",
+        child.status,
+        String::from_utf8_lossy(&child.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -966,4 +1141,107 @@ async fn bad_admin_requests_are_refused_with_json_errors() {
         404,
         "module_disabled",
     );
+}
+
+/// Logs in to `node`'s admin API with a password and a TOTP code; the
+/// session cookie (`name=value`).
+async fn login_cookie(net: &Network, node: &TestNode) -> String {
+    use openred_node::owner;
+    owner::set_password(&node.data_dir, "a long enough password").unwrap();
+    let enrolled = owner::enroll_totp(&node.data_dir, &node.id().to_string()).unwrap();
+    let code = owner::totp_code(&enrolled.secret, net.now().0).unwrap();
+    let response = net
+        .http
+        .post(node.admin("/admin/v1/login"))
+        .json(&json!({ "password": "a long enough password", "totp": code }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let set_cookie = response.headers()["set-cookie"].to_str().unwrap();
+    set_cookie.split(';').next().unwrap().to_owned()
+}
+
+/// A POST to `node`'s admin API with the login cookie (and the header a
+/// cookie request needs).
+async fn post_with_cookie(
+    net: &Network,
+    node: &TestNode,
+    cookie: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> Answer {
+    let response = net
+        .http
+        .post(node.admin(path))
+        .header("cookie", cookie)
+        .header(openred_node::owner::REQUEST_HEADER, "1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    Answer::from_reqwest(response).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_login_cannot_share_the_admin_token_or_the_totp_secret_by_any_name() {
+    let (net, a, b, dir) = two_nodes().await;
+    let cookie = login_cookie(&net, &a).await;
+    let data = a.data_dir.clone();
+    let share = |path: PathBuf| {
+        let (net, a, cookie, to) = (&net, &a, &cookie, b.id().to_string());
+        async move {
+            post_with_cookie(
+                net,
+                a,
+                cookie,
+                "/admin/v1/files/shares",
+                json!({ "path": path, "to": [to] }),
+            )
+            .await
+        }
+    };
+    // A symbolic link outside to the TOTP secret, the data folder through a
+    // link and `..`, a hard link outside to the token.
+    let link_to_secret = dir.path().join("holiday.txt");
+    std::os::unix::fs::symlink(data.join("owner/totp"), &link_to_secret).unwrap();
+    let link_to_data = dir.path().join("documents");
+    std::os::unix::fs::symlink(&data, &link_to_data).unwrap();
+    let hard_link = dir.path().join("notes.txt");
+    std::fs::hard_link(data.join("admin.token"), &hard_link).unwrap();
+    for path in [
+        data.join("admin.token"),
+        data.join("owner/totp"),
+        data.join("owner/password"),
+        data.join("owner/../admin.token"),
+        link_to_secret,
+        link_to_data.join("admin.token"),
+        hard_link,
+    ] {
+        let answer = share(path.clone()).await;
+        assert_refused(&answer, 403, "inside_data_folder");
+        assert!(answer.message().contains("data folder"), "{path:?}");
+    }
+    assert!(files(&a)
+        .store()
+        .unwrap()
+        .shares(100)
+        .await
+        .unwrap()
+        .is_empty());
+    // A file of the owner's is shared as before.
+    let fine = write(dir.path(), "fine.txt", b"fine");
+    assert_eq!(share(fine).await.status, 200);
+    // Nor may a download write among the node's files.
+    for out in [data.join("owner"), link_to_data.join("owner/new")] {
+        let answer = post_with_cookie(
+            &net,
+            &a,
+            &cookie,
+            "/admin/v1/files/fetch",
+            json!({ "node_id": b.id().to_string(), "file_id": "0".repeat(32), "out": out }),
+        )
+        .await;
+        assert_refused(&answer, 403, "inside_data_folder");
+    }
 }

@@ -735,3 +735,198 @@ async fn a_message_the_receiver_refuses_fails_with_its_reason_and_the_rest_arriv
     }
     assert_eq!(inbox_texts(&b, &a).await, vec!["short"]);
 }
+
+/// Waits until every message of `from`'s outbox is delivered or failed;
+/// the outbox.
+async fn settled(from: &NodeState) -> Vec<openred_node::modules::messaging::store::Outgoing> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let outbox = messaging(from)
+            .store()
+            .unwrap()
+            .outbox(10_000, 0)
+            .await
+            .unwrap();
+        if outbox
+            .iter()
+            .all(|m| matches!(m.state, DeliveryState::Delivered | DeliveryState::Failed))
+        {
+            return outbox;
+        }
+        assert!(Instant::now() < deadline, "{outbox:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The messages of an outbox that failed with `code` in their reason.
+fn failed_with(outbox: &[openred_node::modules::messaging::store::Outgoing], code: &str) -> usize {
+    outbox
+        .iter()
+        .filter(|m| {
+            m.state == DeliveryState::Failed && m.last_error.as_deref().unwrap_or("").contains(code)
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_cannot_grow_the_inbox_past_its_quota_and_deleting_frees_room() {
+    let net = Network::start().await;
+    let quota = |c: &mut NodeConfig| {
+        c.module_settings.insert(
+            "messaging".into(),
+            json!({
+                "retry_base_ms": 20, "retry_max_ms": 200,
+                "max_inbox_messages_per_peer": 5,
+                "max_inbox_bytes_per_peer": 1000,
+            }),
+        );
+    };
+    let a = net.node_with("a", quick_retries).await;
+    let c = net.node_with("c", quick_retries).await;
+    let b = net.node_with("b", quota).await;
+
+    // Eight messages: five fit, three are refused inside the receipt and
+    // fail with the reason, instead of being retried for ever.
+    for i in 1..=8 {
+        send(&a, &b, &format!("message {i}")).await;
+    }
+    let outbox = settled(&a).await;
+    assert_eq!(
+        outbox
+            .iter()
+            .filter(|m| m.state == DeliveryState::Delivered)
+            .count(),
+        5
+    );
+    assert_eq!(failed_with(&outbox, "inbox_full"), 3, "{outbox:?}");
+    assert_eq!(inbox_texts(&b, &a).await.len(), 5);
+    // Another peer is not hurt: the quota is per peer.
+    send(&c, &b, "from c").await;
+    wait_delivered(&c, 1).await;
+
+    // A retry of a message stored before (its receipt lost) is still
+    // acknowledged while the quota is full: it takes no room.
+    let stored = messaging(&b)
+        .store()
+        .unwrap()
+        .inbox(Some(&a.id()), 1, 0)
+        .await
+        .unwrap()
+        .remove(0);
+    let session = session_with(&net, &a, &b).await;
+    let retry =
+        json!({ "messages": [wire(&stored.message_id.to_string(), stored.seq, &stored.body)] });
+    let answer = post_bytes(
+        &net.http,
+        &b.p2p(MESSAGE),
+        message_frame(&session, net.now(), &retry),
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    let receipt = answer_payload(MESSAGE, &session.open(&answer.body, net.now()).unwrap());
+    let receipt: serde_json::Value = serde_json::from_slice(&receipt).unwrap();
+    assert_eq!(receipt["results"][0]["received"], json!(true), "{receipt}");
+
+    // The count survives a restart (read from the database once).
+    let b = net.restart(b).await;
+    send(&a, &b, "after the restart").await;
+    let outbox = settled(&a).await;
+    assert_eq!(failed_with(&outbox, "inbox_full"), 4, "{outbox:?}");
+
+    // The owner deletes two of A's messages: room for two more.
+    let token = b.admin_token();
+    let first_two: Vec<String> = messaging(&b)
+        .store()
+        .unwrap()
+        .inbox(Some(&a.id()), 2, 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.message_id.to_string())
+        .collect();
+    let deleted = b
+        .admin_post(
+            &net.http,
+            "/admin/v1/messages/inbox/delete",
+            Some(&token),
+            &json!({ "node_id": a.id().to_string(), "message_ids": first_two }),
+        )
+        .await;
+    assert_eq!(deleted.status, 200, "{:?}", deleted.json);
+    assert_eq!(deleted.json["deleted"], json!(2));
+    for text in ["room 1", "room 2", "no room"] {
+        send(&a, &b, text).await;
+    }
+    let outbox = settled(&a).await;
+    assert_eq!(failed_with(&outbox, "inbox_full"), 5, "{outbox:?}");
+    let texts = inbox_texts(&b, &a).await;
+    assert_eq!(texts.len(), 5);
+    assert!(texts.contains(&"room 2".to_owned()) && !texts.contains(&"no room".to_owned()));
+
+    // The byte quota: 1000 bytes per peer. All of A's go; one message
+    // just under the byte quota fits, one byte more does not.
+    let all = b
+        .admin_post(
+            &net.http,
+            "/admin/v1/messages/inbox/delete",
+            Some(&token),
+            &json!({ "node_id": a.id().to_string() }),
+        )
+        .await;
+    assert_eq!(all.json["deleted"], json!(5));
+    let media = "text/plain; charset=utf-8".len();
+    send(&a, &b, &"x".repeat(1000 - media + 1)).await;
+    send(&a, &b, &"y".repeat(1000 - media)).await;
+    let outbox = settled(&a).await;
+    assert_eq!(failed_with(&outbox, "inbox_full"), 6, "{outbox:?}");
+    assert_eq!(inbox_texts(&b, &a).await, vec!["y".repeat(1000 - media)]);
+    // Bad deletions are 4xx.
+    for bad in [
+        json!({ "node_id": "nobody" }),
+        json!({ "node_id": a.id().to_string(), "message_ids": [] }),
+        json!({ "node_id": a.id().to_string(), "message_ids": ["xyz"] }),
+    ] {
+        let answer = b
+            .admin_post(
+                &net.http,
+                "/admin/v1/messages/inbox/delete",
+                Some(&token),
+                &bad,
+            )
+            .await;
+        assert_eq!(answer.status, 400, "{bad}: {:?}", answer.json);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_inbox_has_a_cap_that_peers_cannot_pass_together() {
+    let net = Network::start().await;
+    let cap = |c: &mut NodeConfig| {
+        c.module_settings.insert(
+            "messaging".into(),
+            json!({ "max_inbox_bytes_per_peer": 200, "max_inbox_bytes_total": 300 }),
+        );
+    };
+    let a = net.node_with("a", quick_retries).await;
+    let c = net.node_with("c", quick_retries).await;
+    let b = net.node_with("b", cap).await;
+    let media = "text/plain; charset=utf-8".len();
+    send(&a, &b, &"a".repeat(150 - media)).await;
+    wait_delivered(&a, 1).await;
+    send(&c, &b, &"c".repeat(150 - media)).await;
+    wait_delivered(&c, 1).await;
+    // Both peers are within their own quota, the node is full.
+    send(&a, &b, "one more").await;
+    send(&c, &b, "one more").await;
+    for sender in [&a, &c] {
+        let outbox = settled(sender).await;
+        assert_eq!(failed_with(&outbox, "node_storage_full"), 1, "{outbox:?}");
+    }
+    // Settings that cannot work are refused at start.
+    for bad in [
+        json!({ "max_inbox_messages_per_peer": 0 }),
+        json!({ "max_inbox_bytes_per_peer": 100, "max_inbox_bytes_total": 99 }),
+    ] {
+        assert!(Messaging::new(Some(&bad)).is_err(), "{bad}");
+    }
+}

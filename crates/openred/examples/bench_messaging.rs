@@ -789,7 +789,14 @@ async fn main() -> anyhow::Result<()> {
         }
         config.module_settings.insert(
             "messaging".into(),
-            serde_json::json!({ "in_flight_per_peer": args.concurrency }),
+            // Inbox quotas out of the way: the runs send up to millions
+            // of messages to one peer.
+            serde_json::json!({
+                "in_flight_per_peer": args.concurrency,
+                "max_inbox_messages_per_peer": u64::MAX,
+                "max_inbox_bytes_per_peer": u64::MAX,
+                "max_inbox_bytes_total": u64::MAX,
+            }),
         );
         let node = Node::open(config, Arc::new(SystemClock)).await?;
         states.push(node.state());

@@ -50,6 +50,10 @@ pub enum EventKind {
     LogRepaired,
     /// Events were lost: the queue was full, or they could not be signed.
     Gap,
+    /// Counts of failures by unauthenticated callers (token pushes,
+    /// handshakes, admin requests without a credential) since the last
+    /// such entry: one entry per interval at most, never one per request.
+    UnauthenticatedFailures,
     /// Registration with the directory (first success, then changes).
     Registration,
     /// This node asked the directory for an introduction.
@@ -85,6 +89,7 @@ impl EventKind {
             EventKind::LogStarted => "log_started",
             EventKind::LogRepaired => "log_repaired",
             EventKind::Gap => "gap",
+            EventKind::UnauthenticatedFailures => "unauthenticated_failures",
             EventKind::Registration => "registration",
             EventKind::IntroductionRequested => "introduction_requested",
             EventKind::IntroductionReceived => "introduction_received",

@@ -11,18 +11,28 @@
 //! writes a batch, fsyncs it once, then signs and atomically replaces the
 //! head.
 //!
+//! Failures by callers who proved nothing (a bogus token push or
+//! handshake, an admin request without a credential) never reach that
+//! queue: [`Audit::count_unauthenticated`] adds one to an in-memory count
+//! per event and reason, and the writer turns the counts into one
+//! `unauthenticated_failures` entry per [`SUMMARY_INTERVAL`] at most (and
+//! at a flush or close). So a stranger can neither grow the log by a line
+//! per request nor crowd authenticated events out of the queue into a
+//! `gap`.
+//!
 //! What this module must never do: write an entry it could not sign, fork
 //! the chain (a log that does not verify at start stops the node), or let
 //! a second writer append to the same log (an exclusive lock on the file).
 
 pub mod format;
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use openred_core::wire::{b64_decode, b64_encode};
@@ -40,6 +50,9 @@ use crate::store::Sealer;
 
 /// Events waiting for the writer at most.
 pub const QUEUE: usize = 1024;
+/// How often at most the counts of unauthenticated failures become an
+/// entry (a flush or the writer's close also writes them).
+pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 /// Entries written and fsynced together at most.
 const BATCH: usize = 256;
 /// How much of the log's end the writer reads at start.
@@ -175,9 +188,46 @@ enum Job {
     Close(oneshot::Sender<()>),
 }
 
+/// Failures by unauthenticated callers, not yet written: a count per
+/// (event, reason). Reasons are the code's own `'static` error codes, so
+/// the map is bounded by the code, not by what callers send.
+#[derive(Default)]
+struct Failures {
+    counts: HashMap<(EventKind, &'static str), u64>,
+    first: u64,
+    last: u64,
+}
+
+impl Failures {
+    /// The summary entry of what was counted, and a fresh count.
+    fn take(&mut self) -> Option<Event> {
+        if self.counts.is_empty() {
+            return None;
+        }
+        let taken = std::mem::take(self);
+        let total: u64 = taken.counts.values().sum();
+        // serde_json's map is ordered by key, so the details are stable.
+        let counts: Map<String, Value> = taken
+            .counts
+            .into_iter()
+            .map(|((kind, reason), n)| (format!("{}:{reason}", kind.name()), Value::from(n)))
+            .collect();
+        Some(
+            Event::failed(EventKind::UnauthenticatedFailures)
+                .reason("unauthenticated")
+                .detail("total", total)
+                .detail("counts", Value::Object(counts))
+                .detail("first", taken.first)
+                .detail("last", taken.last),
+        )
+    }
+}
+
 struct Shared {
     tx: mpsc::Sender<Job>,
     dropped: AtomicU64,
+    failures: Mutex<Failures>,
+    clock: Arc<dyn Clock>,
     written: AtomicU64,
     sealer: Sealer,
     dir: PathBuf,
@@ -277,6 +327,17 @@ impl Audit {
         crypto: Arc<Crypto>,
         clock: Arc<dyn Clock>,
     ) -> Result<Audit, AuditError> {
+        Audit::open_with(data_dir, crypto, clock, SUMMARY_INTERVAL).await
+    }
+
+    /// [`Audit::open`], writing the counts of unauthenticated failures
+    /// every `summary_interval` at most (tests shorten it).
+    pub async fn open_with(
+        data_dir: &Path,
+        crypto: Arc<Crypto>,
+        clock: Arc<dyn Clock>,
+        summary_interval: Duration,
+    ) -> Result<Audit, AuditError> {
         let dir = audit_dir(data_dir);
         prepare_dir(data_dir).map_err(io(&dir))?;
         let ids_key = crypto.storage_key(Purpose::AuditNodeIds).await?;
@@ -366,6 +427,8 @@ impl Audit {
         let shared = Arc::new(Shared {
             tx,
             dropped: AtomicU64::new(0),
+            failures: Mutex::new(Failures::default()),
+            clock: writer.clock.clone(),
             written: AtomicU64::new(next_seq),
             sealer: Sealer::new(&details_key.0),
             dir,
@@ -374,7 +437,7 @@ impl Audit {
             let jobs = first.into_iter().map(|e| (e, None)).collect();
             writer.append(jobs, &shared).await;
         }
-        tokio::spawn(run(writer, rx, shared.clone()));
+        tokio::spawn(run(writer, rx, shared.clone(), summary_interval));
         Ok(Audit { shared })
     }
 
@@ -389,6 +452,29 @@ impl Audit {
         {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a failure by a caller who proved nothing (a token push or a
+    /// handshake refused, an admin request without a valid credential):
+    /// no entry of its own, a count in the next `unauthenticated_failures`
+    /// entry. Never waits, never touches the writer's queue.
+    pub fn count_unauthenticated(&self, kind: EventKind, reason: &'static str) {
+        let now = self.shared.clock.now().0;
+        let mut failures = self
+            .shared
+            .failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if failures.counts.is_empty() {
+            failures.first = now;
+        }
+        failures.last = now;
+        *failures.counts.entry((kind, reason)).or_default() += 1;
+    }
+
+    /// Failures counted and not yet written.
+    pub fn unauthenticated_pending(&self) -> u64 {
+        self.shared.pending_failures()
     }
 
     /// Records `event` and waits until it is written and fsynced; its seq.
@@ -406,7 +492,8 @@ impl Audit {
         }
     }
 
-    /// Waits until every event recorded before is written.
+    /// Waits until every event recorded before is written, the counts of
+    /// unauthenticated failures included (the owner asked to see it all).
     pub async fn flush(&self) -> Result<(), AuditError> {
         let (ack, done) = oneshot::channel();
         self.shared
@@ -518,6 +605,22 @@ fn seal_aad(seq: u64, kind: EventKind) -> Vec<u8> {
 }
 
 impl Shared {
+    fn take_failures(&self) -> Option<Event> {
+        self.failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    fn pending_failures(&self) -> u64 {
+        self.failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .counts
+            .values()
+            .sum()
+    }
+
     fn read(&self, since: u64, limit: usize) -> Result<AuditView, AuditError> {
         let path = self.dir.join(LOG_FILE);
         let file = File::open(&path).map_err(io(&path))?;
@@ -580,11 +683,30 @@ impl Shared {
     }
 }
 
-/// The writer task: batches, one fsync per batch, then the head.
-async fn run(mut writer: Writer, mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
+/// The writer task: batches, one fsync per batch, then the head; the
+/// counts of unauthenticated failures once per `interval` at most.
+async fn run(
+    mut writer: Writer,
+    mut rx: mpsc::Receiver<Job>,
+    shared: Arc<Shared>,
+    interval: Duration,
+) {
     let mut jobs = Vec::with_capacity(BATCH);
+    let mut summaries = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        if rx.recv_many(&mut jobs, BATCH).await == 0 {
+        // Both branches are cancel-safe: `recv_many` takes nothing when
+        // the tick wins.
+        let received = tokio::select! {
+            received = rx.recv_many(&mut jobs, BATCH) => received,
+            _ = summaries.tick() => {
+                if let Some(summary) = shared.take_failures() {
+                    writer.append(vec![(summary, None)], &shared).await;
+                }
+                continue;
+            }
+        };
+        if received == 0 {
             return;
         }
         let mut events = Vec::with_capacity(jobs.len() + 1);
@@ -605,6 +727,11 @@ async fn run(mut writer: Writer, mut rx: mpsc::Receiver<Job>, shared: Arc<Shared
                 Job::Flush(ack) => flushes.push(ack),
                 Job::Close(ack) => close = Some(ack),
                 Job::Record(..) => {}
+            }
+        }
+        if !flushes.is_empty() || close.is_some() {
+            if let Some(summary) = shared.take_failures() {
+                events.push((summary, None));
             }
         }
         writer.append(events, &shared).await;

@@ -89,6 +89,9 @@ impl FilesError {
             FilesError::Disk(DiskError::Changed) => ApiError::conflict("file_changed", text),
             FilesError::Disk(DiskError::NotAFile(_)) => ApiError::bad_request("not_a_file", text),
             FilesError::Disk(DiskError::NotAbsolute) => ApiError::bad_request("bad_path", text),
+            FilesError::Disk(DiskError::InsideDataFolder(_)) => {
+                ApiError::new(StatusCode::FORBIDDEN, "inside_data_folder", text)
+            }
             FilesError::Disk(DiskError::Open { .. } | DiskError::Read(_)) => {
                 ApiError::bad_request("cannot_read", text)
             }

@@ -6,8 +6,10 @@
 //! What this module must never do: turn a name from a peer into a path
 //! other than one plain component inside the folder the owner chose
 //! ([`safe_file_name`]), follow a symbolic link at the last component of
-//! a shared file, or serve a file whose identity differs from the one
-//! recorded when it was shared.
+//! a shared file, serve a file whose identity differs from the one
+//! recorded when it was shared, or share a file of the node's data folder
+//! (the admin token, the owner's TOTP secret and password hash, the
+//! database, the audit log) by any path ([`refuse_data_folder`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -66,6 +68,73 @@ pub enum DiskError {
     /// Reading failed.
     #[error("reading the file failed: {0}")]
     Read(std::io::Error),
+    /// The file is one of the node's own (its data folder), reached by its
+    /// path, a symbolic link, a hard link or another mount.
+    #[error(
+        "{0} is inside the node's data folder (or is one of its files under another name); \
+         the node's own files are never shared or written by a transfer"
+    )]
+    InsideDataFolder(String),
+}
+
+/// The most entries of the data folder [`refuse_data_folder`] looks at:
+/// far more than a node's folder holds, so that a huge folder costs a
+/// bounded walk.
+const DATA_FOLDER_WALK: usize = 100_000;
+
+/// The data folder as the kernel names it (symbolic links resolved); the
+/// path as given if it cannot be resolved.
+fn canonical_data_folder(data_dir: &Path) -> PathBuf {
+    std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf())
+}
+
+/// Whether `canonical` (a path with its symbolic links resolved) lies in
+/// the data folder.
+pub fn in_data_folder(canonical: &Path, data_dir: &Path) -> bool {
+    canonical.starts_with(canonical_data_folder(data_dir)) || canonical.starts_with(data_dir)
+}
+
+/// Refuses a file of the node's data folder: by its resolved path (which
+/// covers symbolic links, `..` and `/proc/self/fd` paths), and by its
+/// identity (device and inode), compared with every entry of the data
+/// folder, which covers hard links and other mounts of the folder. Folders
+/// the node may not read (its key folder, under Landlock) are skipped: the
+/// node cannot open their files by any name either. Blocking.
+pub fn refuse_data_folder(
+    canonical: &Path,
+    meta: &std::fs::Metadata,
+    data_dir: &Path,
+) -> Result<(), DiskError> {
+    let inside = || DiskError::InsideDataFolder(canonical.display().to_string());
+    if in_data_folder(canonical, data_dir) {
+        return Err(inside());
+    }
+    let (device, inode) = (meta.dev(), meta.ino());
+    let mut folders = vec![canonical_data_folder(data_dir)];
+    let mut seen = 0;
+    while let Some(folder) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            seen += 1;
+            if seen > DATA_FOLDER_WALK {
+                return Ok(());
+            }
+            // Not followed: a link in the data folder points elsewhere,
+            // and what it points to is not the node's.
+            let Ok(found) = entry.path().symlink_metadata() else {
+                continue;
+            };
+            if found.dev() == device && found.ino() == inode {
+                return Err(inside());
+            }
+            if found.is_dir() {
+                folders.push(entry.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Opens `path` for reading without following a symbolic link at its last
@@ -93,9 +162,10 @@ pub struct Examined {
 }
 
 /// Examines a file to share: resolves its canonical path, opens it without
-/// following a link, checks it is a regular file and hashes it; refuses a
-/// file that changed while it was hashed.
-pub fn examine(path: &Path) -> Result<Examined, DiskError> {
+/// following a link, checks it is a regular file, not one of the data
+/// folder `data_dir`, and hashes it; refuses a file that changed while it
+/// was hashed.
+pub fn examine(path: &Path, data_dir: &Path) -> Result<Examined, DiskError> {
     if !path.is_absolute() {
         return Err(DiskError::NotAbsolute);
     }
@@ -104,11 +174,16 @@ pub fn examine(path: &Path) -> Result<Examined, DiskError> {
         source,
     };
     let canonical = std::fs::canonicalize(path).map_err(open_error)?;
+    if in_data_folder(&canonical, data_dir) {
+        return Err(DiskError::InsideDataFolder(path.display().to_string()));
+    }
     let file = open_nofollow(&canonical).map_err(open_error)?;
     let meta = file.metadata().map_err(DiskError::Read)?;
     if !meta.is_file() {
         return Err(DiskError::NotAFile(path.display().to_string()));
     }
+    // The opened file itself, whatever path led to it.
+    refuse_data_folder(&canonical, &meta, data_dir)?;
     let identity = FileIdentity::of(&meta);
     let blake3 = hash_prefix(&file, identity.size)?;
     let after = FileIdentity::of(&file.metadata().map_err(DiskError::Read)?);
@@ -354,9 +429,28 @@ impl PartWriter {
             rustix::fs::RenameFlags::NOREPLACE,
         )?;
         if let Some(parent) = out.parent() {
-            File::open(parent)?.sync_all()?;
+            open_folder_after_rename(parent)?.sync_all()?;
         }
         Ok(())
+    }
+}
+
+/// Opens the folder whose entry a rename just changed, to fsync it. The
+/// file is in place already, so a failure here would end a complete
+/// download: a process out of descriptors for a moment is waited out
+/// (about a second at most), anything else is an error.
+fn open_folder_after_rename(folder: &Path) -> std::io::Result<File> {
+    let mut tries = 0;
+    loop {
+        match File::open(folder) {
+            Err(e)
+                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) && tries < 100 =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
     }
 }
 
@@ -425,7 +519,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("shared.txt");
         std::fs::write(&path, b"the shared contents").unwrap();
-        let examined = examine(&path).unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let examined = examine(&path, data.path()).unwrap();
         assert_eq!(examined.name, "shared.txt");
         assert_eq!(
             examined.blake3,
@@ -451,10 +546,64 @@ mod tests {
         ));
         // Relative paths and folders are refused when sharing.
         assert!(matches!(
-            examine(Path::new("shared.txt")),
+            examine(Path::new("shared.txt"), data.path()),
             Err(DiskError::NotAbsolute)
         ));
-        assert!(matches!(examine(dir.path()), Err(DiskError::NotAFile(_))));
+        assert!(matches!(
+            examine(dir.path(), data.path()),
+            Err(DiskError::NotAFile(_))
+        ));
+    }
+
+    #[test]
+    fn a_file_of_the_data_folder_is_refused_by_any_name() {
+        let data = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(data.path().join("owner")).unwrap();
+        let token = data.path().join("admin.token");
+        let totp = data.path().join("owner").join("totp");
+        std::fs::write(&token, b"0123").unwrap();
+        std::fs::write(&totp, b"JBSWY3DPEHPK3PXP").unwrap();
+        let refused = |path: &Path| {
+            matches!(
+                examine(path, data.path()),
+                Err(DiskError::InsideDataFolder(_))
+            )
+        };
+        // Its own path, with `..`, through a link to the folder or to the
+        // file, through the data folder named by a link.
+        assert!(refused(&token));
+        assert!(refused(
+            &outside
+                .path()
+                .join("..")
+                .join(
+                    data.path()
+                        .strip_prefix(outside.path().parent().unwrap())
+                        .unwrap()
+                )
+                .join("admin.token")
+        ));
+        let to_file = outside.path().join("notes.txt");
+        std::os::unix::fs::symlink(&totp, &to_file).unwrap();
+        assert!(refused(&to_file));
+        let to_folder = outside.path().join("photos");
+        std::os::unix::fs::symlink(data.path().join("owner"), &to_folder).unwrap();
+        assert!(refused(&to_folder.join("totp")));
+        let linked_data = outside.path().join("data-link");
+        std::os::unix::fs::symlink(data.path(), &linked_data).unwrap();
+        assert!(matches!(
+            examine(&token, &linked_data),
+            Err(DiskError::InsideDataFolder(_))
+        ));
+        // A hard link outside: the same inode under another name.
+        let hard = outside.path().join("innocent.txt");
+        std::fs::hard_link(&token, &hard).unwrap();
+        assert!(refused(&hard));
+        // A file outside is still shared.
+        let fine = outside.path().join("fine.txt");
+        std::fs::write(&fine, b"ok").unwrap();
+        assert!(examine(&fine, data.path()).is_ok());
     }
 
     #[test]

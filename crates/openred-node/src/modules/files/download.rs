@@ -90,7 +90,25 @@ enum Attempt {
     Fatal(String),
 }
 
-/// The peer's codes that end a download for good.
+/// A failure to open the partial file: for good (a folder that went away,
+/// no permission, a full disk), unless the process or the system ran out
+/// of descriptors or memory for a moment, which passes: then the attempt
+/// is retried like a network failure, not the download given up.
+fn local_failure(what: String, e: &std::io::Error) -> Attempt {
+    let text = format!("{what}: {e}");
+    match e.raw_os_error() {
+        Some(
+            libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS | libc::EAGAIN | libc::EINTR,
+        ) => Attempt::Retry(text),
+        _ => Attempt::Fatal(text),
+    }
+}
+
+/// The peer's codes that end a download for good. Not `file_unavailable`:
+/// the owner's node could not open the file, which may pass (it ran out
+/// of descriptors for a moment, a disk was being mounted), so it is
+/// retried with back-off until `give_up_after_s` without progress.
+/// `file_changed` is for good: the file is not the one shared.
 const FATAL_CODES: &[&str] = &[
     "not_permitted",
     "revoked",
@@ -99,7 +117,6 @@ const FATAL_CODES: &[&str] = &[
     "unknown_file",
     "wrong_peer",
     "file_changed",
-    "file_unavailable",
     "bad_range",
     "bad_file_url",
     "bad_request",
@@ -179,7 +196,7 @@ impl Files {
         file_id: FileId,
         out: PathBuf,
     ) -> Result<Arc<Transfer>, FilesError> {
-        check_out(&out)?;
+        check_out(&out, node.data_dir())?;
         check_download_folder(&node.config.download_dirs, &out)?;
         if peer == node.node_id() {
             return Err(FilesError::Invalid(
@@ -457,7 +474,7 @@ impl Files {
             tokio::task::spawn_blocking(move || PartFile::open(&part_path, &shape, true))
                 .await
                 .map_err(|e| Attempt::Retry(e.to_string()))?
-                .map_err(|e| Attempt::Fatal(format!("cannot write {}: {e}", part.display())))?;
+                .map_err(|e| local_failure(format!("cannot write {}", part.display()), &e))?;
         let verified = partfile.verified();
         let from_chunk = if verified == 0 {
             0
@@ -601,6 +618,9 @@ impl Files {
             Err(WriteFailure::HashMismatch) => Err(Attempt::Fatal(
                 "hash_mismatch: the file received does not match its BLAKE3 hash; the partial file was removed".into(),
             )),
+            // Final, even for EMFILE: the failure may come after the
+            // rename that put the file in place (the folder's fsync), and a
+            // new attempt would then start a second copy.
             Err(WriteFailure::Io(e)) => Err(Attempt::Fatal(format!(
                 "writing {}: {e}",
                 download.out_path.display()

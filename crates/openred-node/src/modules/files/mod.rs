@@ -365,7 +365,8 @@ impl Files {
             ));
         }
         let path = request.path.clone();
-        let examined = tokio::task::spawn_blocking(move || disk::examine(&path))
+        let data_dir = node.data_dir().to_path_buf();
+        let examined = tokio::task::spawn_blocking(move || disk::examine(&path, &data_dir))
             .await
             .map_err(|_| FilesError::NotStarted)??;
         if examined.identity.size > openred_core::file_transfer::MAX_FILE_SIZE {
@@ -559,12 +560,33 @@ fn link_expiry(settings: &Settings, share: &Share, now: UnixTime) -> UnixTime {
 }
 
 /// Whether `path` is where downloads may be written by this API: absolute.
-fn check_out(out: &Path) -> Result<(), FilesError> {
+/// Checks a download's output path: absolute, and not inside the node's
+/// data folder (a download must not plant a file among the node's own,
+/// e.g. credentials in `DATA/owner/` before the owner set any), with the
+/// symbolic links of its existing part resolved. Blocking (a few stats).
+fn check_out(out: &Path, data_dir: &Path) -> Result<(), FilesError> {
     if !out.is_absolute() {
         return Err(FilesError::Invalid(
             "bad_out",
             "the output path must be absolute".into(),
         ));
+    }
+    // The deepest part of the path that exists, resolved; what follows it
+    // does not exist yet, so it holds no link.
+    let mut existing = out;
+    let resolved = loop {
+        if let Ok(canonical) = std::fs::canonicalize(existing) {
+            break canonical;
+        }
+        match existing.parent() {
+            Some(parent) => existing = parent,
+            None => break out.to_path_buf(),
+        }
+    };
+    if disk::in_data_folder(&resolved, data_dir) || disk::in_data_folder(out, data_dir) {
+        return Err(FilesError::Disk(DiskError::InsideDataFolder(
+            out.display().to_string(),
+        )));
     }
     Ok(())
 }

@@ -401,6 +401,24 @@ impl FileStore {
         file_id: &FileId,
         now: UnixTime,
     ) -> Result<Completion, StoreError> {
+        // In a task of its own, run to its end: the caller is an answer's
+        // body, dropped at any await when the peer hangs up. A transaction
+        // cut there under load left the node's one writer connection
+        // inside it, and every later write of the node failed ("begin_with
+        // at non-zero transaction depth"): a download could then never get
+        // its final chunk (seen with the descriptors running out).
+        let (this, link_hash, file_id) = (self.clone(), *link_hash, *file_id);
+        tokio::spawn(async move { this.complete_to_the_end(&link_hash, &file_id, now).await })
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("the completion task failed: {e}")))?
+    }
+
+    async fn complete_to_the_end(
+        &self,
+        link_hash: &[u8; 32],
+        file_id: &FileId,
+        now: UnixTime,
+    ) -> Result<Completion, StoreError> {
         let mut tx = self.store.writer().begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query("SELECT completed_at FROM file_links WHERE link_hash = ?")
             .bind(&link_hash[..])

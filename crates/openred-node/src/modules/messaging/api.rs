@@ -18,7 +18,7 @@ use openred_http::ApiError;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::store::{DeliveryState, MessageId, Outgoing, Received};
+use super::store::{DeliveryState, MessageId, Outgoing, Received, Refusal, Stored};
 use super::{
     valid_content_type, BatchReceipt, MessageResult, Messaging, Receipt, SendError, WireBatch,
     WireMessage, MAX_BATCH_MESSAGES, MESSAGE_PATH,
@@ -37,7 +37,8 @@ pub(super) fn p2p_routes(module: Arc<Messaging>) -> Router<Arc<NodeState>> {
 
 /// The admin routes under `/admin/v1/messages`.
 pub(super) fn admin_routes(module: Arc<Messaging>) -> Router<Arc<NodeState>> {
-    let (m1, m2, m3, m4, m5) = (
+    let (m1, m2, m3, m4, m5, m6) = (
+        module.clone(),
         module.clone(),
         module.clone(),
         module.clone(),
@@ -62,6 +63,10 @@ pub(super) fn admin_routes(module: Arc<Messaging>) -> Router<Arc<NodeState>> {
             get(move |id| outgoing(m4.clone(), id)),
         )
         .route("/admin/v1/messages/stream", get(move || stream(m5.clone())))
+        .route(
+            "/admin/v1/messages/inbox/delete",
+            post(move |body| delete_inbox(m6.clone(), body)),
+        )
 }
 
 fn bad_message(message: impl Into<String>) -> ApiError {
@@ -152,21 +157,55 @@ impl Incoming {
     }
 }
 
-/// Stores checked messages (one job of a group commit) and counts them;
-/// answers once all are committed.
-async fn store_all(module: &Messaging, messages: Vec<Received>) -> Result<(), ApiError> {
+/// The refusal of a message over an inbox quota.
+fn over_quota(refusal: Refusal) -> ApiError {
+    match refusal {
+        Refusal::PeerFull => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "inbox_full",
+            "your messages fill this node's inbox quota for you; its owner must delete some first",
+        ),
+        Refusal::NodeFull => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "node_storage_full",
+            "this node's inbox is full; its owner must delete messages first",
+        ),
+    }
+}
+
+/// Stores checked messages (one job of a group commit) within the inbox
+/// quotas and counts them; answers once all are committed, per message:
+/// stored (now or before), or refused over a quota.
+async fn store_all(
+    module: &Messaging,
+    messages: Vec<Received>,
+) -> Result<Vec<Result<(), ApiError>>, ApiError> {
     let store = module.store().ok_or_else(not_started)?;
     let messages: Vec<Arc<Received>> = messages.into_iter().map(Arc::new).collect();
-    let stored = store.receive(messages.clone()).await.map_err(internal)?;
-    for (message, fresh) in messages.into_iter().zip(stored) {
-        if fresh {
-            module.counters.received.fetch_add(1, Ordering::Relaxed);
-            let _ = module.events.send(message);
-        } else {
-            module.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-        }
+    let quota = module.settings.quota();
+    let stored = store
+        .receive_within(messages.clone(), &quota)
+        .await
+        .map_err(internal)?;
+    let mut results = Vec::with_capacity(stored.len());
+    for (message, stored) in messages.into_iter().zip(stored) {
+        results.push(match stored {
+            Stored::New => {
+                module.counters.received.fetch_add(1, Ordering::Relaxed);
+                let _ = module.events.send(message);
+                Ok(())
+            }
+            Stored::Duplicate => {
+                module.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Stored::Refused(refusal) => {
+                module.counters.over_quota.fetch_add(1, Ordering::Relaxed);
+                Err(over_quota(refusal))
+            }
+        });
     }
-    Ok(())
+    Ok(results)
 }
 
 async fn receive(
@@ -182,7 +221,9 @@ async fn receive(
             let received = check(&module, message, live.peer, now)?;
             let message_id = received.message_id.to_string();
             // Persist, then acknowledge.
-            store_all(&module, vec![received]).await?;
+            for result in store_all(&module, vec![received]).await? {
+                result?;
+            }
             serde_json::to_vec(&Receipt {
                 received: true,
                 message_id,
@@ -198,17 +239,25 @@ async fn receive(
             // travel in the answer frame, authenticated.
             let mut results = Vec::with_capacity(batch.messages.len());
             let mut accepted = Vec::new();
+            // Where each accepted message's result goes.
+            let mut places = Vec::new();
             for message in batch.messages {
                 let message_id = message.message_id.clone();
                 match check(&module, message, live.peer, now) {
                     Ok(received) => {
+                        places.push(results.len());
                         results.push(MessageResult::received(message_id));
                         accepted.push(received);
                     }
                     Err(e) => results.push(MessageResult::refused(message_id, &e)),
                 }
             }
-            store_all(&module, accepted).await?;
+            for (place, stored) in places.into_iter().zip(store_all(&module, accepted).await?) {
+                if let Err(e) = stored {
+                    let message_id = std::mem::take(&mut results[place].message_id);
+                    results[place] = MessageResult::refused(message_id, &e);
+                }
+            }
             serde_json::to_vec(&BatchReceipt { results })
         }
     }
@@ -410,6 +459,59 @@ async fn outgoing(
         .map_err(internal)?
         .map(|m| Json(m.into()))
         .ok_or_else(|| ApiError::not_found("unknown_message", "no such message in the outbox"))
+}
+
+/// `POST /admin/v1/messages/inbox/delete`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteInbox {
+    /// The peer whose messages go.
+    pub node_id: String,
+    /// Which of its messages (1 to 10,000); all of them if absent.
+    #[serde(default)]
+    pub message_ids: Option<Vec<String>>,
+}
+
+/// The answer to [`DeleteInbox`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InboxDeleted {
+    /// Messages deleted.
+    pub deleted: u64,
+}
+
+/// Deletes inbox messages: their room in the peer's quota and the
+/// node's is free at once.
+async fn delete_inbox(
+    module: Arc<Messaging>,
+    body: Result<Json<DeleteInbox>, JsonRejection>,
+) -> Result<Json<InboxDeleted>, ApiError> {
+    let Json(request) = body?;
+    let peer = NodeId::parse(&request.node_id)
+        .map_err(|e| ApiError::bad_request("bad_node_id", e.to_string()))?;
+    let ids = match &request.message_ids {
+        None => None,
+        Some(ids) if ids.is_empty() || ids.len() > 10_000 => {
+            return Err(ApiError::bad_request(
+                "bad_message_ids",
+                "name 1 to 10000 message IDs, or none for all of the peer's messages",
+            ))
+        }
+        Some(ids) => Some(
+            ids.iter()
+                .map(|id| {
+                    MessageId::parse(id).ok_or_else(|| {
+                        ApiError::bad_request("bad_message_id", "32 hex digits expected")
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let store = module.store().ok_or_else(not_started)?;
+    let deleted = store
+        .delete_inbox(&peer, ids.as_deref())
+        .await
+        .map_err(internal)?;
+    Ok(Json(InboxDeleted { deleted }))
 }
 
 /// Server-sent events: one `message` event (an [`InboxView`]) per new

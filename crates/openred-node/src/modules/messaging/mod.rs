@@ -15,6 +15,11 @@
 //!   delivered within `ttl_s` fails too.
 //! - The receiver's inbox lists each peer's messages in the sender's order
 //!   (seq), whatever order concurrent deliveries arrived in.
+//! - The inbox has quotas per peer (messages, bytes) and in all (bytes):
+//!   a message over one is refused inside the authenticated receipt
+//!   (`inbox_full`, `node_storage_full`), and the sender fails it with
+//!   that reason instead of retrying. The owner frees room by deleting
+//!   messages (`POST /admin/v1/messages/inbox/delete`).
 //!
 //! Settings (`[modules.messaging]`): see [`Settings`].
 
@@ -57,6 +62,15 @@ pub struct Settings {
     /// A message not delivered within this many seconds fails (default 7
     /// days).
     pub ttl_s: u64,
+    /// Messages one peer may have in this node's inbox (default 100,000);
+    /// more are refused with `inbox_full` until the owner deletes some.
+    pub max_inbox_messages_per_peer: u64,
+    /// Bytes (bodies and media types) one peer may have in this node's
+    /// inbox (default 64 MiB); more are refused with `inbox_full`.
+    pub max_inbox_bytes_per_peer: u64,
+    /// Bytes the whole inbox may hold, all peers together (default 512
+    /// MiB); more are refused with `node_storage_full`.
+    pub max_inbox_bytes_total: u64,
 }
 
 impl Default for Settings {
@@ -67,6 +81,20 @@ impl Default for Settings {
             retry_base_ms: 250,
             retry_max_ms: 60_000,
             ttl_s: 7 * 24 * 3600,
+            max_inbox_messages_per_peer: 100_000,
+            max_inbox_bytes_per_peer: 64 << 20,
+            max_inbox_bytes_total: 512 << 20,
+        }
+    }
+}
+
+impl Settings {
+    /// The inbox quotas.
+    pub fn quota(&self) -> store::Quota {
+        store::Quota {
+            messages_per_peer: self.max_inbox_messages_per_peer,
+            bytes_per_peer: self.max_inbox_bytes_per_peer,
+            bytes_total: self.max_inbox_bytes_total,
         }
     }
 }
@@ -138,7 +166,9 @@ pub struct MessageResult {
     pub message_id: String,
     /// Stored (or stored before): in the receiver's inbox.
     pub received: bool,
-    /// Why not, for a refused message: `bad_message` or `message_too_large`.
+    /// Why not, for a refused message: `bad_message`, `message_too_large`,
+    /// `inbox_full` (the sender's share of the receiver's inbox is full) or
+    /// `node_storage_full` (the receiver's inbox is full).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// The explanation.
@@ -179,6 +209,7 @@ pub struct Receipt {
 struct Counters {
     received: AtomicU64,
     duplicates: AtomicU64,
+    over_quota: AtomicU64,
     delivered: AtomicU64,
     failed: AtomicU64,
     attempts: AtomicU64,
@@ -249,6 +280,12 @@ impl Messaging {
             || settings.retry_max_ms < settings.retry_base_ms
         {
             return Err("in_flight_per_peer must be 1 to 512, max_body_bytes and retry_base_ms at least 1, and retry_max_ms at least retry_base_ms".into());
+        }
+        if settings.max_inbox_messages_per_peer == 0
+            || settings.max_inbox_bytes_per_peer == 0
+            || settings.max_inbox_bytes_total < settings.max_inbox_bytes_per_peer
+        {
+            return Err("max_inbox_messages_per_peer and max_inbox_bytes_per_peer must be at least 1, and max_inbox_bytes_total at least max_inbox_bytes_per_peer".into());
         }
         Ok(Messaging {
             settings,
@@ -713,7 +750,13 @@ fn match_receipt(
             }
             match (result.received, result.error.as_deref()) {
                 (true, _) => Ok(Ok(())),
-                (false, Some(code @ ("bad_message" | "message_too_large"))) => Ok(Err(format!(
+                (
+                    false,
+                    Some(
+                        code @ ("bad_message" | "message_too_large" | "inbox_full"
+                        | "node_storage_full"),
+                    ),
+                ) => Ok(Err(format!(
                     "refused by the peer: {code}: {}",
                     store::printable(result.message.as_deref().unwrap_or(""), 200)
                 ))),
@@ -819,6 +862,11 @@ impl Module for Messaging {
                 "duplicates_total",
                 "messages received again and dropped",
                 load(&c.duplicates),
+            ),
+            Metric::counter(
+                "over_quota_total",
+                "messages refused because the inbox quota of their sender or of the node was full",
+                load(&c.over_quota),
             ),
             Metric::counter(
                 "delivered_total",

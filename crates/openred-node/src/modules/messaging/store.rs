@@ -3,8 +3,15 @@
 //! one transaction together, so a burst of messages costs one fsync per
 //! batch, not per message. Every insert is acknowledged only after its
 //! batch has committed.
+//!
+//! The inbox has quotas ([`Quota`]): messages and bytes per peer, and
+//! bytes in all. What it holds is counted in memory ([`InboxUsage`]),
+//! read from the database once (at the first message) and kept up to
+//! date by every insert and deletion, so a message costs a lock and a
+//! few additions, never a `COUNT(*)`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use openred_core::{NodeId, UnixTime};
 use serde::{Deserialize, Serialize};
@@ -194,6 +201,107 @@ pub struct NewMessage {
     pub body: String,
 }
 
+/// What sealing adds to a body at rest (a 24-byte nonce and a 16-byte
+/// tag): the inbox's byte counts are of plaintext, and the database holds
+/// sealed bodies.
+const SEAL_OVERHEAD: i64 = 24 + 16;
+
+/// The inbox quotas (`[modules.messaging]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Messages one peer may have in the inbox.
+    pub messages_per_peer: u64,
+    /// Bytes (bodies and media types) one peer may have in the inbox.
+    pub bytes_per_peer: u64,
+    /// Bytes the whole inbox may hold, all peers together.
+    pub bytes_total: u64,
+}
+
+/// Why a message was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The peer's share of the inbox is full.
+    PeerFull,
+    /// The node's inbox is full.
+    NodeFull,
+}
+
+/// What became of one received message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored now.
+    New,
+    /// Stored before (a retry after a lost receipt).
+    Duplicate,
+    /// Not stored: over a quota.
+    Refused(Refusal),
+}
+
+/// Messages and bytes of one peer in the inbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerUsage {
+    /// Messages.
+    pub messages: u64,
+    /// Bytes of bodies and media types (plaintext).
+    pub bytes: u64,
+}
+
+/// What the inbox holds, per peer and in all, in memory.
+#[derive(Debug, Default)]
+pub struct InboxUsage {
+    per_peer: HashMap<NodeId, PeerUsage>,
+    bytes_total: u64,
+}
+
+impl InboxUsage {
+    /// Reserves room for a message of `bytes` from `peer`, or says which
+    /// quota it would pass.
+    fn reserve(&mut self, peer: &NodeId, bytes: u64, quota: &Quota) -> Result<(), Refusal> {
+        let used = self.per_peer.get(peer).copied().unwrap_or_default();
+        if used.messages >= quota.messages_per_peer
+            || used.bytes.saturating_add(bytes) > quota.bytes_per_peer
+        {
+            return Err(Refusal::PeerFull);
+        }
+        if self.bytes_total.saturating_add(bytes) > quota.bytes_total {
+            return Err(Refusal::NodeFull);
+        }
+        let used = self.per_peer.entry(*peer).or_default();
+        used.messages += 1;
+        used.bytes += bytes;
+        self.bytes_total += bytes;
+        Ok(())
+    }
+
+    /// Gives back what a message of `bytes` from `peer` held (a
+    /// reservation not used, or a message deleted).
+    fn release(&mut self, peer: &NodeId, messages: u64, bytes: u64) {
+        if let Some(used) = self.per_peer.get_mut(peer) {
+            used.messages = used.messages.saturating_sub(messages);
+            used.bytes = used.bytes.saturating_sub(bytes);
+            if used.messages == 0 {
+                self.per_peer.remove(peer);
+            }
+        }
+        self.bytes_total = self.bytes_total.saturating_sub(bytes);
+    }
+
+    /// What `peer` holds.
+    pub fn peer(&self, peer: &NodeId) -> PeerUsage {
+        self.per_peer.get(peer).copied().unwrap_or_default()
+    }
+
+    /// Bytes of the whole inbox.
+    pub fn bytes_total(&self) -> u64 {
+        self.bytes_total
+    }
+}
+
+/// The bytes a message counts for in the quotas.
+fn quota_bytes(message: &Received) -> u64 {
+    (message.body.len() + message.content_type.len()) as u64
+}
+
 type Reply<R> = oneshot::Sender<Result<R, StoreError>>;
 /// The queue of a group-commit writer: jobs with where to answer.
 type Queue<T, R> = mpsc::Sender<(T, Reply<R>)>;
@@ -204,6 +312,7 @@ pub struct MessageStore {
     store: NodeStore,
     inbox: Queue<Vec<Arc<Received>>, Vec<bool>>,
     outbox: Queue<OutboxJob, Option<u64>>,
+    usage: Arc<tokio::sync::OnceCell<Mutex<InboxUsage>>>,
 }
 
 fn inbox_aad(peer: &NodeId, id: &MessageId) -> Vec<u8> {
@@ -379,7 +488,178 @@ impl MessageStore {
             store,
             inbox,
             outbox,
+            usage: Arc::new(tokio::sync::OnceCell::new()),
         }
+    }
+
+    /// The inbox's usage, read from the database the first time.
+    async fn usage(&self) -> Result<&Mutex<InboxUsage>, StoreError> {
+        self.usage
+            .get_or_try_init(|| async {
+                let rows = sqlx::query(
+                    "SELECT peer, COUNT(*) AS n, \
+                     SUM(MAX(LENGTH(body) - ?, 0) + LENGTH(content_type)) AS bytes \
+                     FROM inbox GROUP BY peer",
+                )
+                .bind(SEAL_OVERHEAD)
+                .fetch_all(self.store.reader())
+                .await?;
+                let mut usage = InboxUsage::default();
+                for row in rows {
+                    let peer = node_id(row.try_get("peer")?)?;
+                    let used = PeerUsage {
+                        messages: u64_of(row.try_get("n")?),
+                        bytes: u64_of(row.try_get("bytes")?),
+                    };
+                    usage.bytes_total += used.bytes;
+                    usage.per_peer.insert(peer, used);
+                }
+                Ok::<_, StoreError>(Mutex::new(usage))
+            })
+            .await
+    }
+
+    /// What the inbox holds from `peer`, and in all (bytes).
+    pub async fn inbox_usage(&self, peer: &NodeId) -> Result<(PeerUsage, u64), StoreError> {
+        let usage = self.usage().await?;
+        let usage = usage.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok((usage.peer(peer), usage.bytes_total()))
+    }
+
+    /// Stores received messages (those of one frame) within `quota`;
+    /// answers once they are committed, one outcome per message. Room is
+    /// reserved in memory before the commit and given back for what was
+    /// not stored, so concurrent frames cannot pass a quota together. A
+    /// message over a quota that is in the inbox already (a retry after a
+    /// lost receipt) is a duplicate, not a refusal.
+    pub async fn receive_within(
+        &self,
+        messages: Vec<Arc<Received>>,
+        quota: &Quota,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let usage = self.usage().await?;
+        let mut outcomes = Vec::with_capacity(messages.len());
+        let mut accepted = Vec::with_capacity(messages.len());
+        {
+            let mut usage = usage.lock().unwrap_or_else(PoisonError::into_inner);
+            for message in &messages {
+                match usage.reserve(&message.peer, quota_bytes(message), quota) {
+                    Ok(()) => {
+                        outcomes.push(Stored::New);
+                        accepted.push(message.clone());
+                    }
+                    Err(refusal) => outcomes.push(Stored::Refused(refusal)),
+                }
+            }
+        }
+        // Refusals are rare: only they cost a read.
+        for (message, outcome) in messages.iter().zip(outcomes.iter_mut()) {
+            if matches!(outcome, Stored::Refused(_)) && self.in_inbox(message).await? {
+                *outcome = Stored::Duplicate;
+            }
+        }
+        let release = |which: &mut dyn Iterator<Item = &Arc<Received>>| {
+            let mut usage = usage.lock().unwrap_or_else(PoisonError::into_inner);
+            for message in which {
+                usage.release(&message.peer, 1, quota_bytes(message));
+            }
+        };
+        let fresh = match self.receive(accepted.clone()).await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                release(&mut accepted.iter());
+                return Err(e);
+            }
+        };
+        release(
+            &mut accepted
+                .iter()
+                .zip(&fresh)
+                .filter(|(_, fresh)| !**fresh)
+                .map(|(m, _)| m),
+        );
+        let mut fresh = fresh.into_iter();
+        for outcome in &mut outcomes {
+            if *outcome == Stored::New && fresh.next() == Some(false) {
+                *outcome = Stored::Duplicate;
+            }
+        }
+        Ok(outcomes)
+    }
+
+    async fn in_inbox(&self, message: &Received) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query("SELECT 1 FROM inbox WHERE peer = ? AND message_id = ?")
+                .bind(&message.peer.as_bytes()[..])
+                .bind(&message.message_id.0[..])
+                .fetch_optional(self.store.reader())
+                .await?
+                .is_some(),
+        )
+    }
+
+    /// Deletes messages from the inbox: `peer`'s messages `ids`, or all of
+    /// `peer`'s if `ids` is `None`; their room in the quotas is free at
+    /// once. Returns how many were deleted.
+    pub async fn delete_inbox(
+        &self,
+        peer: &NodeId,
+        ids: Option<&[MessageId]>,
+    ) -> Result<u64, StoreError> {
+        // Run to its end in a task of its own: an admin client that hangs
+        // up must not cut the transaction (a transaction cut at an await
+        // leaves the node's one writer connection inside it).
+        let (this, peer, ids) = (self.clone(), *peer, ids.map(<[MessageId]>::to_vec));
+        tokio::spawn(async move { this.delete_inbox_to_the_end(&peer, ids.as_deref()).await })
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("the deletion task failed: {e}")))?
+    }
+
+    async fn delete_inbox_to_the_end(
+        &self,
+        peer: &NodeId,
+        ids: Option<&[MessageId]>,
+    ) -> Result<u64, StoreError> {
+        let usage = self.usage().await?;
+        let mut tx = self.store.writer().begin_with("BEGIN IMMEDIATE").await?;
+        let (mut messages, mut bytes) = (0u64, 0u64);
+        let mut count = |rows: Vec<sqlx::sqlite::SqliteRow>| -> Result<(), StoreError> {
+            for row in rows {
+                messages += 1;
+                bytes += u64_of(row.try_get("bytes")?);
+            }
+            Ok(())
+        };
+        let returning = format!(
+            " RETURNING MAX(LENGTH(body) - {SEAL_OVERHEAD}, 0) + LENGTH(content_type) AS bytes"
+        );
+        match ids {
+            None => count(
+                sqlx::query(&format!("DELETE FROM inbox WHERE peer = ?{returning}"))
+                    .bind(&peer.as_bytes()[..])
+                    .fetch_all(&mut *tx)
+                    .await?,
+            )?,
+            Some(ids) => {
+                for id in ids {
+                    count(
+                        sqlx::query(&format!(
+                            "DELETE FROM inbox WHERE peer = ? AND message_id = ?{returning}"
+                        ))
+                        .bind(&peer.as_bytes()[..])
+                        .bind(&id.0[..])
+                        .fetch_all(&mut *tx)
+                        .await?,
+                    )?;
+                }
+            }
+        }
+        tx.commit().await?;
+        usage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .release(peer, messages, bytes);
+        Ok(messages)
     }
 
     /// Stores received messages (those of one frame); answers once they
@@ -926,6 +1206,63 @@ mod tests {
             .collect();
         assert_eq!(texts, ["message 1", "message 2", "message 3", "message 4"]);
         assert_eq!(messages.inbox_len().await.unwrap(), 9);
+    }
+
+    #[tokio::test]
+    async fn the_inbox_usage_read_from_the_database_is_the_one_counted_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.db");
+        let quota = Quota {
+            messages_per_peer: 3,
+            bytes_per_peer: 1 << 20,
+            bytes_total: 1 << 20,
+        };
+        let ids: Vec<MessageId> = (0..5).map(|_| MessageId::random().unwrap()).collect();
+        let counted = {
+            let store = NodeStore::open(&path, &[7; 32]).await.unwrap();
+            let messages = MessageStore::new(store);
+            let batch = (0..4).map(|i| received(1, ids[i], i as u64 + 1)).collect();
+            let outcomes = messages.receive_within(batch, &quota).await.unwrap();
+            assert_eq!(
+                outcomes,
+                [
+                    Stored::New,
+                    Stored::New,
+                    Stored::New,
+                    Stored::Refused(Refusal::PeerFull)
+                ]
+            );
+            messages
+                .inbox_usage(&NodeId::from_bytes([1; 32]))
+                .await
+                .unwrap()
+        };
+        assert_eq!(counted.0.messages, 3);
+        // "message N" and "text/plain": the plaintext, not the sealed size.
+        assert_eq!(counted.0.bytes, 3 * (9 + 10));
+        assert_eq!(counted.1, counted.0.bytes);
+        // Opened again: the same figures, from the sealed rows.
+        let store = NodeStore::open(&path, &[7; 32]).await.unwrap();
+        let messages = MessageStore::new(store);
+        let peer = NodeId::from_bytes([1; 32]);
+        assert_eq!(messages.inbox_usage(&peer).await.unwrap(), counted);
+        // Deleting gives the room back, to the byte.
+        assert_eq!(
+            messages.delete_inbox(&peer, Some(&ids[..1])).await.unwrap(),
+            1
+        );
+        let after = messages.inbox_usage(&peer).await.unwrap();
+        assert_eq!((after.0.messages, after.0.bytes, after.1), (2, 38, 38));
+        let outcomes = messages
+            .receive_within(vec![received(1, ids[4], 5)], &quota)
+            .await
+            .unwrap();
+        assert_eq!(outcomes, [Stored::New]);
+        assert_eq!(messages.delete_inbox(&peer, None).await.unwrap(), 3);
+        assert_eq!(
+            messages.inbox_usage(&peer).await.unwrap(),
+            (PeerUsage::default(), 0)
+        );
     }
 
     #[tokio::test]
