@@ -570,6 +570,7 @@ impl NodeState {
             return Err(NodeError::Malformed("a token for another introduction"));
         }
         intro.check_unexpired(now)?;
+        intro.check_lifetime(now)?;
         let opened = self.crypto.open_token(&envelope).await?;
         let peer_record = opened.peer_record;
         if peer_record.record().node_id != peer {

@@ -250,6 +250,11 @@ async fn accept_token(
             "the token is addressed to another node",
         ));
     }
+    // Before any public-key work: a token living beyond the protocol's cap
+    // would outlive the tombstone kept against its replay.
+    intro
+        .check_lifetime(state.clock.now())
+        .map_err(|e| bad("token_lifetime", e.to_string()))?;
     let opened = state
         .crypto
         .open_token(&envelope)

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::XChaCha20Poly1305;
+use openred_core::token::TOKEN_CLOCK_SKEW_S;
 use openred_core::{NodeId, SignedRecord, UnixTime};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -368,8 +369,17 @@ impl NodeStore {
         })
     }
 
-    /// Deletes expired tokens and tombstones. Returns how many of each.
+    /// Deletes expired tokens, and tombstones whose token expired more than
+    /// [`TOKEN_CLOCK_SKEW_S`] ago. Returns how many of each.
+    ///
+    /// A tombstone may go once its token can no longer be accepted: a
+    /// replayed push or handshake is then refused as expired. The margin
+    /// keeps that true if this node's clock steps back by up to the skew,
+    /// and since every token accepted expires within
+    /// `MAX_TOKEN_LIFETIME_S + TOKEN_CLOCK_SKEW_S` of its receipt
+    /// (`Introduction::check_lifetime`), no tombstone is needed longer.
     pub async fn purge_expired(&self, now: UnixTime) -> Result<(u64, u64), StoreError> {
+        let tombstone_cutoff = to_i64(now.minus(TOKEN_CLOCK_SKEW_S).0)?;
         let now = to_i64(now.0)?;
         let tokens = sqlx::query("DELETE FROM tokens WHERE expires_at <= ?")
             .bind(now)
@@ -377,7 +387,7 @@ impl NodeStore {
             .await?
             .rows_affected();
         let tombstones = sqlx::query("DELETE FROM tombstones WHERE expires_at <= ?")
-            .bind(now)
+            .bind(tombstone_cutoff)
             .execute(&self.writer)
             .await?
             .rows_affected();
@@ -607,9 +617,16 @@ mod tests {
             store.accept_token(&id, &token, now).await.unwrap(),
             TokenState::Used
         );
-        // The tombstone lasts until the token's expiry, then goes.
-        assert_eq!(store.purge_expired(UnixTime(99)).await.unwrap(), (0, 0));
-        assert_eq!(store.purge_expired(UnixTime(100)).await.unwrap(), (0, 1));
+        // The tombstone outlives the token's expiry by the clock skew, so a
+        // clock stepped back cannot reopen the replay; then it goes.
+        assert_eq!(store.purge_expired(UnixTime(100)).await.unwrap(), (0, 0));
+        let kept_until = UnixTime(100 + TOKEN_CLOCK_SKEW_S);
+        assert_eq!(
+            store.purge_expired(kept_until.minus(1)).await.unwrap(),
+            (0, 0)
+        );
+        assert_eq!(store.token(&id).await.unwrap().0, TokenState::Used);
+        assert_eq!(store.purge_expired(kept_until).await.unwrap(), (0, 1));
     }
 
     /// A store in a new temporary folder (kept alive by the first value).

@@ -21,7 +21,7 @@ use common::*;
 use openred_core::keys::SignatureContext;
 use openred_core::random::SeededRng;
 use openred_core::session::{EpochConfig, FrameHeader, Role, Suite};
-use openred_core::token::mint_pair;
+use openred_core::token::{mint_pair, MAX_TOKEN_LIFETIME_S};
 use openred_core::wire::{
     b64_encode, connection_request_message, reachability_message, ConnectionRequest,
     ReachabilityChallenge, ReachabilityProof, RegisterRequest, TokenPush,
@@ -84,6 +84,45 @@ async fn request_to(
     node.directory()
         .request_connection(node.outbound(), node.store(), node.crypto(), &target, now)
         .await
+}
+
+/// A pair for an introduction of `a` to `b` minted and signed by
+/// `directory` (the real directory's key, or another), with the records
+/// the directory serves: token_b's connection ID and push body.
+async fn mint_push(
+    directory: &IdentityKeypair,
+    a: &NodeState,
+    b: &NodeState,
+    issued_at: UnixTime,
+    expires_at: UnixTime,
+) -> ([u8; 16], TokenPush) {
+    let now = b.clock().now();
+    let mut records = Vec::new();
+    for node in [a, b] {
+        let record = b
+            .directory()
+            .lookup(b.outbound(), b.store(), &node.node_id(), now)
+            .await
+            .unwrap();
+        records.push(record);
+    }
+    let (a_record, b_record) = (&records[0], &records[1]);
+    let connection_id = random16();
+    let pair = mint_pair(
+        directory,
+        a_record,
+        b_record,
+        connection_id,
+        random32(),
+        issued_at,
+        expires_at,
+        &mut SeededRng::new(random32()),
+    )
+    .unwrap();
+    (
+        connection_id,
+        push_body(&a.node_id(), pair.for_target.as_bytes()),
+    )
 }
 
 fn session_count(node: &NodeState) -> usize {
@@ -488,6 +527,41 @@ async fn an_expired_token_is_refused_for_the_handshake_and_for_a_push() {
     assert!(b.sessions().all().is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_living_beyond_the_protocol_cap_is_refused_on_receipt() {
+    let net = Network::start().await;
+    let a = net.node("a").await;
+    let b = net.node("b").await;
+    let now = net.now();
+    // The real directory's key: a compromised or misconfigured directory
+    // signing tokens that would outlive the tombstones kept against them.
+    let directory = net.directory_keypair();
+    let push = |issued_at, expires_at| mint_push(&directory, &a, &b, issued_at, expires_at);
+    let cap = MAX_TOKEN_LIFETIME_S;
+    let year = 365 * 86_400;
+    for (issued_at, expires_at) in [
+        (now, now.plus(cap + 1)),
+        (now, now.plus(100 * year)),
+        // Within the cap, but "issued" a year ahead of B's clock.
+        (now.plus(year), now.plus(year + 120)),
+    ] {
+        let (connection_id, body) = push(issued_at, expires_at).await;
+        let answer = post_json(&net.http, &b.p2p(RECEIVE), &body).await;
+        assert_refused(&answer, 400, "token_lifetime");
+        assert_eq!(token_state(&b, &connection_id).await, TokenState::Unknown);
+    }
+    // At the cap exactly, the token is taken.
+    let (connection_id, body) = push(now, now.plus(cap)).await;
+    let answer = post_json(&net.http, &b.p2p(RECEIVE), &body).await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(token_state(&b, &connection_id).await, TokenState::Ok);
+}
+
 // 9 ----------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -529,35 +603,8 @@ async fn a_token_push_not_signed_by_the_directory_is_refused() {
     // A well-formed pair, correctly sealed to both nodes, minted and
     // signed by a key that is not the pinned directory's.
     let now = net.now();
-    let a_record = b
-        .directory()
-        .lookup(b.outbound(), b.store(), &a.id(), now)
-        .await
-        .unwrap();
-    let b_record = a
-        .directory()
-        .lookup(a.outbound(), a.store(), &b.id(), now)
-        .await
-        .unwrap();
-    let rogue = stranger_identity();
-    let rogue_id = random16();
-    let pair = mint_pair(
-        &rogue,
-        &a_record,
-        &b_record,
-        rogue_id,
-        random32(),
-        now,
-        now.plus(120),
-        &mut SeededRng::new(random32()),
-    )
-    .unwrap();
-    let answer = post_json(
-        &net.http,
-        &b.p2p(RECEIVE),
-        &push_body(&a.id(), pair.for_target.as_bytes()),
-    )
-    .await;
+    let (rogue_id, body) = mint_push(&stranger_identity(), &a, &b, now, now.plus(120)).await;
+    let answer = post_json(&net.http, &b.p2p(RECEIVE), &body).await;
     assert_refused(&answer, 403, "not_from_directory");
     assert_eq!(token_state(&b, &rogue_id).await, TokenState::Unknown);
     assert!(b.sessions().all().is_empty());

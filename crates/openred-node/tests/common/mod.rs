@@ -286,6 +286,21 @@ impl Network {
             .expect("the directory pushed a token for this connection")
     }
 
+    /// The directory's private key, read from its data folder: how a test
+    /// plays a compromised or misconfigured directory.
+    pub fn directory_keypair(&self) -> IdentityKeypair {
+        let path = self.root.path().join("directory").join("directory.key");
+        let text = std::fs::read_to_string(path).unwrap();
+        let text = text.trim();
+        let secret: Vec<u8> = (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect();
+        let key = IdentityKeypair::from_secret_bytes(&secret.try_into().unwrap());
+        assert_eq!(key.public(), self.directory_key);
+        key
+    }
+
     /// The network's time.
     pub fn now(&self) -> UnixTime {
         self.clock.now()
