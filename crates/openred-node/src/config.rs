@@ -14,7 +14,9 @@ pub enum IntroductionPolicy {
     /// Any registered node may be introduced.
     #[default]
     Anyone,
-    /// Only nodes this node already knows (it looked them up or met them).
+    /// Only known peers: nodes this node connected to, whose handshake it
+    /// accepted, or that its owner added; a node merely listed by the
+    /// directory (`openred peers`) is not known.
     KnownPeers,
 }
 

@@ -279,13 +279,14 @@ async fn accept_token(
         .peer_record
         .check_unexpired(now)
         .map_err(|e| bad("peer_record_expired", e.to_string()))?;
+    // Known: connected to, accepted or added, never merely listed by the
+    // directory (which would make the policy worth nothing).
     if state.config.introduction_policy == IntroductionPolicy::KnownPeers
-        && state
+        && !state
             .store
-            .peer(&intro.initiator)
+            .is_known_peer(&intro.initiator)
             .await
             .map_err(internal)?
-            .is_none()
     {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -419,7 +420,7 @@ async fn answer_handshake(
     // and its tombstone outlives the token.
     if state
         .store
-        .burn_token(&connection_id)
+        .burn_token(&connection_id, &token.initiator, now)
         .await
         .map_err(internal)?
         != TokenState::Ok

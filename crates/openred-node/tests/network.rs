@@ -1200,32 +1200,83 @@ async fn a_node_pinned_to_another_directory_key_never_registers() {
 
 // 18 ---------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_known_peers_node_refuses_introductions_from_strangers() {
-    let net = Network::start().await;
+/// A node A, and a node B that accepts introductions from known peers only.
+async fn stranger_and_known_peers_node(net: &Network) -> (TestNode, TestNode) {
     let a = net.node("a").await;
     let b = net
         .node_with("b", |c| {
             c.introduction_policy = IntroductionPolicy::KnownPeers
         })
         .await;
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_peers_node_refuses_introductions_from_strangers() {
+    let net = Network::start().await;
+    let (a, b) = stranger_and_known_peers_node(&net).await;
 
     assert_directory_refused(a.connect(b.id()).await, 502, "target_unreachable");
     assert!(a.sessions().all().is_empty());
     assert!(b.sessions().all().is_empty());
-    assert!(b.store().peer(&a.id()).await.unwrap().is_none());
+    assert!(!b.store().is_known_peer(&a.id()).await.unwrap());
 
-    // Once B has looked A up, A is a known peer.
-    b.directory()
-        .lookup(b.outbound(), b.store(), &a.id(), net.now())
-        .await
-        .unwrap();
+    // Once B has connected to A, A is a known peer.
+    b.connect(a.id()).await.unwrap();
     let connected = a.connect(b.id()).await.unwrap();
     assert_eq!(
         b.sessions().with_peer(&a.id()).unwrap().id(),
         connected.session_id
     );
     b.ping(&a.id()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_peers_does_not_make_a_stranger_a_known_peer() {
+    let net = Network::start().await;
+    let (a, b) = stranger_and_known_peers_node(&net).await;
+
+    // B's owner runs `openred peers`: A is listed, its record verified and
+    // its seq remembered (rollback protection for every record seen).
+    let listed = get(
+        &net.http,
+        &b.admin("/admin/v1/peers"),
+        Some(&b.admin_token()),
+    )
+    .await;
+    assert_eq!(
+        listed.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&listed.body)
+    );
+    let a_id = a.id().to_string();
+    let entry = listed
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node_id"] == a_id.as_str())
+        .expect("A is listed");
+    assert_eq!(entry["verified"], true);
+    let seen = b
+        .store()
+        .peer(&a.id())
+        .await
+        .unwrap()
+        .expect("A's record is kept");
+    assert_eq!(Some(seen.record().seq), entry["seq"].as_u64());
+
+    // Listed is not known: A's introduction is still refused.
+    assert!(!b.store().is_known_peer(&a.id()).await.unwrap());
+    assert_directory_refused(a.connect(b.id()).await, 502, "target_unreachable");
+    assert!(a.sessions().all().is_empty());
+    assert!(b.sessions().all().is_empty());
+
+    // Once B's owner adds A, A's introduction goes through.
+    assert!(b.store().add_known_peer(&seen, net.now()).await.unwrap());
+    a.connect(b.id()).await.unwrap();
+    a.ping(&b.id()).await.unwrap();
 }
 
 // 19 ---------------------------------------------------------------------
