@@ -49,6 +49,15 @@ pub struct NodeConfig {
     pub session_max_age_s: u64,
     /// How long a signed record stays valid.
     pub record_lifetime_s: u64,
+    /// Sessions held at once (default 4,096); a handshake beyond is refused
+    /// with 429 `too_many_sessions`.
+    pub max_sessions: usize,
+    /// Distinct peers with a session at once (default 1,024); a handshake
+    /// with one more is refused with 429 `too_many_peers`.
+    pub max_peers: usize,
+    /// How long a session this node answered may wait for the peer's
+    /// first frame before it is dropped (default 30 s).
+    pub unconfirmed_session_idle_s: u64,
     /// Largest frame accepted on the P2P API.
     pub max_frame_bytes: usize,
     /// Largest back-off between registration attempts.
@@ -107,6 +116,9 @@ impl NodeConfig {
             epoch: EpochConfig::default(),
             session_max_age_s: 24 * 3600,
             record_lifetime_s: 24 * 3600,
+            max_sessions: 4096,
+            max_peers: 1024,
+            unconfirmed_session_idle_s: 30,
             max_frame_bytes: 256 * 1024,
             max_backoff_s: 60,
             danger_in_process_crypto: false,
@@ -149,6 +161,16 @@ impl NodeConfig {
         }
         if self.pool_idle_timeout_s == 0 {
             return Err(ConfigError("pool_idle_timeout_s must be at least 1".into()));
+        }
+        if self.max_sessions == 0 || self.max_peers == 0 {
+            return Err(ConfigError(
+                "max_sessions and max_peers must be at least 1".into(),
+            ));
+        }
+        if self.unconfirmed_session_idle_s == 0 {
+            return Err(ConfigError(
+                "unconfirmed_session_idle_s must be at least 1".into(),
+            ));
         }
         if self.record_lifetime_s < 60 {
             return Err(ConfigError("record_lifetime_s must be at least 60".into()));

@@ -531,6 +531,8 @@ impl NodeState {
 
     async fn introduce_and_handshake(&self, peer: NodeId) -> Result<Connected, NodeError> {
         let started = Instant::now();
+        // No introduction for a session this node could not hold.
+        self.sessions.room_for(&peer, self.session_limits())?;
         let now = self.clock.now();
         let envelope = self
             .directory
@@ -664,6 +666,14 @@ impl NodeState {
 }
 
 impl NodeState {
+    /// The bounds of the session table, from the configuration.
+    pub fn session_limits(&self) -> crate::sessions::SessionLimits {
+        crate::sessions::SessionLimits {
+            max_sessions: self.config.max_sessions,
+            max_peers: self.config.max_peers,
+        }
+    }
+
     /// Installs the session a finished handshake exported, with the peer
     /// whose record the handshake used. The initiator passes the session ID
     /// the responder announced, which must be the one the keys derive.
@@ -692,12 +702,10 @@ impl NodeState {
                 "a session ID not derived from the handshake",
             ));
         }
-        let live = self.sessions.insert(LiveSession::new(
-            peer_record,
-            session,
-            keys.handshake_hash,
-            now,
-        ));
+        let live = self.sessions.try_insert(
+            LiveSession::new(peer_record, session, keys.handshake_hash, now),
+            self.session_limits(),
+        )?;
         tracing::info!(peer = %live.peer, session = %live.id(), suite = %suite, ?role, "session established");
         self.modules.session_established(live.peer, live.id());
         Ok(live)

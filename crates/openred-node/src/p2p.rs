@@ -393,6 +393,12 @@ async fn answer_handshake(
             "the introduction has expired",
         ));
     }
+    // Before any public-key work: a full table refuses at once (the token
+    // stays, for a try once there is room). Installing checks again.
+    state
+        .sessions
+        .room_for(&token.initiator, state.session_limits())
+        .map_err(|e| NodeError::from(e).to_api())?;
     let message = b64_decode(&body.message)
         .map_err(|_| ApiError::bad_request("bad_message", "message is not base64url"))?;
     let offer = handshake::parse_offer(&body.suites).map_err(handshake_error)?;

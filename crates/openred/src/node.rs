@@ -107,6 +107,9 @@ struct NodeSection {
     requests_per_peer_per_s: Option<u32>,
     pool_max_idle_per_peer: Option<usize>,
     pool_idle_timeout_s: Option<u64>,
+    max_sessions: Option<usize>,
+    max_peers: Option<usize>,
+    unconfirmed_session_idle_s: Option<u64>,
 }
 
 /// Runs a node subcommand.
@@ -241,6 +244,15 @@ fn build_config(args: &RunArgs, data: &Path) -> anyhow::Result<(NodeConfig, bool
     }
     if let Some(s) = f.pool_idle_timeout_s {
         config.pool_idle_timeout_s = s;
+    }
+    if let Some(n) = f.max_sessions {
+        config.max_sessions = n;
+    }
+    if let Some(n) = f.max_peers {
+        config.max_peers = n;
+    }
+    if let Some(s) = f.unconfirmed_session_idle_s {
+        config.unconfirmed_session_idle_s = s;
     }
     config.validate()?;
     Ok((config, derive))
