@@ -85,6 +85,9 @@ pub struct NodeState {
     pub(crate) audit: Audit,
     /// The owner's password + TOTP logins.
     pub(crate) owner_login: crate::owner::OwnerLogin,
+    /// Held while a session the peer says it lost is replaced
+    /// ([`NodeState::handshake_again`]).
+    pub(crate) reconnecting: tokio::sync::Mutex<()>,
 }
 
 /// A node, opened and ready to serve.
@@ -195,6 +198,7 @@ impl Node {
             readiness: crate::health::ReadinessCache::default(),
             audit,
             owner_login,
+            reconnecting: tokio::sync::Mutex::new(()),
         });
         state.modules.attach(&state);
         Ok(Node { state })
@@ -481,6 +485,30 @@ impl NodeState {
         self.sessions
             .with_peer(peer)
             .ok_or_else(|| NodeError::NoSession(peer.to_string()))
+    }
+
+    /// The peer answered `unknown_session` to a frame of `lost`, as it
+    /// does after a restart. That answer is plain JSON that anyone on the
+    /// path can forge, so `lost` is not dropped on its word: a new
+    /// introduction and handshake, authenticated end to end, makes a
+    /// session that replaces it as the one used to reach the peer (and
+    /// every other session held with the peer, which a restart killed
+    /// too). `lost` stays in the table, no longer used, until it is idle.
+    /// A forged answer thus costs one introduction and ends nothing; if
+    /// the new handshake fails (directory unreachable), `lost` stays the
+    /// session in use. One re-handshake at a time: a caller that finds a
+    /// session newer than `lost` already in use takes it.
+    pub async fn handshake_again(&self, lost: &LiveSession) -> Result<Arc<LiveSession>, NodeError> {
+        let _one_at_a_time = self.reconnecting.lock().await;
+        if let Some(current) = self.sessions.with_peer(&lost.peer) {
+            if current.id() != lost.id() && current.established_at >= lost.established_at {
+                return Ok(current);
+            }
+        }
+        self.connect(lost.peer).await?;
+        self.sessions
+            .with_peer(&lost.peer)
+            .ok_or_else(|| NodeError::NoSession(lost.peer.to_string()))
     }
 
     /// Forgets a session the peer no longer knows (it restarted): the next

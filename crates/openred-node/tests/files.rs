@@ -967,3 +967,57 @@ async fn bad_admin_requests_are_refused_with_json_errors() {
         "module_disabled",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_sharing_node_restarts_the_first_fetch_handshakes_again_and_succeeds() {
+    let (network, mut a, b, dir) = two_nodes().await;
+    let one = share(
+        &a,
+        &write(dir.path(), "one.bin", &contents(3 * CHUNK, 1)),
+        &[&b],
+        None,
+        None,
+    )
+    .await;
+    let two = share(
+        &a,
+        &write(dir.path(), "two.bin", &contents(2 * CHUNK, 2)),
+        &[&b],
+        None,
+        None,
+    )
+    .await;
+    let out = tempfile::tempdir().unwrap();
+    let transfer = fetch(&b, &a, one, out.path()).await.unwrap();
+    assert_eq!(
+        transfer.state(),
+        TransferState::Done,
+        "{:?}",
+        transfer.view()
+    );
+    // B also holds a session it made itself (as after `openred connect`,
+    // or a renewal, whose old session stays until idle).
+    b.connect(a.id()).await.unwrap();
+    assert!(b.sessions().all().len() >= 2);
+
+    // The owner restarts where it was: every session it held is gone.
+    let config = a.state.config().clone();
+    a.stop().await;
+    let a = network.relaunch("a", config).await;
+    assert!(a.sessions().all().is_empty());
+
+    // The first fetch after it handshakes again, once, and succeeds.
+    let transfer = fetch(&b, &a, two, out.path())
+        .await
+        .expect("the first fetch after the owner's restart works");
+    assert_eq!(
+        transfer.state(),
+        TransferState::Done,
+        "{:?}",
+        transfer.view()
+    );
+    assert_eq!(
+        std::fs::read(out.path().join("two.bin")).unwrap(),
+        contents(2 * CHUNK, 2)
+    );
+}

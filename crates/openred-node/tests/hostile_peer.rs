@@ -6,8 +6,21 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
 use common::*;
+use openred_node::modules::files::transfers::TransferState;
+use openred_node::modules::files::{Files, ShareRequest};
 use openred_node::NodeState;
+use serde_json::json;
+use tokio::net::TcpListener;
 
 const HANDSHAKE: &str = "/p2p/handshake";
 
@@ -109,4 +122,143 @@ async fn an_answered_session_never_confirmed_is_purged_after_its_idle_time() {
     // And there is room again.
     a.connect(b.id()).await.unwrap();
     a.ping(&b.id()).await.unwrap();
+}
+
+/// A party on the path in front of a node: forwards every request to it
+/// and its answer back, except that it can forge, for the next requests,
+/// a plain JSON `unknown_session` answer (404) without forwarding them.
+#[derive(Clone)]
+struct ForgingRelay {
+    target: Arc<std::sync::OnceLock<String>>,
+    forge: Arc<AtomicUsize>,
+    forged: Arc<AtomicUsize>,
+}
+
+impl ForgingRelay {
+    /// Serves on a new loopback port; returns the relay and its URL.
+    async fn start() -> (ForgingRelay, String) {
+        let relay = ForgingRelay {
+            target: Arc::new(std::sync::OnceLock::new()),
+            forge: Arc::new(AtomicUsize::new(0)),
+            forged: Arc::new(AtomicUsize::new(0)),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = Router::new()
+            .fallback(any(forward))
+            .with_state(relay.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (relay, url)
+    }
+}
+
+async fn forward(
+    State(relay): State<ForgingRelay>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if relay
+        .forge
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        relay.forged.fetch_add(1, Ordering::SeqCst);
+        let forged =
+            json!({"error": "unknown_session", "message": "no such session; handshake again"});
+        return (StatusCode::NOT_FOUND, axum::Json(forged)).into_response();
+    }
+    let target = relay.target.get().expect("the relay has a target");
+    let answer = http_client()
+        .post(format!("{target}{}", uri.path()))
+        .header(
+            header::CONTENT_TYPE,
+            headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/octet-stream"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap();
+    let content_type = answer
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    let bytes = answer.bytes().await.unwrap();
+    (status, [(header::CONTENT_TYPE, content_type)], bytes).into_response()
+}
+
+fn files(node: &NodeState) -> &Files {
+    node.modules().get::<Files>().expect("the files module")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_unknown_session_answer_does_not_drop_a_live_session() {
+    let net = Network::start().await;
+    let (relay, relay_url) = ForgingRelay::start().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    relay
+        .target
+        .set(format!("http://{}", listener.local_addr().unwrap()))
+        .unwrap();
+    let a = net
+        .node_published_at("a", |_| {}, listener, &relay_url)
+        .await;
+    let b = net.node("b").await;
+    b.connect(a.id()).await.unwrap();
+    let live = b.sessions().with_peer(&a.id()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = vec![7u8; 20_000];
+    let path = dir.path().join("shared.bin");
+    std::fs::write(&path, &data).unwrap();
+    let (shared, _) = files(&a)
+        .share(
+            &a,
+            ShareRequest {
+                path,
+                peers: vec![b.id()],
+                expires_in_s: None,
+                max_downloads: None,
+            },
+        )
+        .await
+        .unwrap();
+    let file_id = shared.file_id;
+
+    // No new introduction can be made, and the relay forges the answer to
+    // B's next request.
+    net.stop_directory().await;
+    relay.forge.store(1, Ordering::SeqCst);
+    let out = dir.path().join("fetched.bin");
+    let refused = files(&b)
+        .fetch(&b.state, a.id(), file_id, out.clone())
+        .await;
+    assert!(refused.is_err(), "{:?}", refused.map(|t| t.view()));
+    assert_eq!(relay.forged.load(Ordering::SeqCst), 1);
+
+    // The session survives: still the one used, and it works.
+    assert_eq!(b.sessions().with_peer(&a.id()).unwrap().id(), live.id());
+    b.ping(&a.id()).await.unwrap();
+    let transfer = files(&b)
+        .fetch(&b.state, a.id(), file_id, out.clone())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while transfer.state() != TransferState::Done {
+        assert_ne!(
+            transfer.state(),
+            TransferState::Failed,
+            "{:?}",
+            transfer.view()
+        );
+        assert!(Instant::now() < deadline, "{:?}", transfer.view());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    assert_eq!(b.sessions().with_peer(&a.id()).unwrap().id(), live.id());
 }
