@@ -531,7 +531,7 @@ async fn renew(State(state): Shared, body: Bytes) -> Result<Response, ApiError> 
 
 async fn renew_in(
     state: &NodeState,
-    live: &Arc<crate::sessions::LiveSession>,
+    live: &crate::frames::Incoming,
     plaintext: &[u8],
 ) -> Result<Response, ApiError> {
     let now = state.clock.now();
@@ -601,7 +601,7 @@ async fn renew_in(
 
 async fn answer_renewal(
     state: &NodeState,
-    live: &Arc<crate::sessions::LiveSession>,
+    live: &crate::frames::Incoming,
     connection_id: [u8; 16],
     offer: Vec<openred_core::session::Suite>,
     message: &[u8],

@@ -262,3 +262,53 @@ async fn a_forged_unknown_session_answer_does_not_drop_a_live_session() {
     assert_eq!(std::fs::read(&out).unwrap(), data);
     assert_eq!(b.sessions().with_peer(&a.id()).unwrap().id(), live.id());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_answers_swapped_on_the_path_are_both_refused() {
+    let net = Network::start().await;
+    let a = net.node("a").await;
+    let b = net.node("b").await;
+    a.connect(b.id()).await.unwrap();
+    let live = a.sessions().with_peer(&b.id()).unwrap();
+    let seq_of = |frame: &[u8]| {
+        openred_core::session::FrameHeader::parse(frame)
+            .unwrap()
+            .0
+            .seq
+    };
+    // Two requests on one route, answered in order.
+    let (one, two) = (
+        live.session.seal(&ping_payload(), net.now()).unwrap(),
+        live.session.seal(&ping_payload(), net.now()).unwrap(),
+    );
+    let answer_one = post_bytes(&net.http, &b.p2p("/p2p/ping"), one.clone()).await;
+    let answer_two = post_bytes(&net.http, &b.p2p("/p2p/ping"), two.clone()).await;
+    assert_ok(&answer_one);
+    assert_ok(&answer_two);
+
+    // Swapped: each fails to authenticate as the other's answer.
+    let open = |request: &[u8], answer: &Answer| {
+        openred_node::frames::open_answer(
+            &live.session,
+            "/p2p/ping",
+            seq_of(request),
+            &answer.body,
+            net.now(),
+        )
+    };
+    for (request, answer) in [(&one, &answer_two), (&two, &answer_one)] {
+        assert!(
+            matches!(
+                open(request, answer),
+                Err(openred_node::error::NodeError::Frame(
+                    openred_core::session::FrameError::Authentication
+                ))
+            ),
+            "an answer to another request is refused"
+        );
+    }
+    // Each with its own request: accepted (the failures marked nothing).
+    for (request, answer) in [(&one, &answer_one), (&two, &answer_two)] {
+        assert_eq!(&open(request, answer).unwrap()[..4], b"pong");
+    }
+}

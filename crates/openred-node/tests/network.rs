@@ -258,10 +258,10 @@ async fn a_replayed_handshake_message_is_refused() {
     );
 
     let frame = session.seal(&ping_payload(), net.now()).unwrap();
-    let pong = post_bytes(&net.http, &b.p2p(PING), frame).await;
+    let pong = post_bytes(&net.http, &b.p2p(PING), frame.clone()).await;
     assert_eq!(pong.status, 200, "{pong:?}");
     assert_eq!(
-        &answer_payload(PING, &session.open(&pong.body, net.now()).unwrap())[..4],
+        &answer_payload(&session, PING, &frame, &pong.body, net.now())[..4],
         b"pong"
     );
     assert!(on_b.confirmed.load(Ordering::SeqCst));
@@ -744,7 +744,7 @@ async fn bad_frames_are_refused_and_good_ones_accepted_once() {
     assert_eq!(received(), before + 1);
     let pong = answer.body.clone();
     assert_eq!(
-        &answer_payload(PING, &live.session.open(&pong, net.now()).unwrap())[..4],
+        &answer_payload(&live.session, PING, &good, &pong, net.now())[..4],
         b"pong"
     );
     // Replayed.

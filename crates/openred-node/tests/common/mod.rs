@@ -615,12 +615,22 @@ pub fn ping_payload() -> Vec<u8> {
     openred_node::frames::labelled("/p2p/ping", false, &payload)
 }
 
-/// The payload of an answer on `path`, after its label.
+/// The payload of `answer`, the answer on `path` to `request` (a frame
+/// sealed in `session`): it must authenticate as bound to that request.
 #[track_caller]
-pub fn answer_payload(path: &str, plaintext: &[u8]) -> Vec<u8> {
-    openred_node::frames::unlabel(path, true, plaintext)
-        .expect("an answer labelled for this route")
-        .to_vec()
+pub fn answer_payload(
+    session: &Session,
+    path: &str,
+    request: &[u8],
+    answer: &[u8],
+    now: UnixTime,
+) -> Vec<u8> {
+    let request_seq = openred_core::session::FrameHeader::parse(request)
+        .unwrap()
+        .0
+        .seq;
+    openred_node::frames::open_answer(session, path, request_seq, answer, now)
+        .expect("the answer to this request, on this route")
 }
 
 /// An introduction asked for by hand: token_a, opened by the initiator.
