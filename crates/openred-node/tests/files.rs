@@ -120,6 +120,16 @@ async fn finished(transfer: &Transfer) -> TransferState {
     }
 }
 
+#[track_caller]
+fn assert_done(transfer: &Transfer) {
+    assert_eq!(
+        transfer.state(),
+        TransferState::Done,
+        "{:?}",
+        transfer.view()
+    );
+}
+
 /// Fetches `file_id` from `owner` into `out` and waits for the end.
 async fn fetch(
     from: &TestNode,
@@ -261,12 +271,7 @@ async fn a_shared_file_is_offered_fetched_verified_and_counted_once() {
     // Into a folder: the owner's name, made safe.
     let out = tempfile::tempdir().unwrap();
     let transfer = fetch(&b, &a, file_id, out.path()).await.unwrap();
-    assert_eq!(
-        transfer.state(),
-        TransferState::Done,
-        "{:?}",
-        transfer.view()
-    );
+    assert_done(&transfer);
     let written = out.path().join("report.bin");
     assert_eq!(std::fs::read(&written).unwrap(), data);
     assert!(!out.path().join("report.bin.openred-part").exists());
@@ -328,12 +333,7 @@ async fn an_empty_file_travels_as_one_final_chunk() {
     let file_id = share(&a, &path, &[&b], None, None).await;
     let out = dir.path().join("received-empty");
     let transfer = fetch(&b, &a, file_id, &out).await.unwrap();
-    assert_eq!(
-        transfer.state(),
-        TransferState::Done,
-        "{:?}",
-        transfer.view()
-    );
+    assert_done(&transfer);
     assert_eq!(std::fs::read(&out).unwrap(), b"");
 
     // By hand: exactly the header and one empty sealed chunk.
@@ -434,12 +434,7 @@ async fn an_expired_link_is_refused_and_the_download_takes_a_fresh_one() {
     // The node's own fetch asks for a new link and completes.
     let out = dir.path().join("out");
     let transfer = fetch(&b, &a, file_id, &out).await.unwrap();
-    assert_eq!(
-        transfer.state(),
-        TransferState::Done,
-        "{:?}",
-        transfer.view()
-    );
+    assert_done(&transfer);
     assert_eq!(std::fs::read(&out).unwrap(), data);
 }
 
@@ -989,12 +984,7 @@ async fn after_the_sharing_node_restarts_the_first_fetch_handshakes_again_and_su
     .await;
     let out = tempfile::tempdir().unwrap();
     let transfer = fetch(&b, &a, one, out.path()).await.unwrap();
-    assert_eq!(
-        transfer.state(),
-        TransferState::Done,
-        "{:?}",
-        transfer.view()
-    );
+    assert_done(&transfer);
     // B also holds a session it made itself (as after `openred connect`,
     // or a renewal, whose old session stays until idle).
     b.connect(a.id()).await.unwrap();
@@ -1010,14 +1000,74 @@ async fn after_the_sharing_node_restarts_the_first_fetch_handshakes_again_and_su
     let transfer = fetch(&b, &a, two, out.path())
         .await
         .expect("the first fetch after the owner's restart works");
-    assert_eq!(
-        transfer.state(),
-        TransferState::Done,
-        "{:?}",
-        transfer.view()
-    );
+    assert_done(&transfer);
     assert_eq!(
         std::fs::read(out.path().join("two.bin")).unwrap(),
         contents(2 * CHUNK, 2)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_holding_downloads_it_never_reads_cannot_take_every_upload_slot() {
+    let network = Network::start().await;
+    let slots = |c: &mut NodeConfig| {
+        c.module_settings.insert(
+            "files".into(),
+            json!({ "chunk_size": CHUNK, "retry_base_ms": 20, "retry_max_ms": 200,
+                    "max_uploads": 3, "max_uploads_per_peer": 2 }),
+        );
+    };
+    let a = network.node_with("a", slots).await;
+    let b = network.node_with("b", small_chunks).await;
+    let x = network.node_with("x", small_chunks).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Larger than what loopback sockets buffer: a stream nobody reads
+    // cannot finish.
+    let data = contents(32 * 1024 * 1024, 9);
+    let file_id = share(
+        &a,
+        &write(dir.path(), "big.bin", &data),
+        &[&b, &x],
+        None,
+        None,
+    )
+    .await;
+
+    // X opens downloads and never reads them: its two slots, then busy.
+    let link = grant(&x, &a, file_id).await.unwrap();
+    let live = x.session_for(&a.id()).await.unwrap();
+    let http = http_client();
+    let mut held = Vec::new();
+    for attempt in 0..3 {
+        let payload = serde_json::to_vec(&DownloadRequest {
+            file_url: link.file_url.clone(),
+            from_chunk: 0,
+            client_nonce: data_encoding::HEXLOWER.encode(&random16()),
+        })
+        .unwrap();
+        let frame = live
+            .session
+            .seal(&labelled(DOWNLOAD_PATH, false, &payload), x.clock().now())
+            .unwrap();
+        let response = http
+            .post(a.p2p(DOWNLOAD_PATH))
+            .header("content-type", "application/octet-stream")
+            .body(frame)
+            .send()
+            .await
+            .unwrap();
+        if attempt < 2 {
+            assert_eq!(response.status(), 200);
+            held.push(response);
+        } else {
+            assert_refused(&Answer::from_reqwest(response).await, 429, "busy");
+        }
+    }
+
+    // Another peer still downloads, while X's streams stay open.
+    let out = tempfile::tempdir().unwrap();
+    let transfer = fetch(&b, &a, file_id, out.path()).await.unwrap();
+    assert_done(&transfer);
+    assert_eq!(std::fs::read(out.path().join("big.bin")).unwrap(), data);
+    drop(held);
 }

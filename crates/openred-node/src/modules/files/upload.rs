@@ -17,6 +17,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
 use axum::response::Response;
 use openred_core::file_transfer::{ChunkCipher, TransferShape, CHUNK_OVERHEAD};
+use openred_core::NodeId;
 use openred_http::ApiError;
 use tokio::sync::mpsc;
 
@@ -190,6 +191,14 @@ pub(super) async fn serve(
             format!("the file has {} chunks", shape.chunks()),
         ));
     }
+    // The peer's own slots first: one peer never holds them all.
+    let peer_slot = PeerSlot::take(&module, live.peer).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "busy",
+            "this node serves as many files to your node as it may; retry later",
+        )
+    })?;
     let permit = module.uploads.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -243,6 +252,7 @@ pub(super) async fn serve(
         transfer,
         finished: false,
         _permit: permit,
+        _peer_slot: peer_slot,
     };
     let body = futures_util::stream::unfold(stream, |mut s| async move {
         let item = s.next().await?;
@@ -373,6 +383,45 @@ struct Upload {
     transfer: Arc<Transfer>,
     finished: bool,
     _permit: tokio::sync::OwnedSemaphorePermit,
+    _peer_slot: PeerSlot,
+}
+
+/// One of a peer's upload slots (`max_uploads_per_peer`), given back when
+/// the upload ends.
+struct PeerSlot {
+    peer: NodeId,
+    slots: Arc<std::sync::Mutex<std::collections::HashMap<NodeId, usize>>>,
+}
+
+impl PeerSlot {
+    /// A slot for `peer`, or `None` if it holds all of its own.
+    fn take(module: &Files, peer: NodeId) -> Option<PeerSlot> {
+        let mut slots = module
+            .uploads_per_peer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let held = slots.entry(peer).or_insert(0);
+        if *held >= module.settings.max_uploads_per_peer {
+            return None;
+        }
+        *held += 1;
+        Some(PeerSlot {
+            peer,
+            slots: module.uploads_per_peer.clone(),
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = slots.get_mut(&self.peer) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                slots.remove(&self.peer);
+            }
+        }
+    }
 }
 
 impl Upload {
