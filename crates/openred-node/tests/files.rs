@@ -172,6 +172,19 @@ async fn download(
     from_chunk: u64,
     nonce: [u8; 16],
 ) -> Answer {
+    let frame = download_frame(from, owner, file_url, from_chunk, nonce).await;
+    post_bytes(&http_client(), &owner.p2p(DOWNLOAD_PATH), frame).await
+}
+
+/// The frame of a download request, sealed in `from`'s session with
+/// `owner`.
+async fn download_frame(
+    from: &TestNode,
+    owner: &TestNode,
+    file_url: &str,
+    from_chunk: u64,
+    nonce: [u8; 16],
+) -> Vec<u8> {
     let live = from.session_for(&owner.id()).await.unwrap();
     let payload = serde_json::to_vec(&DownloadRequest {
         file_url: file_url.to_owned(),
@@ -179,14 +192,12 @@ async fn download(
         client_nonce: data_encoding::HEXLOWER.encode(&nonce),
     })
     .unwrap();
-    let frame = live
-        .session
+    live.session
         .seal(
             &labelled(DOWNLOAD_PATH, false, &payload),
             from.clock().now(),
         )
-        .unwrap();
-    post_bytes(&http_client(), &owner.p2p(DOWNLOAD_PATH), frame).await
+        .unwrap()
 }
 
 /// A stream cut into its header's transfer ID and its chunks.
@@ -1007,55 +1018,58 @@ async fn after_the_sharing_node_restarts_the_first_fetch_handshakes_again_and_su
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_holding_downloads_it_never_reads_cannot_take_every_upload_slot() {
+/// Three nodes: an owner `a` with files settings `files`, and peers `b`
+/// and `x`; `a` shares a 32 MiB file with both (larger than what loopback
+/// sockets buffer: a stream nobody reads cannot finish).
+async fn big_share(
+    files: serde_json::Value,
+) -> (
+    Network,
+    TestNode,
+    TestNode,
+    TestNode,
+    FileId,
+    Vec<u8>,
+    tempfile::TempDir,
+) {
     let network = Network::start().await;
-    let slots = |c: &mut NodeConfig| {
-        c.module_settings.insert(
-            "files".into(),
-            json!({ "chunk_size": CHUNK, "retry_base_ms": 20, "retry_max_ms": 200,
-                    "max_uploads": 3, "max_uploads_per_peer": 2 }),
-        );
-    };
-    let a = network.node_with("a", slots).await;
+    let a = network
+        .node_with("a", |c| {
+            c.module_settings.insert("files".into(), files);
+        })
+        .await;
     let b = network.node_with("b", small_chunks).await;
     let x = network.node_with("x", small_chunks).await;
     let dir = tempfile::tempdir().unwrap();
-    // Larger than what loopback sockets buffer: a stream nobody reads
-    // cannot finish.
     let data = contents(32 * 1024 * 1024, 9);
-    let file_id = share(
-        &a,
-        &write(dir.path(), "big.bin", &data),
-        &[&b, &x],
-        None,
-        None,
-    )
-    .await;
+    let path = write(dir.path(), "big.bin", &data);
+    let file_id = share(&a, &path, &[&b, &x], None, None).await;
+    (network, a, b, x, file_id, data, dir)
+}
+
+/// `from` opens a download of `link` from `owner` and does not read it.
+async fn unread_download(from: &TestNode, owner: &TestNode, link: &FileGrant) -> reqwest::Response {
+    let frame = download_frame(from, owner, &link.file_url, 0, random16()).await;
+    http_client()
+        .post(owner.p2p(DOWNLOAD_PATH))
+        .header("content-type", "application/octet-stream")
+        .body(frame)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_holding_downloads_it_never_reads_cannot_take_every_upload_slot() {
+    let (_network, a, b, x, file_id, data, _dir) =
+        big_share(json!({ "chunk_size": CHUNK, "max_uploads": 3, "max_uploads_per_peer": 2 }))
+            .await;
 
     // X opens downloads and never reads them: its two slots, then busy.
     let link = grant(&x, &a, file_id).await.unwrap();
-    let live = x.session_for(&a.id()).await.unwrap();
-    let http = http_client();
     let mut held = Vec::new();
     for attempt in 0..3 {
-        let payload = serde_json::to_vec(&DownloadRequest {
-            file_url: link.file_url.clone(),
-            from_chunk: 0,
-            client_nonce: data_encoding::HEXLOWER.encode(&random16()),
-        })
-        .unwrap();
-        let frame = live
-            .session
-            .seal(&labelled(DOWNLOAD_PATH, false, &payload), x.clock().now())
-            .unwrap();
-        let response = http
-            .post(a.p2p(DOWNLOAD_PATH))
-            .header("content-type", "application/octet-stream")
-            .body(frame)
-            .send()
-            .await
-            .unwrap();
+        let response = unread_download(&x, &a, &link).await;
         if attempt < 2 {
             assert_eq!(response.status(), 200);
             held.push(response);
@@ -1070,4 +1084,24 @@ async fn a_peer_holding_downloads_it_never_reads_cannot_take_every_upload_slot()
     assert_done(&transfer);
     assert_eq!(std::fs::read(out.path().join("big.bin")).unwrap(), data);
     drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_whose_reader_stops_reading_gives_its_slot_back() {
+    let (_network, a, b, x, file_id, data, _dir) =
+        big_share(json!({ "chunk_size": CHUNK, "max_uploads": 1, "upload_stall_timeout_s": 1 }))
+            .await;
+
+    // X takes the only slot and stops reading (its socket fills up).
+    let link = grant(&x, &a, file_id).await.unwrap();
+    let stalled = unread_download(&x, &a, &link).await;
+    assert_eq!(stalled.status(), 200);
+
+    // B is told busy at first, retries, and gets the slot once the stall
+    // timeout has ended X's upload (X's connection still open).
+    let out = tempfile::tempdir().unwrap();
+    let transfer = fetch(&b, &a, file_id, out.path()).await.unwrap();
+    assert_done(&transfer);
+    assert_eq!(std::fs::read(out.path().join("big.bin")).unwrap(), data);
+    drop(stalled);
 }

@@ -19,7 +19,7 @@ use axum::response::Response;
 use openred_core::file_transfer::{ChunkCipher, TransferShape, CHUNK_OVERHEAD};
 use openred_core::NodeId;
 use openred_http::ApiError;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::disk::{self, DiskError};
 use super::store::{random_bytes, Completion, FileId, Link};
@@ -238,7 +238,20 @@ pub(super) async fn serve(
     let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
     let rate = module.settings.upload_bytes_per_s;
     let from = request.from_chunk;
-    tokio::task::spawn_blocking(move || read_and_seal(&file, &cipher, from, rate, &tx));
+    let slots = Arc::new(Slots {
+        held: Mutex::new(Some((permit, peer_slot))),
+        polled: Mutex::new(tokio::time::Instant::now()),
+        stop: watch::channel(false).0,
+    });
+    let mut stopped = slots.stop.subscribe();
+    tokio::task::spawn_blocking(move || {
+        read_and_seal(&file, &cipher, from, rate, &tx, &mut stopped)
+    });
+    tokio::spawn(watch_stall(
+        slots.clone(),
+        transfer.clone(),
+        Duration::from_secs(module.settings.upload_stall_timeout_s),
+    ));
     let mut header = STREAM_MAGIC.to_vec();
     header.extend_from_slice(&transfer_id);
     let stream = Upload {
@@ -251,8 +264,7 @@ pub(super) async fn serve(
         header: Some(Bytes::from(header)),
         transfer,
         finished: false,
-        _permit: permit,
-        _peer_slot: peer_slot,
+        slots,
     };
     let body = futures_util::stream::unfold(stream, |mut s| async move {
         let item = s.next().await?;
@@ -335,7 +347,9 @@ fn read_and_seal(
     from: u64,
     rate: u64,
     tx: &mpsc::Sender<Sealed>,
+    stopped: &mut watch::Receiver<bool>,
 ) {
+    let runtime = tokio::runtime::Handle::current();
     let shape = *cipher.shape();
     let pool = BufferPool::new(shape.chunk_size as usize + CHUNK_OVERHEAD);
     let started = Instant::now();
@@ -357,7 +371,15 @@ fn read_and_seal(
             Ok((index, Bytes::from_owner(chunk)))
         })();
         let failed = result.is_err();
-        if tx.blocking_send(result).is_err() || failed {
+        // A reader that stopped reading leaves the channel full: the
+        // stall watchdog's stop is what frees this thread then.
+        let delivered = runtime.block_on(async {
+            tokio::select! {
+                sent = tx.send(result) => sent.is_ok(),
+                _ = stopped.wait_for(|s| *s) => false,
+            }
+        });
+        if !delivered || failed {
             return;
         }
         if rate > 0 {
@@ -382,8 +404,51 @@ struct Upload {
     header: Option<Bytes>,
     transfer: Arc<Transfer>,
     finished: bool,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    _peer_slot: PeerSlot,
+    slots: Arc<Slots>,
+}
+
+/// An upload's slots (`max_uploads`, `max_uploads_per_peer`), when the
+/// HTTP layer last asked for more of it, and the stop of its reader:
+/// shared with the stall watchdog, which gives the slots back when the
+/// peer stops reading, even though the HTTP layer keeps the body.
+struct Slots {
+    held: Mutex<Option<(tokio::sync::OwnedSemaphorePermit, PeerSlot)>>,
+    polled: Mutex<tokio::time::Instant>,
+    stop: watch::Sender<bool>,
+}
+
+impl Slots {
+    /// Gives the slots back and stops the reader.
+    fn release(&self) {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        self.stop.send_replace(true);
+    }
+
+    fn stalled(&self) -> bool {
+        *self.stop.borrow()
+    }
+}
+
+/// Ends an upload whose reader took nothing for `timeout`: a peer that
+/// opens a download and stops reading (the socket's buffers full, so the
+/// HTTP layer stops asking for chunks) holds its slots no longer.
+async fn watch_stall(slots: Arc<Slots>, transfer: Arc<Transfer>, timeout: Duration) {
+    let tick = (timeout / 4).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(tick).await;
+        if slots.stalled() || Arc::strong_count(&slots) == 1 {
+            return;
+        }
+        let polled = *slots.polled.lock().unwrap_or_else(PoisonError::into_inner);
+        if polled.elapsed() >= timeout {
+            transfer.finish(TransferState::Failed, Some("the peer stopped reading"));
+            slots.release();
+            return;
+        }
+    }
 }
 
 /// One of a peer's upload slots (`max_uploads_per_peer`), given back when
@@ -426,6 +491,14 @@ impl Drop for PeerSlot {
 
 impl Upload {
     async fn next(&mut self) -> Option<std::io::Result<Bytes>> {
+        *self
+            .slots
+            .polled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = tokio::time::Instant::now();
+        if self.slots.stalled() && !self.finished {
+            return Some(Err(self.fail("the peer stopped reading".into())));
+        }
         if let Some(header) = self.header.take() {
             return Some(Ok(header));
         }
@@ -491,6 +564,7 @@ impl Upload {
 
 impl Drop for Upload {
     fn drop(&mut self) {
+        self.slots.release();
         if !self.finished {
             self.transfer
                 .finish(TransferState::Failed, Some("the peer went away"));
