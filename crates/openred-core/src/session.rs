@@ -566,6 +566,19 @@ impl Sender {
     /// Seals `plaintext` into a frame, ratcheting to the next epoch first if
     /// the current one has lasted `epoch_len_s` by `now`.
     pub fn seal(&self, plaintext: &[u8], now: UnixTime) -> Result<Vec<u8>, FrameError> {
+        self.seal_bound(plaintext, &[], now)
+    }
+
+    /// As [`Sender::seal`], with `bound` appended to the header in the
+    /// associated data (not sent): the frame opens only with
+    /// [`Receiver::open_bound`] and the same bytes. An answer binds its
+    /// request's identity this way.
+    pub fn seal_bound(
+        &self,
+        plaintext: &[u8],
+        bound: &[u8],
+        now: UnixTime,
+    ) -> Result<Vec<u8>, FrameError> {
         if plaintext.len() > self.max_plaintext {
             return Err(FrameError::TooLarge {
                 len: plaintext.len(),
@@ -598,8 +611,15 @@ impl Sender {
         let mut frame = Vec::with_capacity(FRAME_OVERHEAD + plaintext.len());
         frame.extend_from_slice(&header.to_bytes());
         frame.extend_from_slice(plaintext);
-        let (aad, body) = frame.split_at_mut(HEADER_LEN);
-        let tag = state.keys.cipher.encrypt(seq, aad, body);
+        let (header_bytes, body) = frame.split_at_mut(HEADER_LEN);
+        let tag = if bound.is_empty() {
+            state.keys.cipher.encrypt(seq, header_bytes, body)
+        } else {
+            // The header has a fixed length, so header || bound never
+            // equals another frame's header alone.
+            let aad = [&header_bytes[..], bound].concat();
+            state.keys.cipher.encrypt(seq, &aad, body)
+        };
         drop(state);
         let tag = tag.map_err(|_| {
             frame.zeroize();
@@ -798,6 +818,18 @@ impl Receiver {
     /// order of checks. On error nothing changes, except that a previous
     /// epoch whose grace ended by `now` is erased.
     pub fn open(&mut self, frame: &[u8], now: UnixTime) -> Result<Vec<u8>, FrameError> {
+        self.open_bound(frame, &[], now)
+    }
+
+    /// As [`Receiver::open`], for a frame sealed with
+    /// [`Sender::seal_bound`] and `bound`; any other `bound` fails
+    /// authentication, and a failed frame marks nothing seen.
+    pub fn open_bound(
+        &mut self,
+        frame: &[u8],
+        bound: &[u8],
+        now: UnixTime,
+    ) -> Result<Vec<u8>, FrameError> {
         let (header, body) = FrameHeader::parse(frame)?;
         if header.session_id != self.session_id {
             return Err(FrameError::WrongSession);
@@ -840,9 +872,16 @@ impl Receiver {
         let tag: &[u8; TAG_LEN] = tag
             .try_into()
             .map_err(|_| FrameError::Truncated { len: frame.len() })?;
-        let aad = frame
+        let header_bytes = frame
             .get(..HEADER_LEN)
             .ok_or(FrameError::Truncated { len: frame.len() })?;
+        let bound_aad;
+        let aad = if bound.is_empty() {
+            header_bytes
+        } else {
+            bound_aad = [header_bytes, bound].concat();
+            &bound_aad[..]
+        };
 
         let next = match choice {
             KeyChoice::Next => self.current.next(self.suite, self.role.receiving()),
@@ -1024,6 +1063,26 @@ impl Session {
         self.lock_receiver().open(frame, now)
     }
 
+    /// Seals a frame bound to `bound`; see [`Sender::seal_bound`].
+    pub fn seal_bound(
+        &self,
+        plaintext: &[u8],
+        bound: &[u8],
+        now: UnixTime,
+    ) -> Result<Vec<u8>, FrameError> {
+        self.sender.seal_bound(plaintext, bound, now)
+    }
+
+    /// Opens a frame bound to `bound`; see [`Receiver::open_bound`].
+    pub fn open_bound(
+        &self,
+        frame: &[u8],
+        bound: &[u8],
+        now: UnixTime,
+    ) -> Result<Vec<u8>, FrameError> {
+        self.lock_receiver().open_bound(frame, bound, now)
+    }
+
     /// Erases an expired previous epoch; see [`Receiver::erase_expired`].
     pub fn erase_expired(&self, now: UnixTime) {
         self.lock_receiver().erase_expired(now)
@@ -1144,6 +1203,35 @@ mod tests {
 
     fn header_of(frame: &[u8]) -> FrameHeader {
         FrameHeader::parse(frame).unwrap().0
+    }
+
+    #[test]
+    fn a_bound_frame_opens_only_with_its_binding_and_a_failure_marks_nothing() {
+        for suite in Suite::ALL {
+            let (a, b) = pair(suite);
+            let first = b.seal_bound(b"one", b"request 1", T0).unwrap();
+            let second = b.seal_bound(b"two", b"request 2", T0).unwrap();
+            // Swapped, unbound, or bound to nothing: refused, seen nowhere.
+            assert_eq!(
+                a.open_bound(&first, b"request 2", T0),
+                Err(FrameError::Authentication)
+            );
+            assert_eq!(
+                a.open_bound(&second, b"request 1", T0),
+                Err(FrameError::Authentication)
+            );
+            assert_eq!(a.open(&first, T0), Err(FrameError::Authentication));
+            let plain = b.seal(b"plain", T0).unwrap();
+            assert_eq!(
+                a.open_bound(&plain, b"request 1", T0),
+                Err(FrameError::Authentication)
+            );
+            // Each with its own binding: once.
+            assert_eq!(a.open_bound(&first, b"request 1", T0).unwrap(), b"one");
+            assert_eq!(a.open_bound(&second, b"request 2", T0).unwrap(), b"two");
+            assert!(a.open_bound(&first, b"request 1", T0).is_err());
+            assert_eq!(a.open(&plain, T0).unwrap(), b"plain");
+        }
     }
 
     #[test]

@@ -95,6 +95,19 @@ pub use hpke::rand_core;
 
 /// The envelope version this code writes and reads.
 pub const TOKEN_VERSION: u8 = 1;
+
+/// The longest an introduction may live, from `issued_at` to `expires_at`:
+/// the protocol's cap. The directory refuses a configuration above it, and
+/// a node refuses a token beyond it on receipt and when it opens one, so a
+/// directory (compromised, or misconfigured) cannot hand out tokens that
+/// outlive the tombstones kept against their replay.
+pub const MAX_TOKEN_LIFETIME_S: u64 = 300;
+
+/// How far a token's `issued_at` may be ahead of a node's clock (the
+/// directory's clock being ahead): the directory's default skew for
+/// records. A node's tombstones outlive the token's expiry by this much,
+/// so a clock stepped back by up to it cannot reopen a replay.
+pub const TOKEN_CLOCK_SKEW_S: u64 = 300;
 /// The version of the sealed plaintext.
 const PLAINTEXT_VERSION: u8 = 1;
 /// Prefix of the HPKE `info` string; role and node IDs follow.
@@ -179,6 +192,18 @@ pub enum TokenError {
     /// The token's `expires_at` has passed.
     #[error("the token expired at {0}")]
     Expired(UnixTime),
+    /// The token lives longer than the protocol allows
+    /// ([`MAX_TOKEN_LIFETIME_S`]), or was issued further ahead of this
+    /// node's clock than [`TOKEN_CLOCK_SKEW_S`].
+    #[error("the token lives from {issued_at} to {expires_at}, beyond the protocol's cap of {MAX_TOKEN_LIFETIME_S} s (clock skew {TOKEN_CLOCK_SKEW_S} s) at {now}")]
+    TooLongLived {
+        /// The token's `issued_at`.
+        issued_at: UnixTime,
+        /// The token's `expires_at`.
+        expires_at: UnixTime,
+        /// This node's time.
+        now: UnixTime,
+    },
     /// HPKE refused to seal (e.g. a recipient agreement key of low order).
     #[error("HPKE sealing failed: {0}")]
     Hpke(String),
@@ -205,6 +230,23 @@ impl Introduction {
     pub fn check_unexpired(&self, now: UnixTime) -> Result<(), TokenError> {
         if now >= self.expires_at {
             return Err(TokenError::Expired(self.expires_at));
+        }
+        Ok(())
+    }
+
+    /// Checks that the introduction lives at most [`MAX_TOKEN_LIFETIME_S`]
+    /// from its issue, and was not issued further ahead of `now` than
+    /// [`TOKEN_CLOCK_SKEW_S`]: together, it expires at most
+    /// `MAX_TOKEN_LIFETIME_S + TOKEN_CLOCK_SKEW_S` after `now`. Without the
+    /// second bound a token "issued" in a year would pass the first.
+    pub fn check_lifetime(&self, now: UnixTime) -> Result<(), TokenError> {
+        let lifetime = self.expires_at.0.saturating_sub(self.issued_at.0);
+        if lifetime > MAX_TOKEN_LIFETIME_S || self.issued_at > now.plus(TOKEN_CLOCK_SKEW_S) {
+            return Err(TokenError::TooLongLived {
+                issued_at: self.issued_at,
+                expires_at: self.expires_at,
+                now,
+            });
         }
         Ok(())
     }
@@ -1030,6 +1072,41 @@ mod tests {
             intro.check_unexpired(EXPIRES.plus(1)),
             Err(TokenError::Expired(EXPIRES))
         );
+    }
+
+    #[test]
+    fn a_token_living_beyond_the_cap_or_issued_in_the_future_is_too_long_lived() {
+        let intro = |issued: u64, expires: u64| Introduction {
+            connection_id: [1; 16],
+            initiator: Node::new(1).record.record().node_id,
+            target: Node::new(2).record.record().node_id,
+            issued_at: UnixTime(issued),
+            expires_at: UnixTime(expires),
+        };
+        let now = 1_000_000;
+        let cap = MAX_TOKEN_LIFETIME_S;
+        // At the cap, and issued up to the skew ahead of this node's clock.
+        assert_eq!(intro(now, now + cap).check_lifetime(UnixTime(now)), Ok(()));
+        let ahead = now + TOKEN_CLOCK_SKEW_S;
+        assert_eq!(
+            intro(ahead, ahead + cap).check_lifetime(UnixTime(now)),
+            Ok(())
+        );
+        for (issued, expires) in [
+            (now, now + cap + 1),
+            (now - 3600, now + 100 * 365 * 86_400),
+            // A lifetime within the cap, "issued" in a year.
+            (now + 365 * 86_400, now + 365 * 86_400 + 60),
+            (ahead + 1, ahead + 2),
+        ] {
+            assert!(
+                matches!(
+                    intro(issued, expires).check_lifetime(UnixTime(now)),
+                    Err(TokenError::TooLongLived { .. })
+                ),
+                "{issued}..{expires} is refused at {now}"
+            );
+        }
     }
 
     #[test]

@@ -121,7 +121,8 @@ pub struct Config {
     pub cache_ttl_s: Option<u64>,
     /// Reverse proxies whose `X-Forwarded-For` header is believed.
     pub trusted_proxies: Vec<IpNet>,
-    /// How long an introduction's tokens live (at most 300 s).
+    /// How long an introduction's tokens live (at most
+    /// [`openred_core::token::MAX_TOKEN_LIFETIME_S`], 300 s).
     pub introduction_ttl_s: u64,
     /// Rate limits.
     pub rate_limits: RateLimits,
@@ -223,8 +224,12 @@ impl Config {
             // about 1.3 KB: every page must hold one.
             return fail("max_page_bytes must be at least 4096");
         }
-        if !(10..=300).contains(&self.introduction_ttl_s) {
-            return fail("introduction_ttl_s must be in 10..=300");
+        // Nodes refuse tokens living longer than the protocol's cap.
+        let cap = openred_core::token::MAX_TOKEN_LIFETIME_S;
+        if !(10..=cap).contains(&self.introduction_ttl_s) {
+            return Err(ConfigError(format!(
+                "introduction_ttl_s must be in 10..={cap}"
+            )));
         }
         if self.max_body_bytes < 1024 {
             return fail("max_body_bytes must be at least 1024");

@@ -14,7 +14,9 @@ pub enum IntroductionPolicy {
     /// Any registered node may be introduced.
     #[default]
     Anyone,
-    /// Only nodes this node already knows (it looked them up or met them).
+    /// Only known peers: nodes this node connected to, whose handshake it
+    /// accepted, or that its owner added; a node merely listed by the
+    /// directory (`openred peers`) is not known.
     KnownPeers,
 }
 
@@ -90,6 +92,15 @@ pub struct NodeConfig {
     pub session_max_age_s: u64,
     /// How long a signed record stays valid.
     pub record_lifetime_s: u64,
+    /// Sessions held at once (default 4,096); a handshake beyond is refused
+    /// with 429 `too_many_sessions`.
+    pub max_sessions: usize,
+    /// Distinct peers with a session at once (default 1,024); a handshake
+    /// with one more is refused with 429 `too_many_peers`.
+    pub max_peers: usize,
+    /// How long a session this node answered may wait for the peer's
+    /// first frame before it is dropped (default 30 s).
+    pub unconfirmed_session_idle_s: u64,
     /// Largest frame accepted on the P2P API.
     pub max_frame_bytes: usize,
     /// Largest back-off between registration attempts.
@@ -182,6 +193,9 @@ impl NodeConfig {
             epoch: EpochConfig::default(),
             session_max_age_s: 24 * 3600,
             record_lifetime_s: 24 * 3600,
+            max_sessions: 4096,
+            max_peers: 1024,
+            unconfirmed_session_idle_s: 30,
             max_frame_bytes: 256 * 1024,
             max_backoff_s: 60,
             danger_in_process_crypto: false,
@@ -284,6 +298,16 @@ impl NodeConfig {
         if !(1..=128).contains(&reach.ipv6_prefix_len) {
             return Err(ConfigError(
                 "reachability_limits.ipv6_prefix_len must be in 1..=128".into(),
+            ));
+        }
+        if self.max_sessions == 0 || self.max_peers == 0 {
+            return Err(ConfigError(
+                "max_sessions and max_peers must be at least 1".into(),
+            ));
+        }
+        if self.unconfirmed_session_idle_s == 0 {
+            return Err(ConfigError(
+                "unconfirmed_session_idle_s must be at least 1".into(),
             ));
         }
         if self.record_lifetime_s < 60 {

@@ -71,6 +71,9 @@ pub enum NodeError {
     /// A record older than one already seen was served.
     #[error("the directory served an older record for {0} than this node has seen")]
     RolledBackRecord(String),
+    /// The session table is full (`max_sessions`, `max_peers`).
+    #[error(transparent)]
+    Capacity(#[from] crate::sessions::Capacity),
     /// Local storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -98,6 +101,9 @@ impl NodeError {
             }
             NodeError::NoSession(_) => ApiError::not_found("no_session", self.to_string()),
             NodeError::Busy(_) => ApiError::conflict("busy", self.to_string()),
+            NodeError::Capacity(c) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, c.code(), c.to_string())
+            }
             NodeError::Store(e) => ApiError::internal("node storage", e),
             NodeError::Crypto(CryptoError::Unavailable) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -7,12 +7,20 @@
 //! request (the two directions of requests and answers share one key per
 //! direction: a node's answers and its own requests are both sealed with
 //! its send key). The frame layer's AEAD covers the label.
+//!
+//! An answer is also **bound to its request**: its associated data is the
+//! frame header followed by `"openred/v1/answer-to" || request seq (u64
+//! BE)`, the `seq` of the request frame it answers (unique per direction
+//! and session). An answer therefore opens only as the answer to that one
+//! request: two answers swapped on the path both fail to authenticate
+//! (and, failing, mark nothing seen in the replay window).
 
+use std::ops::Deref;
 use std::sync::Arc;
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use openred_core::session::FrameHeader;
+use openred_core::session::{FrameHeader, Session};
 use openred_core::UnixTime;
 use openred_http::ApiError;
 
@@ -22,6 +30,63 @@ use crate::node::NodeState;
 use crate::sessions::LiveSession;
 
 const ANSWER: u8 = b'<';
+
+/// What an answer's associated data adds to its header, before the
+/// request's seq.
+const ANSWER_BINDING_LABEL: &[u8] = b"openred/v1/answer-to";
+
+/// The associated data an answer to the request frame `request_seq`
+/// adds to its header.
+pub fn answer_binding(request_seq: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ANSWER_BINDING_LABEL.len() + 8);
+    out.extend_from_slice(ANSWER_BINDING_LABEL);
+    out.extend_from_slice(&request_seq.to_be_bytes());
+    out
+}
+
+/// Opens `answer` as the answer on `path` to the request frame
+/// `request_seq` this node sealed in `session`: authenticated with the
+/// binding to the request, then unlabelled. Returns the payload.
+pub fn open_answer(
+    session: &Session,
+    path: &str,
+    request_seq: u64,
+    answer: &[u8],
+    now: UnixTime,
+) -> Result<Vec<u8>, NodeError> {
+    let plaintext = session.open_bound(answer, &answer_binding(request_seq), now)?;
+    Ok(unlabel(path, true, &plaintext)
+        .ok_or(NodeError::Malformed("an answer sealed for another route"))?
+        .to_vec())
+}
+
+/// A request frame opened by [`NodeState::open_frame`]: its session (what
+/// it dereferences to) and the request's identity, which the answer
+/// binds ([`NodeState::answer_frame`]).
+pub struct Incoming {
+    live: Arc<LiveSession>,
+    request_seq: u64,
+}
+
+impl Incoming {
+    /// The session the request came in.
+    pub fn session(&self) -> &Arc<LiveSession> {
+        &self.live
+    }
+
+    /// The request frame's `seq`, which its answer binds.
+    pub fn request_seq(&self) -> u64 {
+        self.request_seq
+    }
+}
+
+impl Deref for Incoming {
+    type Target = Arc<LiveSession>;
+
+    fn deref(&self) -> &Arc<LiveSession> {
+        &self.live
+    }
+}
 
 /// `label(path, answer) || payload`.
 pub fn labelled(path: &str, answer: bool, payload: &[u8]) -> Vec<u8> {
@@ -56,12 +121,8 @@ impl NodeState {
     /// Opens a request frame sent to `path`: finds its session, checks it
     /// (one AEAD, the replay window) and its label, and counts the peer's
     /// first frame on a new session as its confirmation. Returns the
-    /// session and the payload.
-    pub fn open_frame(
-        &self,
-        path: &str,
-        body: &[u8],
-    ) -> Result<(Arc<LiveSession>, Vec<u8>), ApiError> {
+    /// session with the request's identity, and the payload.
+    pub fn open_frame(&self, path: &str, body: &[u8]) -> Result<(Incoming, Vec<u8>), ApiError> {
         if body.len() > self.config.max_frame_bytes + 64 + 256 {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -82,20 +143,26 @@ impl NodeState {
             .to_vec();
         self.sessions.confirm(&live);
         live.touch(now);
-        Ok((live, payload))
+        let request_seq = header.seq;
+        Ok((Incoming { live, request_seq }, payload))
     }
 
-    /// The answer to a request on `path`: `payload` in a frame of `live`.
+    /// The answer to `request` on `path`: `payload` in a frame of its
+    /// session, bound to the request.
     pub fn answer_frame(
         &self,
-        live: &LiveSession,
+        request: &Incoming,
         path: &str,
         payload: &[u8],
     ) -> Result<Response, ApiError> {
         let now: UnixTime = self.clock.now();
-        let frame = live
+        let frame = request
             .session
-            .seal(&labelled(path, true, payload), now)
+            .seal_bound(
+                &labelled(path, true, payload),
+                &answer_binding(request.request_seq),
+                now,
+            )
             .map_err(frame_error)?;
         Ok(([(header::CONTENT_TYPE, "application/octet-stream")], frame).into_response())
     }
@@ -112,6 +179,7 @@ impl NodeState {
         let frame = live
             .session
             .seal(&labelled(path, false, payload), self.clock.now())?;
+        let request_seq = FrameHeader::parse(&frame)?.0.seq;
         let response = self
             .outbound
             .post_bytes(
@@ -127,10 +195,7 @@ impl NodeState {
                 .unwrap_or(NodeError::Malformed("the peer")));
         }
         let now = self.clock.now();
-        let plaintext = live.session.open(&response.body, now)?;
-        let payload = unlabel(path, true, &plaintext)
-            .ok_or(NodeError::Malformed("an answer sealed for another route"))?
-            .to_vec();
+        let payload = open_answer(&live.session, path, request_seq, &response.body, now)?;
         live.touch(now);
         Ok(payload)
     }

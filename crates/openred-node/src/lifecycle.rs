@@ -39,7 +39,8 @@ pub struct LifecycleReport {
     pub tombstones: u64,
     /// Sessions ended at their maximum age.
     pub ended: usize,
-    /// Replaced or idle sessions dropped.
+    /// Replaced or idle sessions dropped, and answered ones never
+    /// confirmed by the peer within `unconfirmed_session_idle_s`.
     pub purged: usize,
     /// Sessions renewed.
     pub renewed: usize,
@@ -82,8 +83,14 @@ impl NodeState {
         let purged = self
             .sessions
             .purge_idle(now.minus(2 * self.config.epoch.epoch_len_s));
+        // Answered, and the peer never sent its first frame: it holds
+        // room in the table (`max_sessions`) for nothing.
+        let unconfirmed = self
+            .sessions
+            .purge_unconfirmed(now.minus(self.config.unconfirmed_session_idle_s));
         self.sessions_closed(&ended, "max_age");
         self.sessions_closed(&purged, "replaced_or_idle");
+        self.sessions_closed(&unconfirmed, "unconfirmed");
         self.metrics
             .tokens_expired
             .fetch_add(tokens, Ordering::Relaxed);
@@ -91,7 +98,7 @@ impl NodeState {
             tokens,
             tombstones,
             ended: ended.len(),
-            purged: purged.len(),
+            purged: purged.len() + unconfirmed.len(),
             ..LifecycleReport::default()
         };
         let mut renewals = tokio::task::JoinSet::new();

@@ -87,6 +87,9 @@ pub struct NodeState {
     pub(crate) owner_login: crate::owner::OwnerLogin,
     /// Rate limits on the reachability route.
     pub(crate) reachability: crate::reachability::ReachabilityLimiter,
+    /// Held while a session the peer says it lost is replaced
+    /// ([`NodeState::handshake_again`]).
+    pub(crate) reconnecting: tokio::sync::Mutex<()>,
 }
 
 /// A node, opened and ready to serve.
@@ -195,6 +198,7 @@ impl Node {
             audit,
             owner_login,
             reachability,
+            reconnecting: tokio::sync::Mutex::new(()),
         });
         state.modules.attach(&state);
         Ok(Node { state })
@@ -484,6 +488,30 @@ impl NodeState {
             .ok_or_else(|| NodeError::NoSession(peer.to_string()))
     }
 
+    /// The peer answered `unknown_session` to a frame of `lost`, as it
+    /// does after a restart. That answer is plain JSON that anyone on the
+    /// path can forge, so `lost` is not dropped on its word: a new
+    /// introduction and handshake, authenticated end to end, makes a
+    /// session that replaces it as the one used to reach the peer (and
+    /// every other session held with the peer, which a restart killed
+    /// too). `lost` stays in the table, no longer used, until it is idle.
+    /// A forged answer thus costs one introduction and ends nothing; if
+    /// the new handshake fails (directory unreachable), `lost` stays the
+    /// session in use. One re-handshake at a time: a caller that finds a
+    /// session newer than `lost` already in use takes it.
+    pub async fn handshake_again(&self, lost: &LiveSession) -> Result<Arc<LiveSession>, NodeError> {
+        let _one_at_a_time = self.reconnecting.lock().await;
+        if let Some(current) = self.sessions.with_peer(&lost.peer) {
+            if current.id() != lost.id() && current.established_at >= lost.established_at {
+                return Ok(current);
+            }
+        }
+        self.connect(lost.peer).await?;
+        self.sessions
+            .with_peer(&lost.peer)
+            .ok_or_else(|| NodeError::NoSession(lost.peer.to_string()))
+    }
+
     /// Forgets a session the peer no longer knows (it restarted): the next
     /// use makes a new one.
     pub fn forget_session(&self, live: &LiveSession) {
@@ -532,6 +560,8 @@ impl NodeState {
 
     async fn introduce_and_handshake(&self, peer: NodeId) -> Result<Connected, NodeError> {
         let started = Instant::now();
+        // No introduction for a session this node could not hold.
+        self.sessions.room_for(&peer, self.session_limits())?;
         let now = self.clock.now();
         let envelope = self
             .directory
@@ -571,6 +601,7 @@ impl NodeState {
             return Err(NodeError::Malformed("a token for another introduction"));
         }
         intro.check_unexpired(now)?;
+        intro.check_lifetime(now)?;
         let opened = self.crypto.open_token(&envelope).await?;
         let peer_record = opened.peer_record;
         if peer_record.record().node_id != peer {
@@ -664,6 +695,14 @@ impl NodeState {
 }
 
 impl NodeState {
+    /// The bounds of the session table, from the configuration.
+    pub fn session_limits(&self) -> crate::sessions::SessionLimits {
+        crate::sessions::SessionLimits {
+            max_sessions: self.config.max_sessions,
+            max_peers: self.config.max_peers,
+        }
+    }
+
     /// Installs the session a finished handshake exported, with the peer
     /// whose record the handshake used. The initiator passes the session ID
     /// the responder announced, which must be the one the keys derive.
@@ -692,12 +731,10 @@ impl NodeState {
                 "a session ID not derived from the handshake",
             ));
         }
-        let live = self.sessions.insert(LiveSession::new(
-            peer_record,
-            session,
-            keys.handshake_hash,
-            now,
-        ));
+        let live = self.sessions.try_insert(
+            LiveSession::new(peer_record, session, keys.handshake_hash, now),
+            self.session_limits(),
+        )?;
         tracing::info!(peer = %live.peer, session = %live.id(), suite = %suite, ?role, "session established");
         self.modules.session_established(live.peer, live.id());
         Ok(live)

@@ -260,6 +260,11 @@ async fn accept_token(
             "the token is addressed to another node",
         ));
     }
+    // Before any public-key work: a token living beyond the protocol's cap
+    // would outlive the tombstone kept against its replay.
+    intro
+        .check_lifetime(state.clock.now())
+        .map_err(|e| bad("token_lifetime", e.to_string()))?;
     let opened = state
         .crypto
         .open_token(&envelope)
@@ -284,13 +289,14 @@ async fn accept_token(
         .peer_record
         .check_unexpired(now)
         .map_err(|e| bad("peer_record_expired", e.to_string()))?;
+    // Known: connected to, accepted or added, never merely listed by the
+    // directory (which would make the policy worth nothing).
     if state.config.introduction_policy == IntroductionPolicy::KnownPeers
-        && state
+        && !state
             .store
-            .peer(&intro.initiator)
+            .is_known_peer(&intro.initiator)
             .await
             .map_err(internal)?
-            .is_none()
     {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -400,6 +406,12 @@ async fn answer_handshake(
             "the introduction has expired",
         ));
     }
+    // Before any public-key work: a full table refuses at once (the token
+    // stays, for a try once there is room). Installing checks again.
+    state
+        .sessions
+        .room_for(&token.initiator, state.session_limits())
+        .map_err(|e| NodeError::from(e).to_api())?;
     let message = b64_decode(&body.message)
         .map_err(|_| ApiError::bad_request("bad_message", "message is not base64url"))?;
     let offer = handshake::parse_offer(&body.suites).map_err(handshake_error)?;
@@ -427,7 +439,7 @@ async fn answer_handshake(
     // and its tombstone outlives the token.
     if state
         .store
-        .burn_token(&connection_id)
+        .burn_token(&connection_id, &token.initiator, now)
         .await
         .map_err(internal)?
         != TokenState::Ok
@@ -532,7 +544,7 @@ async fn renew(State(state): Shared, body: Bytes) -> Result<Response, ApiError> 
 
 async fn renew_in(
     state: &NodeState,
-    live: &Arc<crate::sessions::LiveSession>,
+    live: &crate::frames::Incoming,
     plaintext: &[u8],
 ) -> Result<Response, ApiError> {
     let now = state.clock.now();
@@ -602,7 +614,7 @@ async fn renew_in(
 
 async fn answer_renewal(
     state: &NodeState,
-    live: &Arc<crate::sessions::LiveSession>,
+    live: &crate::frames::Incoming,
     connection_id: [u8; 16],
     offer: Vec<openred_core::session::Suite>,
     message: &[u8],

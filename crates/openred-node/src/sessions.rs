@@ -152,6 +152,38 @@ struct PeerSessions {
 /// reaches the peer nor waits to goes: a peer cannot pile sessions up.
 pub const MAX_SESSIONS_PER_PEER: usize = 4;
 
+/// What the whole table may hold (`NodeConfig::max_sessions`,
+/// `max_peers`): sessions cost memory and key material, and any node the
+/// directory introduces can ask for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Sessions held at once.
+    pub max_sessions: usize,
+    /// Distinct peers with a session.
+    pub max_peers: usize,
+}
+
+/// Why a new session does not fit in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Capacity {
+    /// The table holds `max_sessions` already.
+    #[error("this node holds as many sessions as it may; try again later")]
+    Sessions,
+    /// `max_peers` peers have a session already, and this is a new one.
+    #[error("this node has sessions with as many peers as it may; try again later")]
+    Peers,
+}
+
+impl Capacity {
+    /// The error code on the wire.
+    pub fn code(self) -> &'static str {
+        match self {
+            Capacity::Sessions => "too_many_sessions",
+            Capacity::Peers => "too_many_peers",
+        }
+    }
+}
+
 #[derive(Default)]
 struct Tables {
     by_id: HashMap<SessionId, Arc<LiveSession>>,
@@ -159,6 +191,23 @@ struct Tables {
 }
 
 impl Tables {
+    /// Whether one more session with `peer` fits. A peer at its own
+    /// bound replaces one of its sessions, so it never grows the table.
+    fn room_for(&self, peer: &NodeId, limits: SessionLimits) -> Result<(), Capacity> {
+        let of_peer = self.by_id.values().filter(|s| s.peer == *peer).count();
+        if of_peer == 0 {
+            let peers: std::collections::HashSet<&NodeId> =
+                self.by_id.values().map(|s| &s.peer).collect();
+            if peers.len() >= limits.max_peers {
+                return Err(Capacity::Peers);
+            }
+        }
+        if self.by_id.len() >= limits.max_sessions && of_peer < MAX_SESSIONS_PER_PEER {
+            return Err(Capacity::Sessions);
+        }
+        Ok(())
+    }
+
     fn is_live(&self, id: &SessionId, peer: &NodeId) -> bool {
         self.by_peer
             .get(peer)
@@ -190,16 +239,38 @@ impl SessionTable {
         self.tables.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether a new session with `peer` would fit now: checked before a
+    /// handshake's public-key work. [`SessionTable::try_insert`] checks
+    /// again, atomically.
+    pub fn room_for(&self, peer: &NodeId, limits: SessionLimits) -> Result<(), Capacity> {
+        self.read().room_for(peer, limits)
+    }
+
+    /// Installs a session if it fits within `limits` (see
+    /// [`SessionTable::insert`]).
+    pub fn try_insert(
+        &self,
+        session: LiveSession,
+        limits: SessionLimits,
+    ) -> Result<Arc<LiveSession>, Capacity> {
+        let mut t = self.write();
+        t.room_for(&session.peer, limits)?;
+        Ok(Self::insert_into(&mut t, session))
+    }
+
     /// Installs a session. A confirmed one (this node initiated it) becomes
     /// the one used to reach its peer at once. An unconfirmed one (this
     /// node answered it) waits for the peer's first frame if a confirmed
     /// session still reaches the peer: until then the peer may not have it
     /// (message 2 can be lost), so frames keep going over the older one.
     pub fn insert(&self, session: LiveSession) -> Arc<LiveSession> {
+        Self::insert_into(&mut self.write(), session)
+    }
+
+    fn insert_into(t: &mut Tables, session: LiveSession) -> Arc<LiveSession> {
         let session = Arc::new(session);
         let id = session.id();
         let peer = session.peer;
-        let mut t = self.write();
         t.by_id.insert(id, session.clone());
         let wait = !session.confirmed.load(Ordering::Acquire)
             && t.by_peer
@@ -344,6 +415,13 @@ impl SessionTable {
     /// Removes one session (its peer no longer has it).
     pub fn remove(&self, id: &SessionId) -> Vec<(NodeId, SessionId)> {
         self.remove_where(|_, s| s.id() == *id)
+    }
+
+    /// Drops sessions this node answered whose peer never sent a first
+    /// frame, established before `cutoff`: a peer that handshakes and
+    /// walks away holds no room in the table for long.
+    pub fn purge_unconfirmed(&self, cutoff: UnixTime) -> Vec<(NodeId, SessionId)> {
+        self.remove_where(|_, s| !s.confirmed.load(Ordering::Acquire) && s.established_at < cutoff)
     }
 
     /// Drops sessions that neither reach their peer nor wait to, are not

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::XChaCha20Poly1305;
+use openred_core::token::TOKEN_CLOCK_SKEW_S;
 use openred_core::{NodeId, SignedRecord, UnixTime};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -306,8 +307,15 @@ impl NodeStore {
 
     /// Burns a token: deletes it and writes its tombstone in one committed
     /// transaction. Exactly one caller gets `Ok` for a connection ID; every
-    /// later one gets `Used` or `Unknown`.
-    pub async fn burn_token(&self, connection_id: &[u8; 16]) -> Result<TokenState, StoreError> {
+    /// later one gets `Used` or `Unknown`. The winner's `initiator` (whose
+    /// handshake this node accepted) becomes a known peer in the same
+    /// transaction.
+    pub async fn burn_token(
+        &self,
+        connection_id: &[u8; 16],
+        initiator: &NodeId,
+        now: UnixTime,
+    ) -> Result<TokenState, StoreError> {
         let mut tx = self.writer.begin().await?;
         let row = sqlx::query("DELETE FROM tokens WHERE connection_id = ? RETURNING expires_at")
             .bind(&connection_id[..])
@@ -324,6 +332,9 @@ impl NodeStore {
         .bind(expires_at)
         .execute(&mut *tx)
         .await?;
+        if inserted.rows_affected() == 1 {
+            mark_known(&mut tx, initiator, now).await?;
+        }
         tx.commit().await?;
         Ok(if inserted.rows_affected() == 1 {
             TokenState::Ok
@@ -334,8 +345,9 @@ impl NodeStore {
 
     /// The initiator's side of a used introduction, in one transaction: a
     /// tombstone for its connection ID until `expires_at`, and the peer's
-    /// record if it is at least as new as the one known. Returns whether
-    /// the record was stored (`false`: a newer one arrived meanwhile).
+    /// record if it is at least as new as the one known; the peer becomes
+    /// a known peer (this node connected to it). Returns whether the record
+    /// was stored (`false`: a newer one arrived meanwhile).
     pub async fn record_introduction(
         &self,
         connection_id: &[u8; 16],
@@ -350,6 +362,7 @@ impl NodeStore {
             .execute(&mut *tx)
             .await?;
         let stored = upsert_peer(&mut tx, peer_record, now).await?;
+        mark_known(&mut tx, &peer_record.record().node_id, now).await?;
         tx.commit().await?;
         Ok(stored)
     }
@@ -368,8 +381,17 @@ impl NodeStore {
         })
     }
 
-    /// Deletes expired tokens and tombstones. Returns how many of each.
+    /// Deletes expired tokens, and tombstones whose token expired more than
+    /// [`TOKEN_CLOCK_SKEW_S`] ago. Returns how many of each.
+    ///
+    /// A tombstone may go once its token can no longer be accepted: a
+    /// replayed push or handshake is then refused as expired. The margin
+    /// keeps that true if this node's clock steps back by up to the skew,
+    /// and since every token accepted expires within
+    /// `MAX_TOKEN_LIFETIME_S + TOKEN_CLOCK_SKEW_S` of its receipt
+    /// (`Introduction::check_lifetime`), no tombstone is needed longer.
     pub async fn purge_expired(&self, now: UnixTime) -> Result<(u64, u64), StoreError> {
+        let tombstone_cutoff = to_i64(now.minus(TOKEN_CLOCK_SKEW_S).0)?;
         let now = to_i64(now.0)?;
         let tokens = sqlx::query("DELETE FROM tokens WHERE expires_at <= ?")
             .bind(now)
@@ -377,7 +399,7 @@ impl NodeStore {
             .await?
             .rows_affected();
         let tombstones = sqlx::query("DELETE FROM tombstones WHERE expires_at <= ?")
-            .bind(now)
+            .bind(tombstone_cutoff)
             .execute(&self.writer)
             .await?
             .rows_affected();
@@ -386,7 +408,8 @@ impl NodeStore {
 
     /// Remembers a peer's record if its seq is at least the highest seen.
     /// Returns `false` (and keeps the stored one) for an older record: a
-    /// directory serving stale records is caught here.
+    /// directory serving stale records is caught here. Seeing a record
+    /// (discovery, a lookup) does not make its node a known peer.
     pub async fn remember_peer(
         &self,
         record: &SignedRecord,
@@ -394,6 +417,35 @@ impl NodeStore {
     ) -> Result<bool, StoreError> {
         let mut conn = self.writer.acquire().await?;
         upsert_peer(&mut conn, record, now).await
+    }
+
+    /// Adds a known peer for the `known-peers` introduction policy (the
+    /// owner named it), remembering its record as [`remember_peer`] does.
+    /// Returns `false` for a record older than one seen (the peer is
+    /// still marked known: the newer record stays).
+    ///
+    /// [`remember_peer`]: NodeStore::remember_peer
+    pub async fn add_known_peer(
+        &self,
+        record: &SignedRecord,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let stored = upsert_peer(&mut tx, record, now).await?;
+        mark_known(&mut tx, &record.record().node_id, now).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    /// Whether `node_id` counts as known for the `known-peers` policy:
+    /// this node connected to it, accepted its handshake, or its owner
+    /// added it. A record merely seen (listed by discovery) does not count.
+    pub async fn is_known_peer(&self, node_id: &NodeId) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM peers WHERE node_id = ? AND known_since IS NOT NULL")
+            .bind(&node_id.as_bytes()[..])
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
     }
 
     /// The highest record seen for a peer.
@@ -410,7 +462,7 @@ impl NodeStore {
         .transpose()
     }
 
-    /// Every known peer's highest record.
+    /// The highest record seen of every peer (known or not).
     pub async fn peers(&self) -> Result<Vec<SignedRecord>, StoreError> {
         let rows = sqlx::query("SELECT record FROM peers ORDER BY node_id")
             .fetch_all(&self.pool)
@@ -515,6 +567,20 @@ async fn upsert_peer(
     Ok(result.rows_affected() == 1)
 }
 
+/// Marks a peer whose record is stored as known (the first time counts).
+async fn mark_known(
+    conn: &mut sqlx::SqliteConnection,
+    node_id: &NodeId,
+    now: UnixTime,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE peers SET known_since = COALESCE(known_since, ?) WHERE node_id = ?")
+        .bind(to_i64(now.0)?)
+        .bind(&node_id.as_bytes()[..])
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 impl NodeStore {
     fn decode_token(
         &self,
@@ -600,16 +666,32 @@ mod tests {
             token.initiator_record.as_bytes()
         );
         assert_eq!(stored.link_public, token.link_public);
-        assert_eq!(store.burn_token(&id).await.unwrap(), TokenState::Ok);
-        assert_eq!(store.burn_token(&id).await.unwrap(), TokenState::Unknown);
+        let initiator = token.initiator;
+        assert!(!store.is_known_peer(&initiator).await.unwrap());
+        assert_eq!(
+            store.burn_token(&id, &initiator, now).await.unwrap(),
+            TokenState::Ok
+        );
+        assert!(store.is_known_peer(&initiator).await.unwrap());
+        assert_eq!(
+            store.burn_token(&id, &initiator, now).await.unwrap(),
+            TokenState::Unknown
+        );
         assert_eq!(store.token(&id).await.unwrap().0, TokenState::Used);
         assert_eq!(
             store.accept_token(&id, &token, now).await.unwrap(),
             TokenState::Used
         );
-        // The tombstone lasts until the token's expiry, then goes.
-        assert_eq!(store.purge_expired(UnixTime(99)).await.unwrap(), (0, 0));
-        assert_eq!(store.purge_expired(UnixTime(100)).await.unwrap(), (0, 1));
+        // The tombstone outlives the token's expiry by the clock skew, so a
+        // clock stepped back cannot reopen the replay; then it goes.
+        assert_eq!(store.purge_expired(UnixTime(100)).await.unwrap(), (0, 0));
+        let kept_until = UnixTime(100 + TOKEN_CLOCK_SKEW_S);
+        assert_eq!(
+            store.purge_expired(kept_until.minus(1)).await.unwrap(),
+            (0, 0)
+        );
+        assert_eq!(store.token(&id).await.unwrap().0, TokenState::Used);
+        assert_eq!(store.purge_expired(kept_until).await.unwrap(), (0, 1));
     }
 
     /// A store in a new temporary folder (kept alive by the first value).

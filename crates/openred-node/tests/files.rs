@@ -120,6 +120,16 @@ async fn finished(transfer: &Transfer) -> TransferState {
     }
 }
 
+#[track_caller]
+fn assert_done(transfer: &Transfer) {
+    assert_eq!(
+        transfer.state(),
+        TransferState::Done,
+        "{:?}",
+        transfer.view()
+    );
+}
+
 /// Fetches `file_id` from `owner` into `out` and waits for the end.
 async fn fetch(
     from: &TestNode,
@@ -162,6 +172,19 @@ async fn download(
     from_chunk: u64,
     nonce: [u8; 16],
 ) -> Answer {
+    let frame = download_frame(from, owner, file_url, from_chunk, nonce).await;
+    post_bytes(&http_client(), &owner.p2p(DOWNLOAD_PATH), frame).await
+}
+
+/// The frame of a download request, sealed in `from`'s session with
+/// `owner`.
+async fn download_frame(
+    from: &TestNode,
+    owner: &TestNode,
+    file_url: &str,
+    from_chunk: u64,
+    nonce: [u8; 16],
+) -> Vec<u8> {
     let live = from.session_for(&owner.id()).await.unwrap();
     let payload = serde_json::to_vec(&DownloadRequest {
         file_url: file_url.to_owned(),
@@ -169,14 +192,12 @@ async fn download(
         client_nonce: data_encoding::HEXLOWER.encode(&nonce),
     })
     .unwrap();
-    let frame = live
-        .session
+    live.session
         .seal(
             &labelled(DOWNLOAD_PATH, false, &payload),
             from.clock().now(),
         )
-        .unwrap();
-    post_bytes(&http_client(), &owner.p2p(DOWNLOAD_PATH), frame).await
+        .unwrap()
 }
 
 /// A stream cut into its header's transfer ID and its chunks.
@@ -261,12 +282,7 @@ async fn a_shared_file_is_offered_fetched_verified_and_counted_once() {
     // Into a folder: the owner's name, made safe.
     let out = tempfile::tempdir().unwrap();
     let transfer = fetch(&b, &a, file_id, out.path()).await.unwrap();
-    assert_eq!(
-        transfer.state(),
-        TransferState::Done,
-        "{:?}",
-        transfer.view()
-    );
+    assert_done(&transfer);
     let written = out.path().join("report.bin");
     assert_eq!(std::fs::read(&written).unwrap(), data);
     assert!(!out.path().join("report.bin.openred-part").exists());
@@ -328,12 +344,7 @@ async fn an_empty_file_travels_as_one_final_chunk() {
     let file_id = share(&a, &path, &[&b], None, None).await;
     let out = dir.path().join("received-empty");
     let transfer = fetch(&b, &a, file_id, &out).await.unwrap();
-    assert_eq!(
-        transfer.state(),
-        TransferState::Done,
-        "{:?}",
-        transfer.view()
-    );
+    assert_done(&transfer);
     assert_eq!(std::fs::read(&out).unwrap(), b"");
 
     // By hand: exactly the header and one empty sealed chunk.
@@ -434,12 +445,7 @@ async fn an_expired_link_is_refused_and_the_download_takes_a_fresh_one() {
     // The node's own fetch asks for a new link and completes.
     let out = dir.path().join("out");
     let transfer = fetch(&b, &a, file_id, &out).await.unwrap();
-    assert_eq!(
-        transfer.state(),
-        TransferState::Done,
-        "{:?}",
-        transfer.view()
-    );
+    assert_done(&transfer);
     assert_eq!(std::fs::read(&out).unwrap(), data);
 }
 
@@ -1244,4 +1250,136 @@ async fn a_cookie_login_cannot_share_the_admin_token_or_the_totp_secret_by_any_n
         .await;
         assert_refused(&answer, 403, "inside_data_folder");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_sharing_node_restarts_the_first_fetch_handshakes_again_and_succeeds() {
+    let (network, mut a, b, dir) = two_nodes().await;
+    let one = share(
+        &a,
+        &write(dir.path(), "one.bin", &contents(3 * CHUNK, 1)),
+        &[&b],
+        None,
+        None,
+    )
+    .await;
+    let two = share(
+        &a,
+        &write(dir.path(), "two.bin", &contents(2 * CHUNK, 2)),
+        &[&b],
+        None,
+        None,
+    )
+    .await;
+    let out = tempfile::tempdir().unwrap();
+    let transfer = fetch(&b, &a, one, out.path()).await.unwrap();
+    assert_done(&transfer);
+    // B also holds a session it made itself (as after `openred connect`,
+    // or a renewal, whose old session stays until idle).
+    b.connect(a.id()).await.unwrap();
+    assert!(b.sessions().all().len() >= 2);
+
+    // The owner restarts where it was: every session it held is gone.
+    let config = a.state.config().clone();
+    a.stop().await;
+    let a = network.relaunch("a", config).await;
+    assert!(a.sessions().all().is_empty());
+
+    // The first fetch after it handshakes again, once, and succeeds.
+    let transfer = fetch(&b, &a, two, out.path())
+        .await
+        .expect("the first fetch after the owner's restart works");
+    assert_done(&transfer);
+    assert_eq!(
+        std::fs::read(out.path().join("two.bin")).unwrap(),
+        contents(2 * CHUNK, 2)
+    );
+}
+
+/// Three nodes: an owner `a` with files settings `files`, and peers `b`
+/// and `x`; `a` shares a 32 MiB file with both (larger than what loopback
+/// sockets buffer: a stream nobody reads cannot finish).
+async fn big_share(
+    files: serde_json::Value,
+) -> (
+    Network,
+    TestNode,
+    TestNode,
+    TestNode,
+    FileId,
+    Vec<u8>,
+    tempfile::TempDir,
+) {
+    let network = Network::start().await;
+    let a = network
+        .node_with("a", |c| {
+            c.module_settings.insert("files".into(), files);
+        })
+        .await;
+    let b = network.node_with("b", small_chunks).await;
+    let x = network.node_with("x", small_chunks).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = contents(32 * 1024 * 1024, 9);
+    let path = write(dir.path(), "big.bin", &data);
+    let file_id = share(&a, &path, &[&b, &x], None, None).await;
+    (network, a, b, x, file_id, data, dir)
+}
+
+/// `from` opens a download of `link` from `owner` and does not read it.
+async fn unread_download(from: &TestNode, owner: &TestNode, link: &FileGrant) -> reqwest::Response {
+    let frame = download_frame(from, owner, &link.file_url, 0, random16()).await;
+    http_client()
+        .post(owner.p2p(DOWNLOAD_PATH))
+        .header("content-type", "application/octet-stream")
+        .body(frame)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_holding_downloads_it_never_reads_cannot_take_every_upload_slot() {
+    let (_network, a, b, x, file_id, data, _dir) =
+        big_share(json!({ "chunk_size": CHUNK, "max_uploads": 3, "max_uploads_per_peer": 2 }))
+            .await;
+
+    // X opens downloads and never reads them: its two slots, then busy.
+    let link = grant(&x, &a, file_id).await.unwrap();
+    let mut held = Vec::new();
+    for attempt in 0..3 {
+        let response = unread_download(&x, &a, &link).await;
+        if attempt < 2 {
+            assert_eq!(response.status(), 200);
+            held.push(response);
+        } else {
+            assert_refused(&Answer::from_reqwest(response).await, 429, "busy");
+        }
+    }
+
+    // Another peer still downloads, while X's streams stay open.
+    let out = tempfile::tempdir().unwrap();
+    let transfer = fetch(&b, &a, file_id, out.path()).await.unwrap();
+    assert_done(&transfer);
+    assert_eq!(std::fs::read(out.path().join("big.bin")).unwrap(), data);
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_whose_reader_stops_reading_gives_its_slot_back() {
+    let (_network, a, b, x, file_id, data, _dir) =
+        big_share(json!({ "chunk_size": CHUNK, "max_uploads": 1, "upload_stall_timeout_s": 1 }))
+            .await;
+
+    // X takes the only slot and stops reading (its socket fills up).
+    let link = grant(&x, &a, file_id).await.unwrap();
+    let stalled = unread_download(&x, &a, &link).await;
+    assert_eq!(stalled.status(), 200);
+
+    // B is told busy at first, retries, and gets the slot once the stall
+    // timeout has ended X's upload (X's connection still open).
+    let out = tempfile::tempdir().unwrap();
+    let transfer = fetch(&b, &a, file_id, out.path()).await.unwrap();
+    assert_done(&transfer);
+    assert_eq!(std::fs::read(out.path().join("big.bin")).unwrap(), data);
+    drop(stalled);
 }

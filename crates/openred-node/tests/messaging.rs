@@ -265,19 +265,15 @@ async fn duplicates_are_acknowledged_and_dropped_and_bad_messages_refused() {
     let id = "00112233445566778899aabbccddeeff";
     for _ in 0..3 {
         // A retry: a new frame with the same message.
-        let answer = post_bytes(
-            &net.http,
-            &url,
-            message_frame(&session, net.now(), &wire(id, 1, "once")),
-        )
-        .await;
+        let request = message_frame(&session, net.now(), &wire(id, 1, "once"));
+        let answer = post_bytes(&net.http, &url, request.clone()).await;
         assert_eq!(
             answer.status,
             200,
             "{}",
             String::from_utf8_lossy(&answer.body)
         );
-        let receipt = answer_payload(MESSAGE, &session.open(&answer.body, net.now()).unwrap());
+        let receipt = answer_payload(&session, MESSAGE, &request, &answer.body, net.now());
         let receipt: serde_json::Value = serde_json::from_slice(&receipt).unwrap();
         assert_eq!(receipt, json!({"received": true, "message_id": id}));
     }
@@ -673,14 +669,15 @@ async fn a_batch_is_answered_message_by_message_inside_the_frame() {
         wire("a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1", 0, "bad seq"),
         wire("a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2a2", 3, "third"),
     ]});
-    let answer = post_bytes(&net.http, &url, message_frame(&session, net.now(), &batch)).await;
+    let request = message_frame(&session, net.now(), &batch);
+    let answer = post_bytes(&net.http, &url, request.clone()).await;
     assert_eq!(
         answer.status,
         200,
         "{}",
         String::from_utf8_lossy(&answer.body)
     );
-    let receipt = answer_payload(MESSAGE, &session.open(&answer.body, net.now()).unwrap());
+    let receipt = answer_payload(&session, MESSAGE, &request, &answer.body, net.now());
     let receipt: serde_json::Value = serde_json::from_slice(&receipt).unwrap();
     let results = receipt["results"].as_array().unwrap();
     assert_eq!(results.len(), 3);
@@ -816,14 +813,10 @@ async fn one_peer_cannot_grow_the_inbox_past_its_quota_and_deleting_frees_room()
     let session = session_with(&net, &a, &b).await;
     let retry =
         json!({ "messages": [wire(&stored.message_id.to_string(), stored.seq, &stored.body)] });
-    let answer = post_bytes(
-        &net.http,
-        &b.p2p(MESSAGE),
-        message_frame(&session, net.now(), &retry),
-    )
-    .await;
+    let request = message_frame(&session, net.now(), &retry);
+    let answer = post_bytes(&net.http, &b.p2p(MESSAGE), request.clone()).await;
     assert_eq!(answer.status, 200);
-    let receipt = answer_payload(MESSAGE, &session.open(&answer.body, net.now()).unwrap());
+    let receipt = answer_payload(&session, MESSAGE, &request, &answer.body, net.now());
     let receipt: serde_json::Value = serde_json::from_slice(&receipt).unwrap();
     assert_eq!(receipt["results"][0]["received"], json!(true), "{receipt}");
 

@@ -21,7 +21,7 @@ use common::*;
 use openred_core::keys::SignatureContext;
 use openred_core::random::SeededRng;
 use openred_core::session::{EpochConfig, FrameHeader, Role, Suite};
-use openred_core::token::mint_pair;
+use openred_core::token::{mint_pair, MAX_TOKEN_LIFETIME_S};
 use openred_core::wire::{
     b64_encode, connection_request_message, reachability_message, ConnectionRequest,
     ReachabilityChallenge, ReachabilityProof, RegisterRequest, TokenPush,
@@ -84,6 +84,45 @@ async fn request_to(
     node.directory()
         .request_connection(node.outbound(), node.store(), node.crypto(), &target, now)
         .await
+}
+
+/// A pair for an introduction of `a` to `b` minted and signed by
+/// `directory` (the real directory's key, or another), with the records
+/// the directory serves: token_b's connection ID and push body.
+async fn mint_push(
+    directory: &IdentityKeypair,
+    a: &NodeState,
+    b: &NodeState,
+    issued_at: UnixTime,
+    expires_at: UnixTime,
+) -> ([u8; 16], TokenPush) {
+    let now = b.clock().now();
+    let mut records = Vec::new();
+    for node in [a, b] {
+        let record = b
+            .directory()
+            .lookup(b.outbound(), b.store(), &node.node_id(), now)
+            .await
+            .unwrap();
+        records.push(record);
+    }
+    let (a_record, b_record) = (&records[0], &records[1]);
+    let connection_id = random16();
+    let pair = mint_pair(
+        directory,
+        a_record,
+        b_record,
+        connection_id,
+        random32(),
+        issued_at,
+        expires_at,
+        &mut SeededRng::new(random32()),
+    )
+    .unwrap();
+    (
+        connection_id,
+        push_body(&a.node_id(), pair.for_target.as_bytes()),
+    )
 }
 
 fn session_count(node: &NodeState) -> usize {
@@ -219,10 +258,10 @@ async fn a_replayed_handshake_message_is_refused() {
     );
 
     let frame = session.seal(&ping_payload(), net.now()).unwrap();
-    let pong = post_bytes(&net.http, &b.p2p(PING), frame).await;
+    let pong = post_bytes(&net.http, &b.p2p(PING), frame.clone()).await;
     assert_eq!(pong.status, 200, "{pong:?}");
     assert_eq!(
-        &answer_payload(PING, &session.open(&pong.body, net.now()).unwrap())[..4],
+        &answer_payload(&session, PING, &frame, &pong.body, net.now())[..4],
         b"pong"
     );
     assert!(on_b.confirmed.load(Ordering::SeqCst));
@@ -488,6 +527,41 @@ async fn an_expired_token_is_refused_for_the_handshake_and_for_a_push() {
     assert!(b.sessions().all().is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_living_beyond_the_protocol_cap_is_refused_on_receipt() {
+    let net = Network::start().await;
+    let a = net.node("a").await;
+    let b = net.node("b").await;
+    let now = net.now();
+    // The real directory's key: a compromised or misconfigured directory
+    // signing tokens that would outlive the tombstones kept against them.
+    let directory = net.directory_keypair();
+    let push = |issued_at, expires_at| mint_push(&directory, &a, &b, issued_at, expires_at);
+    let cap = MAX_TOKEN_LIFETIME_S;
+    let year = 365 * 86_400;
+    for (issued_at, expires_at) in [
+        (now, now.plus(cap + 1)),
+        (now, now.plus(100 * year)),
+        // Within the cap, but "issued" a year ahead of B's clock.
+        (now.plus(year), now.plus(year + 120)),
+    ] {
+        let (connection_id, body) = push(issued_at, expires_at).await;
+        let answer = post_json(&net.http, &b.p2p(RECEIVE), &body).await;
+        assert_refused(&answer, 400, "token_lifetime");
+        assert_eq!(token_state(&b, &connection_id).await, TokenState::Unknown);
+    }
+    // At the cap exactly, the token is taken.
+    let (connection_id, body) = push(now, now.plus(cap)).await;
+    let answer = post_json(&net.http, &b.p2p(RECEIVE), &body).await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(token_state(&b, &connection_id).await, TokenState::Ok);
+}
+
 // 9 ----------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -529,35 +603,8 @@ async fn a_token_push_not_signed_by_the_directory_is_refused() {
     // A well-formed pair, correctly sealed to both nodes, minted and
     // signed by a key that is not the pinned directory's.
     let now = net.now();
-    let a_record = b
-        .directory()
-        .lookup(b.outbound(), b.store(), &a.id(), now)
-        .await
-        .unwrap();
-    let b_record = a
-        .directory()
-        .lookup(a.outbound(), a.store(), &b.id(), now)
-        .await
-        .unwrap();
-    let rogue = stranger_identity();
-    let rogue_id = random16();
-    let pair = mint_pair(
-        &rogue,
-        &a_record,
-        &b_record,
-        rogue_id,
-        random32(),
-        now,
-        now.plus(120),
-        &mut SeededRng::new(random32()),
-    )
-    .unwrap();
-    let answer = post_json(
-        &net.http,
-        &b.p2p(RECEIVE),
-        &push_body(&a.id(), pair.for_target.as_bytes()),
-    )
-    .await;
+    let (rogue_id, body) = mint_push(&stranger_identity(), &a, &b, now, now.plus(120)).await;
+    let answer = post_json(&net.http, &b.p2p(RECEIVE), &body).await;
     assert_refused(&answer, 403, "not_from_directory");
     assert_eq!(token_state(&b, &rogue_id).await, TokenState::Unknown);
     assert!(b.sessions().all().is_empty());
@@ -697,7 +744,7 @@ async fn bad_frames_are_refused_and_good_ones_accepted_once() {
     assert_eq!(received(), before + 1);
     let pong = answer.body.clone();
     assert_eq!(
-        &answer_payload(PING, &live.session.open(&pong, net.now()).unwrap())[..4],
+        &answer_payload(&live.session, PING, &good, &pong, net.now())[..4],
         b"pong"
     );
     // Replayed.
@@ -1153,32 +1200,83 @@ async fn a_node_pinned_to_another_directory_key_never_registers() {
 
 // 18 ---------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_known_peers_node_refuses_introductions_from_strangers() {
-    let net = Network::start().await;
+/// A node A, and a node B that accepts introductions from known peers only.
+async fn stranger_and_known_peers_node(net: &Network) -> (TestNode, TestNode) {
     let a = net.node("a").await;
     let b = net
         .node_with("b", |c| {
             c.introduction_policy = IntroductionPolicy::KnownPeers
         })
         .await;
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_peers_node_refuses_introductions_from_strangers() {
+    let net = Network::start().await;
+    let (a, b) = stranger_and_known_peers_node(&net).await;
 
     assert_directory_refused(a.connect(b.id()).await, 502, "target_unreachable");
     assert!(a.sessions().all().is_empty());
     assert!(b.sessions().all().is_empty());
-    assert!(b.store().peer(&a.id()).await.unwrap().is_none());
+    assert!(!b.store().is_known_peer(&a.id()).await.unwrap());
 
-    // Once B has looked A up, A is a known peer.
-    b.directory()
-        .lookup(b.outbound(), b.store(), &a.id(), net.now())
-        .await
-        .unwrap();
+    // Once B has connected to A, A is a known peer.
+    b.connect(a.id()).await.unwrap();
     let connected = a.connect(b.id()).await.unwrap();
     assert_eq!(
         b.sessions().with_peer(&a.id()).unwrap().id(),
         connected.session_id
     );
     b.ping(&a.id()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_peers_does_not_make_a_stranger_a_known_peer() {
+    let net = Network::start().await;
+    let (a, b) = stranger_and_known_peers_node(&net).await;
+
+    // B's owner runs `openred peers`: A is listed, its record verified and
+    // its seq remembered (rollback protection for every record seen).
+    let listed = get(
+        &net.http,
+        &b.admin("/admin/v1/peers"),
+        Some(&b.admin_token()),
+    )
+    .await;
+    assert_eq!(
+        listed.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&listed.body)
+    );
+    let a_id = a.id().to_string();
+    let entry = listed
+        .json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node_id"] == a_id.as_str())
+        .expect("A is listed");
+    assert_eq!(entry["verified"], true);
+    let seen = b
+        .store()
+        .peer(&a.id())
+        .await
+        .unwrap()
+        .expect("A's record is kept");
+    assert_eq!(Some(seen.record().seq), entry["seq"].as_u64());
+
+    // Listed is not known: A's introduction is still refused.
+    assert!(!b.store().is_known_peer(&a.id()).await.unwrap());
+    assert_directory_refused(a.connect(b.id()).await, 502, "target_unreachable");
+    assert!(a.sessions().all().is_empty());
+    assert!(b.sessions().all().is_empty());
+
+    // Once B's owner adds A, A's introduction goes through.
+    assert!(b.store().add_known_peer(&seen, net.now()).await.unwrap());
+    a.connect(b.id()).await.unwrap();
+    a.ping(&b.id()).await.unwrap();
 }
 
 // 19 ---------------------------------------------------------------------

@@ -8,7 +8,8 @@ mod common;
 
 use common::*;
 use openred_core::session::Session;
-use openred_core::wire::{b64_decode, b64_encode, HandshakeRequest};
+use openred_core::token::TOKEN_CLOCK_SKEW_S;
+use openred_core::wire::{b64_decode, b64_encode, HandshakeRequest, TokenPush};
 use openred_node::handshake::{self, Authority, HandshakeContext, InitiatorHandshake};
 use openred_node::lifecycle::renewal_due;
 use openred_node::{NodeConfig, NodeState};
@@ -205,19 +206,14 @@ async fn renew_by_hand(
     plaintext: &[u8],
 ) -> Session {
     let frame = session.seal(plaintext, net.now()).unwrap();
-    let answer = post_bytes(&net.http, url, frame).await;
+    let answer = post_bytes(&net.http, url, frame.clone()).await;
     assert_eq!(
         answer.status,
         200,
         "{}",
         String::from_utf8_lossy(&answer.body)
     );
-    let reply = answer_payload(
-        RENEW,
-        &session
-            .open(&answer.body, net.now())
-            .expect("answered in the old session"),
-    );
+    let reply = answer_payload(session, RENEW, &frame, &answer.body, net.now());
     let reply: serde_json::Value = serde_json::from_slice(&reply).unwrap();
     let message = b64_decode(reply["message"].as_str().unwrap()).unwrap();
     let result = pending.finish(&message).expect("message 2 authenticates");
@@ -431,15 +427,41 @@ async fn the_lifecycle_purges_unused_tokens_and_old_tombstones() {
     let net = Network::start().await;
     let a = net.node("a").await;
     let b = net.node("b").await;
-    // One introduction used (a tombstone on each side), one left waiting
-    // at B (its token).
+    // Two introductions used (a tombstone at A for the first, two at B),
+    // one left waiting at B (its token). All minted at one time, so all
+    // expire together.
     a.connect(b.id()).await.unwrap();
-    introduce(&a, b.id(), net.now()).await;
+    let used = introduce(&a, b.id(), net.now()).await;
+    let (_, request) = genuine_message_1(&a, &used);
+    let answer = post_json(&net.http, &b.p2p("/p2p/handshake"), &request).await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let replay = TokenPush {
+        from: a.id().to_string(),
+        token: b64_encode(&net.pushed_token(&used.connection_id)),
+    };
+    let waiting = introduce(&a, b.id(), net.now()).await;
+    assert_eq!(waiting.expires_at, used.expires_at);
     let (a_report, b_report) = (a.state.run_lifecycle().await, b.state.run_lifecycle().await);
     assert_eq!((a_report.tokens, a_report.tombstones), (0, 0));
     assert_eq!((b_report.tokens, b_report.tombstones), (0, 0));
-    // Past the tokens' lifetime (at most 300 s).
-    net.clock.advance(301);
+
+    // At the tokens' expiry the waiting token goes; the tombstones stay.
+    net.clock.set(waiting.expires_at);
+    let (a_report, b_report) = (a.state.run_lifecycle().await, b.state.run_lifecycle().await);
+    assert_eq!((a_report.tokens, a_report.tombstones), (0, 0));
+    assert_eq!((b_report.tokens, b_report.tombstones), (1, 0));
+
+    // The clock skew later, the tombstones go too.
+    let kept_until = waiting.expires_at.plus(TOKEN_CLOCK_SKEW_S);
+    net.clock.set(kept_until.minus(1));
+    let (a_report, b_report) = (a.state.run_lifecycle().await, b.state.run_lifecycle().await);
+    assert_eq!((a_report.tombstones, b_report.tombstones), (0, 0));
+    net.clock.set(kept_until);
     let (a_report, b_report) = (a.state.run_lifecycle().await, b.state.run_lifecycle().await);
     assert_eq!(
         (a_report.tokens, a_report.tombstones),
@@ -448,9 +470,17 @@ async fn the_lifecycle_purges_unused_tokens_and_old_tombstones() {
     );
     assert_eq!(
         (b_report.tokens, b_report.tombstones),
-        (1, 1),
+        (0, 2),
         "{b_report:?}"
     );
     let again = b.state.run_lifecycle().await;
     assert_eq!((again.tokens, again.tombstones), (0, 0));
+
+    // The purge reopens no replay: the used token's push, replayed now or
+    // with B's clock stepped back by the skew, is refused as expired.
+    for at in [kept_until, kept_until.minus(TOKEN_CLOCK_SKEW_S)] {
+        net.clock.set(at);
+        let answer = post_json(&net.http, &b.p2p("/api/v3/tokens/receive"), &replay).await;
+        assert_refused(&answer, 400, "token_expired");
+    }
 }

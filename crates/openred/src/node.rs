@@ -130,6 +130,9 @@ struct NodeSection {
     admin_max_connections: Option<usize>,
     header_read_timeout_s: Option<u64>,
     idle_timeout_s: Option<u64>,
+    max_sessions: Option<usize>,
+    max_peers: Option<usize>,
+    unconfirmed_session_idle_s: Option<u64>,
 }
 
 /// Runs a node subcommand.
@@ -295,6 +298,15 @@ fn build_config(args: &RunArgs, data: &Path) -> anyhow::Result<(NodeConfig, bool
         header_read_timeout_s,
         idle_timeout_s
     );
+    if let Some(n) = f.max_sessions {
+        config.max_sessions = n;
+    }
+    if let Some(n) = f.max_peers {
+        config.max_peers = n;
+    }
+    if let Some(s) = f.unconfirmed_session_idle_s {
+        config.unconfirmed_session_idle_s = s;
+    }
     config.validate()?;
     Ok((config, derive))
 }

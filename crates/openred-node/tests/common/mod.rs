@@ -294,6 +294,21 @@ impl Network {
         openred_directory::Database::Sqlite(self.root.path().join("directory").join("directory.db"))
     }
 
+    /// The directory's private key, read from its data folder: how a test
+    /// plays a compromised or misconfigured directory.
+    pub fn directory_keypair(&self) -> IdentityKeypair {
+        let path = self.root.path().join("directory").join("directory.key");
+        let text = std::fs::read_to_string(path).unwrap();
+        let text = text.trim();
+        let secret: Vec<u8> = (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect();
+        let key = IdentityKeypair::from_secret_bytes(&secret.try_into().unwrap());
+        assert_eq!(key.public(), self.directory_key);
+        key
+    }
+
     /// The network's time.
     pub fn now(&self) -> UnixTime {
         self.clock.now()
@@ -611,12 +626,22 @@ pub fn ping_payload() -> Vec<u8> {
     openred_node::frames::labelled("/p2p/ping", false, &payload)
 }
 
-/// The payload of an answer on `path`, after its label.
+/// The payload of `answer`, the answer on `path` to `request` (a frame
+/// sealed in `session`): it must authenticate as bound to that request.
 #[track_caller]
-pub fn answer_payload(path: &str, plaintext: &[u8]) -> Vec<u8> {
-    openred_node::frames::unlabel(path, true, plaintext)
-        .expect("an answer labelled for this route")
-        .to_vec()
+pub fn answer_payload(
+    session: &Session,
+    path: &str,
+    request: &[u8],
+    answer: &[u8],
+    now: UnixTime,
+) -> Vec<u8> {
+    let request_seq = openred_core::session::FrameHeader::parse(request)
+        .unwrap()
+        .0
+        .seq;
+    openred_node::frames::open_answer(session, path, request_seq, answer, now)
+        .expect("the answer to this request, on this route")
 }
 
 /// An introduction asked for by hand: token_a, opened by the initiator.

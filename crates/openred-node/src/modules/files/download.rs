@@ -129,7 +129,11 @@ async fn classify(node: &NodeState, live: Option<&LiveSession>, e: NodeError) ->
     match &e {
         NodeError::Peer { code, .. } if code == "unknown_session" => {
             if let Some(live) = live {
-                node.forget_session(live);
+                // Not taken on its word (it is not authenticated): a new
+                // handshake replaces the session if the peer restarted.
+                if let Err(e) = node.handshake_again(live).await {
+                    tracing::debug!(error = %e, "handshaking again failed; retrying later");
+                }
             }
             Attempt::Retry(text)
         }
@@ -223,9 +227,9 @@ impl Files {
         let live = node.session_for(&peer).await?;
         let ticket = match request_grant(node, &live, &file_id).await {
             Err(NodeError::Peer { code, .. }) if code == "unknown_session" => {
-                // The peer restarted since: one new session, once.
-                node.forget_session(&live);
-                let live = node.session_for(&peer).await?;
+                // The peer restarted since (or someone on the path says
+                // so): one new handshake, authenticated, once.
+                let live = node.handshake_again(&live).await?;
                 request_grant(node, &live, &file_id).await?
             }
             other => other?,

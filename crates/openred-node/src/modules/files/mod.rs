@@ -89,6 +89,14 @@ pub struct Settings {
     /// Files served at once, at most (default 8): memory per upload is a
     /// few chunks, so this bounds the node's.
     pub max_uploads: usize,
+    /// Files served at once to one peer, at most (default 2): a peer that
+    /// opens downloads and never reads them holds only these, never all
+    /// of `max_uploads`.
+    pub max_uploads_per_peer: usize,
+    /// An upload whose reader takes nothing for this long is ended and
+    /// its slots given back (default 60 s): a reader that stops reading
+    /// holds no slot for good.
+    pub upload_stall_timeout_s: u64,
     /// Upload rate per transfer in bytes per second; 0 for no limit.
     pub upload_bytes_per_s: u64,
     /// A read that brings nothing for this long ends an attempt (default
@@ -117,6 +125,8 @@ impl Default for Settings {
             default_expiry_s: 24 * 3600,
             max_expiry_s: 365 * 24 * 3600,
             max_uploads: 8,
+            max_uploads_per_peer: 2,
+            upload_stall_timeout_s: 60,
             upload_bytes_per_s: 0,
             idle_timeout_s: 30,
             retry_base_ms: 250,
@@ -264,6 +274,8 @@ pub struct Files {
     running: OnceLock<Running>,
     transfers: Transfers,
     uploads: Arc<Semaphore>,
+    /// Uploads running per peer (see `max_uploads_per_peer`).
+    uploads_per_peer: Arc<std::sync::Mutex<std::collections::HashMap<NodeId, usize>>>,
     counters: Counters,
 }
 
@@ -284,12 +296,14 @@ impl Files {
             || settings.default_expiry_s == 0
             || settings.max_expiry_s < settings.default_expiry_s
             || settings.max_uploads == 0
+            || settings.max_uploads_per_peer == 0
+            || settings.upload_stall_timeout_s == 0
             || settings.idle_timeout_s == 0
             || settings.retry_base_ms == 0
             || settings.retry_max_ms < settings.retry_base_ms
             || settings.give_up_after_s == 0
         {
-            return Err("link_ttl_s, default_expiry_s, max_uploads, idle_timeout_s, retry_base_ms and give_up_after_s must be at least 1, max_expiry_s at least default_expiry_s, retry_max_ms at least retry_base_ms".into());
+            return Err("link_ttl_s, default_expiry_s, max_uploads, max_uploads_per_peer, upload_stall_timeout_s, idle_timeout_s, retry_base_ms and give_up_after_s must be at least 1, max_expiry_s at least default_expiry_s, retry_max_ms at least retry_base_ms".into());
         }
         if !matches!(settings.chunk_suite.as_str(), "auto" | "session")
             && Suite::from_name(&settings.chunk_suite).is_none()
@@ -301,6 +315,7 @@ impl Files {
         }
         Ok(Files {
             uploads: Arc::new(Semaphore::new(settings.max_uploads)),
+            uploads_per_peer: Arc::default(),
             settings,
             running: OnceLock::new(),
             transfers: Transfers::default(),

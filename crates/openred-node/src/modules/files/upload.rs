@@ -17,8 +17,9 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
 use axum::response::Response;
 use openred_core::file_transfer::{ChunkCipher, TransferShape, CHUNK_OVERHEAD};
+use openred_core::NodeId;
 use openred_http::ApiError;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::disk::{self, DiskError};
 use super::store::{random_bytes, Completion, FileId, Link};
@@ -190,6 +191,14 @@ pub(super) async fn serve(
             format!("the file has {} chunks", shape.chunks()),
         ));
     }
+    // The peer's own slots first: one peer never holds them all.
+    let peer_slot = PeerSlot::take(&module, live.peer).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "busy",
+            "this node serves as many files to your node as it may; retry later",
+        )
+    })?;
     let permit = module.uploads.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -229,7 +238,20 @@ pub(super) async fn serve(
     let (tx, rx) = mpsc::channel(PIPELINE_DEPTH);
     let rate = module.settings.upload_bytes_per_s;
     let from = request.from_chunk;
-    tokio::task::spawn_blocking(move || read_and_seal(&file, &cipher, from, rate, &tx));
+    let slots = Arc::new(Slots {
+        held: Mutex::new(Some((permit, peer_slot))),
+        polled: Mutex::new(tokio::time::Instant::now()),
+        stop: watch::channel(false).0,
+    });
+    let mut stopped = slots.stop.subscribe();
+    tokio::task::spawn_blocking(move || {
+        read_and_seal(&file, &cipher, from, rate, &tx, &mut stopped)
+    });
+    tokio::spawn(watch_stall(
+        slots.clone(),
+        transfer.clone(),
+        Duration::from_secs(module.settings.upload_stall_timeout_s),
+    ));
     let mut header = STREAM_MAGIC.to_vec();
     header.extend_from_slice(&transfer_id);
     let stream = Upload {
@@ -242,7 +264,7 @@ pub(super) async fn serve(
         header: Some(Bytes::from(header)),
         transfer,
         finished: false,
-        _permit: permit,
+        slots,
     };
     let body = futures_util::stream::unfold(stream, |mut s| async move {
         let item = s.next().await?;
@@ -325,7 +347,9 @@ fn read_and_seal(
     from: u64,
     rate: u64,
     tx: &mpsc::Sender<Sealed>,
+    stopped: &mut watch::Receiver<bool>,
 ) {
+    let runtime = tokio::runtime::Handle::current();
     let shape = *cipher.shape();
     let pool = BufferPool::new(shape.chunk_size as usize + CHUNK_OVERHEAD);
     let started = Instant::now();
@@ -347,7 +371,15 @@ fn read_and_seal(
             Ok((index, Bytes::from_owner(chunk)))
         })();
         let failed = result.is_err();
-        if tx.blocking_send(result).is_err() || failed {
+        // A reader that stopped reading leaves the channel full: the
+        // stall watchdog's stop is what frees this thread then.
+        let delivered = runtime.block_on(async {
+            tokio::select! {
+                sent = tx.send(result) => sent.is_ok(),
+                _ = stopped.wait_for(|s| *s) => false,
+            }
+        });
+        if !delivered || failed {
             return;
         }
         if rate > 0 {
@@ -372,11 +404,101 @@ struct Upload {
     header: Option<Bytes>,
     transfer: Arc<Transfer>,
     finished: bool,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    slots: Arc<Slots>,
+}
+
+/// An upload's slots (`max_uploads`, `max_uploads_per_peer`), when the
+/// HTTP layer last asked for more of it, and the stop of its reader:
+/// shared with the stall watchdog, which gives the slots back when the
+/// peer stops reading, even though the HTTP layer keeps the body.
+struct Slots {
+    held: Mutex<Option<(tokio::sync::OwnedSemaphorePermit, PeerSlot)>>,
+    polled: Mutex<tokio::time::Instant>,
+    stop: watch::Sender<bool>,
+}
+
+impl Slots {
+    /// Gives the slots back and stops the reader.
+    fn release(&self) {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        self.stop.send_replace(true);
+    }
+
+    fn stalled(&self) -> bool {
+        *self.stop.borrow()
+    }
+}
+
+/// Ends an upload whose reader took nothing for `timeout`: a peer that
+/// opens a download and stops reading (the socket's buffers full, so the
+/// HTTP layer stops asking for chunks) holds its slots no longer.
+async fn watch_stall(slots: Arc<Slots>, transfer: Arc<Transfer>, timeout: Duration) {
+    let tick = (timeout / 4).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(tick).await;
+        if slots.stalled() || Arc::strong_count(&slots) == 1 {
+            return;
+        }
+        let polled = *slots.polled.lock().unwrap_or_else(PoisonError::into_inner);
+        if polled.elapsed() >= timeout {
+            transfer.finish(TransferState::Failed, Some("the peer stopped reading"));
+            slots.release();
+            return;
+        }
+    }
+}
+
+/// One of a peer's upload slots (`max_uploads_per_peer`), given back when
+/// the upload ends.
+struct PeerSlot {
+    peer: NodeId,
+    slots: Arc<std::sync::Mutex<std::collections::HashMap<NodeId, usize>>>,
+}
+
+impl PeerSlot {
+    /// A slot for `peer`, or `None` if it holds all of its own.
+    fn take(module: &Files, peer: NodeId) -> Option<PeerSlot> {
+        let mut slots = module
+            .uploads_per_peer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let held = slots.entry(peer).or_insert(0);
+        if *held >= module.settings.max_uploads_per_peer {
+            return None;
+        }
+        *held += 1;
+        Some(PeerSlot {
+            peer,
+            slots: module.uploads_per_peer.clone(),
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(held) = slots.get_mut(&self.peer) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                slots.remove(&self.peer);
+            }
+        }
+    }
 }
 
 impl Upload {
     async fn next(&mut self) -> Option<std::io::Result<Bytes>> {
+        *self
+            .slots
+            .polled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = tokio::time::Instant::now();
+        if self.slots.stalled() && !self.finished {
+            return Some(Err(self.fail("the peer stopped reading".into())));
+        }
         if let Some(header) = self.header.take() {
             return Some(Ok(header));
         }
@@ -442,6 +564,7 @@ impl Upload {
 
 impl Drop for Upload {
     fn drop(&mut self) {
+        self.slots.release();
         if !self.finished {
             self.transfer
                 .finish(TransferState::Failed, Some("the peer went away"));

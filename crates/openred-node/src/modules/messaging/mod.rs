@@ -548,7 +548,11 @@ impl Messaging {
         if let Some(e) = retry {
             store.mark_sent(&unacknowledged).await?;
             if lost_session(&e) {
-                node.forget_session(&live);
+                // Not taken on its word (it is not authenticated): a new
+                // handshake replaces the session if the peer restarted.
+                if let Err(e) = node.handshake_again(&live).await {
+                    tracing::debug!(error = %e, "handshaking again failed; retrying later");
+                }
             } else if matches!(e, NodeError::Outbound(_)) {
                 // Unreachable: it may have restarted at another address.
                 node.forget_if_moved(&live).await;
