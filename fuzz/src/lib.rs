@@ -71,8 +71,15 @@ pub fn token_pair() -> TokenPair {
 }
 
 /// The two ends of one session, as a finished handshake would build them.
-pub fn session_pair(suite: Suite, now: UnixTime, config: EpochConfig) -> (Session, Session) {
-    let (h, i2r, r2i) = ([11; 32], [12; 32], [13; 32]);
+/// Sessions of different `run`s have unrelated keys.
+pub fn session_pair(
+    suite: Suite,
+    now: UnixTime,
+    config: EpochConfig,
+    run: u64,
+) -> (Session, Session) {
+    let (mut h, i2r, r2i) = ([11; 32], [12; 32], [13; 32]);
+    h[..8].copy_from_slice(&run.to_be_bytes());
     (
         Session::new(Role::Initiator, suite, &h, &i2r, &r2i, now, config),
         Session::new(Role::Responder, suite, &h, &i2r, &r2i, now, config),

@@ -134,6 +134,7 @@ fn main() {
         Suite::ChaCha20Poly1305,
         UnixTime(1_000_000),
         EpochConfig::default(),
+        0,
     );
     let frame = a
         .seal(b"\x0b/p2p/messagehello", UnixTime(1_000_000))
