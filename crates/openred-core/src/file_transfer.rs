@@ -114,9 +114,10 @@ impl TransferShape {
         self.size.div_ceil(u64::from(self.chunk_size)).max(1)
     }
 
-    /// Whether chunk `index` is the last one.
+    /// Whether chunk `index` is the last one. Any index answers, even
+    /// `u64::MAX` (no overflow): `chunks()` is at least 1.
     pub fn is_final(&self, index: u64) -> bool {
-        index + 1 == self.chunks()
+        index == self.chunks() - 1
     }
 
     /// The plaintext offset of chunk `index`.
@@ -316,6 +317,22 @@ mod tests {
             TransferShape::new([0; 16], MAX_FILE_SIZE + 1, MIN_CHUNK_SIZE, Suite::Aes256Gcm)
                 .is_err()
         );
+    }
+
+    /// A peer-chosen index (a resume point, a chunk count) reaches the
+    /// shape's queries before any range check in a caller that forgets one:
+    /// they must answer, not overflow. Found with the `file_chunk` fuzz
+    /// target, which sweeps these queries over extreme indexes.
+    #[test]
+    fn shape_queries_on_the_largest_index_do_not_overflow() {
+        for size in [0, 5, MAX_FILE_SIZE] {
+            let s = shape(size, Suite::ChaCha20Poly1305);
+            assert!(!s.is_final(u64::MAX));
+            assert!(s.is_final(s.chunks() - 1));
+            assert_eq!(s.plain_len(u64::MAX), Err(ChunkError::OutOfRange(u64::MAX)));
+            assert_eq!(s.offset(u64::MAX), u64::MAX);
+            assert_eq!(s.chunk_at(u64::MAX), s.chunks() - 1);
+        }
     }
 
     #[test]
