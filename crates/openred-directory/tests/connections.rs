@@ -40,6 +40,9 @@ async fn start(
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
+        // Below the servers' keep-alive limit (their header timeout), so a
+        // pooled connection is never reused as the server closes it.
+        .pool_idle_timeout(std::time::Duration::from_secs(5))
         .no_proxy()
         .local_address(IpAddr::V4(Ipv4Addr::LOCALHOST))
         .timeout(Duration::from_secs(15))

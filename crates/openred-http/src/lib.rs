@@ -111,7 +111,9 @@ pub struct OutboundConfig {
     pub max_connections_per_host: usize,
     /// Idle connections kept per host. Default 100.
     pub pool_max_idle_per_host: usize,
-    /// How long an idle connection is kept. Default 300 s.
+    /// How long an idle connection is kept. Default 5 s: below the
+    /// servers' keep-alive limit (their 10 s header-read timeout), so that
+    /// a pooled connection is not reused just as the server closes it.
     pub pool_idle_timeout: Duration,
     /// The `User-Agent` sent. Default `openred/<version>`.
     pub user_agent: String,
@@ -127,7 +129,7 @@ impl Default for OutboundConfig {
             per_host: HostQuota::default(),
             max_connections_per_host: 100,
             pool_max_idle_per_host: 100,
-            pool_idle_timeout: Duration::from_secs(300),
+            pool_idle_timeout: Duration::from_secs(5),
             user_agent: concat!("openred/", env!("CARGO_PKG_VERSION")).to_owned(),
         }
     }

@@ -133,7 +133,9 @@ pub struct NodeConfig {
     /// (default 20,000): a ceiling against runaway loops, far above what
     /// messaging needs, unlike the directory's 20/s towards nodes.
     pub requests_per_peer_per_s: u32,
-    /// How long an idle connection is kept (default 300 s, as the seed).
+    /// How long an idle connection is kept (default 5 s, not the seed's
+    /// 300 s: peers close a kept-alive connection after their 10 s header
+    /// timeout, and a client that keeps it longer may reuse it as it closes).
     pub pool_idle_timeout_s: u64,
     /// Rate limits on the reachability route.
     pub reachability_limits: ReachabilityLimits,
@@ -206,7 +208,7 @@ impl NodeConfig {
             max_connections_per_peer: 100,
             pool_max_idle_per_peer: 100,
             requests_per_peer_per_s: 20_000,
-            pool_idle_timeout_s: 300,
+            pool_idle_timeout_s: 5,
             reachability_limits: ReachabilityLimits::default(),
             modules: None,
             module_settings: Default::default(),

@@ -54,6 +54,9 @@ async fn closed_by_server(stream: &mut TcpStream, deadline: Instant) -> Vec<u8> 
 /// A client whose connections come from `source`.
 fn client_from(source: Ipv4Addr) -> reqwest::Client {
     reqwest::Client::builder()
+        // Below the servers' keep-alive limit (their header timeout), so a
+        // pooled connection is never reused as the server closes it.
+        .pool_idle_timeout(std::time::Duration::from_secs(5))
         .no_proxy()
         .local_address(IpAddr::V4(source))
         .timeout(Duration::from_secs(15))

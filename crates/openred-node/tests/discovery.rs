@@ -68,6 +68,9 @@ async fn listed_peers(node: &common::TestNode) -> Vec<serde_json::Value> {
     // Verifying and remembering 600 records takes a while on a loaded
     // machine: a generous deadline.
     let http = reqwest::Client::builder()
+        // Below the servers' keep-alive limit (their header timeout), so a
+        // pooled connection is never reused as the server closes it.
+        .pool_idle_timeout(std::time::Duration::from_secs(5))
         .no_proxy()
         .timeout(Duration::from_secs(300))
         .build()
@@ -140,6 +143,9 @@ async fn a_flood_of_reachability_challenges_is_rate_limited_per_source_and_in_to
         .await;
     let from = |last: u8| {
         reqwest::Client::builder()
+            // Below the servers' keep-alive limit (their header timeout), so a
+            // pooled connection is never reused as the server closes it.
+            .pool_idle_timeout(std::time::Duration::from_secs(5))
             .no_proxy()
             .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
             .timeout(Duration::from_secs(15))

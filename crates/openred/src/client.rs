@@ -38,7 +38,11 @@ impl AdminClient {
         Ok(AdminClient {
             base: format!("http://{}", address.trim()),
             token: token.trim().to_owned(),
-            http: reqwest::Client::new(),
+            // Below the node's keep-alive limit (its header timeout).
+            http: reqwest::Client::builder()
+                .pool_idle_timeout(std::time::Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
         })
     }
 

@@ -150,7 +150,10 @@ async fn owner_login(node: &DemoNode) -> anyhow::Result<()> {
     let enrollment = owner::enroll_totp(data, &node.state.node_id().to_string())?;
     let now = node.state.clock().now().0;
     let code = owner::totp_code(&enrollment.secret, now).map_err(anyhow::Error::msg)?;
-    let http = reqwest::Client::new();
+    // Below the nodes' keep-alive limit (their header timeout).
+    let http = reqwest::Client::builder()
+        .pool_idle_timeout(std::time::Duration::from_secs(5))
+        .build()?;
     let started = Instant::now();
     let login = http
         .post(format!("{}/admin/v1/login", node.admin))

@@ -434,7 +434,7 @@ mod tests {
                 config.pool_idle_timeout_s,
                 config.session_max_age_s
             ),
-            (100, 100, 300, 86400)
+            (100, 100, 5, 86400)
         );
         assert!(!config.danger_in_process_crypto);
 

@@ -46,6 +46,9 @@ fn set_password(data: &Path, password: &str) -> Output {
 async fn login(data: &Path, password: &str, code: &str) -> (u16, Value) {
     let address = std::fs::read_to_string(data.join("admin.addr")).unwrap();
     let response = ::reqwest::Client::builder()
+        // Below the servers' keep-alive limit (their header timeout), so a
+        // pooled connection is never reused as the server closes it.
+        .pool_idle_timeout(std::time::Duration::from_secs(5))
         .no_proxy()
         .build()
         .unwrap()

@@ -91,7 +91,10 @@ fn now() -> u64 {
 async fn serves_registers_looks_up_and_shuts_down_gracefully() {
     let data = tempfile::tempdir().unwrap();
     let mut server = start(data.path(), &["--danger-allow-private-addresses"]);
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .pool_idle_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap();
 
     let health: Value = http
         .get(format!("{}/api/v3/health", server.base))

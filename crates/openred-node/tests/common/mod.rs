@@ -62,6 +62,9 @@ pub fn random16() -> [u8; 16] {
 /// environment: everything goes to 127.0.0.1).
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
+        // Below the servers' keep-alive limit (their header timeout), so a
+        // pooled connection is never reused as the server closes it.
+        .pool_idle_timeout(std::time::Duration::from_secs(5))
         .no_proxy()
         .timeout(Duration::from_secs(15))
         .build()

@@ -165,7 +165,12 @@ pub struct Admin {
 impl Admin {
     pub fn of(data: &Path, lines: &[String]) -> Admin {
         Admin {
-            http: ::reqwest::Client::builder().no_proxy().build().unwrap(),
+            http: ::reqwest::Client::builder()
+                .no_proxy()
+                // Below the node's keep-alive limit (its header timeout).
+                .pool_idle_timeout(std::time::Duration::from_secs(5))
+                .build()
+                .unwrap(),
             base: field(lines, "admin on ").to_owned(),
             token: std::fs::read_to_string(data.join("admin.token"))
                 .unwrap()
