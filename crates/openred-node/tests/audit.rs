@@ -28,17 +28,27 @@ struct Owner {
     dir: tempfile::TempDir,
     crypto: Arc<Crypto>,
     clock: Arc<ManualClock>,
+    secrets: ([u8; 32], [u8; 32]),
 }
 
 impl Owner {
     async fn new() -> Owner {
-        let keys = NodeKeys::from_secrets(&random32(), random32());
+        let secrets = (random32(), random32());
+        let keys = NodeKeys::from_secrets(&secrets.0, secrets.1);
         let clock = Arc::new(ManualClock::new(UnixTime(1_700_000_000)));
         Owner {
             dir: tempfile::tempdir().unwrap(),
             crypto: Arc::new(Crypto::in_process(keys, clock.clone()).await.unwrap()),
             clock,
+            secrets,
         }
+    }
+
+    /// Another agent with the same keys and no signing history: what
+    /// signed before this owner's agent refuses to sign again.
+    async fn fresh_agent(&self) -> Crypto {
+        let keys = NodeKeys::from_secrets(&self.secrets.0, self.secrets.1);
+        Crypto::in_process(keys, self.clock.clone()).await.unwrap()
     }
 
     fn data(&self) -> &Path {
@@ -302,6 +312,7 @@ async fn a_log_signed_by_another_key_is_named() {
         dir: tempfile::tempdir().unwrap(),
         crypto: stranger.crypto.clone(),
         clock: stranger.clock.clone(),
+        secrets: stranger.secrets,
     };
     let audit = other.open().await.unwrap();
     audit
@@ -387,7 +398,11 @@ async fn the_agent_signs_audit_entries_and_heads_under_their_own_labels_only() {
     }
     // And the reverse: a signature the node gives for another kind (a
     // deregistration, over bytes of the same length) is no audit entry.
-    let dereg = owner.crypto.deregistration(7, UnixTime(1)).await.unwrap();
+    let dereg = owner
+        .crypto
+        .deregistration(7, owner.clock.now())
+        .await
+        .unwrap();
     let sig = b64_decode(&dereg.signature).unwrap();
     assert!(key
         .verify(SignatureContext::AuditEntry, &entry_message, &sig)
@@ -396,8 +411,11 @@ async fn the_agent_signs_audit_entries_and_heads_under_their_own_labels_only() {
     let audit_owner = Owner::log_of(1).await;
     let mut lines = audit_owner.lines();
     let mut entry: Entry = serde_json::from_str(&lines[1]).unwrap();
+    // (The owner's own agent refuses a head below one it signed: another
+    // agent on the same keys stands for one that never signed a head.)
     let head_sig = audit_owner
-        .crypto
+        .fresh_agent()
+        .await
         .sign_audit_head(entry.seq, &entry.entry_hash())
         .await
         .unwrap();
