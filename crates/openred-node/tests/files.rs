@@ -852,15 +852,21 @@ impl DescriptorPressure {
         let (on, end, made) = (bursts_on.clone(), stop.clone(), bursts_made.clone());
         let thread = std::thread::spawn(move || {
             while !end.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(BURST_EVERY_MS));
                 if on.load(Ordering::SeqCst) {
                     let burst = fill();
                     made.fetch_add(1, Ordering::SeqCst);
                     std::thread::sleep(Duration::from_millis(BURST_MS));
                     drop(burst);
+                    made.fetch_or(IDLE, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(BURST_EVERY_MS - BURST_MS));
+                } else {
+                    // Between bursts: `bursts(false)` waits for this.
+                    made.fetch_or(IDLE, Ordering::SeqCst);
+                    // Polled often, so that a burst starts as soon as
+                    // they are switched on: a download on a fast machine
+                    // can be over in less than one pause.
+                    std::thread::sleep(Duration::from_millis(1));
                 }
-                // Between bursts: `bursts(false)` waits for this.
-                made.fetch_or(IDLE, Ordering::SeqCst);
             }
             drop(held);
         });
@@ -872,11 +878,18 @@ impl DescriptorPressure {
         }
     }
 
-    /// Switches the bursts on or off; off, returns once the burst under
-    /// way (if any) has given its descriptors back.
+    /// Switches the bursts on or off. On, returns once the first burst
+    /// holds the headroom, so that every transfer under way meets at
+    /// least one; off, returns once the burst under way (if any) has
+    /// given its descriptors back.
     fn bursts(&self, on: bool) {
+        let before = self.bursts_made();
         self.bursts_on.store(on, Ordering::SeqCst);
-        if !on {
+        if on {
+            while self.bursts_made() == before {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        } else {
             self.bursts_made.fetch_and(!IDLE, Ordering::SeqCst);
             while self.bursts_made.load(Ordering::SeqCst) & IDLE == 0 {
                 std::thread::sleep(Duration::from_millis(1));
