@@ -10,6 +10,16 @@
 //! the key folder), before any signature leaves: a node that makes its agent
 //! restart (it can close the agent's socket) finds the same counters.
 //!
+//! Saved means written to the file before the signature leaves: the
+//! kernel keeps the write when the agent process dies, which is what a
+//! compromised node can cause. Against a power cut the record `seq` is
+//! also flushed (`fdatasync`) before its signature leaves; audit entries
+//! and heads, signed for every batch of the log, are flushed by a thread
+//! within [`FLUSH_EVERY`] of the write instead: a flush per entry cost
+//! the introductions about 0.5 ms each (docs/BENCHMARKS.md), and the
+//! window left is a power cut followed by a compromise of the node that
+//! rewrites the entries of the last second.
+//!
 //! The file holds two 64-byte slots written in turn, each
 //! `magic (8) || generation (8) || record seq (8) || audit entry seq (8) ||
 //! audit head entries (8) || BLAKE3 of the 40 bytes before, first 24`: a
@@ -32,6 +42,8 @@ pub const STATE_FILE: &str = "agent.state";
 pub const MAX_SKEW_S: u64 = 300;
 /// The longest record lifetime the agent signs: 7 days.
 pub const MAX_RECORD_LIFETIME_S: u64 = 7 * 24 * 3600;
+/// How soon an audit counter written to the file is flushed to the disk.
+pub const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 const MAGIC: [u8; 8] = *b"ORAGST01";
 const SLOT: usize = 64;
@@ -146,7 +158,70 @@ fn newest(bytes: &[u8]) -> Option<Counters> {
 pub struct SigningState {
     clock: Arc<dyn Clock>,
     counters: std::sync::Mutex<Counters>,
-    file: Option<File>,
+    file: Option<Arc<StateFile>>,
+}
+
+/// The open state file, and whether it holds writes not flushed yet.
+struct StateFile {
+    file: File,
+    dirty: std::sync::atomic::AtomicBool,
+    flusher: std::sync::Once,
+}
+
+/// When a saved counter must be on the disk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// Before the signature leaves.
+    Now,
+    /// Within [`FLUSH_EVERY`].
+    Soon,
+}
+
+impl StateFile {
+    fn save(self: &Arc<Self>, counters: &Counters, flush: Flush) -> io::Result<()> {
+        let offset = (counters.generation % 2) * SLOT as u64;
+        self.file.write_all_at(&encode(counters), offset)?;
+        match flush {
+            Flush::Now => {
+                self.dirty.store(false, std::sync::atomic::Ordering::SeqCst);
+                self.file.sync_data()
+            }
+            Flush::Soon => {
+                self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+                // Started by the first deferred write, so from a worker
+                // thread: after the agent confined itself, whose seccomp
+                // filter and Landlock domain the new thread inherits.
+                self.flusher.call_once(|| {
+                    let file = Arc::downgrade(self);
+                    std::thread::spawn(move || Self::flush_until_closed(&file));
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn flush_until_closed(file: &std::sync::Weak<StateFile>) {
+        loop {
+            std::thread::sleep(FLUSH_EVERY);
+            let Some(file) = file.upgrade() else { return };
+            file.flush();
+        }
+    }
+
+    fn flush(&self) {
+        if self.dirty.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            if let Err(e) = self.file.sync_data() {
+                self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+                tracing::warn!(error = %e, "flushing {STATE_FILE} failed; trying again");
+            }
+        }
+    }
+}
+
+impl Drop for StateFile {
+    fn drop(&mut self) {
+        self.flush();
+    }
 }
 
 /// Why a signature was refused.
@@ -194,7 +269,11 @@ impl SigningState {
         Ok(SigningState {
             clock,
             counters: std::sync::Mutex::new(counters),
-            file: Some(file),
+            file: Some(Arc::new(StateFile {
+                file,
+                dirty: std::sync::atomic::AtomicBool::new(false),
+                flusher: std::sync::Once::new(),
+            })),
         })
     }
 
@@ -240,7 +319,7 @@ impl SigningState {
     /// (a node whose clock went back keeps counting).
     pub fn admit_record_seq(&self, seq: u64) -> Result<(), Refusal> {
         let ceiling = self.now().0.saturating_add(MAX_SKEW_S).saturating_mul(1000);
-        self.advance(|c| {
+        self.advance(Flush::Now, |c| {
             if seq <= c.record_seq {
                 return Err(Refusal::Seq(format!(
                     "record seq {seq} is not above {} (signed before)",
@@ -261,7 +340,7 @@ impl SigningState {
     /// one may be signed again (the node may have crashed between the
     /// signature and the write), nothing before it.
     pub fn admit_audit_entry(&self, seq: u64) -> Result<(), Refusal> {
-        self.advance(|c| {
+        self.advance(Flush::Soon, |c| {
             if seq < c.audit_seq {
                 return Err(Refusal::Seq(format!(
                     "audit entry {seq} is below the last one signed ({})",
@@ -276,7 +355,7 @@ impl SigningState {
     /// An audit head: never fewer entries than a head signed before, so a
     /// truncated log cannot get a new signed head.
     pub fn admit_audit_head(&self, entries: u64) -> Result<(), Refusal> {
-        self.advance(|c| {
+        self.advance(Flush::Soon, |c| {
             if entries < c.audit_head {
                 return Err(Refusal::Seq(format!(
                     "an audit head of {entries} entries is below one signed before ({})",
@@ -292,6 +371,7 @@ impl SigningState {
     /// a signature follows only a saved state.
     fn advance(
         &self,
+        flush: Flush,
         change: impl FnOnce(&mut Counters) -> Result<(), Refusal>,
     ) -> Result<(), Refusal> {
         let mut counters = self
@@ -305,10 +385,7 @@ impl SigningState {
         }
         next.generation = counters.generation.wrapping_add(1);
         if let Some(file) = &self.file {
-            let offset = (next.generation % 2) * SLOT as u64;
-            file.write_all_at(&encode(&next), offset)
-                .and_then(|()| file.sync_data())
-                .map_err(Refusal::Save)?;
+            file.save(&next, flush).map_err(Refusal::Save)?;
         }
         *counters = next;
         Ok(())
@@ -367,6 +444,31 @@ mod tests {
         s.admit_audit_head(7).unwrap();
         s.admit_record_seq(ms + 1).unwrap();
         assert_eq!(read(dir.path()).unwrap().unwrap().audit_head, 7);
+    }
+
+    #[test]
+    fn audit_counters_written_without_a_flush_are_flushed_by_the_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = state(dir.path());
+        let file = s.file.clone().unwrap();
+        let dirty = || file.dirty.load(std::sync::atomic::Ordering::SeqCst);
+        s.admit_record_seq(NOW * 1000).unwrap();
+        assert!(!dirty(), "a record seq is flushed before it is signed");
+        s.admit_audit_entry(3).unwrap();
+        // Written already: a new agent (the old one killed) reads it.
+        assert_eq!(read(dir.path()).unwrap().unwrap().audit_seq, 3);
+        let deadline = std::time::Instant::now() + FLUSH_EVERY * 40;
+        while dirty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the flusher never ran"
+            );
+            std::thread::sleep(FLUSH_EVERY / 10);
+        }
+        // The thread ends with the state.
+        let weak = Arc::downgrade(&file);
+        drop((s, file));
+        assert!(weak.upgrade().is_none());
     }
 
     #[test]
