@@ -1,4 +1,4 @@
-//! The responder side of the Noise KK handshake (`openred_node::handshake`),
+//! The responder side of the Noise KK handshake (`openred_node::peer::handshake`),
 //! which a node runs on message 1 from any peer that holds a token. The
 //! fuzzer picks the context bound in the prologue (connection ID, what
 //! authorises the handshake, the suite offer and what the responder
@@ -23,7 +23,7 @@ use openred_core::keys::SignatureContext;
 use openred_core::session::Suite;
 use openred_core::IdentityKeypair;
 use openred_fuzz::{node, Fixture};
-use openred_node::handshake::{
+use openred_node::peer::handshake::{
     initiate, parse_offer, respond, Authority, HandshakeContext, NOISE_PARAMS,
 };
 use std::sync::OnceLock;
@@ -44,7 +44,7 @@ fn keys() -> &'static Keys {
 }
 
 /// The prologue as `HandshakeContext` builds it (see the module doc of
-/// `openred_node::handshake`). If the two ever differ, mode 2's canonical
+/// `openred_node::peer::handshake`). If the two ever differ, mode 2's canonical
 /// payload stops being accepted and the target fails loudly.
 fn prologue(context: &HandshakeContext) -> Vec<u8> {
     let (label, bound): (&[u8], &[u8; 32]) = match &context.authority {

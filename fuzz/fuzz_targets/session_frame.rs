@@ -2,7 +2,7 @@
 //! receiver driven through its replay window and epochs by a script of
 //! the fuzzer's choosing (seal, deliver again, deliver altered, deliver
 //! arbitrary bytes, let time pass). Also the route label that every frame's
-//! plaintext starts with (`openred_node::frames`).
+//! plaintext starts with (`openred_node::peer::frames`).
 //!
 //! What must hold whatever the script:
 //! - nothing panics;
@@ -21,7 +21,7 @@ use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use openred_core::session::{EpochConfig, FrameHeader, Suite, HEADER_LEN};
 use openred_core::UnixTime;
-use openred_node::frames::{labelled, unlabel};
+use openred_node::peer::frames::{labelled, unlabel};
 
 /// Each execution gets its own session keys. With the same keys in every
 /// execution, a frame sealed in one is valid in the next; libFuzzer learns

@@ -37,6 +37,7 @@ pub mod id;
 pub mod keys;
 pub mod random;
 pub mod record;
+pub mod routes;
 pub mod session;
 pub mod time;
 pub mod token;

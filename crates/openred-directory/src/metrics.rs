@@ -5,6 +5,7 @@
 //! once and shared by every directory started in the process (tests start
 //! many); each exposition shows the whole process.
 
+use openred_core::routes::directory as routes;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -60,14 +61,14 @@ pub async fn track(request: Request, next: Next) -> Response {
 
 /// The routes the directory serves, as static strings for labels.
 const ROUTES: [&str; 8] = [
-    "/api/v3/nodes/register",
-    "/api/v3/nodes/deregister",
-    "/api/v3/nodes/discover",
-    "/api/v3/nodes/{node_id}",
-    "/api/v3/tokens/request-connection",
-    "/api/v3/health",
-    "/metrics",
-    "/api/v3/openapi.json",
+    routes::REGISTER,
+    routes::DEREGISTER,
+    routes::DISCOVER,
+    routes::NODE,
+    routes::REQUEST_CONNECTION,
+    routes::HEALTH,
+    routes::METRICS,
+    routes::OPENAPI,
 ];
 
 fn intern_route(route: &str) -> &'static str {

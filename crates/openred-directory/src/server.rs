@@ -130,7 +130,7 @@ fn document(mut doc: utoipa::openapi::OpenApi, config: &Config) -> utoipa::opena
     let discover = doc
         .paths
         .paths
-        .get_mut("/api/v3/nodes/discover")
+        .get_mut(openred_core::routes::directory::DISCOVER)
         .and_then(|item| item.get.as_mut());
     for parameter in discover
         .and_then(|op| op.parameters.as_mut())

@@ -48,7 +48,7 @@ impl NodeTransport for OutboundTransport {
         Box::pin(async move {
             let response = self
                 .0
-                .post_json(url, "/api/v3/reachability", body)
+                .post_json(url, openred_core::routes::node::REACHABILITY, body)
                 .await
                 .map_err(|e| {
                     tracing::debug!(error = %e, "reachability challenge failed");
@@ -69,7 +69,7 @@ impl NodeTransport for OutboundTransport {
         Box::pin(async move {
             let response = self
                 .0
-                .post_json(url, "/api/v3/tokens/receive", body)
+                .post_json(url, openred_core::routes::node::TOKENS_RECEIVE, body)
                 .await
                 .map_err(|e| {
                     tracing::debug!(error = %e, "token push failed");

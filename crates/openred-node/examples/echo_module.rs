@@ -18,7 +18,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::routing::post;
@@ -27,7 +26,7 @@ use openred_core::session::{SessionId, Suite};
 use openred_core::NodeId;
 use openred_http::ApiError;
 use openred_node::modules::{Metric, Middleware, Module};
-use openred_node::NodeState;
+use openred_node::peer::{framed, Peers};
 use serde::{Deserialize, Serialize};
 
 /// The module's P2P route.
@@ -66,29 +65,28 @@ impl Module for Echo {
         "an example: echoes text over a session"
     }
 
-    fn p2p_routes(self: Arc<Self>) -> Router<Arc<NodeState>> {
+    fn p2p_routes(self: Arc<Self>) -> Router<Peers> {
         Router::new().route(
             ECHO_PATH,
-            post(move |State(node): State<Arc<NodeState>>, body: Bytes| {
+            // The peer layer does the work: session, AEAD, replay window,
+            // route label, the answer bound to the request.
+            framed(ECHO_PATH, move |_peers, _session, payload| {
                 let me = self.clone();
                 async move {
-                    // The frame layer does the work: session, AEAD, replay
-                    // window, route label.
-                    let (live, payload) = node.open_frame(ECHO_PATH, &body)?;
                     me.echoes.fetch_add(1, Ordering::Relaxed);
                     let mut answer = b"echo: ".to_vec();
                     answer.extend_from_slice(&payload);
-                    node.answer_frame(&live, ECHO_PATH, &answer)
+                    Ok(answer)
                 }
             }),
         )
     }
 
-    fn admin_routes(self: Arc<Self>) -> Router<Arc<NodeState>> {
+    fn admin_routes(self: Arc<Self>) -> Router<Peers> {
         Router::new().route(
             "/admin/v1/echo",
             post(
-                |State(node): State<Arc<NodeState>>, Json(request): Json<EchoRequest>| async move {
+                |State(node): State<Peers>, Json(request): Json<EchoRequest>| async move {
                     let peer = NodeId::parse(&request.node_id)
                         .map_err(|e| ApiError::bad_request("bad_node_id", e.to_string()))?;
                     let live = node.session_for(&peer).await.map_err(|e| e.to_api())?;
@@ -123,7 +121,7 @@ impl Module for Echo {
         }))
     }
 
-    fn on_session_established(&self, _node: &Arc<NodeState>, _peer: NodeId, _id: SessionId) {
+    fn on_session_established(&self, _peers: &Peers, _peer: NodeId, _id: SessionId) {
         self.sessions.fetch_add(1, Ordering::Relaxed);
     }
 

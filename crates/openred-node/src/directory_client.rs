@@ -5,6 +5,7 @@
 use std::sync::RwLock;
 
 use openred_core::id::Fingerprint;
+use openred_core::routes::directory as routes;
 use openred_core::token::TokenEnvelope;
 use openred_core::wire::{
     b64_decode, b64_encode, ConnectionRequest, ConnectionResponse, DiscoverResponse, ErrorBody,
@@ -65,7 +66,7 @@ impl DirectoryClient {
             return Ok(key);
         }
         let health: HealthResponse =
-            expect_ok(outbound.get(&self.url, "/api/v3/health").await?, true)?;
+            expect_ok(outbound.get(&self.url, routes::HEALTH).await?, true)?;
         let bytes = b64_decode(&health.directory_public_key)
             .map_err(|_| NodeError::Malformed("the directory's public key"))?;
         let key = key_from(&bytes)?;
@@ -90,7 +91,7 @@ impl DirectoryClient {
     /// this node pinned (if it pinned one yet).
     pub async fn check(&self, outbound: &OutboundClient) -> Result<(), NodeError> {
         let health: HealthResponse =
-            expect_ok(outbound.get(&self.url, "/api/v3/health").await?, true)?;
+            expect_ok(outbound.get(&self.url, routes::HEALTH).await?, true)?;
         match self.pinned() {
             Some(key) if key.directory_fingerprint().to_string() != health.directory_key => Err(
                 NodeError::Malformed("the directory answers with another key than the pinned one"),
@@ -130,7 +131,7 @@ impl DirectoryClient {
         };
         expect_ok(
             outbound
-                .post_json(&self.url, "/api/v3/nodes/register", &body)
+                .post_json(&self.url, routes::REGISTER, &body)
                 .await?,
             true,
         )
@@ -148,7 +149,7 @@ impl DirectoryClient {
         let body = crypto.deregistration(seq, now).await?;
         let _: serde_json::Value = expect_ok(
             outbound
-                .post_json(&self.url, "/api/v3/nodes/deregister", &body)
+                .post_json(&self.url, routes::DEREGISTER, &body)
                 .await?,
             true,
         )?;
@@ -179,7 +180,7 @@ impl DirectoryClient {
         };
         let answer: ConnectionResponse = expect_ok(
             outbound
-                .post_json(&self.url, "/api/v3/tokens/request-connection", &body)
+                .post_json(&self.url, routes::REQUEST_CONNECTION, &body)
                 .await?,
             true,
         )?;
@@ -210,7 +211,7 @@ impl DirectoryClient {
                 query.push(("cursor", c.clone()));
             }
             let answer = outbound
-                .get_with_query(&self.url, "/api/v3/nodes/discover", &query)
+                .get_with_query(&self.url, routes::DISCOVER, &query)
                 .await?;
             let page: DiscoverResponse = match expect_ok(answer, true) {
                 Ok(page) => page,
@@ -247,7 +248,7 @@ impl DirectoryClient {
         let id = node_id.to_string();
         let page: DiscoverResponse = expect_ok(
             outbound
-                .get_with_query(&self.url, "/api/v3/nodes/discover", &[("node_id", id)])
+                .get_with_query(&self.url, routes::DISCOVER, &[("node_id", id)])
                 .await?,
             true,
         )?;

@@ -6,7 +6,7 @@ use openred_core::token::TokenError;
 use openred_http::{ApiError, OutboundError};
 
 use crate::agent::CryptoError;
-use crate::handshake::HandshakeError;
+use crate::peer::handshake::HandshakeError;
 use crate::store::StoreError;
 
 /// Something a node operation ran into.
@@ -73,7 +73,7 @@ pub enum NodeError {
     RolledBackRecord(String),
     /// The session table is full (`max_sessions`, `max_peers`).
     #[error(transparent)]
-    Capacity(#[from] crate::sessions::Capacity),
+    Capacity(#[from] crate::peer::sessions::Capacity),
     /// Local storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -83,6 +83,13 @@ pub enum NodeError {
 }
 
 impl NodeError {
+    /// Whether the peer answered that it does not know the session (it
+    /// restarted, or someone on the path says so: the answer is not
+    /// authenticated).
+    pub fn is_lost_session(&self) -> bool {
+        matches!(self, NodeError::Peer { code, .. } if code == "unknown_session")
+    }
+
     /// The answer on the admin API.
     pub fn to_api(&self) -> ApiError {
         match self {

@@ -2,22 +2,20 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the validated [`NodeConfig`].
-//! - [`identity`]: the node's long-term keys on disk, and what it may sign.
-//! - [`store`]: tokens, tombstones, known peers, settings (SQLite).
-//! - [`directory_client`]: pinning the directory's key, registration,
-//!   introductions, discovery.
-//! - [`handshake`]: the Noise KK handshake with the token proof and suite
-//!   negotiation.
-//! - [`sessions`]: established sessions, in memory only.
-//! - [`lifecycle`]: purging what expired, renewing sessions in use.
-//! - `p2p`: the API peers and the directory call.
-//! - `reachability`: rate limits on the route that signs a challenge for
-//!   anyone.
-//! - [`admin`]: the owner's API.
-//! - [`owner`]: the owner's password + TOTP login and session cookies.
-//! - [`node`]: [`Node`]: serving, the registration loop, connecting.
-//! - [`audit`]: the signed, hash-chained audit log and its verification.
+//! Four layers, each a folder, each using only those below it:
+//!
+//! - [`modules`]: messaging, files, auth, monitoring. A module reaches the
+//!   node only through the peer layer's handle ([`peer::Peers`]) and never
+//!   names another module.
+//! - [`owner`]: the owner's admin API and login.
+//! - [`peer`]: sessions, frames, the handshake, the P2P routes, renewal.
+//! - [`agent`]: the crypto agent process and the node's handle on it, the
+//!   keys on disk, the sandbox.
+//!
+//! Beside them: [`node`] ([`Node`]: start, serve, register, connect),
+//! [`store`] (tokens, tombstones, known peers, settings: SQLite),
+//! [`directory_client`], [`audit`] (the signed, hash-chained log),
+//! [`config`], [`health`], [`metrics`], [`error`].
 //!
 //! # What this crate must never do
 //!
@@ -28,29 +26,19 @@
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod admin_openapi;
 pub mod agent;
 pub mod audit;
 pub mod config;
 pub mod directory_client;
 pub mod error;
-pub mod frames;
-pub mod handshake;
 pub mod health;
-pub mod identity;
-pub mod lifecycle;
-pub mod master_key;
 pub mod metrics;
 pub mod modules;
 pub mod node;
 pub mod owner;
-mod p2p;
-mod reachability;
-pub mod sandbox;
-pub mod sessions;
+pub mod peer;
 pub mod store;
 
+pub use agent::identity::NodeKeys;
 pub use config::{IntroductionPolicy, NodeConfig};
-pub use identity::NodeKeys;
 pub use node::{Connected, Node, NodeState};

@@ -4,27 +4,24 @@
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use openred_core::session::{Role, Session, SessionId};
-use openred_core::token::Role as TokenRole;
-use openred_core::wire::{b64_decode, b64_encode, HandshakeRequest, HandshakeResponse};
+use openred_core::session::SessionId;
 use openred_core::{Clock, NodeId};
 use openred_http::{OutboundClient, OutboundConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admin;
+use crate::agent::identity::{IdentityError, NodeKeys};
 use crate::agent::{Crypto, CryptoError};
 use crate::audit::{Audit, Event, EventKind};
 use crate::config::{ConfigError, NodeConfig};
-use crate::directory_client::{expect_ok, DirectoryClient};
+use crate::directory_client::DirectoryClient;
 use crate::error::NodeError;
-use crate::handshake::{Authority, HandshakeContext};
-use crate::identity::{IdentityError, NodeKeys};
 use crate::modules::{Module, Modules};
-use crate::p2p::{self, PING, PONG};
-use crate::sessions::{LiveSession, SessionTable};
+use crate::owner::admin;
+use crate::peer::routes::{self};
+use crate::peer::sessions::SessionTable;
 use crate::store::{NodeStore, StoreError};
 
 /// Why the node could not start.
@@ -74,7 +71,7 @@ pub struct NodeState {
     pub(crate) admin_token: String,
     pub(crate) registered: AtomicBool,
     /// What the node process applied to itself, if it did.
-    pub(crate) confinement: std::sync::OnceLock<crate::sandbox::Protections>,
+    pub(crate) confinement: std::sync::OnceLock<crate::agent::sandbox::Protections>,
     /// The modules and their switches.
     pub(crate) modules: Modules,
     /// What the core counts.
@@ -84,9 +81,9 @@ pub struct NodeState {
     /// The signed audit log.
     pub(crate) audit: Audit,
     /// The owner's password + TOTP logins.
-    pub(crate) owner_login: crate::owner::OwnerLogin,
+    pub(crate) owner_login: crate::owner::login::OwnerLogin,
     /// Rate limits on the reachability route.
-    pub(crate) reachability: crate::reachability::ReachabilityLimiter,
+    pub(crate) reachability: crate::peer::reachability::ReachabilityLimiter,
     /// Held while a session the peer says it lost is replaced
     /// ([`NodeState::handshake_again`]).
     pub(crate) reconnecting: tokio::sync::Mutex<()>,
@@ -149,13 +146,13 @@ impl Node {
         } else {
             // The keys must be there before an agent tries to load them; only
             // the agent reads them (and unwraps the master key).
-            crate::identity::check_present(&config.data_dir)?;
+            crate::agent::identity::check_present(&config.data_dir)?;
             let launcher = start_launcher(&config)?;
             Crypto::with_launcher(launcher).await?
         };
         let crypto = Arc::new(crypto);
         let storage_key = crypto
-            .storage_key(crate::master_key::Purpose::NodeDatabase)
+            .storage_key(crate::agent::master_key::Purpose::NodeDatabase)
             .await?;
         let store = NodeStore::open(&prepare_state_dir(&config.data_dir)?, &storage_key.0).await?;
         let audit = Audit::open(&config.data_dir, crypto.clone(), clock.clone()).await?;
@@ -176,11 +173,11 @@ impl Node {
         .map_err(|e| StartError::Outbound(e.to_string()))?;
         let admin_token =
             admin::load_or_create_token(&config.data_dir).map_err(StartError::AdminToken)?;
-        crate::owner::prepare_dir(&config.data_dir).map_err(StartError::AdminToken)?;
+        crate::owner::login::prepare_dir(&config.data_dir).map_err(StartError::AdminToken)?;
         let directory = DirectoryClient::new(config.directory_url.clone(), config.directory_key);
-        let owner_login = crate::owner::OwnerLogin::new(&crypto.node_id());
+        let owner_login = crate::owner::login::OwnerLogin::new(&crypto.node_id());
         let reachability =
-            crate::reachability::ReachabilityLimiter::new(&config.reachability_limits);
+            crate::peer::reachability::ReachabilityLimiter::new(&config.reachability_limits);
         let state = Arc::new(NodeState {
             config,
             clock,
@@ -205,7 +202,7 @@ impl Node {
     }
 
     /// Records what the process applied to itself, for `status`.
-    pub fn set_confinement(&self, protections: crate::sandbox::Protections) {
+    pub fn set_confinement(&self, protections: crate::agent::sandbox::Protections) {
         let _ = self.state.confinement.set(protections);
     }
 
@@ -236,10 +233,10 @@ impl Node {
         let p2p_app = openred_http::harden(
             state
                 .modules
-                .p2p_router(&state, p2p::routes())
+                .p2p_router(&state, routes::routes())
                 .layer(axum::middleware::from_fn_with_state(
                     state.clone(),
-                    p2p::count_traffic,
+                    routes::count_traffic,
                 ))
                 .with_state(state.clone()),
             state.config.max_frame_bytes + 4096,
@@ -267,7 +264,7 @@ impl Node {
             stopped(stop_rx.clone()),
         ));
         let registration = tokio::spawn(registration_loop(state.clone(), stop_rx.clone()));
-        let housekeeping = tokio::spawn(crate::lifecycle::lifecycle_loop(
+        let housekeeping = tokio::spawn(crate::peer::lifecycle::lifecycle_loop(
             state.clone(),
             stop_rx.clone(),
         ));
@@ -465,6 +462,11 @@ impl NodeState {
         }
     }
 
+    /// The peer layer's handle, what modules get of the node.
+    pub fn peers(self: &Arc<Self>) -> crate::peer::Peers {
+        crate::peer::Peers::new(self.clone())
+    }
+
     /// The clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
@@ -474,270 +476,6 @@ impl NodeState {
     /// ones, then those the enabled modules switch on.
     pub fn suites(&self) -> Vec<openred_core::session::Suite> {
         self.modules.suites(&self.config.suites)
-    }
-
-    /// The session to reach `peer`: the current one, or a new one through
-    /// an introduction by the directory when there is none.
-    pub async fn session_for(&self, peer: &NodeId) -> Result<Arc<LiveSession>, NodeError> {
-        if let Some(live) = self.sessions.with_peer(peer) {
-            return Ok(live);
-        }
-        self.connect(*peer).await?;
-        self.sessions
-            .with_peer(peer)
-            .ok_or_else(|| NodeError::NoSession(peer.to_string()))
-    }
-
-    /// The peer answered `unknown_session` to a frame of `lost`, as it
-    /// does after a restart. That answer is plain JSON that anyone on the
-    /// path can forge, so `lost` is not dropped on its word: a new
-    /// introduction and handshake, authenticated end to end, makes a
-    /// session that replaces it as the one used to reach the peer (and
-    /// every other session held with the peer, which a restart killed
-    /// too). `lost` stays in the table, no longer used, until it is idle.
-    /// A forged answer thus costs one introduction and ends nothing; if
-    /// the new handshake fails (directory unreachable), `lost` stays the
-    /// session in use. One re-handshake at a time: a caller that finds a
-    /// session newer than `lost` already in use takes it.
-    pub async fn handshake_again(&self, lost: &LiveSession) -> Result<Arc<LiveSession>, NodeError> {
-        let _one_at_a_time = self.reconnecting.lock().await;
-        if let Some(current) = self.sessions.with_peer(&lost.peer) {
-            if current.id() != lost.id() && current.established_at >= lost.established_at {
-                return Ok(current);
-            }
-        }
-        self.connect(lost.peer).await?;
-        self.sessions
-            .with_peer(&lost.peer)
-            .ok_or_else(|| NodeError::NoSession(lost.peer.to_string()))
-    }
-
-    /// Forgets a session the peer no longer knows (it restarted): the next
-    /// use makes a new one.
-    pub fn forget_session(&self, live: &LiveSession) {
-        let ended = self.sessions.remove(&live.id());
-        self.sessions_closed(&ended, "forgotten");
-    }
-
-    /// Asks the directory whether the peer of `live` registered another
-    /// address since (it restarted elsewhere, so it lost the session too);
-    /// if so, forgets the session. Returns whether it did.
-    pub async fn forget_if_moved(&self, live: &LiveSession) -> bool {
-        let now = self.clock.now();
-        match self
-            .directory
-            .lookup(&self.outbound, &self.store, &live.peer, now)
-            .await
-        {
-            Ok(record) if record.record().api_url != live.peer_record.record().api_url => {
-                tracing::info!(peer = %live.peer, "the peer moved; its session is forgotten");
-                self.forget_session(live);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// The suite of the current session with `peer`.
-    pub fn session_suite(&self, peer: &NodeId) -> Option<openred_core::session::Suite> {
-        self.sessions.with_peer(peer).map(|s| s.session.suite())
-    }
-
-    /// Asks the directory for an introduction to `peer`, runs the
-    /// handshake with it and confirms the session with a first ping.
-    pub async fn connect(&self, peer: NodeId) -> Result<Connected, NodeError> {
-        let outcome = self.introduce_and_handshake(peer).await;
-        match &outcome {
-            Ok(_) => {
-                self.metrics
-                    .handshakes_initiated
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            Err(e) => self.metrics.handshakes_failed.add(e.to_api().code()),
-        }
-        outcome
-    }
-
-    async fn introduce_and_handshake(&self, peer: NodeId) -> Result<Connected, NodeError> {
-        let started = Instant::now();
-        // No introduction for a session this node could not hold.
-        self.sessions.room_for(&peer, self.session_limits())?;
-        let now = self.clock.now();
-        let envelope = self
-            .directory
-            .request_connection(&self.outbound, &self.store, &self.crypto, &peer, now)
-            .await;
-        let event = Event::outcome(EventKind::IntroductionRequested, envelope.is_ok()).peer(peer);
-        self.audit.record(match &envelope {
-            Ok(_) => event,
-            Err(e) => event.reason(e.to_api().code()),
-        });
-        let connected = self.handshake_as_initiator(peer, envelope?, started).await;
-        let event = Event::outcome(EventKind::Handshake, connected.is_ok())
-            .peer(peer)
-            .detail("role", "initiator");
-        self.audit.record(match &connected {
-            Ok(c) => event.detail("session_id", c.session_id.to_string()),
-            Err(e) => event.reason(e.to_api().code()),
-        });
-        connected
-    }
-
-    /// The initiator's side once the directory has answered: open the
-    /// token, handshake, install and confirm the session.
-    async fn handshake_as_initiator(
-        &self,
-        peer: NodeId,
-        envelope: openred_core::token::TokenEnvelope,
-        started: Instant,
-    ) -> Result<Connected, NodeError> {
-        let now = self.clock.now();
-        if envelope.role() != TokenRole::Initiator {
-            return Err(NodeError::Malformed("a token for the wrong role"));
-        }
-        let me = self.crypto.node_id();
-        let intro = *envelope.introduction();
-        if intro.initiator != me || intro.target != peer {
-            return Err(NodeError::Malformed("a token for another introduction"));
-        }
-        intro.check_unexpired(now)?;
-        intro.check_lifetime(now)?;
-        let opened = self.crypto.open_token(&envelope).await?;
-        let peer_record = opened.peer_record;
-        if peer_record.record().node_id != peer {
-            return Err(NodeError::Malformed(
-                "a token carrying another node's record",
-            ));
-        }
-        peer_record
-            .check_unexpired(now)
-            .map_err(|_| NodeError::Malformed("a token carrying an expired peer record"))?;
-        // Checked now, written with the tombstone while message 1 travels:
-        // one commit for both, off the critical path.
-        if !self.store.is_current_peer_record(&peer_record).await? {
-            return Err(NodeError::RolledBackRecord(peer.to_string()));
-        }
-        let context = HandshakeContext {
-            connection_id: intro.connection_id,
-            initiator: me,
-            target: peer,
-            authority: Authority::Introduction {
-                link_public: opened.link_public,
-            },
-            offer: self.suites(),
-        };
-        let (pending, message) = self
-            .crypto
-            .initiate(&context, &peer_record.record().agreement_key.0)
-            .await?;
-        let request = HandshakeRequest {
-            connection_id: b64_encode(&intro.connection_id),
-            suites: context.offer.iter().map(|s| s.id()).collect(),
-            message: b64_encode(&message),
-        };
-        // Our own half is spent the moment message 1 leaves: its tombstone
-        // and the peer's record are committed while the request travels,
-        // and both must succeed before `connect` reports anything.
-        let (answer, stored) = tokio::join!(
-            self.outbound
-                .post_json(&peer_record.record().api_url, "/p2p/handshake", &request),
-            self.store.record_introduction(
-                &intro.connection_id,
-                intro.expires_at,
-                &peer_record,
-                now
-            )
-        );
-        stored?;
-        let answer: HandshakeResponse = expect_ok(answer?, false)?;
-        let reply = b64_decode(&answer.message).map_err(|_| NodeError::Malformed("the peer"))?;
-        let keys = self.crypto.finish(pending, &reply).await?;
-        let live = self.install_session(
-            Role::Initiator,
-            &keys,
-            peer_record,
-            Some(&answer.session_id),
-        )?;
-        let established = started.elapsed();
-        self.ping(&peer).await?;
-        Ok(Connected {
-            session_id: live.id(),
-            peer,
-            established,
-            elapsed: started.elapsed(),
-        })
-    }
-
-    /// Sends an encrypted ping over the session with `peer` and checks the
-    /// encrypted pong; returns the round-trip time.
-    pub async fn ping(&self, peer: &NodeId) -> Result<Duration, NodeError> {
-        let live = self
-            .sessions
-            .with_peer(peer)
-            .ok_or_else(|| NodeError::NoSession(peer.to_string()))?;
-        let mut nonce = [0u8; 8];
-        getrandom::fill(&mut nonce).map_err(|_| NodeError::Malformed("randomness"))?;
-        let mut payload = PING.to_vec();
-        payload.extend_from_slice(&nonce);
-        let started = Instant::now();
-        let reply = self.exchange(&live, p2p::PING_PATH, &payload).await?;
-        if reply.len() != 12 || &reply[..4] != PONG || reply[4..] != nonce {
-            return Err(NodeError::Malformed("a pong that does not match the ping"));
-        }
-        let took = started.elapsed();
-        live.rtt_us.store(
-            u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        self.metrics.peer_rtt.observe(took);
-        Ok(took)
-    }
-}
-
-impl NodeState {
-    /// The bounds of the session table, from the configuration.
-    pub fn session_limits(&self) -> crate::sessions::SessionLimits {
-        crate::sessions::SessionLimits {
-            max_sessions: self.config.max_sessions,
-            max_peers: self.config.max_peers,
-        }
-    }
-
-    /// Installs the session a finished handshake exported, with the peer
-    /// whose record the handshake used. The initiator passes the session ID
-    /// the responder announced, which must be the one the keys derive.
-    pub(crate) fn install_session(
-        &self,
-        role: Role,
-        keys: &crate::agent::proto::SessionKeys,
-        peer_record: openred_core::SignedRecord,
-        announced: Option<&str>,
-    ) -> Result<Arc<LiveSession>, NodeError> {
-        let suite = openred_core::session::Suite::from_id(keys.suite)
-            .ok_or(NodeError::Malformed("the agent: an unknown suite"))?;
-        let now = self.clock.now();
-        let session = Session::new(
-            role,
-            suite,
-            &keys.handshake_hash,
-            &keys.i2r,
-            &keys.r2i,
-            now,
-            self.config.epoch,
-        )
-        .with_max_plaintext(self.config.max_frame_bytes);
-        if announced.is_some_and(|id| id != session.session_id().to_string()) {
-            return Err(NodeError::Malformed(
-                "a session ID not derived from the handshake",
-            ));
-        }
-        let live = self.sessions.try_insert(
-            LiveSession::new(peer_record, session, keys.handshake_hash, now),
-            self.session_limits(),
-        )?;
-        tracing::info!(peer = %live.peer, session = %live.id(), suite = %suite, ?role, "session established");
-        self.modules.session_established(live.peer, live.id());
-        Ok(live)
     }
 }
 
@@ -775,10 +513,10 @@ pub fn prepare_confinement(
 ) -> Result<crate::agent::process::Launcher, StartError> {
     prepare_state_dir(&config.data_dir)?;
     crate::audit::prepare_dir(&config.data_dir).map_err(StartError::AdminToken)?;
-    crate::owner::prepare_dir(&config.data_dir).map_err(StartError::AdminToken)?;
+    crate::owner::login::prepare_dir(&config.data_dir).map_err(StartError::AdminToken)?;
     admin::load_or_create_token(&config.data_dir).map_err(StartError::AdminToken)?;
     admin::touch_address_file(&config.data_dir).map_err(StartError::AdminToken)?;
-    crate::identity::check_present(&config.data_dir)?;
+    crate::agent::identity::check_present(&config.data_dir)?;
     let default_downloads = config.data_dir.join(DOWNLOAD_DIR);
     for folder in &config.download_dirs {
         if *folder == default_downloads {
@@ -803,9 +541,9 @@ fn start_launcher(config: &NodeConfig) -> Result<crate::agent::process::Launcher
         None => Executable::current(),
     }
     .map_err(|e| StartError::Agent(format!("cannot open the program to start the agent: {e}")))?;
-    let key_dir = crate::identity::key_dir(&config.data_dir);
+    let key_dir = crate::agent::identity::key_dir(&config.data_dir);
     if let Some(user) = config.agent_user {
-        crate::identity::hand_keys_to(&key_dir, user)
+        crate::agent::identity::hand_keys_to(&key_dir, user)
             .map_err(|e| StartError::Agent(format!("agent user: {e}")))?;
     }
     Launcher::start(&program, &key_dir, config.agent_user)

@@ -766,7 +766,7 @@ async fn a_real_flow_leaves_its_events_in_order() {
 
     // Offline verification of both logs, while they run.
     for node in [&a, &b] {
-        let key = openred_node::identity::public_key(&node.data_dir).unwrap();
+        let key = openred_node::agent::identity::public_key(&node.data_dir).unwrap();
         assert_eq!(key.node_id(), node.id());
         audit::verify_dir(&node.data_dir, key).unwrap();
     }
@@ -786,7 +786,7 @@ async fn a_node_restarts_on_its_log_and_closes_sessions_in_it() {
     let a = net.restart(a).await;
     a.audit().flush().await.unwrap();
     assert!(a.audit().entries() > before);
-    let key = openred_node::identity::public_key(&a.data_dir).unwrap();
+    let key = openred_node::agent::identity::public_key(&a.data_dir).unwrap();
     audit::verify_dir(&a.data_dir, key).unwrap();
     assert_eq!(
         events(&a)
@@ -1034,6 +1034,6 @@ async fn twenty_thousand_bogus_token_pushes_and_handshakes_add_a_few_lines_and_a
         ]
         .into()
     );
-    let key = openred_node::identity::public_key(&b.data_dir).unwrap();
+    let key = openred_node::agent::identity::public_key(&b.data_dir).unwrap();
     audit::verify_dir(&b.data_dir, key).unwrap();
 }

@@ -20,7 +20,6 @@ use common::*;
 use openred_core::file_transfer::{ChunkCipher, ChunkError, TransferShape};
 use openred_core::session::Suite;
 use openred_node::error::NodeError;
-use openred_node::frames::labelled;
 use openred_node::modules::files::store::FileId;
 use openred_node::modules::files::transfers::{Transfer, TransferState};
 use openred_node::modules::files::{
@@ -29,6 +28,7 @@ use openred_node::modules::files::{
 };
 use openred_node::modules::messaging::Messaging;
 use openred_node::modules::Module;
+use openred_node::peer::frames::labelled;
 use openred_node::{NodeConfig, NodeState};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -89,7 +89,7 @@ async fn share(
 ) -> FileId {
     files(owner)
         .share(
-            owner,
+            &owner.state.peers(),
             ShareRequest {
                 path: path.to_path_buf(),
                 peers: peers.iter().map(|p| p.id()).collect(),
@@ -138,7 +138,7 @@ async fn fetch(
     out: &Path,
 ) -> Result<Arc<Transfer>, FilesError> {
     let transfer = files(from)
-        .fetch(&from.state, owner.id(), file_id, out.to_path_buf())
+        .fetch(&from.state.peers(), owner.id(), file_id, out.to_path_buf())
         .await?;
     finished(&transfer).await;
     Ok(transfer)
@@ -329,7 +329,7 @@ async fn a_shared_file_is_offered_fetched_verified_and_counted_once() {
     .await;
     assert_eq!(offers.json[0]["file_id"], file_id.to_string());
     let again = files(&b)
-        .fetch(&b.state, a.id(), file_id, written.clone())
+        .fetch(&b.state.peers(), a.id(), file_id, written.clone())
         .await;
     assert!(
         matches!(again, Err(FilesError::Conflict("out_exists", _))),
@@ -373,14 +373,19 @@ async fn a_peer_not_named_in_the_share_gets_no_link() {
     let file_id = share(&a, &path, &[&b], None, None).await;
     assert_peer_code(
         files(&c)
-            .fetch(&c.state, a.id(), file_id, dir.path().join("stolen"))
+            .fetch(&c.state.peers(), a.id(), file_id, dir.path().join("stolen"))
             .await,
         "not_permitted",
     );
     // An ID nobody shared.
     assert_peer_code(
         files(&b)
-            .fetch(&b.state, a.id(), FileId([9; 16]), dir.path().join("x"))
+            .fetch(
+                &b.state.peers(),
+                a.id(),
+                FileId([9; 16]),
+                dir.path().join("x"),
+            )
             .await,
         "unknown_file",
     );
@@ -466,7 +471,7 @@ async fn an_expired_share_gives_no_link_and_its_links_end_with_it() {
     );
     assert_peer_code(
         files(&b)
-            .fetch(&b.state, a.id(), file_id, dir.path().join("out"))
+            .fetch(&b.state.peers(), a.id(), file_id, dir.path().join("out"))
             .await,
         "share_expired",
     );
@@ -496,7 +501,7 @@ async fn a_revoked_share_refuses_new_links_and_old_ones() {
     );
     assert_peer_code(
         files(&b)
-            .fetch(&b.state, a.id(), file_id, dir.path().join("out"))
+            .fetch(&b.state.peers(), a.id(), file_id, dir.path().join("out"))
             .await,
         "revoked",
     );
@@ -586,7 +591,7 @@ async fn the_download_limit_counts_completed_downloads_once_per_link() {
     );
     assert_peer_code(
         files(&b)
-            .fetch(&b.state, a.id(), file_id, dir.path().join("out"))
+            .fetch(&b.state.peers(), a.id(), file_id, dir.path().join("out"))
             .await,
         "download_limit_reached",
     );
@@ -743,7 +748,7 @@ async fn damaged_downloads_resume(pressure: Option<&DescriptorPressure>) {
         relay.mode.store(mode, Ordering::SeqCst);
         let out = dir.path().join(name);
         let transfer = files(&b)
-            .fetch(&b.state, a.id(), file_id, out.clone())
+            .fetch(&b.state.peers(), a.id(), file_id, out.clone())
             .await
             .unwrap();
         if let Some(pressure) = pressure {
@@ -1165,7 +1170,7 @@ async fn bad_admin_requests_are_refused_with_json_errors() {
 /// Logs in to `node`'s admin API with a password and a TOTP code; the
 /// session cookie (`name=value`).
 async fn login_cookie(net: &Network, node: &TestNode) -> String {
-    use openred_node::owner;
+    use openred_node::owner::login as owner;
     owner::set_password(&node.data_dir, "a long enough password").unwrap();
     let enrolled = owner::enroll_totp(&node.data_dir, &node.id().to_string()).unwrap();
     let code = owner::totp_code(&enrolled.secret, net.now().0).unwrap();
@@ -1194,7 +1199,7 @@ async fn post_with_cookie(
         .http
         .post(node.admin(path))
         .header("cookie", cookie)
-        .header(openred_node::owner::REQUEST_HEADER, "1")
+        .header(openred_node::owner::login::REQUEST_HEADER, "1")
         .json(&body)
         .send()
         .await

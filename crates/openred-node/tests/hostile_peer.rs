@@ -80,7 +80,7 @@ async fn one_peer_too_many_is_refused_at_handshake_time() {
         matches!(
             refused,
             Err(openred_node::error::NodeError::Capacity(
-                openred_node::sessions::Capacity::Peers
+                openred_node::peer::sessions::Capacity::Peers
             ))
         ),
         "{refused:?}"
@@ -218,7 +218,7 @@ async fn a_forged_unknown_session_answer_does_not_drop_a_live_session() {
     std::fs::write(&path, &data).unwrap();
     let (shared, _) = files(&a)
         .share(
-            &a,
+            &a.peers(),
             ShareRequest {
                 path,
                 peers: vec![b.id()],
@@ -236,7 +236,7 @@ async fn a_forged_unknown_session_answer_does_not_drop_a_live_session() {
     relay.forge.store(1, Ordering::SeqCst);
     let out = dir.path().join("fetched.bin");
     let refused = files(&b)
-        .fetch(&b.state, a.id(), file_id, out.clone())
+        .fetch(&b.state.peers(), a.id(), file_id, out.clone())
         .await;
     assert!(refused.is_err(), "{:?}", refused.map(|t| t.view()));
     assert_eq!(relay.forged.load(Ordering::SeqCst), 1);
@@ -245,7 +245,7 @@ async fn a_forged_unknown_session_answer_does_not_drop_a_live_session() {
     assert_eq!(b.sessions().with_peer(&a.id()).unwrap().id(), live.id());
     b.ping(&a.id()).await.unwrap();
     let transfer = files(&b)
-        .fetch(&b.state, a.id(), file_id, out.clone())
+        .fetch(&b.state.peers(), a.id(), file_id, out.clone())
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -288,7 +288,7 @@ async fn two_answers_swapped_on_the_path_are_both_refused() {
 
     // Swapped: each fails to authenticate as the other's answer.
     let open = |request: &[u8], answer: &Answer| {
-        openred_node::frames::open_answer(
+        openred_node::peer::frames::open_answer(
             &live.session,
             "/p2p/ping",
             seq_of(request),

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use openred_core::session::Session;
-use openred_node::frames::labelled;
 use openred_node::modules::messaging::store::{DeliveryState, MessageId};
 use openred_node::modules::messaging::{Messaging, WireMessage};
+use openred_node::peer::frames::labelled;
 use openred_node::{NodeConfig, NodeState};
 use serde_json::json;
 
@@ -33,9 +33,9 @@ fn messaging(node: &NodeState) -> &Messaging {
         .expect("the messaging module")
 }
 
-async fn send(from: &NodeState, to: &TestNode, text: &str) -> MessageId {
+async fn send(from: &TestNode, to: &TestNode, text: &str) -> MessageId {
     messaging(from)
-        .send(from, to.id(), "text/plain; charset=utf-8", text)
+        .send(&from.peers(), to.id(), "text/plain; charset=utf-8", text)
         .await
         .expect("the message is queued")
         .message_id
@@ -581,7 +581,7 @@ async fn a_send_whose_caller_goes_away_is_still_delivered() {
     // The caller gives up at once, as a client disconnecting would.
     let _ = tokio::time::timeout(
         Duration::from_nanos(1),
-        messaging(&a).send(&a, b.id(), "text/plain", "orphan"),
+        messaging(&a).send(&a.peers(), b.id(), "text/plain", "orphan"),
     )
     .await;
     wait_delivered(&a, 1).await;
@@ -603,7 +603,7 @@ async fn a_message_not_delivered_in_time_fails_and_is_not_sent_later() {
     b.stop().await;
     send(&a, &b, "too late").await;
     net.clock.advance(11);
-    assert_eq!(messaging(&a).expire_now(&a).await.unwrap(), 1);
+    assert_eq!(messaging(&a).expire_now(&a.peers()).await.unwrap(), 1);
     let outbox = messaging(&a).store().unwrap().outbox(10, 0).await.unwrap();
     assert_eq!(outbox[0].state, DeliveryState::Failed);
     assert_eq!(
@@ -645,7 +645,9 @@ async fn a_message_too_large_once_escaped_is_refused_at_send() {
     // times larger as JSON escapes, over the 256 KiB frame.
     let escaped = "\u{1}".repeat(60_000);
     assert!(matches!(
-        messaging(&a).send(&a, b.id(), "text/plain", &escaped).await,
+        messaging(&a)
+            .send(&a.peers(), b.id(), "text/plain", &escaped)
+            .await,
         Err(openred_node::modules::messaging::SendError::FrameTooLarge)
     ));
     assert!(messaging(&a)

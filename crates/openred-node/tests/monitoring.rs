@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use common::*;
 use openred_core::wire::{b64_encode, HandshakeRequest, TokenPush};
-use openred_node::admin::StatusView;
 use openred_node::health;
 use openred_node::modules::monitoring::Monitoring;
+use openred_node::owner::admin::StatusView;
 use serde_json::json;
 
 /// The value of the sample `line` (name and labels) in `text`.
@@ -208,7 +208,7 @@ async fn peer_status_shows_the_round_trip_last_contact_age_and_epochs() {
     a.state.connect(b.id()).await.unwrap();
     a.state.connect(c.id()).await.unwrap();
     let monitoring = a.state.modules().get::<Monitoring>().unwrap();
-    assert_eq!(monitoring.ping_peers(&a.state).await, 2);
+    assert_eq!(monitoring.ping_peers(&a.state.peers()).await, 2);
     let status = status_of(&net, &a).await;
     assert_eq!(status.sessions.len(), 2);
     for session in &status.sessions {
@@ -228,7 +228,7 @@ async fn peer_status_shows_the_round_trip_last_contact_age_and_epochs() {
     let mut c = c;
     c.stop().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(monitoring.ping_peers(&a.state).await, 1);
+    assert_eq!(monitoring.ping_peers(&a.state.peers()).await, 1);
     let text = metrics_of(&net, &a).await;
     assert_eq!(
         sample(&text, "openred_monitoring_pings_failed_total"),

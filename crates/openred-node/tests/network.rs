@@ -27,10 +27,10 @@ use openred_core::wire::{
     ReachabilityChallenge, ReachabilityProof, RegisterRequest, TokenPush,
 };
 use openred_core::{AgreementSecret, ApiUrl, IdentityKeypair, NodeId, NodeRecord, UnixTime};
-use openred_node::admin::StatusView;
+use openred_node::agent::identity::NodeSignature;
 use openred_node::error::NodeError;
-use openred_node::handshake::{self, Authority, HandshakeContext, HandshakeError};
-use openred_node::identity::NodeSignature;
+use openred_node::owner::admin::StatusView;
+use openred_node::peer::handshake::{self, Authority, HandshakeContext, HandshakeError};
 use openred_node::store::{NodeStore, StoredToken, TokenState};
 use openred_node::{IntroductionPolicy, NodeState};
 use serde_json::json;
@@ -1477,7 +1477,7 @@ async fn the_database_never_holds_a_token_or_a_key_in_clear() {
     assert_eq!(token_state(&b, &intro.connection_id).await, TokenState::Ok);
     let pushed = net.pushed_token(&intro.connection_id);
     let keys = b.keys();
-    let storage_key = keys.storage_key(openred_node::master_key::Purpose::NodeDatabase);
+    let storage_key = keys.storage_key(openred_node::agent::master_key::Purpose::NodeDatabase);
     let secrets: [(&str, &[u8]); 4] = [
         (
             "the link key's public half",
@@ -1507,7 +1507,7 @@ async fn the_database_never_holds_a_token_or_a_key_in_clear() {
         assert!(!contains(&bytes, &keys.agreement_secret()[..]));
         assert!(!contains(
             &bytes,
-            &keys.storage_key(openred_node::master_key::Purpose::NodeDatabase)[..]
+            &keys.storage_key(openred_node::agent::master_key::Purpose::NodeDatabase)[..]
         ));
     }
 }

@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
-use openred_node::owner::{self, BACKOFF_AFTER, LOCKOUT_AFTER, LOCKOUT_S, SESSION_TTL_S};
+use openred_node::owner::login::{self as owner, BACKOFF_AFTER, LOCKOUT_AFTER, LOCKOUT_S, SESSION_TTL_S};
 use serde_json::json;
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -336,7 +336,7 @@ async fn a_login_whose_client_hangs_up_is_still_checked_and_counted() {
     let net = Network::start().await;
     let node = net.node("a").await;
     Owner::set_up(&node);
-    let address = std::fs::read_to_string(openred_node::admin::address_path(&node.data_dir))
+    let address = std::fs::read_to_string(openred_node::owner::admin::address_path(&node.data_dir))
         .unwrap()
         .trim()
         .to_owned();

@@ -10,8 +10,8 @@ use common::*;
 use openred_core::session::Session;
 use openred_core::token::TOKEN_CLOCK_SKEW_S;
 use openred_core::wire::{b64_decode, b64_encode, HandshakeRequest, TokenPush};
-use openred_node::handshake::{self, Authority, HandshakeContext, InitiatorHandshake};
-use openred_node::lifecycle::renewal_due;
+use openred_node::peer::handshake::{self, Authority, HandshakeContext, InitiatorHandshake};
+use openred_node::peer::lifecycle::renewal_due;
 use openred_node::{NodeConfig, NodeState};
 
 const RENEW: &str = "/p2p/renew";
@@ -187,7 +187,7 @@ fn renewal_request(
     let plaintext = serde_json::to_vec(&request).unwrap();
     (
         pending,
-        openred_node::frames::labelled(RENEW, false, &plaintext),
+        openred_node::peer::frames::labelled(RENEW, false, &plaintext),
     )
 }
 
@@ -302,7 +302,7 @@ async fn renewals_refuse_strangers_replays_other_sessions_and_repetition() {
         "wrong_route",
     );
     // Garbage inside a good frame.
-    let garbage = openred_node::frames::labelled(RENEW, false, b"not a renewal");
+    let garbage = openred_node::peer::frames::labelled(RENEW, false, b"not a renewal");
     let frame = session.seal(&garbage, net.now()).unwrap();
     assert_refused(
         &post_bytes(&net.http, &url, frame).await,
@@ -324,7 +324,7 @@ async fn renewals_refuse_strangers_replays_other_sessions_and_repetition() {
         429,
         "renewal_limit",
     );
-    assert!(b.sessions().all().len() <= openred_node::sessions::MAX_SESSIONS_PER_PEER);
+    assert!(b.sessions().all().len() <= openred_node::peer::sessions::MAX_SESSIONS_PER_PEER);
 
     // A's first frame on the last renewed session makes it B's current
     // one; the old session then authorises nothing.

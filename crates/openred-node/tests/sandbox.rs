@@ -27,7 +27,7 @@ use nix::sys::ptrace;
 use nix::sys::uio::{process_vm_readv, RemoteIoVec};
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
-use openred_node::sandbox::{self, Landlock, Protections};
+use openred_node::agent::sandbox::{self, Landlock, Protections};
 
 const KEYS: &str = "OPENRED_SANDBOX_KEYS";
 const OUTSIDE: &str = "OPENRED_SANDBOX_OUTSIDE";

@@ -58,8 +58,8 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use openred_core::wire::connection_request_message;
 use openred_core::{ApiUrl, NodeId, UnixTime};
+use openred_node::agent::identity::NodeSignature;
 use openred_node::agent::Crypto;
-use openred_node::identity::NodeSignature;
 use openred_node::NodeKeys;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -467,7 +467,7 @@ async fn main() -> anyhow::Result<()> {
     .context("creating a temporary folder")?;
     let data = root.path().join("node");
     let keys = NodeKeys::create(&data)?;
-    let key_dir = openred_node::identity::key_dir(&data);
+    let key_dir = openred_node::agent::identity::key_dir(&data);
 
     let agent = Crypto::start_agent(&program, &key_dir)
         .await

@@ -53,7 +53,7 @@ use openred_core::session::{Role, Session};
 use openred_core::token::LinkKey;
 use openred_core::{ApiUrl, Clock, NodeId};
 use openred_directory::{Config as DirectoryConfig, Directory};
-use openred_node::handshake::{self, HandshakeContext};
+use openred_node::peer::handshake::{self, HandshakeContext};
 use openred_node::{Node, NodeConfig, NodeKeys, NodeState};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -479,7 +479,7 @@ async fn split(
         connection_id,
         initiator: me,
         target: peer,
-        authority: openred_node::handshake::Authority::Introduction {
+        authority: openred_node::peer::handshake::Authority::Introduction {
             link_public: opened_a.link.verifying_bytes(),
         },
         offer: a.config().suites.clone(),

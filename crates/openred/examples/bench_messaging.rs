@@ -488,7 +488,9 @@ async fn send_one_at_a_time(
         let base = metric(a, "delivered_total");
         let body = text(body_bytes, i as u64);
         let t0 = Instant::now();
-        let sent = ma.send(a, b.node_id(), CONTENT_TYPE, &body).await?;
+        let sent = ma
+            .send(&a.peers(), b.node_id(), CONTENT_TYPE, &body)
+            .await?;
         enqueued.push(t0.elapsed());
         let deadline = t0 + Duration::from_secs(30);
         // B's event comes right after its inbox commit, before the receipt.
@@ -539,7 +541,7 @@ async fn fill(
                 let Some(body) = bodies.get(i) else {
                     return anyhow::Ok(());
                 };
-                m.send(&a, peer, CONTENT_TYPE, body).await?;
+                m.send(&a.peers(), peer, CONTENT_TYPE, body).await?;
             }
         });
     }

@@ -51,7 +51,8 @@ pub async fn run(data: &Path, command: AuditCommand, json: bool) -> anyhow::Resu
 }
 
 fn verify(data: &Path, node_id: Option<&str>, json: bool) -> anyhow::Result<()> {
-    let key = openred_node::identity::public_key(data).context("reading the node's public key")?;
+    let key =
+        openred_node::agent::identity::public_key(data).context("reading the node's public key")?;
     if let Some(expected) = node_id {
         let expected = NodeId::parse(expected).context("--node-id")?;
         if key.node_id() != expected {

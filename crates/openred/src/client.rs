@@ -5,9 +5,6 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use openred_node::admin::{
-    self, ConnectView, PeerRequest, PeerView, PingView, RenewView, StatusView,
-};
 use openred_node::audit::AuditView;
 use openred_node::modules::auth::ProofView;
 use openred_node::modules::files::api::{OfferView, ShareCreated, ShareView};
@@ -15,6 +12,9 @@ use openred_node::modules::files::transfers::{TransferState, TransferView};
 use openred_node::modules::messaging::api::{InboxView, OutboxView};
 use openred_node::modules::messaging::store::printable;
 use openred_node::modules::ModuleView;
+use openred_node::owner::admin::{
+    self, ConnectView, PeerRequest, PeerView, PingView, RenewView, StatusView,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -251,7 +251,7 @@ pub async fn status(data: &Path, json: bool) -> anyhow::Result<()> {
 }
 
 /// The sessions as a table: one row per session, columns aligned.
-fn peer_table(sessions: &[openred_node::admin::SessionView]) -> String {
+fn peer_table(sessions: &[openred_node::owner::admin::SessionView]) -> String {
     let mut rows = vec![[
         "PEER".to_owned(),
         "SESSION".to_owned(),

@@ -70,7 +70,7 @@ async fn share_a_file(
     let started = Instant::now();
     let (share, _) = files(&from.state)?
         .share(
-            &from.state,
+            &from.state.peers(),
             ShareRequest {
                 path,
                 peers: vec![to.state.node_id()],
@@ -82,7 +82,7 @@ async fn share_a_file(
         .context("alice sharing a file")?;
     let transfer = files(&to.state)?
         .fetch(
-            &to.state,
+            &to.state.peers(),
             from.state.node_id(),
             share.file_id,
             received.clone(),
@@ -127,7 +127,7 @@ fn show_proof(from: &DemoNode, to: &DemoNode) -> anyhow::Result<()> {
         .get::<Auth>()
         .context("the auth module")?;
     let proof = auth
-        .proofs(&from.state)
+        .proofs(&from.state.peers())
         .into_iter()
         .find(|p| p.peer == to.state.node_id().to_string())
         .context("no proof of the fetcher's identity was asked for")?;
@@ -146,10 +146,10 @@ fn show_proof(from: &DemoNode, to: &DemoNode) -> anyhow::Result<()> {
 async fn owner_login(node: &DemoNode) -> anyhow::Result<()> {
     let data = node.state.data_dir();
     let password = "demo password, not a real one";
-    owner::set_password(data, password)?;
-    let enrollment = owner::enroll_totp(data, &node.state.node_id().to_string())?;
+    owner::login::set_password(data, password)?;
+    let enrollment = owner::login::enroll_totp(data, &node.state.node_id().to_string())?;
     let now = node.state.clock().now().0;
-    let code = owner::totp_code(&enrollment.secret, now).map_err(anyhow::Error::msg)?;
+    let code = owner::login::totp_code(&enrollment.secret, now).map_err(anyhow::Error::msg)?;
     // Below the nodes' keep-alive limit (their header timeout).
     let http = reqwest::Client::builder()
         .pool_idle_timeout(std::time::Duration::from_secs(5))
@@ -357,7 +357,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         let (a, b) = (&nodes[from], &nodes[to]);
         messaging(&a.state)?
             .send(
-                &a.state,
+                &a.state.peers(),
                 b.state.node_id(),
                 "text/plain; charset=utf-8",
                 text,

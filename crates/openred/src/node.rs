@@ -162,7 +162,7 @@ pub struct Prepared {
     config: NodeConfig,
     derive: bool,
     launcher: Option<openred_node::agent::process::Launcher>,
-    protections: Option<openred_node::sandbox::Protections>,
+    protections: Option<openred_node::agent::sandbox::Protections>,
 }
 
 /// Builds the configuration, starts the agent launcher, creates the files
@@ -190,12 +190,14 @@ pub fn prepare(command: &NodeCommand, data: Option<&Path>) -> anyhow::Result<Opt
         openred_node::node::prepare_confinement(&config).context("preparing the node")?;
     // The launcher has the passphrase for its agents; the node has no use
     // for it, and a compromised node must not find it in its memory.
-    openred_node::sandbox::scrub_environment(&openred_node::sandbox::PASSPHRASE_VARIABLES)
-        .context("removing the passphrase from the environment")?;
-    let key_dir = openred_node::identity::key_dir(&config.data_dir);
+    openred_node::agent::sandbox::scrub_environment(
+        &openred_node::agent::sandbox::PASSPHRASE_VARIABLES,
+    )
+    .context("removing the passphrase from the environment")?;
+    let key_dir = openred_node::agent::identity::key_dir(&config.data_dir);
     let mut writable = vec![config.data_dir.clone()];
     writable.extend(config.download_dirs.iter().cloned());
-    let protections = openred_node::sandbox::confine_node(&key_dir, &writable)
+    let protections = openred_node::agent::sandbox::confine_node(&key_dir, &writable)
         .context("confining the node process")?;
     Ok(Some(Prepared {
         config,

@@ -3,7 +3,7 @@
 //!
 //! The credentials are written into the data directory directly, so they
 //! can be set before the node first runs; the running node reads them at
-//! each login (see `openred_node::owner`).
+//! each login (see `openred_node::owner::login`).
 
 use std::io::{BufRead, IsTerminal};
 use std::path::Path;
@@ -46,7 +46,7 @@ pub async fn admin(data: &Path, command: AdminCommand, json: bool) -> anyhow::Re
     match command {
         AdminCommand::SetPassword => {
             let password = read_password()?;
-            openred_node::owner::set_password(data, &password)?;
+            openred_node::owner::login::set_password(data, &password)?;
             if json {
                 println!("{}", serde_json::json!({ "password_set": true }));
             } else {
@@ -55,11 +55,11 @@ pub async fn admin(data: &Path, command: AdminCommand, json: bool) -> anyhow::Re
             Ok(())
         }
         AdminCommand::TotpEnroll => {
-            let account = openred_node::identity::public_key(data)
+            let account = openred_node::agent::identity::public_key(data)
                 .context("reading the node's public key (run `openred node init` first)")?
                 .node_id()
                 .to_string();
-            let enrollment = openred_node::owner::enroll_totp(data, &account)?;
+            let enrollment = openred_node::owner::login::enroll_totp(data, &account)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&enrollment)?);
                 return Ok(());

@@ -120,8 +120,8 @@ async fn peers_prove_their_identity_and_the_owner_logs_in_with_credentials_set_b
 
     // The confined node reads what the CLI wrote: a login works with the
     // newest secret only.
-    let stale = openred_node::owner::totp_code(&first_secret, now()).unwrap();
-    let code = openred_node::owner::totp_code(secret, now()).unwrap();
+    let stale = openred_node::owner::login::totp_code(&first_secret, now()).unwrap();
+    let code = openred_node::owner::login::totp_code(secret, now()).unwrap();
     assert_ne!(stale, code);
     let (status, body) = login(&a, password, &stale).await;
     assert_eq!(

@@ -28,8 +28,8 @@ use tokio::sync::oneshot;
 use super::core::AgentCore;
 use super::process::Launcher;
 use super::proto::{self, ErrorKind, Request, Response, SessionKeys, WireContext};
-use crate::handshake::HandshakeContext;
-use crate::identity::NodeKeys;
+use crate::agent::identity::NodeKeys;
+use crate::peer::handshake::HandshakeContext;
 
 /// How long one request may wait for the agent.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -590,7 +590,7 @@ impl Crypto {
     /// The storage key for `purpose`.
     pub async fn storage_key(
         &self,
-        purpose: crate::master_key::Purpose,
+        purpose: crate::agent::master_key::Purpose,
     ) -> Result<super::proto::StorageKey, CryptoError> {
         match self.call(Request::StorageKey(purpose)).await? {
             Response::StorageKey(key) => Ok(key),

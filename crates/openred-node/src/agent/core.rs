@@ -24,8 +24,10 @@ use openred_core::wire::{
 use openred_core::{ApiUrl, NodeId, NodeRecord, UnixTime};
 
 use super::proto::{ErrorKind, Request, Response, SessionKeys, WireContext, WireError};
-use crate::handshake::{self, Authority, HandshakeContext, HandshakeResult, InitiatorHandshake};
-use crate::identity::{NodeKeys, NodeSignature};
+use crate::agent::identity::{NodeKeys, NodeSignature};
+use crate::peer::handshake::{
+    self, Authority, HandshakeContext, HandshakeResult, InitiatorHandshake,
+};
 
 /// How long the initiator's link key and a half-done handshake are kept.
 /// A token lives at most 5 minutes; a handshake needs one round trip.

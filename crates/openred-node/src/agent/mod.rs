@@ -6,11 +6,19 @@
 //! - [`core`]: what the agent does with a request.
 //! - [`process`]: the agent's serving loop, the launcher, socket passing.
 //! - [`client`]: [`Crypto`], the node's handle on all of it.
+//! - [`state`]: what the agent refuses to sign again or ahead of time.
+//! - [`identity`]: the node's long-term keys on disk, and what it may sign.
+//! - [`master_key`]: the master key, and the files sealed under it.
+//! - [`sandbox`]: what the agent, the launcher and the node apply to
+//!   themselves (seccomp, Landlock, no_new_privs).
 
 pub mod client;
 pub mod core;
+pub mod identity;
+pub mod master_key;
 pub mod process;
 pub mod proto;
+pub mod sandbox;
 pub mod state;
 
 pub use client::{Crypto, CryptoError, InitiatorHandle, OpenedToken, PublicKeys};
@@ -23,7 +31,7 @@ use std::sync::Arc;
 pub enum AgentError {
     /// The keys could not be loaded.
     #[error(transparent)]
-    Keys(#[from] crate::identity::IdentityError),
+    Keys(#[from] crate::agent::identity::IdentityError),
     /// The sandbox could not be applied (the agent refuses to run without).
     #[error("sandbox: {0}")]
     Sandbox(String),
@@ -47,13 +55,13 @@ pub fn run_agent(
     let stream = process::inherited_socket()?;
     let keys = if passphrase_on_stdin {
         let passphrase = process::read_passphrase(&stream)?;
-        crate::identity::NodeKeys::load_key_dir_with(key_dir, Some(&passphrase))?
+        crate::agent::identity::NodeKeys::load_key_dir_with(key_dir, Some(&passphrase))?
     } else {
-        crate::identity::NodeKeys::load_key_dir(key_dir)?
+        crate::agent::identity::NodeKeys::load_key_dir(key_dir)?
     };
     let signing = state::SigningState::open(key_dir, clock)?;
-    let protections =
-        crate::sandbox::confine_agent(key_dir).map_err(|e| AgentError::Sandbox(e.to_string()))?;
+    let protections = crate::agent::sandbox::confine_agent(key_dir)
+        .map_err(|e| AgentError::Sandbox(e.to_string()))?;
     let protections = serde_json::to_string(&protections).unwrap_or_default();
     process::serve(
         stream,
@@ -82,9 +90,9 @@ pub fn run_launcher(key_dir: &Path, agent_user: Option<&str>) -> Result<(), Agen
     // Each agent needs the passphrase; the launcher keeps it for them in
     // memory only, out of every environment block, and hands it to each
     // agent over its socket.
-    let passphrase = crate::master_key::passphrase_from_env()?;
-    crate::sandbox::scrub_environment(&crate::sandbox::PASSPHRASE_VARIABLES)?;
-    crate::sandbox::confine_launcher(&state_file)
+    let passphrase = crate::agent::master_key::passphrase_from_env()?;
+    crate::agent::sandbox::scrub_environment(&crate::agent::sandbox::PASSPHRASE_VARIABLES)?;
+    crate::agent::sandbox::confine_launcher(&state_file)
         .map_err(|e| AgentError::Sandbox(e.to_string()))?;
     process::run_launcher(
         control,

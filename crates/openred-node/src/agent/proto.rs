@@ -101,7 +101,7 @@ pub enum Request {
         accepted: Vec<u8>,
     },
     /// A storage key derived from the master key, for this purpose only.
-    StorageKey(crate::master_key::Purpose),
+    StorageKey(crate::agent::master_key::Purpose),
     /// Sign an audit log entry: the agent signs
     /// `audit_entry_message(own node ID, seq, entry_hash)` under the
     /// audit-entry label, and nothing else.
@@ -147,7 +147,7 @@ pub enum Probe {
     Exit,
 }
 
-/// [`crate::handshake::HandshakeContext`] on the wire.
+/// [`crate::peer::handshake::HandshakeContext`] on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireContext {
     /// The introduction's connection ID.
@@ -157,7 +157,7 @@ pub struct WireContext {
     /// Node B.
     pub target: [u8; 32],
     /// What authorises the handshake.
-    pub authority: crate::handshake::Authority,
+    pub authority: crate::peer::handshake::Authority,
     /// Offered suite IDs, in order.
     pub offer: Vec<u8>,
 }
@@ -365,7 +365,7 @@ mod tests {
                     connection_id: [2; 16],
                     initiator: [3; 32],
                     target: [4; 32],
-                    authority: crate::handshake::Authority::Introduction {
+                    authority: crate::peer::handshake::Authority::Introduction {
                         link_public: [5; 32],
                     },
                     offer: vec![1, 2],

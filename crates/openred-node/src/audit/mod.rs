@@ -44,8 +44,8 @@ use tokio::sync::{mpsc, oneshot};
 use format::{hex, line_hash, Head, AUDIT_DIR, HEAD_FILE, LOG_FILE, MAX_LINE};
 pub use format::{Entry, EventKind, Outcome, Problem, Report, Verifier};
 
+use crate::agent::master_key::Purpose;
 use crate::agent::{Crypto, CryptoError};
-use crate::master_key::Purpose;
 use crate::store::Sealer;
 
 /// Events waiting for the writer at most.

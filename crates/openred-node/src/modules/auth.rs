@@ -14,13 +14,13 @@
 //! down, can no longer prove it), and binds the proof to this session and
 //! this challenger.
 //!
-//! A policy route asks [`NodeState::require_peer_proof`] after it has
-//! opened the request's frame: only an authenticated request can make the
-//! node challenge its peer, so a stranger cannot turn the node into a
+//! The module guards the routes its policy names ([`Module::guards`]):
+//! the peer layer asks it after it has opened the request's frame, so
+//! only an authenticated request can make the node challenge its peer, so a stranger cannot turn the node into a
 //! source of challenges. One challenge at a time runs per session; the
 //! others wait for its outcome.
 //!
-//! The owner's login to the admin API is the core's (`crate::owner`), not
+//! The owner's login to the admin API is the core's (`crate::owner::login`), not
 //! this module's: switching a module off must neither lock the owner out
 //! nor leave logins valid that the owner thinks are off.
 //!
@@ -31,11 +31,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use openred_core::session::SessionId;
@@ -45,23 +43,22 @@ use openred_http::ApiError;
 use serde::{Deserialize, Serialize};
 
 use super::{Metric, Module};
-use crate::admin::PeerRequest;
 use crate::error::NodeError;
-use crate::node::NodeState;
-use crate::sessions::LiveSession;
+use crate::peer::sessions::LiveSession;
+use crate::peer::{framed, peer_id, PeerRequest, Peers};
 
 /// The module's name.
 pub const NAME: &str = "auth";
 
 /// The P2P route where a peer answers a challenge.
-pub const CHALLENGE_PATH: &str = "/p2p/auth/challenge";
+pub const CHALLENGE_PATH: &str = openred_core::routes::node::AUTH_CHALLENGE;
 
 /// A challenge's length: 256 random bits.
 pub const CHALLENGE_LEN: usize = 32;
 
 /// The default policy: granting a file download needs a proof of the
 /// downloader's identity younger than 10 minutes.
-const DEFAULT_POLICY: [(&str, u64); 1] = [(super::files::REQUEST_PATH, 600)];
+const DEFAULT_POLICY: [(&str, u64); 1] = [(openred_core::routes::node::FILE_REQUEST, 600)];
 
 /// `[modules.auth]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -189,7 +186,7 @@ impl Auth {
     /// Challenges the peer of `live` now and records its proof.
     pub async fn challenge(
         &self,
-        node: &NodeState,
+        node: &Peers,
         live: &LiveSession,
     ) -> Result<ProofView, ProofError> {
         let mut challenge = [0u8; CHALLENGE_LEN];
@@ -219,7 +216,7 @@ impl Auth {
             let mut proofs = self.proofs.lock().unwrap_or_else(PoisonError::into_inner);
             // Forget the proofs of sessions that ended while the module
             // was off (it hears no session events then).
-            proofs.retain(|id, _| node.sessions().get(id).is_some());
+            proofs.retain(|id, _| node.holds_session(id));
             proofs.insert(live.id(), (live.peer, now));
         }
         Ok(ProofView {
@@ -242,7 +239,7 @@ impl Auth {
     /// not).
     pub async fn require_fresh(
         &self,
-        node: &NodeState,
+        node: &Peers,
         live: &LiveSession,
         route: &str,
     ) -> Result<(), ApiError> {
@@ -274,7 +271,7 @@ impl Auth {
             } else {
                 let outcome = self.challenge(node, live).await.map(|_| ());
                 let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
-                failed.retain(|id, _| node.sessions().get(id).is_some());
+                failed.retain(|id, _| node.holds_session(id));
                 match &outcome {
                     Ok(()) => failed.remove(&session),
                     Err(e) => failed.insert(session, (Instant::now(), e.to_string())),
@@ -285,7 +282,7 @@ impl Auth {
         self.running
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|id, gate| Arc::strong_count(gate) > 1 || node.sessions().get(id).is_some());
+            .retain(|id, gate| Arc::strong_count(gate) > 1 || node.holds_session(id));
         outcome.map_err(|e| {
             self.policy_refusals.fetch_add(1, Ordering::Relaxed);
             ApiError::new(
@@ -310,11 +307,11 @@ impl Auth {
     }
 
     /// The proofs held now.
-    pub fn proofs(&self, node: &NodeState) -> Vec<ProofView> {
+    pub fn proofs(&self, node: &Peers) -> Vec<ProofView> {
         let proofs = self.proofs.lock().unwrap_or_else(PoisonError::into_inner);
         let mut views: Vec<ProofView> = proofs
             .iter()
-            .filter(|(id, _)| node.sessions().get(id).is_some())
+            .filter(|(id, _)| node.holds_session(id))
             .map(|(id, (peer, at))| ProofView {
                 peer: peer.to_string(),
                 session_id: id.to_string(),
@@ -327,57 +324,35 @@ impl Auth {
     }
 }
 
-impl NodeState {
-    /// For a module's sensitive route: `Ok` if the auth module is off, or
-    /// its policy does not name `route`, or the peer of `live` proved its
-    /// identity recently enough (the node challenges it now if not).
-    /// Otherwise a 403 `peer_auth_failed` for the peer. Call it after
-    /// opening the request's frame.
-    pub async fn require_peer_proof(
-        &self,
-        live: &LiveSession,
-        route: &str,
-    ) -> Result<(), ApiError> {
-        match self.modules().get::<Auth>() {
-            Some(auth) if self.modules().is_enabled(NAME) => {
-                auth.require_fresh(self, live, route).await
-            }
-            _ => Ok(()),
-        }
-    }
-}
-
 /// `POST /p2p/auth/challenge`: signs the peer's challenge with this node's
 /// identity key, through the agent.
 async fn answer(
     module: Arc<Auth>,
-    state: Arc<NodeState>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let (live, payload) = state.open_frame(CHALLENGE_PATH, &body)?;
+    peers: Peers,
+    live: Arc<LiveSession>,
+    payload: Vec<u8>,
+) -> Result<Vec<u8>, ApiError> {
     let challenge: [u8; CHALLENGE_LEN] = payload
         .as_slice()
         .try_into()
         .map_err(|_| ApiError::bad_request("bad_challenge", "a challenge is 32 random bytes"))?;
-    let signature = state
-        .crypto()
-        .sign_auth_challenge(&live.peer, live.id().as_bytes(), &challenge)
+    let signature = peers
+        .sign_challenge(&live, &challenge)
         .await
-        .map_err(|e| NodeError::Crypto(e).to_api())?;
+        .map_err(|e| e.to_api())?;
     module.challenges_answered.fetch_add(1, Ordering::Relaxed);
-    state.answer_frame(&live, CHALLENGE_PATH, &signature)
+    Ok(signature)
 }
 
 /// `POST /admin/v1/auth/challenge`: challenges a peer now.
 async fn challenge_now(
     module: Arc<Auth>,
-    state: Arc<NodeState>,
+    state: Peers,
     body: Result<Json<PeerRequest>, JsonRejection>,
 ) -> Result<Json<ProofView>, ApiError> {
-    let peer = crate::admin::peer_id(body)?;
+    let peer = peer_id(body)?;
     let live = state
-        .sessions()
-        .with_peer(&peer)
+        .current_session(&peer)
         .ok_or_else(|| NodeError::NoSession(peer.to_string()).to_api())?;
     match module.challenge(&state, &live).await {
         Ok(view) => Ok(Json(view)),
@@ -399,34 +374,47 @@ impl Module for Auth {
         "Peers re-prove their identity on demand; routes can require a fresh proof"
     }
 
-    fn p2p_routes(self: Arc<Self>) -> Router<Arc<NodeState>> {
+    fn p2p_routes(self: Arc<Self>) -> Router<Peers> {
         Router::new().route(
             CHALLENGE_PATH,
-            post(move |State(state): State<Arc<NodeState>>, body: Bytes| {
-                answer(self.clone(), state, body)
+            framed(CHALLENGE_PATH, move |peers, live, payload| {
+                answer(self.clone(), peers, live, payload)
             }),
         )
     }
 
-    fn admin_routes(self: Arc<Self>) -> Router<Arc<NodeState>> {
+    fn guards(&self, route: &str) -> bool {
+        self.max_age(route).is_some()
+    }
+
+    fn check_request<'a>(
+        &'a self,
+        peers: &'a Peers,
+        session: &'a Arc<LiveSession>,
+        route: &'a str,
+    ) -> super::BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(self.require_fresh(peers, session, route))
+    }
+
+    fn admin_routes(self: Arc<Self>) -> Router<Peers> {
         let listing = self.clone();
         Router::new()
             .route(
                 "/admin/v1/auth/challenge",
-                post(move |State(state): State<Arc<NodeState>>, body| {
+                post(move |State(state): State<Peers>, body| {
                     challenge_now(self.clone(), state, body)
                 }),
             )
             .route(
                 "/admin/v1/auth/proofs",
-                get(move |State(state): State<Arc<NodeState>>| {
+                get(move |State(state): State<Peers>| {
                     let module = listing.clone();
                     async move { Json(module.proofs(&state)) }
                 }),
             )
     }
 
-    fn on_session_closed(&self, _node: &Arc<NodeState>, _peer: NodeId, session: SessionId) {
+    fn on_session_closed(&self, _peers: &Peers, _peer: NodeId, session: SessionId) {
         self.proofs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -473,7 +461,7 @@ impl Module for Auth {
 mod tests {
     use super::*;
     use crate::agent::client::Crypto;
-    use crate::identity::NodeKeys;
+    use crate::agent::identity::NodeKeys;
     use openred_core::IdentityKeypair;
 
     fn keypair() -> IdentityKeypair {

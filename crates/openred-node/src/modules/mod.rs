@@ -40,6 +40,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::node::NodeState;
+use crate::peer::sessions::LiveSession;
+use crate::peer::Peers;
 
 /// A boxed future, for middleware.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -47,7 +49,42 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Middleware over every P2P request: call `next.run(request)` to go on,
 /// or answer yourself.
 pub type Middleware =
-    Arc<dyn Fn(Arc<NodeState>, Request, Next) -> BoxFuture<'static, Response> + Send + Sync>;
+    Arc<dyn Fn(Peers, Request, Next) -> BoxFuture<'static, Response> + Send + Sync>;
+
+/// A short note received through a [`Mailbox`].
+#[derive(Debug, Clone)]
+pub struct Note {
+    /// Who sent it.
+    pub peer: NodeId,
+    /// Its content type.
+    pub content_type: String,
+    /// Its text.
+    pub body: String,
+    /// When it arrived (Unix seconds).
+    pub received_at: u64,
+}
+
+/// Short notes to and from peers, offered by a module that has an inbox
+/// and an outbox (messaging), used by others (files sends its offers
+/// through it) without naming that module.
+pub trait Mailbox: Send + Sync {
+    /// Queues `body` for `peer`; persisted before this returns.
+    fn send<'a>(
+        &'a self,
+        peers: &'a Peers,
+        peer: NodeId,
+        content_type: &'a str,
+        body: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>>;
+
+    /// The notes of `content_type` among the first `limit` received, in
+    /// the order they arrived.
+    fn received<'a>(
+        &'a self,
+        content_type: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Note>, String>>;
+}
 
 /// One metric a module reports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,8 +132,8 @@ impl Metric {
     }
 }
 
-/// What a module gets to reach the node: its state, and whether the module
-/// is on now.
+/// What a module's tasks get to reach the node: the peer layer's handle
+/// while the node runs, and whether the module is on now.
 #[derive(Clone)]
 pub struct ModuleContext {
     node: Weak<NodeState>,
@@ -104,14 +141,15 @@ pub struct ModuleContext {
 }
 
 impl ModuleContext {
-    /// The node, while it runs.
-    pub fn node(&self) -> Option<Arc<NodeState>> {
-        self.node.upgrade()
+    /// The peer layer's handle, while the node runs.
+    pub fn peers(&self) -> Option<Peers> {
+        self.node.upgrade().map(Peers::new)
     }
 
     /// Whether this module is switched on now.
     pub fn is_enabled(&self) -> bool {
-        self.node()
+        self.node
+            .upgrade()
             .is_some_and(|node| node.modules().is_enabled(self.name))
     }
 }
@@ -128,15 +166,15 @@ pub trait Module: Send + Sync + 'static {
     }
 
     /// Routes on the P2P API. Paths start with `/p2p/`; a peer's request
-    /// is normally a session frame (see [`NodeState::open_frame`]).
-    fn p2p_routes(self: Arc<Self>) -> Router<Arc<NodeState>> {
+    /// is normally a session frame: route it with [`crate::peer::framed`].
+    fn p2p_routes(self: Arc<Self>) -> Router<Peers> {
         Router::new()
     }
 
     /// Routes on the admin API, behind the owner's bearer token. Paths
     /// start with `/admin/v1/` (the monitoring module's `/metrics` keeps
     /// the path Prometheus expects).
-    fn admin_routes(self: Arc<Self>) -> Router<Arc<NodeState>> {
+    fn admin_routes(self: Arc<Self>) -> Router<Peers> {
         Router::new()
     }
 
@@ -152,6 +190,31 @@ pub trait Module: Send + Sync + 'static {
         None
     }
 
+    /// Whether this module checks requests to `route` before they are
+    /// handled ([`Module::check_request`]).
+    fn guards(&self, route: &str) -> bool {
+        let _ = route;
+        false
+    }
+
+    /// Checks a request to a route this module [guards](Module::guards),
+    /// after its frame was opened: `Err` answers the peer instead of the
+    /// route's handler.
+    fn check_request<'a>(
+        &'a self,
+        peers: &'a Peers,
+        session: &'a Arc<LiveSession>,
+        route: &'a str,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        let _ = (peers, session, route);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The [`Mailbox`] this module offers, if any.
+    fn mailbox(self: Arc<Self>) -> Option<Arc<dyn Mailbox>> {
+        None
+    }
+
     /// Called once when the node starts serving: start the module's tasks
     /// here; they should end when `stop` turns true.
     fn start(self: Arc<Self>, context: ModuleContext, stop: watch::Receiver<bool>) {
@@ -159,18 +222,18 @@ pub trait Module: Send + Sync + 'static {
     }
 
     /// A session with `peer` was established (introduction or renewal).
-    fn on_session_established(&self, node: &Arc<NodeState>, peer: NodeId, session: SessionId) {
-        let _ = (node, peer, session);
+    fn on_session_established(&self, peers: &Peers, peer: NodeId, session: SessionId) {
+        let _ = (peers, peer, session);
     }
 
     /// A session ended (maximum age reached, or replaced and idle).
-    fn on_session_closed(&self, node: &Arc<NodeState>, peer: NodeId, session: SessionId) {
-        let _ = (node, peer, session);
+    fn on_session_closed(&self, peers: &Peers, peer: NodeId, session: SessionId) {
+        let _ = (peers, peer, session);
     }
 
     /// The module was switched on at run time.
-    fn on_enabled(&self, node: &Arc<NodeState>) {
-        let _ = node;
+    fn on_enabled(&self, peers: &Peers) {
+        let _ = peers;
     }
 
     /// The module's metrics now.
@@ -309,8 +372,8 @@ impl Modules {
             .ok_or_else(|| ModuleError::Unknown(name.to_owned()))?;
         let before = entry.enabled.swap(on, Ordering::AcqRel);
         if on && !before {
-            if let Some(node) = self.node() {
-                entry.module.on_enabled(&node);
+            if let Some(peers) = self.peers() {
+                entry.module.on_enabled(&peers);
             }
         }
         tracing::info!(module = name, enabled = on, "module switched");
@@ -337,22 +400,40 @@ impl Modules {
     pub fn suites(&self, configured: &[Suite]) -> Vec<Suite> {
         let mut suites = configured.to_vec();
         for suite in self.enabled().flat_map(|m| m.suites()) {
-            if !suites.contains(&suite) && suites.len() < crate::handshake::MAX_OFFER {
+            if !suites.contains(&suite) && suites.len() < crate::peer::handshake::MAX_OFFER {
                 suites.push(suite);
             }
         }
         suites
     }
 
-    fn node(&self) -> Option<Arc<NodeState>> {
-        self.node.get().and_then(Weak::upgrade)
+    fn peers(&self) -> Option<Peers> {
+        self.node.get().and_then(Weak::upgrade).map(Peers::new)
+    }
+
+    /// Runs the checks of the enabled modules that guard `route`.
+    pub(crate) async fn check_request(
+        &self,
+        peers: &Peers,
+        session: &Arc<LiveSession>,
+        route: &str,
+    ) -> Result<(), ApiError> {
+        for module in self.enabled().filter(|m| m.guards(route)) {
+            module.check_request(peers, session, route).await?;
+        }
+        Ok(())
+    }
+
+    /// The first registered module's [`Mailbox`].
+    pub(crate) fn mailbox(&self) -> Option<Arc<dyn Mailbox>> {
+        self.entries.iter().find_map(|e| e.module.clone().mailbox())
     }
 
     /// Tells the enabled modules a session was established.
     pub(crate) fn session_established(&self, peer: NodeId, id: SessionId) {
-        let Some(node) = self.node() else { return };
+        let Some(peers) = self.peers() else { return };
         for module in self.enabled() {
-            module.on_session_established(&node, peer, id);
+            module.on_session_established(&peers, peer, id);
         }
     }
 
@@ -361,10 +442,10 @@ impl Modules {
         if ended.is_empty() {
             return;
         }
-        let Some(node) = self.node() else { return };
+        let Some(peers) = self.peers() else { return };
         for module in self.enabled() {
             for (peer, id) in ended {
-                module.on_session_closed(&node, *peer, *id);
+                module.on_session_closed(&peers, *peer, *id);
             }
         }
     }
@@ -401,25 +482,26 @@ impl Modules {
         state: &Arc<NodeState>,
         mut router: Router<Arc<NodeState>>,
     ) -> Router<Arc<NodeState>> {
+        let peers = Peers::new(state.clone());
         for entry in &self.entries {
             let name = entry.module.name();
             let routes = entry.module.clone().p2p_routes();
             if routes.has_routes() {
-                router = router.merge(gated(state, name, routes));
+                router = router.merge(gated(&peers, name, routes));
             }
         }
         for entry in &self.entries {
             if let Some(middleware) = entry.module.p2p_middleware() {
                 let name = entry.module.name();
                 router = router.layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
-                    move |axum::extract::State(state): axum::extract::State<Arc<NodeState>>,
+                    peers.clone(),
+                    move |axum::extract::State(peers): axum::extract::State<Peers>,
                           request: Request,
                           next: Next| {
                         let middleware = middleware.clone();
                         async move {
-                            if state.modules().is_enabled(name) {
-                                middleware(state, request, next).await
+                            if peers.is_enabled(name) {
+                                middleware(peers, request, next).await
                             } else {
                                 next.run(request).await
                             }
@@ -433,39 +515,39 @@ impl Modules {
 
     /// Every module's admin routes, each behind its switch.
     pub(crate) fn admin_router(&self, state: &Arc<NodeState>) -> Router<Arc<NodeState>> {
+        let peers = Peers::new(state.clone());
         let mut router = Router::new();
         for entry in &self.entries {
             let name = entry.module.name();
             let routes = entry.module.clone().admin_routes();
             if routes.has_routes() {
-                router = router.merge(gated(state, name, routes));
+                router = router.merge(gated(&peers, name, routes));
             }
         }
         router
     }
 }
 
-/// `routes`, answering 404 `module_disabled` while the module is off.
-fn gated(
-    state: &Arc<NodeState>,
-    name: &'static str,
-    routes: Router<Arc<NodeState>>,
-) -> Router<Arc<NodeState>> {
-    routes.route_layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        move |axum::extract::State(state): axum::extract::State<Arc<NodeState>>,
-              request: Request,
-              next: Next| async move {
-            if state.modules().is_enabled(name) {
-                next.run(request).await
-            } else {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "module_disabled",
-                    format!("the {name} module is switched off on this node"),
-                )
-                .into_response()
-            }
-        },
-    ))
+/// `routes`, answering 404 `module_disabled` while the module is off,
+/// with the peer layer's handle as their state.
+fn gated(peers: &Peers, name: &'static str, routes: Router<Peers>) -> Router<Arc<NodeState>> {
+    routes
+        .route_layer(axum::middleware::from_fn_with_state(
+            peers.clone(),
+            move |axum::extract::State(peers): axum::extract::State<Peers>,
+                  request: Request,
+                  next: Next| async move {
+                if peers.is_enabled(name) {
+                    next.run(request).await
+                } else {
+                    ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "module_disabled",
+                        format!("the {name} module is switched off on this node"),
+                    )
+                    .into_response()
+                }
+            },
+        ))
+        .with_state(peers.clone())
 }

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{Metric, Module, ModuleContext};
-use crate::node::NodeState;
+use crate::peer::Peers;
 
 /// The module's name.
 pub const NAME: &str = "monitoring";
@@ -70,8 +70,8 @@ impl Monitoring {
 
     /// Pings every peer with a live session once, at once; returns how
     /// many answered.
-    pub async fn ping_peers(&self, node: &NodeState) -> usize {
-        let peers: Vec<_> = node.sessions().current().iter().map(|s| s.peer).collect();
+    pub async fn ping_peers(&self, node: &Peers) -> usize {
+        let peers = node.connected_peers();
         let pings = peers.iter().map(|peer| node.ping(peer));
         let outcomes = futures_util::future::join_all(pings).await;
         let mut answered = 0;
@@ -101,7 +101,7 @@ impl Monitoring {
                 _ = tick.tick() => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            let Some(node) = context.node() else { return };
+            let Some(node) = context.peers() else { return };
             if context.is_enabled() {
                 self.ping_peers(&node).await;
             }
@@ -109,7 +109,7 @@ impl Monitoring {
     }
 }
 
-async fn metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
+async fn metrics(State(state): State<Peers>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
@@ -128,7 +128,7 @@ impl Module for Monitoring {
         "Prometheus metrics, and periodic round trips to every peer"
     }
 
-    fn admin_routes(self: Arc<Self>) -> axum::Router<Arc<NodeState>> {
+    fn admin_routes(self: Arc<Self>) -> axum::Router<Peers> {
         axum::Router::new().route(METRICS_PATH, get(metrics))
     }
 

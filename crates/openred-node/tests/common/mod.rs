@@ -24,8 +24,8 @@ use openred_directory::transport::{BoxFuture, NodeTransport, OutboundTransport, 
 use openred_directory::{Config as DirectoryConfig, Directory};
 use openred_http::{OutboundClient, OutboundConfig};
 use openred_node::error::NodeError;
-use openred_node::handshake::{self, Authority, HandshakeContext, InitiatorHandshake};
 use openred_node::modules::Module;
+use openred_node::peer::handshake::{self, Authority, HandshakeContext, InitiatorHandshake};
 use openred_node::{Node, NodeConfig, NodeKeys, NodeState};
 use serde::Serialize;
 use serde_json::Value;
@@ -517,6 +517,11 @@ impl Deref for TestNode {
 }
 
 impl TestNode {
+    /// The peer layer's handle, as the node's modules get it.
+    pub fn peers(&self) -> openred_node::peer::Peers {
+        self.state.peers()
+    }
+
     /// The node's ID.
     pub fn id(&self) -> NodeId {
         self.state.node_id()
@@ -529,7 +534,7 @@ impl TestNode {
 
     /// The admin API's bearer token, from the data directory.
     pub fn admin_token(&self) -> String {
-        std::fs::read_to_string(openred_node::admin::token_path(&self.data_dir))
+        std::fs::read_to_string(openred_node::owner::admin::token_path(&self.data_dir))
             .unwrap()
             .trim()
             .to_owned()
@@ -539,7 +544,8 @@ impl TestNode {
     /// directory.
     pub fn admin(&self, path: &str) -> String {
         let address =
-            std::fs::read_to_string(openred_node::admin::address_path(&self.data_dir)).unwrap();
+            std::fs::read_to_string(openred_node::owner::admin::address_path(&self.data_dir))
+                .unwrap();
         format!("http://{}{path}", address.trim())
     }
 
@@ -626,7 +632,7 @@ pub fn module_metric(node: &NodeState, module: &str, name: &str) -> f64 {
 pub fn ping_payload() -> Vec<u8> {
     let mut payload = b"ping".to_vec();
     payload.extend_from_slice(&random16()[..8]);
-    openred_node::frames::labelled("/p2p/ping", false, &payload)
+    openred_node::peer::frames::labelled("/p2p/ping", false, &payload)
 }
 
 /// The payload of `answer`, the answer on `path` to `request` (a frame
@@ -643,7 +649,7 @@ pub fn answer_payload(
         .unwrap()
         .0
         .seq;
-    openred_node::frames::open_answer(session, path, request_seq, answer, now)
+    openred_node::peer::frames::open_answer(session, path, request_seq, answer, now)
         .expect("the answer to this request, on this route")
 }
 

@@ -24,18 +24,19 @@ use super::{
     REQUEST_PATH,
 };
 use crate::modules::messaging::store::printable;
-use crate::modules::messaging::Messaging;
-use crate::node::NodeState;
+use crate::peer::{framed, Peers};
 
-type Shared = State<Arc<NodeState>>;
+type Shared = State<Peers>;
 
 /// `POST /p2p/file-request` and `POST /p2p/file-download`.
-pub(super) fn p2p_routes(module: Arc<Files>) -> Router<Arc<NodeState>> {
+pub(super) fn p2p_routes(module: Arc<Files>) -> Router<Peers> {
     let m = module.clone();
     Router::new()
         .route(
             REQUEST_PATH,
-            post(move |State(state): Shared, body: Bytes| upload::grant(m.clone(), state, body)),
+            framed(REQUEST_PATH, move |peers, live, payload| {
+                upload::grant(m.clone(), peers, live, payload)
+            }),
         )
         .route(
             DOWNLOAD_PATH,
@@ -46,7 +47,7 @@ pub(super) fn p2p_routes(module: Arc<Files>) -> Router<Arc<NodeState>> {
 }
 
 /// The admin routes under `/admin/v1/files`.
-pub(super) fn admin_routes(module: Arc<Files>) -> Router<Arc<NodeState>> {
+pub(super) fn admin_routes(module: Arc<Files>) -> Router<Peers> {
     let (m1, m2, m3, m4, m5, m6) = (
         module.clone(),
         module.clone(),
@@ -202,11 +203,7 @@ fn parse_file_id(text: &str) -> Result<FileId, ApiError> {
 
 async fn list_shares(module: Arc<Files>) -> Result<Json<Vec<ShareView>>, ApiError> {
     let running = module.running().map_err(|e| e.to_api())?;
-    let now = running
-        .context
-        .node()
-        .map(|n| n.clock().now().0)
-        .unwrap_or(0);
+    let now = running.context.peers().map(|n| n.now().0).unwrap_or(0);
     let shares = running
         .store
         .shares(10_000)
@@ -283,16 +280,15 @@ pub struct OfferView {
 }
 
 async fn offers(State(state): Shared) -> Result<Json<Vec<OfferView>>, ApiError> {
-    let Some(store) = state.modules().get::<Messaging>().and_then(|m| m.store()) else {
+    let Some(mailbox) = state.mailbox() else {
         return Ok(Json(Vec::new()));
     };
-    let inbox = store
-        .inbox(None, 10_000, 0)
+    let notes = mailbox
+        .received(OFFER_CONTENT_TYPE, 10_000)
         .await
         .map_err(|e| ApiError::internal("messaging storage", e))?;
-    let offers = inbox
+    let offers = notes
         .iter()
-        .filter(|m| m.content_type == OFFER_CONTENT_TYPE)
         .filter_map(|m| {
             let offer: FileOffer = serde_json::from_str(&m.body).ok()?;
             FileId::parse(&offer.file_id)?;

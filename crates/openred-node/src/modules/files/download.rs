@@ -30,9 +30,9 @@ use super::{
 };
 use crate::directory_client::expect_ok;
 use crate::error::NodeError;
-use crate::frames::labelled;
-use crate::node::NodeState;
-use crate::sessions::LiveSession;
+use crate::peer::frames::labelled;
+use crate::peer::sessions::LiveSession;
+use crate::peer::Peers;
 
 /// Chunks received ahead of the writer, per download.
 const PIPELINE_DEPTH: usize = 4;
@@ -122,33 +122,20 @@ const FATAL_CODES: &[&str] = &[
     "bad_request",
 ];
 
-/// Sorts a failure to talk to the peer, forgetting a session it no longer
-/// knows.
-async fn classify(node: &NodeState, live: Option<&LiveSession>, e: NodeError) -> Attempt {
+/// Sorts a failure to talk to the peer; the peer layer heals the session
+/// first (a new handshake if the peer says it lost it, a look at the
+/// directory if it was unreachable).
+async fn classify(node: &Peers, live: Option<&LiveSession>, e: NodeError) -> Attempt {
+    if let Some(live) = live {
+        node.recover(live, &e).await;
+    }
     let text = e.to_string();
     match &e {
-        NodeError::Peer { code, .. } if code == "unknown_session" => {
-            if let Some(live) = live {
-                // Not taken on its word (it is not authenticated): a new
-                // handshake replaces the session if the peer restarted.
-                if let Err(e) = node.handshake_again(live).await {
-                    tracing::debug!(error = %e, "handshaking again failed; retrying later");
-                }
-            }
-            Attempt::Retry(text)
-        }
         NodeError::Peer { code, .. } if code == "link_expired" || code == "unknown_link" => {
             Attempt::NewLink(text)
         }
         NodeError::Peer { code, .. } if FATAL_CODES.contains(&code.as_str()) => {
             Attempt::Fatal(text)
-        }
-        NodeError::Outbound(_) => {
-            if let Some(live) = live {
-                // It may have restarted elsewhere (and lost the session).
-                node.forget_if_moved(live).await;
-            }
-            Attempt::Retry(text)
         }
         _ => Attempt::Retry(text),
     }
@@ -156,7 +143,7 @@ async fn classify(node: &NodeState, live: Option<&LiveSession>, e: NodeError) ->
 
 /// Asks `live`'s peer for a link to `file_id`.
 async fn request_grant(
-    node: &NodeState,
+    node: &Peers,
     live: &LiveSession,
     file_id: &FileId,
 ) -> Result<Ticket, NodeError> {
@@ -195,13 +182,13 @@ impl Files {
     /// place resumes from its partial file.
     pub async fn fetch(
         &self,
-        node: &Arc<NodeState>,
+        node: &Peers,
         peer: NodeId,
         file_id: FileId,
         out: PathBuf,
     ) -> Result<Arc<Transfer>, FilesError> {
         check_out(&out, node.data_dir())?;
-        check_download_folder(&node.config.download_dirs, &out)?;
+        check_download_folder(node.download_dirs(), &out)?;
         if peer == node.node_id() {
             return Err(FilesError::Invalid(
                 "bad_node_id",
@@ -334,7 +321,7 @@ impl Files {
             if *stop.borrow() {
                 return;
             }
-            let Some(node) = context.node() else { return };
+            let Some(node) = context.peers() else { return };
             if !context.is_enabled() {
                 transfer.retrying("the files module is switched off");
                 tokio::select! {
@@ -374,10 +361,7 @@ impl Files {
                 }
             }
         };
-        let now = context
-            .node()
-            .map(|n| n.clock().now())
-            .unwrap_or(UnixTime(0));
+        let now = context.peers().map(|n| n.now()).unwrap_or(UnixTime(0));
         let (state, error) = match &outcome {
             Ok(()) => {
                 self.counters
@@ -429,7 +413,7 @@ impl Files {
     /// first chunk not yet verified.
     async fn attempt(
         &self,
-        node: &Arc<NodeState>,
+        node: &Peers,
         download: &Download,
         transfer: &Arc<Transfer>,
         ticket: &mut Option<Ticket>,
@@ -465,7 +449,7 @@ impl Files {
     /// Reads one stream into the partial file.
     async fn stream(
         &self,
-        node: &Arc<NodeState>,
+        node: &Peers,
         live: &Arc<LiveSession>,
         download: &Download,
         transfer: &Arc<Transfer>,

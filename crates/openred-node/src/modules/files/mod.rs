@@ -52,18 +52,17 @@ use tokio::sync::{watch, Semaphore};
 use self::disk::DiskError;
 use self::store::{FileId, FileStore, Share};
 use self::transfers::{Transfer, TransferView, Transfers};
-use super::messaging::Messaging;
 use super::{Metric, Module, ModuleContext};
 use crate::error::NodeError;
-use crate::node::NodeState;
+use crate::peer::Peers;
 use crate::store::StoreError;
 
 /// The module's name.
 pub const NAME: &str = "files";
 /// The P2P route that hands out links.
-pub const REQUEST_PATH: &str = "/p2p/file-request";
+pub const REQUEST_PATH: &str = openred_core::routes::node::FILE_REQUEST;
 /// The P2P route that streams a file.
-pub const DOWNLOAD_PATH: &str = "/p2p/file-download";
+pub const DOWNLOAD_PATH: &str = openred_core::routes::node::FILE_DOWNLOAD;
 /// The messaging content type of an offer.
 pub const OFFER_CONTENT_TYPE: &str = "application/vnd.openred.file-offer+json";
 /// The start of every download stream, then the 16-byte transfer ID.
@@ -343,7 +342,7 @@ impl Files {
     /// peer, whether its offer was queued.
     pub async fn share(
         &self,
-        node: &NodeState,
+        node: &Peers,
         request: ShareRequest,
     ) -> Result<(Share, Vec<(NodeId, bool)>), FilesError> {
         let store = &self.running()?.store;
@@ -434,9 +433,9 @@ impl Files {
 
     /// Queues an offer of `share` to `peer` in the messaging outbox;
     /// whether it was queued.
-    async fn offer(&self, node: &NodeState, share: &Share, peer: NodeId) -> bool {
-        let Some(messaging) = node.modules().get::<Messaging>() else {
-            tracing::warn!("no messaging module: the offer is not sent");
+    async fn offer(&self, node: &Peers, share: &Share, peer: NodeId) -> bool {
+        let Some(mailbox) = node.mailbox() else {
+            tracing::warn!("no module offers a mailbox: the offer is not sent");
             return false;
         };
         let offer = FileOffer {
@@ -450,7 +449,7 @@ impl Files {
         let Ok(text) = serde_json::to_string(&offer) else {
             return false;
         };
-        match messaging.send(node, peer, OFFER_CONTENT_TYPE, &text).await {
+        match mailbox.send(node, peer, OFFER_CONTENT_TYPE, &text).await {
             Ok(_) => true,
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "the file offer could not be queued");
@@ -461,7 +460,7 @@ impl Files {
 
     /// Revokes a share: no new link, existing links refused, and a
     /// download under way never gets its final chunk.
-    pub async fn revoke(&self, node: &NodeState, file_id: &FileId) -> Result<Share, FilesError> {
+    pub async fn revoke(&self, node: &Peers, file_id: &FileId) -> Result<Share, FilesError> {
         let store = &self.running()?.store;
         if !store.revoke(file_id, node.clock().now()).await? {
             return Err(FilesError::NotFound("no such share"));
@@ -498,7 +497,7 @@ impl Files {
                 _ = stop.wait_for(|s| *s) => return,
             }
             let Ok(running) = self.running() else { return };
-            let Some(node) = running.context.node() else {
+            let Some(node) = running.context.peers() else {
                 return;
             };
             if let Err(e) = running.store.purge_links(node.clock().now()).await {
@@ -615,16 +614,16 @@ impl Module for Files {
         "file sharing through temporary encrypted links, resumable, verified with BLAKE3"
     }
 
-    fn p2p_routes(self: Arc<Self>) -> axum::Router<Arc<NodeState>> {
+    fn p2p_routes(self: Arc<Self>) -> axum::Router<Peers> {
         api::p2p_routes(self)
     }
 
-    fn admin_routes(self: Arc<Self>) -> axum::Router<Arc<NodeState>> {
+    fn admin_routes(self: Arc<Self>) -> axum::Router<Peers> {
         api::admin_routes(self)
     }
 
     fn start(self: Arc<Self>, context: ModuleContext, stop: watch::Receiver<bool>) {
-        let Some(node) = context.node() else { return };
+        let Some(node) = context.peers() else { return };
         let store = FileStore::new(node.store().clone());
         let _ = self.running.set(Running {
             me: Arc::downgrade(&self),

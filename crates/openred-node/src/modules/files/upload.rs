@@ -26,9 +26,10 @@ use super::store::{random_bytes, Completion, FileId, Link};
 use super::transfers::{Direction, Transfer, TransferState};
 use super::{
     b64, chunk_suite, link_expiry, link_hash, parse_file_url, DownloadRequest, FileGrant,
-    FileRequest, Files, DOWNLOAD_PATH, FILE_URL_PREFIX, REQUEST_PATH, STREAM_MAGIC,
+    FileRequest, Files, DOWNLOAD_PATH, FILE_URL_PREFIX, STREAM_MAGIC,
 };
-use crate::node::NodeState;
+use crate::peer::sessions::LiveSession;
+use crate::peer::Peers;
 
 /// Chunks read ahead of what the peer has taken, per upload.
 const PIPELINE_DEPTH: usize = 4;
@@ -60,14 +61,16 @@ fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("bad_request", message)
 }
 
-/// `POST /p2p/file-request`: checks the peer's permission and the share,
-/// stores a new link (persist, then answer) and answers the grant.
+/// `POST /p2p/file-request` (a framed route; the auth module's policy,
+/// if on, asked for a fresh proof of the peer's identity before this
+/// runs): checks the peer's permission and the share, stores a new link
+/// (persist, then answer) and answers the grant.
 pub(super) async fn grant(
     module: Arc<Files>,
-    state: Arc<NodeState>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let (live, payload) = state.open_frame(REQUEST_PATH, &body)?;
+    state: Peers,
+    live: Arc<LiveSession>,
+    payload: Vec<u8>,
+) -> Result<Vec<u8>, ApiError> {
     let request: FileRequest =
         serde_json::from_slice(&payload).map_err(|e| bad_request(e.to_string()))?;
     let file_id = FileId::parse(&request.file_id)
@@ -97,9 +100,6 @@ pub(super) async fn grant(
             "this share's download limit is reached",
         ));
     }
-    // The auth module's policy may ask for a fresh proof of the peer's
-    // identity before a link is granted.
-    state.require_peer_proof(&live, REQUEST_PATH).await?;
     let capability: [u8; 32] = random_bytes().map_err(internal)?;
     let link = Link {
         file_id,
@@ -125,8 +125,7 @@ pub(super) async fn grant(
         chunk_size: share.chunk_size,
         suite: link.suite.name().to_owned(),
     };
-    let answer = zeroize::Zeroizing::new(serde_json::to_vec(&grant).map_err(internal)?);
-    state.answer_frame(&live, REQUEST_PATH, &answer)
+    serde_json::to_vec(&grant).map_err(internal)
 }
 
 /// `POST /p2p/file-download`: checks the link (bound to this peer,
@@ -134,11 +133,12 @@ pub(super) async fn grant(
 /// checked) and streams its chunks from the one asked for.
 pub(super) async fn serve(
     module: Arc<Files>,
-    state: Arc<NodeState>,
+    state: Peers,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (live, payload) = state.open_frame(DOWNLOAD_PATH, &body)?;
-    state.require_peer_proof(&live, DOWNLOAD_PATH).await?;
+    // Opened by the peer layer, which also runs the modules' guards; the
+    // answer is a stream of chunks, not a frame.
+    let (live, payload) = state.open_frame(DOWNLOAD_PATH, &body).await?;
     let request: DownloadRequest =
         serde_json::from_slice(&payload).map_err(|e| bad_request(e.to_string()))?;
     let capability = parse_file_url(&request.file_url)
@@ -396,7 +396,7 @@ fn read_and_seal(
 /// is released only once the download is counted.
 struct Upload {
     module: Arc<Files>,
-    state: Arc<NodeState>,
+    state: Peers,
     link_hash: [u8; 32],
     file_id: FileId,
     shape: TransferShape,

@@ -5,12 +5,10 @@ use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use openred_core::NodeId;
@@ -23,20 +21,23 @@ use super::{
     valid_content_type, BatchReceipt, MessageResult, Messaging, Receipt, SendError, WireBatch,
     WireMessage, MAX_BATCH_MESSAGES, MESSAGE_PATH,
 };
-use crate::node::NodeState;
+use crate::peer::sessions::LiveSession;
+use crate::peer::{framed, Peers};
 
-type Shared = State<Arc<NodeState>>;
+type Shared = State<Peers>;
 
 /// `POST /p2p/message`.
-pub(super) fn p2p_routes(module: Arc<Messaging>) -> Router<Arc<NodeState>> {
+pub(super) fn p2p_routes(module: Arc<Messaging>) -> Router<Peers> {
     Router::new().route(
         MESSAGE_PATH,
-        post(move |state: Shared, body: Bytes| receive(module.clone(), state, body)),
+        framed(MESSAGE_PATH, move |peers, live, payload| {
+            receive(module.clone(), peers, live, payload)
+        }),
     )
 }
 
 /// The admin routes under `/admin/v1/messages`.
-pub(super) fn admin_routes(module: Arc<Messaging>) -> Router<Arc<NodeState>> {
+pub(super) fn admin_routes(module: Arc<Messaging>) -> Router<Peers> {
     let (m1, m2, m3, m4, m5, m6) = (
         module.clone(),
         module.clone(),
@@ -210,10 +211,10 @@ async fn store_all(
 
 async fn receive(
     module: Arc<Messaging>,
-    State(state): Shared,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let (live, payload) = state.open_frame(MESSAGE_PATH, &body)?;
+    state: Peers,
+    live: Arc<LiveSession>,
+    payload: Vec<u8>,
+) -> Result<Vec<u8>, ApiError> {
     let incoming = Incoming::parse(&payload)?;
     let now = state.clock().now().0;
     let answer = match incoming {
@@ -260,9 +261,8 @@ async fn receive(
             }
             serde_json::to_vec(&BatchReceipt { results })
         }
-    }
-    .map_err(internal)?;
-    state.answer_frame(&live, MESSAGE_PATH, &answer)
+    };
+    answer.map_err(internal)
 }
 
 /// `POST /admin/v1/messages`.

@@ -37,14 +37,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch, Notify};
 
 use self::store::{MessageId, MessageStore, Received};
-use super::{Metric, Module, ModuleContext};
+use super::{BoxFuture, Mailbox, Metric, Module, ModuleContext, Note};
 use crate::error::NodeError;
-use crate::node::NodeState;
+use crate::peer::Peers;
 
 /// The module's name.
 pub const NAME: &str = "messaging";
 /// The P2P route.
-pub const MESSAGE_PATH: &str = "/p2p/message";
+pub const MESSAGE_PATH: &str = openred_core::routes::node::MESSAGE;
 
 /// The module's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -321,7 +321,7 @@ impl Messaging {
     /// wakes the peer's delivery worker. Returns the outbox entry.
     pub async fn send(
         &self,
-        node: &NodeState,
+        node: &Peers,
         peer: NodeId,
         content_type: &str,
         text: &str,
@@ -350,7 +350,7 @@ impl Messaging {
             },
         )
         .map_err(|_| SendError::FrameTooLarge)?;
-        if encoded.0 + 2 * MESSAGE_PATH.len() + 64 > node.config().max_frame_bytes {
+        if encoded.0 + 2 * MESSAGE_PATH.len() + 64 > node.max_frame_bytes() {
             return Err(SendError::FrameTooLarge);
         }
         let store = self.store().ok_or(SendError::NotStarted)?.clone();
@@ -427,7 +427,7 @@ impl Messaging {
             let wait = if !context.is_enabled() {
                 None
             } else {
-                let Some(node) = context.node() else { return };
+                let Some(node) = context.peers() else { return };
                 match self.deliver_pending(&node, &peer).await {
                     Ok(()) => {
                         if failures > 0 {
@@ -476,13 +476,13 @@ impl Messaging {
     /// and acknowledgements are committed in the background, so that the
     /// bookkeeping never stops the sends. Returns the first failure that
     /// calls for a retry, after every answer has been recorded.
-    async fn deliver_pending(&self, node: &Arc<NodeState>, peer: &NodeId) -> Result<(), NodeError> {
+    async fn deliver_pending(&self, node: &Peers, peer: &NodeId) -> Result<(), NodeError> {
         let running = self.running()?;
         let (store, me) = (running.store.clone(), running.me.upgrade());
         let me = me.ok_or(NodeError::Busy("the messaging module has stopped"))?;
         let live = node.session_for(peer).await?;
         let window = self.settings.in_flight_per_peer;
-        let budget = node.config().max_frame_bytes.saturating_sub(1024);
+        let budget = node.max_frame_bytes().saturating_sub(1024);
         let mut waiting = Waiting::default();
         let mut in_flight = tokio::task::JoinSet::new();
         let mut marking = tokio::task::JoinSet::new();
@@ -547,16 +547,7 @@ impl Messaging {
         }
         if let Some(e) = retry {
             store.mark_sent(&unacknowledged).await?;
-            if lost_session(&e) {
-                // Not taken on its word (it is not authenticated): a new
-                // handshake replaces the session if the peer restarted.
-                if let Err(e) = node.handshake_again(&live).await {
-                    tracing::debug!(error = %e, "handshaking again failed; retrying later");
-                }
-            } else if matches!(e, NodeError::Outbound(_)) {
-                // Unreachable: it may have restarted at another address.
-                node.forget_if_moved(&live).await;
-            }
+            node.recover(&live, &e).await;
             return Err(e);
         }
         Ok(())
@@ -567,7 +558,7 @@ impl Messaging {
     /// order.
     fn mark_in_background(
         self: &Arc<Self>,
-        node: &NodeState,
+        node: &Peers,
         marking: &mut tokio::task::JoinSet<Result<(), NodeError>>,
         ids: Vec<store::RowId>,
     ) {
@@ -593,7 +584,7 @@ impl Messaging {
                 _ = tick.tick() => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            let Some(node) = context.node() else {
+            let Some(node) = context.peers() else {
                 return;
             };
             // Switched off, the module leaves its outbox as it is.
@@ -610,7 +601,7 @@ impl Messaging {
 impl Messaging {
     /// Fails every message not delivered within `ttl_s` (the expiry task
     /// does this every minute); returns how many.
-    pub async fn expire_now(&self, node: &NodeState) -> Result<u64, NodeError> {
+    pub async fn expire_now(&self, node: &Peers) -> Result<u64, NodeError> {
         let cutoff = node.clock().now().minus(self.settings.ttl_s);
         let reason = format!("not delivered within {} s", self.settings.ttl_s);
         let expired = self.running()?.store.expire(cutoff, &reason).await?;
@@ -717,8 +708,8 @@ impl Waiting {
 /// back: for each message in the frame's order, delivered, or refused for
 /// good with the peer's reason.
 async fn send_frame(
-    node: &NodeState,
-    live: &crate::sessions::LiveSession,
+    node: &Peers,
+    live: &crate::peer::sessions::LiveSession,
     frame: &[Entry],
 ) -> Result<Vec<Result<(), String>>, NodeError> {
     let mut payload = b"{\"messages\":[".to_vec();
@@ -783,12 +774,6 @@ fn refusal(e: &NodeError) -> Option<String> {
     }
 }
 
-/// The peer does not know the session any more (it restarted): forget it,
-/// so that the next attempt makes a new one.
-fn lost_session(e: &NodeError) -> bool {
-    matches!(e, NodeError::Peer { code, .. } if code == "unknown_session")
-}
-
 impl Module for Messaging {
     fn name(&self) -> &'static str {
         NAME
@@ -798,16 +783,16 @@ impl Module for Messaging {
         "end-to-end encrypted messages, with a durable inbox and outbox"
     }
 
-    fn p2p_routes(self: Arc<Self>) -> axum::Router<Arc<NodeState>> {
+    fn p2p_routes(self: Arc<Self>) -> axum::Router<Peers> {
         api::p2p_routes(self)
     }
 
-    fn admin_routes(self: Arc<Self>) -> axum::Router<Arc<NodeState>> {
+    fn admin_routes(self: Arc<Self>) -> axum::Router<Peers> {
         api::admin_routes(self)
     }
 
     fn start(self: Arc<Self>, context: ModuleContext, stop: watch::Receiver<bool>) {
-        let Some(node) = context.node() else { return };
+        let Some(node) = context.peers() else { return };
         let store = MessageStore::new(node.store().clone());
         let _ = self.running.set(Running {
             me: Arc::downgrade(&self),
@@ -830,7 +815,7 @@ impl Module for Messaging {
         });
     }
 
-    fn on_session_established(&self, _node: &Arc<NodeState>, peer: NodeId, _session: SessionId) {
+    fn on_session_established(&self, _peers: &Peers, peer: NodeId, _session: SessionId) {
         // A worker waiting out a back-off for this peer goes at once.
         if let Some(notify) = self
             .workers
@@ -842,7 +827,7 @@ impl Module for Messaging {
         }
     }
 
-    fn on_enabled(&self, _node: &Arc<NodeState>) {
+    fn on_enabled(&self, _peers: &Peers) {
         for notify in self
             .workers
             .lock()
@@ -851,6 +836,10 @@ impl Module for Messaging {
         {
             notify.notify_one();
         }
+    }
+
+    fn mailbox(self: Arc<Self>) -> Option<Arc<dyn Mailbox>> {
+        Some(self)
     }
 
     fn metrics(&self) -> Vec<Metric> {
@@ -892,6 +881,51 @@ impl Module for Messaging {
 
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+}
+
+/// Other modules' short notes (files' offers) go through the outbox and
+/// come from the inbox like any message.
+impl Mailbox for Messaging {
+    fn send<'a>(
+        &'a self,
+        peers: &'a Peers,
+        peer: NodeId,
+        content_type: &'a str,
+        body: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            Messaging::send(self, peers, peer, content_type, body)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn received<'a>(
+        &'a self,
+        content_type: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Note>, String>> {
+        Box::pin(async move {
+            let Some(store) = self.store() else {
+                return Ok(Vec::new());
+            };
+            let inbox = store
+                .inbox(None, limit, 0)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(inbox
+                .into_iter()
+                .filter(|m| m.content_type == content_type)
+                .map(|m| Note {
+                    peer: m.peer,
+                    content_type: m.content_type,
+                    body: m.body,
+                    received_at: m.received_at,
+                })
+                .collect())
+        })
     }
 }
 

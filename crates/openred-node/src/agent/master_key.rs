@@ -31,7 +31,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::XChaCha20Poly1305;
 use zeroize::Zeroizing;
 
-use crate::identity::IdentityError;
+use crate::agent::identity::IdentityError;
 
 /// The file in the key folder.
 pub const MASTER_FILE: &str = "master.key";

@@ -17,13 +17,13 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use openred_core::NodeId;
 use openred_http::ApiError;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditView, Event, EventKind};
 use crate::error::NodeError;
 use crate::node::NodeState;
+pub use crate::peer::{peer_id, PeerRequest};
 
 const TOKEN_FILE: &str = "admin.token";
 const ADDRESS_FILE: &str = "admin.addr";
@@ -77,7 +77,7 @@ fn create_token(path: &Path) -> io::Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(io::Error::other)?;
     let token = data_encoding::HEXLOWER.encode(&bytes);
-    crate::owner::write_private(path, token.as_bytes())?;
+    crate::owner::login::write_private(path, token.as_bytes())?;
     Ok(token)
 }
 
@@ -164,11 +164,11 @@ fn is_local_host(host: &str) -> bool {
 }
 
 /// `POST /admin/v1/login`: password + TOTP code, answered with a session
-/// cookie (see [`crate::owner`]).
+/// cookie (see [`crate::owner::login`]).
 async fn login(
     State(state): State<Arc<NodeState>>,
-    body: Result<Json<crate::owner::LoginRequest>, JsonRejection>,
-) -> Result<(axum::http::HeaderMap, Json<crate::owner::LoginView>), ApiError> {
+    body: Result<Json<crate::owner::login::LoginRequest>, JsonRejection>,
+) -> Result<(axum::http::HeaderMap, Json<crate::owner::login::LoginView>), ApiError> {
     let Json(request) = body?;
     // In a task of its own: a client that hangs up must not cancel a check
     // half-way (the failure would go unrecorded and the one-at-a-time lock
@@ -181,11 +181,11 @@ async fn login(
 }
 
 /// `GET /admin/v1/openapi.json`: this API's document, without
-/// authentication (see [`crate::admin_openapi`]).
+/// authentication (see [`crate::owner::openapi`]).
 async fn openapi() -> ([(header::HeaderName, &'static str); 1], &'static str) {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        crate::admin_openapi::json(),
+        crate::owner::openapi::json(),
     )
 }
 
@@ -255,14 +255,16 @@ async fn authenticate(
         && state
             .owner_login
             .session_valid(&state, request.headers(), state.clock.now());
-    if session_ok && !crate::owner::cookie_request_allowed(request.method(), request.headers()) {
+    if session_ok
+        && !crate::owner::login::cookie_request_allowed(request.method(), request.headers())
+    {
         return axum::response::IntoResponse::into_response(ApiError::new(
             StatusCode::FORBIDDEN,
             "missing_request_header",
             format!(
                 "a request that changes something and is authenticated by the login cookie \
                  needs the header {}: 1",
-                crate::owner::REQUEST_HEADER
+                crate::owner::login::REQUEST_HEADER
             ),
         ));
     }
@@ -363,7 +365,7 @@ pub struct ProtectionsView {
     pub agent: Option<serde_json::Value>,
     /// What the node process applied to itself (None: it did not confine
     /// itself, e.g. nodes inside `openred demo`).
-    pub node: Option<crate::sandbox::Protections>,
+    pub node: Option<crate::agent::sandbox::Protections>,
 }
 
 async fn status(State(state): State<Arc<NodeState>>) -> Json<StatusView> {
@@ -465,15 +467,6 @@ async fn peers(State(state): State<Arc<NodeState>>) -> Result<Json<Vec<PeerView>
     ))
 }
 
-/// Body of `connect` and `ping`.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PeerRequest {
-    /// The peer.
-    #[schema(value_type = openred_core::wire::NodeIdText)]
-    pub node_id: String,
-}
-
 /// The answer to `connect`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ConnectView {
@@ -483,11 +476,6 @@ pub struct ConnectView {
     pub session_id: String,
     /// From the introduction request to the confirmed session.
     pub elapsed_ms: f64,
-}
-
-pub(crate) fn peer_id(body: Result<Json<PeerRequest>, JsonRejection>) -> Result<NodeId, ApiError> {
-    let Json(body) = body?;
-    NodeId::parse(&body.node_id).map_err(|e| ApiError::bad_request("bad_node_id", e.to_string()))
 }
 
 async fn connect(

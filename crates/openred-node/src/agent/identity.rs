@@ -109,7 +109,7 @@ impl NodeKeys {
     /// Creates a new identity in `data_dir`, refusing to overwrite one,
     /// under the passphrase of the environment if one is set.
     pub fn create(data_dir: &Path) -> Result<NodeKeys, IdentityError> {
-        let passphrase = crate::master_key::passphrase_from_env()?;
+        let passphrase = crate::agent::master_key::passphrase_from_env()?;
         NodeKeys::create_with(data_dir, passphrase.as_ref().map(|p| p.as_slice()))
     }
 
@@ -131,7 +131,7 @@ impl NodeKeys {
         let mut agreement = Zeroizing::new([0u8; 32]);
         getrandom::fill(&mut identity[..]).map_err(|e| IdentityError::Random(e.to_string()))?;
         getrandom::fill(&mut agreement[..]).map_err(|e| IdentityError::Random(e.to_string()))?;
-        let master = crate::master_key::create(&dir, passphrase)?;
+        let master = crate::agent::master_key::create(&dir, passphrase)?;
         // With a passphrase, every private key file is sealed (under the
         // wrapped master key), not only the master key.
         let seal = passphrase.is_some().then_some(&*master);
@@ -150,7 +150,7 @@ impl NodeKeys {
     /// Loads the identity from the key folder itself (the agent is given
     /// only that folder).
     pub fn load_key_dir(dir: &Path) -> Result<NodeKeys, IdentityError> {
-        let passphrase = crate::master_key::passphrase_from_env()?;
+        let passphrase = crate::agent::master_key::passphrase_from_env()?;
         NodeKeys::load_key_dir_with(dir, passphrase.as_ref().map(|p| p.as_slice()))
     }
 
@@ -165,7 +165,7 @@ impl NodeKeys {
         }
         // A key folder from before the master key gets one now (the agent
         // loads its keys before it confines itself, so it may still write).
-        let master = crate::master_key::load_or_create(dir, passphrase)?;
+        let master = crate::agent::master_key::load_or_create(dir, passphrase)?;
         let identity = read_key(&dir.join(IDENTITY_FILE), &master, passphrase.is_some())?;
         let agreement = read_key(&dir.join(AGREEMENT_FILE), &master, passphrase.is_some())?;
         let keys = NodeKeys::from_parts(&identity, *agreement, master);
@@ -203,8 +203,8 @@ impl NodeKeys {
     }
 
     /// The storage key for `purpose`, derived from the master key.
-    pub fn storage_key(&self, purpose: crate::master_key::Purpose) -> Zeroizing<[u8; 32]> {
-        crate::master_key::storage_key(&self.master, purpose)
+    pub fn storage_key(&self, purpose: crate::agent::master_key::Purpose) -> Zeroizing<[u8; 32]> {
+        crate::agent::master_key::storage_key(&self.master, purpose)
     }
 
     /// The node's ID.
@@ -353,7 +353,7 @@ fn write_key(
         .and_then(|n| n.to_str())
         .unwrap_or_default();
     let text = match seal {
-        Some(master) => crate::master_key::seal_key_file(master, name, secret)?,
+        Some(master) => crate::agent::master_key::seal_key_file(master, name, secret)?,
         None => Zeroizing::new(format!("{}\n", data_encoding::HEXLOWER.encode(secret))),
     };
     let target = if replace {
@@ -397,7 +397,7 @@ fn read_key(
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or_default();
-    if let Some(opened) = crate::master_key::open_key_file(master, path, name, &text) {
+    if let Some(opened) = crate::agent::master_key::open_key_file(master, path, name, &text) {
         return opened;
     }
     let malformed = || IdentityError::Malformed(path.display().to_string());

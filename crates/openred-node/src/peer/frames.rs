@@ -27,7 +27,7 @@ use openred_http::ApiError;
 use crate::directory_client::expect_ok;
 use crate::error::NodeError;
 use crate::node::NodeState;
-use crate::sessions::LiveSession;
+use crate::peer::sessions::LiveSession;
 
 const ANSWER: u8 = b'<';
 

@@ -23,9 +23,9 @@ use tokio::sync::watch;
 
 use crate::audit::{Event, EventKind};
 use crate::error::NodeError;
-use crate::handshake::{Authority, HandshakeContext};
 use crate::node::NodeState;
-use crate::sessions::LiveSession;
+use crate::peer::handshake::{Authority, HandshakeContext};
+use crate::peer::sessions::LiveSession;
 
 /// How often the lifecycle runs when the node serves.
 pub const LIFECYCLE_PERIOD: Duration = Duration::from_secs(30);
@@ -187,7 +187,7 @@ impl NodeState {
         let plaintext =
             serde_json::to_vec(&request).map_err(|_| NodeError::Malformed("encoding"))?;
         let reply = self
-            .exchange(live, crate::p2p::RENEW_PATH, &plaintext)
+            .exchange(live, crate::peer::routes::RENEW_PATH, &plaintext)
             .await?;
         let answer: HandshakeResponse =
             serde_json::from_slice(&reply).map_err(|_| NodeError::Malformed("the peer"))?;

@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use openred_core::routes::node;
 use openred_core::session::Role;
 use openred_core::token::{Role as TokenRole, TokenEnvelope};
 use openred_core::wire::{
@@ -24,9 +25,9 @@ use crate::agent::CryptoError;
 use crate::audit::{Event, EventKind};
 use crate::config::IntroductionPolicy;
 use crate::error::NodeError;
-use crate::handshake::{self, Authority, HandshakeContext};
 use crate::node::NodeState;
-use crate::sessions::RenewalRefusal;
+use crate::peer::handshake::{self, Authority, HandshakeContext};
+use crate::peer::sessions::RenewalRefusal;
 use crate::store::{StoredToken, TokenState};
 
 type Shared = State<Arc<NodeState>>;
@@ -34,11 +35,11 @@ type Shared = State<Arc<NodeState>>;
 /// The P2P routes.
 pub fn routes() -> Router<Arc<NodeState>> {
     Router::new()
-        .route("/api/v3/health", get(health))
-        .route("/api/v3/health/ready", get(ready))
-        .route("/api/v3/reachability", post(reachability))
+        .route(node::HEALTH, get(health))
+        .route(node::HEALTH_READY, get(ready))
+        .route(node::REACHABILITY, post(reachability))
         .route(
-            "/api/v3/tokens/receive",
+            node::TOKENS_RECEIVE,
             post(|state: Shared, body| async move {
                 let outcome = receive_token(state.clone(), body).await;
                 let metrics = &state.0.metrics;
@@ -52,7 +53,7 @@ pub fn routes() -> Router<Arc<NodeState>> {
             }),
         )
         .route(
-            "/p2p/handshake",
+            node::HANDSHAKE,
             post(|state: Shared, body| async move {
                 let outcome = handshake_route(state.clone(), body).await;
                 count_handshake(&state.0, outcome.as_ref().err(), false);
@@ -175,7 +176,7 @@ async fn reachability(
 ) -> Result<Json<ReachabilityProof>, ApiError> {
     state
         .reachability
-        .check(crate::reachability::source(&extensions))?;
+        .check(crate::peer::reachability::source(&extensions))?;
     let Json(body) = body?;
     let me = state.crypto.node_id();
     if body.node_id != me.to_string() {
@@ -497,9 +498,9 @@ fn handshake_error(e: handshake::HandshakeError) -> ApiError {
 }
 
 /// The encrypted ping's route.
-pub const PING_PATH: &str = "/p2p/ping";
+pub const PING_PATH: &str = openred_core::routes::node::PING;
 /// The renewal's route.
-pub const RENEW_PATH: &str = "/p2p/renew";
+pub const RENEW_PATH: &str = openred_core::routes::node::RENEW;
 
 /// The ping payloads: `b"ping" || 8 bytes`, answered `b"pong" || same`.
 pub const PING: &[u8; 4] = b"ping";
@@ -544,7 +545,7 @@ async fn renew(State(state): Shared, body: Bytes) -> Result<Response, ApiError> 
 
 async fn renew_in(
     state: &NodeState,
-    live: &crate::frames::Incoming,
+    live: &crate::peer::frames::Incoming,
     plaintext: &[u8],
 ) -> Result<Response, ApiError> {
     let now = state.clock.now();
@@ -614,7 +615,7 @@ async fn renew_in(
 
 async fn answer_renewal(
     state: &NodeState,
-    live: &crate::frames::Incoming,
+    live: &crate::peer::frames::Incoming,
     connection_id: [u8; 16],
     offer: Vec<openred_core::session::Suite>,
     message: &[u8],

@@ -644,7 +644,7 @@ fn matching_step(totp: &TOTP, code: &str, now: u64) -> Option<u64> {
     let mut found = None;
     for step in [current.saturating_sub(1), current, current + 1] {
         let expected = totp.generate(step * TOTP_STEP_S);
-        if crate::admin::constant_time_eq(expected.as_bytes(), code.as_bytes()) {
+        if crate::owner::admin::constant_time_eq(expected.as_bytes(), code.as_bytes()) {
             found = Some(step);
         }
     }
