@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::node::NodeState;
+use crate::peer::PeerLayer;
 
 /// How often readiness is checked.
 pub const CHECK_EVERY: Duration = Duration::from_secs(10);
@@ -85,7 +85,7 @@ where
 }
 
 /// Runs the three checks now (at once) and keeps the result.
-pub async fn check_now(state: &NodeState) -> Readiness {
+pub async fn check_now(state: &PeerLayer) -> Readiness {
     let now = state.clock().now().0;
     let stamp = now.to_be_bytes();
     let (agent, database, directory) = tokio::join!(
@@ -105,7 +105,7 @@ pub async fn check_now(state: &NodeState) -> Readiness {
 }
 
 /// Checks at start, then every [`CHECK_EVERY`], until `stop`.
-pub async fn readiness_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
+pub async fn readiness_loop(state: Arc<PeerLayer>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -37,8 +37,10 @@ pub mod modules;
 pub mod node;
 pub mod owner;
 pub mod peer;
+pub mod state;
 pub mod store;
 
 pub use agent::identity::NodeKeys;
 pub use config::{IntroductionPolicy, NodeConfig};
-pub use node::{Connected, Node, NodeState};
+pub use node::{Connected, Node};
+pub use state::NodeState;

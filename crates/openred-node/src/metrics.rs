@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::modules::{MetricKind, ModuleView};
+use serde::{Deserialize, Serialize};
 
 /// Upper bounds of the latency buckets, in seconds: the agent answers in
 /// tens of microseconds, a peer in a millisecond or more.
@@ -285,6 +285,67 @@ fn by_reason(out: &mut String, name: &str, help: &str, counts: &ByReason) {
     }
 }
 
+/// One metric a module reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metric {
+    /// `snake_case`, unique within the module; shown as
+    /// `openred_<module>_<name>`.
+    pub name: String,
+    /// One line on what it counts.
+    pub help: String,
+    /// `counter` (only grows) or `gauge`.
+    pub kind: MetricKind,
+    /// The value now.
+    pub value: f64,
+}
+
+/// What a [`Metric`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricKind {
+    /// Only grows.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+}
+
+impl Metric {
+    /// A counter.
+    pub fn counter(name: &str, help: &str, value: u64) -> Metric {
+        Metric {
+            name: name.to_owned(),
+            help: help.to_owned(),
+            kind: MetricKind::Counter,
+            value: value as f64,
+        }
+    }
+
+    /// A gauge.
+    pub fn gauge(name: &str, help: &str, value: f64) -> Metric {
+        Metric {
+            name: name.to_owned(),
+            help: help.to_owned(),
+            kind: MetricKind::Gauge,
+            value,
+        }
+    }
+}
+
+/// One module, as `status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModuleView {
+    /// Its name.
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// Whether it is on.
+    pub enabled: bool,
+    /// Suites it switches on.
+    pub suites: Vec<String>,
+    /// Its metrics.
+    pub metrics: Vec<Metric>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,11 +372,7 @@ mod tests {
             description: String::new(),
             enabled: true,
             suites: Vec::new(),
-            metrics: vec![crate::modules::Metric::counter(
-                "delivered_total",
-                "Delivered.",
-                7,
-            )],
+            metrics: vec![Metric::counter("delivered_total", "Delivered.", 7)],
         }];
         let text = metrics.render(&gauges, &agent, &modules);
         for line in [

@@ -22,6 +22,8 @@ use crate::modules::{Module, Modules};
 use crate::owner::admin;
 use crate::peer::routes::{self};
 use crate::peer::sessions::SessionTable;
+use crate::peer::{PeerHooks, PeerLayer};
+use crate::state::NodeState;
 use crate::store::{NodeStore, StoreError};
 
 /// Why the node could not start.
@@ -57,36 +59,6 @@ impl From<CryptoError> for StartError {
     fn from(e: CryptoError) -> StartError {
         StartError::Agent(e.to_string())
     }
-}
-
-/// Everything the node's handlers and tasks share.
-pub struct NodeState {
-    pub(crate) config: NodeConfig,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) crypto: Arc<Crypto>,
-    pub(crate) store: NodeStore,
-    pub(crate) outbound: OutboundClient,
-    pub(crate) directory: DirectoryClient,
-    pub(crate) sessions: SessionTable,
-    pub(crate) admin_token: String,
-    pub(crate) registered: AtomicBool,
-    /// What the node process applied to itself, if it did.
-    pub(crate) confinement: std::sync::OnceLock<crate::agent::sandbox::Protections>,
-    /// The modules and their switches.
-    pub(crate) modules: Modules,
-    /// What the core counts.
-    pub(crate) metrics: crate::metrics::NodeMetrics,
-    /// The last readiness checks.
-    pub(crate) readiness: crate::health::ReadinessCache,
-    /// The signed audit log.
-    pub(crate) audit: Audit,
-    /// The owner's password + TOTP logins.
-    pub(crate) owner_login: crate::owner::login::OwnerLogin,
-    /// Rate limits on the reachability route.
-    pub(crate) reachability: crate::peer::reachability::ReachabilityLimiter,
-    /// Held while a session the peer says it lost is replaced
-    /// ([`NodeState::handshake_again`]).
-    pub(crate) reconnecting: tokio::sync::Mutex<()>,
 }
 
 /// A node, opened and ready to serve.
@@ -178,7 +150,8 @@ impl Node {
         let owner_login = crate::owner::login::OwnerLogin::new(&crypto.node_id());
         let reachability =
             crate::peer::reachability::ReachabilityLimiter::new(&config.reachability_limits);
-        let state = Arc::new(NodeState {
+        let modules = Arc::new(modules);
+        let peer = Arc::new(PeerLayer {
             config,
             clock,
             crypto,
@@ -186,18 +159,24 @@ impl Node {
             outbound,
             directory,
             sessions: SessionTable::default(),
-            admin_token,
             registered: AtomicBool::new(false),
-            confinement: std::sync::OnceLock::new(),
-            modules,
             metrics: crate::metrics::NodeMetrics::default(),
             readiness: crate::health::ReadinessCache::default(),
             audit,
-            owner_login,
             reachability,
             reconnecting: tokio::sync::Mutex::new(()),
+            hooks: std::sync::OnceLock::new(),
         });
-        state.modules.attach(&state);
+        let hooks: Arc<dyn PeerHooks> = modules.clone();
+        let _ = peer.hooks.set(Arc::downgrade(&hooks));
+        modules.attach(&peer);
+        let state = Arc::new(NodeState {
+            peer,
+            admin_token,
+            confinement: std::sync::OnceLock::new(),
+            modules,
+            owner_login,
+        });
         Ok(Node { state })
     }
 
@@ -229,16 +208,15 @@ impl Node {
         let state = self.state.clone();
         admin::write_address(&state.config.data_dir, admin.local_addr()?)?;
         // Before the first request can reach a module.
-        state.modules.start(&state, &stop_rx);
+        state.modules.start(&state.peer, &stop_rx);
         let p2p_app = openred_http::harden(
             state
                 .modules
-                .p2p_router(&state, routes::routes())
+                .p2p_router(&state.peer, routes::routes().with_state(state.peer.clone()))
                 .layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
+                    state.peer.clone(),
                     routes::count_traffic,
-                ))
-                .with_state(state.clone()),
+                )),
             state.config.max_frame_bytes + 4096,
         );
         // Large enough for a module's biggest request (a message at its size
@@ -263,13 +241,13 @@ impl Node {
             state.metrics.admin_connections.clone(),
             stopped(stop_rx.clone()),
         ));
-        let registration = tokio::spawn(registration_loop(state.clone(), stop_rx.clone()));
+        let registration = tokio::spawn(registration_loop(state.peer.clone(), stop_rx.clone()));
         let housekeeping = tokio::spawn(crate::peer::lifecycle::lifecycle_loop(
-            state.clone(),
+            state.peer.clone(),
             stop_rx.clone(),
         ));
         let readiness = tokio::spawn(crate::health::readiness_loop(
-            state.clone(),
+            state.peer.clone(),
             stop_rx.clone(),
         ));
         shutdown.await;
@@ -306,7 +284,7 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 /// Registers, then refreshes at the pace the directory sets; retries with
 /// exponential back-off while the directory is unreachable. The P2P API keeps
 /// serving peers meanwhile.
-async fn registration_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
+async fn registration_loop(state: Arc<PeerLayer>, mut stop: watch::Receiver<bool>) {
     let mut backoff = 1u64;
     // Audited: the first outcome, then each change (not every heartbeat).
     let mut last_ok = None;
@@ -339,7 +317,7 @@ async fn registration_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool
     }
 }
 
-async fn register_once(state: &NodeState) -> Result<u64, NodeError> {
+async fn register_once(state: &PeerLayer) -> Result<u64, NodeError> {
     state.directory.pin(&state.outbound, &state.store).await?;
     let now = state.clock.now();
     let answer = state
@@ -360,123 +338,6 @@ async fn register_once(state: &NodeState) -> Result<u64, NodeError> {
         tracing::info!(node_id = %state.crypto.node_id(), seq = answer.seq, "registered with the directory");
     }
     Ok(answer.next_heartbeat_s)
-}
-
-impl NodeState {
-    /// This node's ID.
-    pub fn node_id(&self) -> NodeId {
-        self.crypto.node_id()
-    }
-
-    /// The node's private-key operations (the crypto agent).
-    pub fn crypto(&self) -> &Crypto {
-        &self.crypto
-    }
-
-    /// The node's database.
-    pub fn store(&self) -> &NodeStore {
-        &self.store
-    }
-
-    /// Live sessions.
-    pub fn sessions(&self) -> &SessionTable {
-        &self.sessions
-    }
-
-    /// The directory client (pinned key, registration, introductions).
-    pub fn directory(&self) -> &DirectoryClient {
-        &self.directory
-    }
-
-    /// The outbound client.
-    pub fn outbound(&self) -> &OutboundClient {
-        &self.outbound
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &NodeConfig {
-        &self.config
-    }
-
-    /// Whether the last registration with the directory succeeded.
-    pub fn is_registered(&self) -> bool {
-        self.registered.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// The data directory.
-    pub fn data_dir(&self) -> &std::path::Path {
-        &self.config.data_dir
-    }
-
-    /// What the core counts.
-    pub fn metrics(&self) -> &crate::metrics::NodeMetrics {
-        &self.metrics
-    }
-
-    /// The last readiness checks (`None` before the first).
-    pub fn readiness(&self) -> Option<crate::health::Readiness> {
-        self.readiness.get(self.clock.now().0)
-    }
-
-    /// The Prometheus exposition of the node and its modules.
-    pub fn render_metrics(&self) -> String {
-        let sessions = self.sessions.all();
-        let peers: std::collections::HashSet<_> = sessions.iter().map(|s| s.peer).collect();
-        let gauges = crate::metrics::Gauges {
-            sessions: sessions.len(),
-            peers: peers.len(),
-            registered: self.is_registered(),
-            ready: self.readiness().is_some_and(|r| r.ready),
-        };
-        self.metrics
-            .render(&gauges, self.crypto.latency(), &self.modules.views())
-    }
-
-    /// The modules and their switches.
-    pub fn modules(&self) -> &Modules {
-        &self.modules
-    }
-
-    /// The signed audit log: `node.audit().record(Event::ok(..))`.
-    pub fn audit(&self) -> &Audit {
-        &self.audit
-    }
-
-    /// Tells the modules and the audit log that sessions ended, and why.
-    pub(crate) fn sessions_closed(
-        &self,
-        ended: &[(NodeId, openred_core::session::SessionId)],
-        why: &str,
-    ) {
-        self.modules.sessions_closed(ended);
-        self.metrics
-            .sessions_closed
-            .fetch_add(ended.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        for (peer, id) in ended {
-            self.audit.record(
-                Event::ok(EventKind::SessionClosed)
-                    .peer(*peer)
-                    .reason(why)
-                    .detail("session_id", id.to_string()),
-            );
-        }
-    }
-
-    /// The peer layer's handle, what modules get of the node.
-    pub fn peers(self: &Arc<Self>) -> crate::peer::Peers {
-        crate::peer::Peers::new(self.clone())
-    }
-
-    /// The clock.
-    pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.clock
-    }
-
-    /// The suites offered and accepted in a new handshake: the configured
-    /// ones, then those the enabled modules switch on.
-    pub fn suites(&self) -> Vec<openred_core::session::Suite> {
-        self.modules.suites(&self.config.suites)
-    }
 }
 
 /// The download folder inside the data folder, used when none is given.

@@ -10,7 +10,9 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
-use openred_node::owner::login::{self as owner, BACKOFF_AFTER, LOCKOUT_AFTER, LOCKOUT_S, SESSION_TTL_S};
+use openred_node::owner::login::{
+    self as owner, BACKOFF_AFTER, LOCKOUT_AFTER, LOCKOUT_S, SESSION_TTL_S,
+};
 use serde_json::json;
 
 const PASSWORD: &str = "correct horse battery staple";

@@ -10,7 +10,7 @@ use openred_node::modules::auth::ProofView;
 use openred_node::modules::files::api::{OfferView, ShareCreated, ShareView};
 use openred_node::modules::files::transfers::{TransferState, TransferView};
 use openred_node::modules::messaging::api::{InboxView, OutboxView};
-use openred_node::modules::messaging::store::printable;
+use openred_node::modules::printable;
 use openred_node::modules::ModuleView;
 use openred_node::owner::admin::{
     self, ConnectView, PeerRequest, PeerView, PingView, RenewView, StatusView,

@@ -30,36 +30,7 @@ const AGREEMENT_FILE: &str = "agreement.key";
 /// cannot write the key folder once confined, so it cannot swap this key.
 pub const PUBLIC_FILE: &str = "identity.pub";
 
-/// Why keys could not be created or loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum IdentityError {
-    /// The data directory already holds an identity.
-    #[error("{0} already holds a node identity; refusing to overwrite it")]
-    Exists(String),
-    /// No identity yet.
-    #[error("no node identity in {0}; run `openred node init --data DIR` first")]
-    Missing(String),
-    /// A key file is readable by group or others.
-    #[error("key file {0} is readable by group or others; chmod 600 it")]
-    Permissions(String),
-    /// A key file does not hold a key.
-    #[error("key file {0} is malformed")]
-    Malformed(String),
-    /// File system failure.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The cause.
-        source: io::Error,
-    },
-    /// No randomness.
-    #[error("no randomness available: {0}")]
-    Random(String),
-    /// The master key's passphrase is missing or wrong.
-    #[error("{0}")]
-    Passphrase(String),
-}
+pub use super::master_key::IdentityError;
 
 /// What a node may sign with its identity key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -31,7 +31,36 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::XChaCha20Poly1305;
 use zeroize::Zeroizing;
 
-use crate::agent::identity::IdentityError;
+/// Why keys could not be created or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The data directory already holds an identity.
+    #[error("{0} already holds a node identity; refusing to overwrite it")]
+    Exists(String),
+    /// No identity yet.
+    #[error("no node identity in {0}; run `openred node init --data DIR` first")]
+    Missing(String),
+    /// A key file is readable by group or others.
+    #[error("key file {0} is readable by group or others; chmod 600 it")]
+    Permissions(String),
+    /// A key file does not hold a key.
+    #[error("key file {0} is malformed")]
+    Malformed(String),
+    /// File system failure.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// No randomness.
+    #[error("no randomness available: {0}")]
+    Random(String),
+    /// The master key's passphrase is missing or wrong.
+    #[error("{0}")]
+    Passphrase(String),
+}
 
 /// The file in the key folder.
 pub const MASTER_FILE: &str = "master.key";

@@ -912,3 +912,5 @@ fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()>
     std::fs::rename(&temp, dir.join(name))?;
     File::open(dir)?.sync_all()
 }
+/// The most entries one `audit` answer holds.
+pub const MAX_AUDIT_ENTRIES: usize = 10_000;

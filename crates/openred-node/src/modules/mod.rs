@@ -23,8 +23,6 @@ pub mod monitoring;
 
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
@@ -36,107 +34,24 @@ use axum::Router;
 use openred_core::session::{SessionId, Suite};
 use openred_core::NodeId;
 use openred_http::ApiError;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::node::NodeState;
 use crate::peer::sessions::LiveSession;
-use crate::peer::Peers;
+use crate::peer::{PeerHooks, PeerLayer, Peers};
 
-/// A boxed future, for middleware.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::metrics::{Metric, MetricKind, ModuleView};
+pub use crate::peer::{BoxFuture, Mailbox, Note};
 
 /// Middleware over every P2P request: call `next.run(request)` to go on,
 /// or answer yourself.
 pub type Middleware =
     Arc<dyn Fn(Peers, Request, Next) -> BoxFuture<'static, Response> + Send + Sync>;
 
-/// A short note received through a [`Mailbox`].
-#[derive(Debug, Clone)]
-pub struct Note {
-    /// Who sent it.
-    pub peer: NodeId,
-    /// Its content type.
-    pub content_type: String,
-    /// Its text.
-    pub body: String,
-    /// When it arrived (Unix seconds).
-    pub received_at: u64,
-}
-
-/// Short notes to and from peers, offered by a module that has an inbox
-/// and an outbox (messaging), used by others (files sends its offers
-/// through it) without naming that module.
-pub trait Mailbox: Send + Sync {
-    /// Queues `body` for `peer`; persisted before this returns.
-    fn send<'a>(
-        &'a self,
-        peers: &'a Peers,
-        peer: NodeId,
-        content_type: &'a str,
-        body: &'a str,
-    ) -> BoxFuture<'a, Result<(), String>>;
-
-    /// The notes of `content_type` among the first `limit` received, in
-    /// the order they arrived.
-    fn received<'a>(
-        &'a self,
-        content_type: &'a str,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<Note>, String>>;
-}
-
-/// One metric a module reports.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Metric {
-    /// `snake_case`, unique within the module; shown as
-    /// `openred_<module>_<name>`.
-    pub name: String,
-    /// One line on what it counts.
-    pub help: String,
-    /// `counter` (only grows) or `gauge`.
-    pub kind: MetricKind,
-    /// The value now.
-    pub value: f64,
-}
-
-/// What a [`Metric`] is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MetricKind {
-    /// Only grows.
-    Counter,
-    /// Goes up and down.
-    Gauge,
-}
-
-impl Metric {
-    /// A counter.
-    pub fn counter(name: &str, help: &str, value: u64) -> Metric {
-        Metric {
-            name: name.to_owned(),
-            help: help.to_owned(),
-            kind: MetricKind::Counter,
-            value: value as f64,
-        }
-    }
-
-    /// A gauge.
-    pub fn gauge(name: &str, help: &str, value: f64) -> Metric {
-        Metric {
-            name: name.to_owned(),
-            help: help.to_owned(),
-            kind: MetricKind::Gauge,
-            value,
-        }
-    }
-}
-
 /// What a module's tasks get to reach the node: the peer layer's handle
 /// while the node runs, and whether the module is on now.
 #[derive(Clone)]
 pub struct ModuleContext {
-    node: Weak<NodeState>,
+    node: Weak<PeerLayer>,
     name: &'static str,
 }
 
@@ -148,9 +63,8 @@ impl ModuleContext {
 
     /// Whether this module is switched on now.
     pub fn is_enabled(&self) -> bool {
-        self.node
-            .upgrade()
-            .is_some_and(|node| node.modules().is_enabled(self.name))
+        self.peers()
+            .is_some_and(|peers| peers.is_enabled(self.name))
     }
 }
 
@@ -245,6 +159,21 @@ pub trait Module: Send + Sync + 'static {
     fn as_any(&self) -> &dyn Any;
 }
 
+/// `text` cut to `max` characters, control characters shown as `\u{..}`:
+/// safe to show in a terminal.
+pub fn printable(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_unicode().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
 /// The modules built into `openred`, each with its settings from
 /// `settings` (by module name; defaults where absent).
 pub fn builtin(
@@ -292,22 +221,7 @@ struct Entry {
 /// The node's modules and their switches.
 pub struct Modules {
     entries: Vec<Entry>,
-    node: OnceLock<Weak<NodeState>>,
-}
-
-/// One module, as `status` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ModuleView {
-    /// Its name.
-    pub name: String,
-    /// What it does.
-    pub description: String,
-    /// Whether it is on.
-    pub enabled: bool,
-    /// Suites it switches on.
-    pub suites: Vec<String>,
-    /// Its metrics.
-    pub metrics: Vec<Metric>,
+    node: OnceLock<Weak<PeerLayer>>,
 }
 
 fn well_formed(name: &str) -> bool {
@@ -351,7 +265,7 @@ impl Modules {
     }
 
     /// Ties the registry to its node (once, when the node is built).
-    pub(crate) fn attach(&self, node: &Arc<NodeState>) {
+    pub(crate) fn attach(&self, node: &Arc<PeerLayer>) {
         let _ = self.node.set(Arc::downgrade(node));
     }
 
@@ -411,47 +325,8 @@ impl Modules {
         self.node.get().and_then(Weak::upgrade).map(Peers::new)
     }
 
-    /// Runs the checks of the enabled modules that guard `route`.
-    pub(crate) async fn check_request(
-        &self,
-        peers: &Peers,
-        session: &Arc<LiveSession>,
-        route: &str,
-    ) -> Result<(), ApiError> {
-        for module in self.enabled().filter(|m| m.guards(route)) {
-            module.check_request(peers, session, route).await?;
-        }
-        Ok(())
-    }
-
-    /// The first registered module's [`Mailbox`].
-    pub(crate) fn mailbox(&self) -> Option<Arc<dyn Mailbox>> {
-        self.entries.iter().find_map(|e| e.module.clone().mailbox())
-    }
-
-    /// Tells the enabled modules a session was established.
-    pub(crate) fn session_established(&self, peer: NodeId, id: SessionId) {
-        let Some(peers) = self.peers() else { return };
-        for module in self.enabled() {
-            module.on_session_established(&peers, peer, id);
-        }
-    }
-
-    /// Tells the enabled modules sessions ended.
-    pub(crate) fn sessions_closed(&self, ended: &[(NodeId, SessionId)]) {
-        if ended.is_empty() {
-            return;
-        }
-        let Some(peers) = self.peers() else { return };
-        for module in self.enabled() {
-            for (peer, id) in ended {
-                module.on_session_closed(&peers, *peer, *id);
-            }
-        }
-    }
-
     /// Starts every module's tasks.
-    pub(crate) fn start(&self, node: &Arc<NodeState>, stop: &watch::Receiver<bool>) {
+    pub(crate) fn start(&self, node: &Arc<PeerLayer>, stop: &watch::Receiver<bool>) {
         for entry in &self.entries {
             let context = ModuleContext {
                 node: Arc::downgrade(node),
@@ -477,11 +352,11 @@ impl Modules {
 
     /// Every module's P2P routes, each behind its switch, and every
     /// module's middleware around `router`.
-    pub(crate) fn p2p_router(
+    pub(crate) fn p2p_router<S: Clone + Send + Sync + 'static>(
         &self,
-        state: &Arc<NodeState>,
-        mut router: Router<Arc<NodeState>>,
-    ) -> Router<Arc<NodeState>> {
+        state: &Arc<PeerLayer>,
+        mut router: Router<S>,
+    ) -> Router<S> {
         let peers = Peers::new(state.clone());
         for entry in &self.entries {
             let name = entry.module.name();
@@ -514,7 +389,10 @@ impl Modules {
     }
 
     /// Every module's admin routes, each behind its switch.
-    pub(crate) fn admin_router(&self, state: &Arc<NodeState>) -> Router<Arc<NodeState>> {
+    pub(crate) fn admin_router<S: Clone + Send + Sync + 'static>(
+        &self,
+        state: &Arc<PeerLayer>,
+    ) -> Router<S> {
         let peers = Peers::new(state.clone());
         let mut router = Router::new();
         for entry in &self.entries {
@@ -530,7 +408,11 @@ impl Modules {
 
 /// `routes`, answering 404 `module_disabled` while the module is off,
 /// with the peer layer's handle as their state.
-fn gated(peers: &Peers, name: &'static str, routes: Router<Peers>) -> Router<Arc<NodeState>> {
+fn gated<S: Clone + Send + Sync + 'static>(
+    peers: &Peers,
+    name: &'static str,
+    routes: Router<Peers>,
+) -> Router<S> {
     routes
         .route_layer(axum::middleware::from_fn_with_state(
             peers.clone(),
@@ -550,4 +432,60 @@ fn gated(peers: &Peers, name: &'static str, routes: Router<Peers>) -> Router<Arc
             },
         ))
         .with_state(peers.clone())
+}
+
+/// The peer layer asks the registry, never a module by name.
+impl PeerHooks for Modules {
+    fn suites(&self, configured: &[Suite]) -> Vec<Suite> {
+        Modules::suites(self, configured)
+    }
+
+    fn is_enabled(&self, name: &str) -> bool {
+        Modules::is_enabled(self, name)
+    }
+
+    fn module_views(&self) -> Vec<ModuleView> {
+        self.views()
+    }
+
+    /// Runs the checks of the enabled modules that guard `route`.
+    fn check_request<'a>(
+        &'a self,
+        peers: &'a Peers,
+        session: &'a Arc<LiveSession>,
+        route: &'a str,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            for module in self.enabled().filter(|m| m.guards(route)) {
+                module.check_request(peers, session, route).await?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The first registered module's [`Mailbox`].
+    fn mailbox(&self) -> Option<Arc<dyn Mailbox>> {
+        self.entries.iter().find_map(|e| e.module.clone().mailbox())
+    }
+
+    /// Tells the enabled modules a session was established.
+    fn session_established(&self, peer: NodeId, id: SessionId) {
+        let Some(peers) = self.peers() else { return };
+        for module in self.enabled() {
+            module.on_session_established(&peers, peer, id);
+        }
+    }
+
+    /// Tells the enabled modules sessions ended.
+    fn sessions_closed(&self, ended: &[(NodeId, SessionId)]) {
+        if ended.is_empty() {
+            return;
+        }
+        let Some(peers) = self.peers() else { return };
+        for module in self.enabled() {
+            for (peer, id) in ended {
+                module.on_session_closed(&peers, *peer, *id);
+            }
+        }
+    }
 }

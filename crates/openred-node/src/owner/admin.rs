@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditView, Event, EventKind};
 use crate::error::NodeError;
-use crate::node::NodeState;
+use crate::owner::login::constant_time_eq;
 pub use crate::peer::{peer_id, PeerRequest};
+use crate::state::NodeState;
 
 const TOKEN_FILE: &str = "admin.token";
 const ADDRESS_FILE: &str = "admin.addr";
@@ -112,7 +113,7 @@ pub fn routes(state: Arc<NodeState>) -> Router {
         .route("/admin/v1/modules/{name}/{action}", post(switch_module))
         .route("/admin/v1/audit", get(audit))
         .route("/admin/v1/login/unlock", post(unlock))
-        .merge(state.modules.admin_router(&state))
+        .merge(state.modules.admin_router(&state.peer))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
@@ -295,10 +296,6 @@ async fn authenticate(
         AdminCredential::LoginCookie
     });
     next.run(request).await
-}
-
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// One session, as `status` shows it.
@@ -579,8 +576,7 @@ pub struct AuditQuery {
     pub limit: Option<usize>,
 }
 
-/// The most entries one `audit` answer holds.
-pub const MAX_AUDIT_ENTRIES: usize = 10_000;
+pub use crate::audit::MAX_AUDIT_ENTRIES;
 
 /// `GET /admin/v1/audit?since=UNIX_S&limit=N`: the log's entries with
 /// their sealed details opened, for the owner. Written entries only: what

@@ -44,7 +44,7 @@ use totp_rs::{Algorithm, TOTP};
 use zeroize::Zeroizing;
 
 use crate::audit::{Event, EventKind};
-use crate::node::NodeState;
+use crate::peer::PeerLayer;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "openred_admin";
@@ -368,7 +368,7 @@ impl OwnerLogin {
 
     /// Whether `headers` carry the cookie of a live session opened with the
     /// credentials stored now.
-    pub fn session_valid(&self, state: &NodeState, headers: &HeaderMap, now: UnixTime) -> bool {
+    pub fn session_valid(&self, state: &PeerLayer, headers: &HeaderMap, now: UnixTime) -> bool {
         let keys: Vec<[u8; 32]> = cookies(headers, &self.cookie).map(session_key).collect();
         if keys.is_empty() {
             return false;
@@ -384,7 +384,7 @@ impl OwnerLogin {
         cookies(headers, &self.cookie).next().is_some()
     }
 
-    async fn failures(state: &NodeState, now: UnixTime) -> Result<Failures, ApiError> {
+    async fn failures(state: &PeerLayer, now: UnixTime) -> Result<Failures, ApiError> {
         let stored = state
             .store()
             .setting(FAILURES_SETTING)
@@ -405,7 +405,7 @@ impl OwnerLogin {
         })
     }
 
-    async fn save_failures(state: &NodeState, failures: &Failures) -> Result<(), ApiError> {
+    async fn save_failures(state: &PeerLayer, failures: &Failures) -> Result<(), ApiError> {
         let bytes = serde_json::to_vec(failures).map_err(|e| ApiError::internal("json", e))?;
         state
             .store()
@@ -414,7 +414,7 @@ impl OwnerLogin {
             .map_err(storage)
     }
 
-    async fn last_step(state: &NodeState) -> Result<Option<u64>, ApiError> {
+    async fn last_step(state: &PeerLayer) -> Result<Option<u64>, ApiError> {
         let stored = state
             .store()
             .setting(TOTP_STEP_SETTING)
@@ -430,7 +430,7 @@ impl OwnerLogin {
     /// it in a task of its own): a check cut short would record nothing.
     pub async fn login(
         &self,
-        state: &NodeState,
+        state: &PeerLayer,
         request: LoginRequest,
     ) -> Result<(HeaderMap, LoginView), ApiError> {
         let _one_at_a_time = self.gate.lock().await;
@@ -602,7 +602,7 @@ impl OwnerLogin {
     /// Lifts a lock-out and the back-off (`admin unlock`, behind the
     /// bearer token), and forgets a last TOTP step that lies ahead of the
     /// clock (after the clock was set back).
-    pub async fn unlock(&self, state: &NodeState) -> Result<(), ApiError> {
+    pub async fn unlock(&self, state: &PeerLayer) -> Result<(), ApiError> {
         let _one_at_a_time = self.gate.lock().await;
         Self::save_failures(state, &Failures::default()).await?;
         let current_step = state.clock().now().0 / TOTP_STEP_S;
@@ -644,11 +644,17 @@ fn matching_step(totp: &TOTP, code: &str, now: u64) -> Option<u64> {
     let mut found = None;
     for step in [current.saturating_sub(1), current, current + 1] {
         let expected = totp.generate(step * TOTP_STEP_S);
-        if crate::owner::admin::constant_time_eq(expected.as_bytes(), code.as_bytes()) {
+        if constant_time_eq(expected.as_bytes(), code.as_bytes()) {
             found = Some(step);
         }
     }
     found
+}
+
+/// Whether `a` and `b` are equal, in a time that does not depend on where
+/// they differ (tokens and codes compared with what a client sent).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -32,8 +32,8 @@ use utoipa::ToSchema;
 
 use crate::modules::files::api::{CreateShare, FetchRequest};
 use crate::modules::messaging::api::SendRequest;
-use crate::owner::admin::PeerRequest;
 use crate::owner::login::LoginRequest;
+use crate::peer::PeerRequest;
 
 /// The name of the bearer-token security scheme.
 const BEARER: &str = "admin_token";
@@ -345,7 +345,7 @@ fn routes() -> Vec<Route> {
         ))
         .param(query_param(
             "limit",
-            integer(1, crate::owner::admin::MAX_AUDIT_ENTRIES as u64),
+            integer(1, crate::audit::MAX_AUDIT_ENTRIES as u64),
             "The last this many at most (default 1000)",
         )),
         route(

@@ -14,12 +14,13 @@ use openred_core::NodeId;
 use crate::audit::{Event, EventKind};
 use crate::directory_client::expect_ok;
 use crate::error::NodeError;
-use crate::node::{Connected, NodeState};
+use crate::node::Connected;
 use crate::peer::handshake::{Authority, HandshakeContext};
 use crate::peer::routes::{PING, PING_PATH, PONG};
 use crate::peer::sessions::LiveSession;
+use crate::peer::PeerLayer;
 
-impl NodeState {
+impl PeerLayer {
     /// The session to reach `peer`: the current one, or a new one through
     /// an introduction by the directory when there is none.
     pub async fn session_for(&self, peer: &NodeId) -> Result<Arc<LiveSession>, NodeError> {
@@ -281,7 +282,9 @@ impl NodeState {
             self.session_limits(),
         )?;
         tracing::info!(peer = %live.peer, session = %live.id(), suite = %suite, ?role, "session established");
-        self.modules.session_established(live.peer, live.id());
+        if let Some(hooks) = self.hooks() {
+            hooks.session_established(live.peer, live.id());
+        }
         Ok(live)
     }
 }

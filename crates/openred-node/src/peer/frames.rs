@@ -26,8 +26,8 @@ use openred_http::ApiError;
 
 use crate::directory_client::expect_ok;
 use crate::error::NodeError;
-use crate::node::NodeState;
 use crate::peer::sessions::LiveSession;
+use crate::peer::PeerLayer;
 
 const ANSWER: u8 = b'<';
 
@@ -60,9 +60,9 @@ pub fn open_answer(
         .to_vec())
 }
 
-/// A request frame opened by [`NodeState::open_frame`]: its session (what
+/// A request frame opened by [`PeerLayer::open_frame`]: its session (what
 /// it dereferences to) and the request's identity, which the answer
-/// binds ([`NodeState::answer_frame`]).
+/// binds ([`PeerLayer::answer_frame`]).
 pub struct Incoming {
     live: Arc<LiveSession>,
     request_seq: u64,
@@ -117,7 +117,7 @@ pub fn unlabel<'a>(path: &str, answer: bool, plaintext: &'a [u8]) -> Option<&'a 
     (route == path.as_bytes() && marker == answer).then_some(payload)
 }
 
-impl NodeState {
+impl PeerLayer {
     /// Opens a request frame sent to `path`: finds its session, checks it
     /// (one AEAD, the replay window) and its label, and counts the peer's
     /// first frame on a new session as its confirmation. Returns the

@@ -23,9 +23,9 @@ use tokio::sync::watch;
 
 use crate::audit::{Event, EventKind};
 use crate::error::NodeError;
-use crate::node::NodeState;
 use crate::peer::handshake::{Authority, HandshakeContext};
 use crate::peer::sessions::LiveSession;
+use crate::peer::PeerLayer;
 
 /// How often the lifecycle runs when the node serves.
 pub const LIFECYCLE_PERIOD: Duration = Duration::from_secs(30);
@@ -66,7 +66,7 @@ pub fn renewal_due(live: &LiveSession, now: UnixTime, max_age_s: u64) -> bool {
         && live.peer_record.record().expires_at > now
 }
 
-impl NodeState {
+impl PeerLayer {
     /// One pass of the lifecycle at the clock's current time.
     pub async fn run_lifecycle(self: &Arc<Self>) -> LifecycleReport {
         let now = self.clock.now();
@@ -209,7 +209,7 @@ impl NodeState {
 }
 
 /// Runs the lifecycle every [`LIFECYCLE_PERIOD`] until `stop`.
-pub(crate) async fn lifecycle_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn lifecycle_loop(state: Arc<PeerLayer>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(LIFECYCLE_PERIOD);
     loop {
         tokio::select! {

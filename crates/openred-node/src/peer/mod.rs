@@ -8,6 +8,7 @@
 pub mod connect;
 pub mod frames;
 pub mod handshake;
+pub mod layer;
 pub mod lifecycle;
 pub(crate) mod reachability;
 pub(crate) mod routes;
@@ -27,10 +28,49 @@ use openred_http::{ApiError, OutboundClient};
 
 use crate::audit::Audit;
 use crate::error::NodeError;
-use crate::node::NodeState;
+
 use crate::store::NodeStore;
 use frames::Incoming;
+pub use layer::{PeerHooks, PeerLayer};
 use sessions::LiveSession;
+
+/// A boxed future (hooks, guards, middleware).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A short note received through a [`Mailbox`].
+#[derive(Debug, Clone)]
+pub struct Note {
+    /// Who sent it.
+    pub peer: NodeId,
+    /// Its content type.
+    pub content_type: String,
+    /// Its text.
+    pub body: String,
+    /// When it arrived (Unix seconds).
+    pub received_at: u64,
+}
+
+/// Short notes to and from peers, offered by a module that has an inbox
+/// and an outbox (messaging), used by others (files sends its offers
+/// through it) without naming that module.
+pub trait Mailbox: Send + Sync {
+    /// Queues `body` for `peer`; persisted before this returns.
+    fn send<'a>(
+        &'a self,
+        peers: &'a Peers,
+        peer: NodeId,
+        content_type: &'a str,
+        body: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>>;
+
+    /// The notes of `content_type` among the first `limit` received, in
+    /// the order they arrived.
+    fn received<'a>(
+        &'a self,
+        content_type: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Note>, String>>;
+}
 
 /// What a module gets of the node: the sessions with other nodes and the
 /// frames in them, the clock, the outbound client, the audit log, and the
@@ -39,11 +79,11 @@ use sessions::LiveSession;
 /// through it. Cheap to clone; the state of every module route.
 #[derive(Clone)]
 pub struct Peers {
-    node: Arc<NodeState>,
+    node: Arc<PeerLayer>,
 }
 
 impl Peers {
-    pub(crate) fn new(node: Arc<NodeState>) -> Peers {
+    pub(crate) fn new(node: Arc<PeerLayer>) -> Peers {
         Peers { node }
     }
 
@@ -136,10 +176,9 @@ impl Peers {
         body: &[u8],
     ) -> Result<(Incoming, Vec<u8>), ApiError> {
         let (incoming, payload) = self.node.open_frame(path, body)?;
-        self.node
-            .modules()
-            .check_request(self, incoming.session(), path)
-            .await?;
+        if let Some(hooks) = self.node.hooks() {
+            hooks.check_request(self, incoming.session(), path).await?;
+        }
         Ok((incoming, payload))
     }
 
@@ -200,13 +239,13 @@ impl Peers {
 
     /// Whether the module `name` is switched on.
     pub fn is_enabled(&self, name: &str) -> bool {
-        self.node.modules().is_enabled(name)
+        self.node.hooks().is_some_and(|h| h.is_enabled(name))
     }
 
     /// The mailbox a module offers (the messaging module), to send short
     /// notes to peers and read those received, without naming the module.
-    pub fn mailbox(&self) -> Option<Arc<dyn crate::modules::Mailbox>> {
-        self.node.modules().mailbox()
+    pub fn mailbox(&self) -> Option<Arc<dyn Mailbox>> {
+        self.node.hooks().and_then(|h| h.mailbox())
     }
 
     /// The node's metrics in the Prometheus text format.

@@ -25,15 +25,15 @@ use crate::agent::CryptoError;
 use crate::audit::{Event, EventKind};
 use crate::config::IntroductionPolicy;
 use crate::error::NodeError;
-use crate::node::NodeState;
 use crate::peer::handshake::{self, Authority, HandshakeContext};
 use crate::peer::sessions::RenewalRefusal;
+use crate::peer::PeerLayer;
 use crate::store::{StoredToken, TokenState};
 
-type Shared = State<Arc<NodeState>>;
+type Shared = State<Arc<PeerLayer>>;
 
 /// The P2P routes.
-pub fn routes() -> Router<Arc<NodeState>> {
+pub fn routes() -> Router<Arc<PeerLayer>> {
     Router::new()
         .route(node::HEALTH, get(health))
         .route(node::HEALTH_READY, get(ready))
@@ -72,7 +72,7 @@ pub fn routes() -> Router<Arc<NodeState>> {
 }
 
 /// Counts a handshake this node answered (a renewal's too).
-fn count_handshake(state: &NodeState, refused: Option<&ApiError>, renewal: bool) {
+fn count_handshake(state: &PeerLayer, refused: Option<&ApiError>, renewal: bool) {
     let metrics = &state.metrics;
     match refused {
         None => {
@@ -131,7 +131,7 @@ struct HealthChecks {
     directory: bool,
 }
 
-fn health_view(state: &NodeState) -> Health {
+fn health_view(state: &PeerLayer) -> Health {
     let readiness = state.readiness();
     let check = |pick: fn(&crate::health::Readiness) -> bool| readiness.as_ref().is_some_and(pick);
     let ready = check(|r| r.ready);
@@ -230,7 +230,7 @@ async fn receive_token(
 }
 
 async fn accept_token(
-    state: &NodeState,
+    state: &PeerLayer,
     body: Result<Json<TokenPush>, JsonRejection>,
 ) -> Result<(Json<TokenAccepted>, openred_core::NodeId), ApiError> {
     let Json(body) = body?;
@@ -377,7 +377,7 @@ async fn handshake_route(
 }
 
 async fn answer_handshake(
-    state: &NodeState,
+    state: &PeerLayer,
     body: Result<Json<HandshakeRequest>, JsonRejection>,
 ) -> Result<(Json<HandshakeResponse>, openred_core::NodeId), ApiError> {
     let Json(body) = body?;
@@ -465,7 +465,7 @@ async fn answer_handshake(
 
 /// The pinned directory key; before the node has pinned one it can neither
 /// prove reachability nor trust a token.
-fn pinned_directory(state: &NodeState) -> Result<openred_core::IdentityPublicKey, ApiError> {
+fn pinned_directory(state: &PeerLayer) -> Result<openred_core::IdentityPublicKey, ApiError> {
     state.directory.pinned().ok_or_else(|| {
         ApiError::new(
             StatusCode::CONFLICT,
@@ -544,7 +544,7 @@ async fn renew(State(state): Shared, body: Bytes) -> Result<Response, ApiError> 
 }
 
 async fn renew_in(
-    state: &NodeState,
+    state: &PeerLayer,
     live: &crate::peer::frames::Incoming,
     plaintext: &[u8],
 ) -> Result<Response, ApiError> {
@@ -614,7 +614,7 @@ async fn renew_in(
 }
 
 async fn answer_renewal(
-    state: &NodeState,
+    state: &PeerLayer,
     live: &crate::peer::frames::Incoming,
     connection_id: [u8; 16],
     offer: Vec<openred_core::session::Suite>,

@@ -23,7 +23,7 @@ use super::{
     upload, FileOffer, Files, FilesError, ShareRequest, DOWNLOAD_PATH, OFFER_CONTENT_TYPE,
     REQUEST_PATH,
 };
-use crate::modules::messaging::store::printable;
+use crate::modules::printable;
 use crate::peer::{framed, Peers};
 
 type Shared = State<Peers>;

@@ -13,7 +13,7 @@ use openred_core::NodeId;
 use serde::{Deserialize, Serialize};
 
 use super::store::FileId;
-use crate::modules::messaging::store::printable;
+use crate::modules::printable;
 
 /// Finished transfers kept for listing, at most.
 const KEEP_FINISHED: usize = 256;

@@ -753,7 +753,7 @@ fn match_receipt(
                     ),
                 ) => Ok(Err(format!(
                     "refused by the peer: {code}: {}",
-                    store::printable(result.message.as_deref().unwrap_or(""), 200)
+                    super::printable(result.message.as_deref().unwrap_or(""), 200)
                 ))),
                 (false, _) => Err(NodeError::Malformed("a refusal without a reason")),
             }

@@ -779,7 +779,7 @@ impl MessageStore {
                      ON CONFLICT (peer) DO UPDATE SET error = excluded.error",
                 )
                 .bind(&peer.as_bytes()[..])
-                .bind(printable(reason, 200))
+                .bind(crate::modules::printable(reason, 200))
                 .execute(self.store.writer())
                 .await?;
             }
@@ -1120,21 +1120,6 @@ async fn write_outbox(
             OutboxJob::Delivered { .. } => None,
         })
         .collect())
-}
-
-/// `text` cut to `max` characters, control characters shown as `\u{..}`:
-/// safe to show in a terminal.
-pub fn printable(text: &str, max: usize) -> String {
-    text.chars()
-        .take(max)
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_unicode().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
 }
 
 #[cfg(test)]
