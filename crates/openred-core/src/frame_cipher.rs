@@ -1,6 +1,7 @@
 //! The AEAD instance behind one epoch key of a session, and the one place
 //! in the core that needs `unsafe`: erasing ring's key schedule on drop.
-//! See ARCHITECTURE.md, "Frame ciphers", for why ring and why this erase.
+//! See docs/decisions/0015-frame-ciphers-from-ring.md for why ring and why
+//! this erase.
 
 #![allow(unsafe_code)]
 
@@ -32,7 +33,7 @@ fn nonce(seq: u64) -> [u8; 12] {
 /// `MaybeUninit`, so after the overwrite no typed value with an invalid bit
 /// pattern is left behind. What is not covered: copies ring itself makes on
 /// the stack while it expands the key (the RustCrypto crates do the same);
-/// the decision is recorded in ARCHITECTURE.md.
+/// the decision is recorded in docs/decisions/0015-frame-ciphers-from-ring.md.
 pub(crate) struct FrameCipher {
     key: Box<MaybeUninit<LessSafeKey>>,
 }

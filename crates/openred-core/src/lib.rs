@@ -28,7 +28,7 @@
 //! deterministic, fuzzable and testable with simulated time.
 
 // `deny`, not `forbid`: `frame_cipher` alone allows it, to erase ring's
-// key schedules (ARCHITECTURE.md, "Frame ciphers").
+// key schedules (docs/decisions/0015-frame-ciphers-from-ring.md).
 #![deny(unsafe_code)]
 
 pub mod file_transfer;
