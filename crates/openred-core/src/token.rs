@@ -180,6 +180,12 @@ pub enum TokenError {
     /// The token is addressed to another node (or to the other role).
     #[error("the token is not addressed to this node")]
     WrongNode,
+    /// The token is the other role's half of the pair.
+    #[error("the token is the {0:?}'s, not the one this node expects")]
+    WrongRole(Role),
+    /// The token introduces another pair of nodes than the one asked for.
+    #[error("the token introduces another pair of nodes")]
+    OtherIntroduction,
     /// HPKE decryption failed: the token was altered or sealed to another key.
     #[error("the token could not be decrypted with this node's key")]
     Decrypt,
@@ -207,6 +213,19 @@ pub enum TokenError {
     /// HPKE refused to seal (e.g. a recipient agreement key of low order).
     #[error("HPKE sealing failed: {0}")]
     Hpke(String),
+}
+
+/// What a node expects of a token it is handed ([`TokenEnvelope::accept`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expected {
+    /// The half: the target receives a push, the initiator an answer.
+    pub role: Role,
+    /// This node.
+    pub me: NodeId,
+    /// The other node, when this node chose it (the initiator asked for
+    /// an introduction to it); `None` for the target, which learns it
+    /// from the token.
+    pub peer: Option<NodeId>,
 }
 
 /// What the directory asserts about an introduction: the clear-text header
@@ -492,6 +511,43 @@ impl TokenEnvelope {
 
     fn signed_part_len(&self) -> usize {
         self.bytes.len() - SIGNATURE_LEN
+    }
+
+    /// Whether a node takes this token: the one place that question is
+    /// answered, for both halves of the pair (the target's route that
+    /// receives a push, the initiator's directory client that receives the
+    /// answer). In order: signed by `directory` (the key the node pinned),
+    /// the half for `expected.role`, addressed to `expected.me` (and, for
+    /// the initiator, introducing it to `expected.peer`), a lifetime within
+    /// the protocol's cap, not expired at `now`. Cheap checks only: no
+    /// public-key work but the one signature check, no opening (the agent
+    /// opens, and checks the addressee again on its own).
+    pub fn accept(
+        &self,
+        directory: &IdentityPublicKey,
+        expected: &Expected,
+        now: UnixTime,
+    ) -> Result<&Introduction, TokenError> {
+        self.verify(directory)?;
+        if self.role() != expected.role {
+            return Err(TokenError::WrongRole(self.role()));
+        }
+        let intro = self.introduction();
+        if *intro.addressee(expected.role) != expected.me {
+            return Err(TokenError::WrongNode);
+        }
+        if let Some(peer) = expected.peer {
+            let other = match expected.role {
+                Role::Initiator => &intro.target,
+                Role::Target => &intro.initiator,
+            };
+            if *other != peer {
+                return Err(TokenError::OtherIntroduction);
+            }
+        }
+        intro.check_lifetime(now)?;
+        intro.check_unexpired(now)?;
+        Ok(intro)
     }
 
     /// Checks the directory's signature over the envelope.
@@ -799,6 +855,74 @@ mod tests {
         let sig = key.sign(SignatureContext::TokenEnvelope, &bytes);
         bytes.extend_from_slice(&sig);
         TokenEnvelope::decode(&bytes).unwrap()
+    }
+
+    #[test]
+    fn a_token_is_accepted_only_as_its_own_half_for_its_own_nodes_while_live() {
+        let (a, b, c) = (Node::new(1), Node::new(2), Node::new(3));
+        let pair = mint(&a, &b, 7);
+        let dir = directory().public();
+        let now = UnixTime(ISSUED.0 + 10);
+        let initiator = Expected {
+            role: Role::Initiator,
+            me: a.id(),
+            peer: Some(b.id()),
+        };
+        let target = Expected {
+            role: Role::Target,
+            me: b.id(),
+            peer: None,
+        };
+        let intro = pair.for_initiator.accept(&dir, &initiator, now).unwrap();
+        assert_eq!((intro.initiator, intro.target), (a.id(), b.id()));
+        pair.for_target.accept(&dir, &target, now).unwrap();
+        // Forged: signed by another key.
+        let thief = IdentityKeypair::from_secret_bytes(&[9; 32]).public();
+        assert_eq!(
+            pair.for_target.accept(&thief, &target, now),
+            Err(TokenError::Signature)
+        );
+        // The other half, played back to the other side.
+        assert_eq!(
+            pair.for_initiator.accept(&dir, &target, now),
+            Err(TokenError::WrongRole(Role::Initiator))
+        );
+        assert_eq!(
+            pair.for_target.accept(&dir, &initiator, now),
+            Err(TokenError::WrongRole(Role::Target))
+        );
+        // Wrong node: a token pushed to C, or handed to C.
+        let at_c = Expected {
+            me: c.id(),
+            ..target
+        };
+        assert_eq!(
+            pair.for_target.accept(&dir, &at_c, now),
+            Err(TokenError::WrongNode)
+        );
+        // An answer introducing A to C when A asked for B.
+        let asked_c = Expected {
+            peer: Some(c.id()),
+            ..initiator
+        };
+        assert_eq!(
+            pair.for_initiator.accept(&dir, &asked_c, now),
+            Err(TokenError::OtherIntroduction)
+        );
+        // Expired, at and after `expires_at`.
+        for late in [EXPIRES, UnixTime(EXPIRES.0 + 1)] {
+            assert_eq!(
+                pair.for_target.accept(&dir, &target, late),
+                Err(TokenError::Expired(EXPIRES))
+            );
+        }
+        // Too long lived, even when signed by the directory: a token
+        // "issued" far ahead of this node's clock.
+        let early = UnixTime(ISSUED.0 - TOKEN_CLOCK_SKEW_S - 1);
+        assert!(matches!(
+            pair.for_target.accept(&dir, &target, early),
+            Err(TokenError::TooLongLived { .. })
+        ));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::RwLock;
 
 use openred_core::id::Fingerprint;
 use openred_core::routes::directory as routes;
-use openred_core::token::TokenEnvelope;
+use openred_core::token::{Expected, Role, TokenEnvelope};
 use openred_core::wire::{
     b64_decode, b64_encode, ConnectionRequest, ConnectionResponse, DiscoverResponse, ErrorBody,
     HealthResponse, NodeEntry, RegisterRequest, RegisterResponse,
@@ -156,8 +156,8 @@ impl DirectoryClient {
         Ok(())
     }
 
-    /// Asks to be introduced to `target`; returns token_a, verified
-    /// against the pinned directory key.
+    /// Asks to be introduced to `target`; returns token_a, accepted by the
+    /// core's rules ([`TokenEnvelope::accept`]) at `now`.
     pub async fn request_connection(
         &self,
         outbound: &OutboundClient,
@@ -186,7 +186,14 @@ impl DirectoryClient {
         )?;
         let bytes = b64_decode(&answer.token).map_err(|_| NodeError::Malformed("token_a"))?;
         let envelope = TokenEnvelope::decode(&bytes)?;
-        envelope.verify(&directory_key)?;
+        // The core's rules for the initiator's half: signed by the pinned
+        // key, token_a, for this node, introducing it to `target`, live.
+        let expected = Expected {
+            role: Role::Initiator,
+            me,
+            peer: Some(*target),
+        };
+        envelope.accept(&directory_key, &expected, now)?;
         Ok(envelope)
     }
 

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openred_core::session::{Role, Session};
-use openred_core::token::Role as TokenRole;
 use openred_core::wire::{b64_decode, b64_encode, HandshakeRequest, HandshakeResponse};
 use openred_core::NodeId;
 
@@ -136,17 +135,11 @@ impl PeerLayer {
         envelope: openred_core::token::TokenEnvelope,
         started: Instant,
     ) -> Result<Connected, NodeError> {
+        // Accepted by the core's rules when the directory client took it
+        // (`DirectoryClient::request_connection`).
         let now = self.clock.now();
-        if envelope.role() != TokenRole::Initiator {
-            return Err(NodeError::Malformed("a token for the wrong role"));
-        }
         let me = self.crypto.node_id();
         let intro = *envelope.introduction();
-        if intro.initiator != me || intro.target != peer {
-            return Err(NodeError::Malformed("a token for another introduction"));
-        }
-        intro.check_unexpired(now)?;
-        intro.check_lifetime(now)?;
         let opened = self.crypto.open_token(&envelope).await?;
         let peer_record = opened.peer_record;
         if peer_record.record().node_id != peer {

@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use openred_core::routes::node;
 use openred_core::session::Role;
-use openred_core::token::{Role as TokenRole, TokenEnvelope};
+use openred_core::token::{Expected, Role as TokenRole, TokenEnvelope, TokenError};
 use openred_core::wire::{
     b64_decode, b64_encode, HandshakeRequest, HandshakeResponse, ReachabilityChallenge,
     ReachabilityProof, TokenAccepted, TokenPush,
@@ -239,33 +239,19 @@ async fn accept_token(
         b64_decode(&body.token).map_err(|_| bad("bad_token", "token is not base64url".into()))?;
     let envelope = TokenEnvelope::decode(&bytes).map_err(|e| bad("bad_token", e.to_string()))?;
     let directory = pinned_directory(state)?;
-    envelope.verify(&directory).map_err(|_| {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "not_from_directory",
-            "the token is not signed by this node's directory",
-        )
-    })?;
-    if envelope.role() != TokenRole::Target {
-        return Err(bad(
-            "wrong_role",
-            "only the target's token is pushed".into(),
-        ));
-    }
     let me = state.crypto.node_id();
-    let intro = *envelope.introduction();
-    if intro.target != me {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "not_for_this_node",
-            "the token is addressed to another node",
-        ));
-    }
-    // Before any public-key work: a token living beyond the protocol's cap
-    // would outlive the tombstone kept against its replay.
-    intro
-        .check_lifetime(state.clock.now())
-        .map_err(|e| bad("token_lifetime", e.to_string()))?;
+    let expected = Expected {
+        role: TokenRole::Target,
+        me,
+        peer: None,
+    };
+    // Before any public-key work but the signature: the core's rules
+    // (signed by the pinned key, this half, this node, a lifetime within
+    // the cap, unexpired). A token living beyond the cap would outlive the
+    // tombstone kept against its replay.
+    let intro = *envelope
+        .accept(&directory, &expected, state.clock.now())
+        .map_err(refused_token)?;
     let opened = state
         .crypto
         .open_token(&envelope)
@@ -283,9 +269,6 @@ async fn accept_token(
         ));
     }
     let now = state.clock.now();
-    intro
-        .check_unexpired(now)
-        .map_err(|e| bad("token_expired", e.to_string()))?;
     opened
         .peer_record
         .check_unexpired(now)
@@ -465,6 +448,25 @@ async fn answer_handshake(
 
 /// The pinned directory key; before the node has pinned one it can neither
 /// prove reachability nor trust a token.
+/// The answer to a token the core's rules refuse.
+fn refused_token(e: TokenError) -> ApiError {
+    let forbidden = |code| ApiError::new(StatusCode::FORBIDDEN, code, e.to_string());
+    match e {
+        TokenError::Signature => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_from_directory",
+            "the token is not signed by this node's directory",
+        ),
+        TokenError::WrongNode => forbidden("not_for_this_node"),
+        TokenError::WrongRole(_) => {
+            ApiError::bad_request("wrong_role", "only the target's token is pushed")
+        }
+        TokenError::TooLongLived { .. } => ApiError::bad_request("token_lifetime", e.to_string()),
+        TokenError::Expired(_) => ApiError::bad_request("token_expired", e.to_string()),
+        _ => ApiError::bad_request("bad_token", e.to_string()),
+    }
+}
+
 fn pinned_directory(state: &PeerLayer) -> Result<openred_core::IdentityPublicKey, ApiError> {
     state.directory.pinned().ok_or_else(|| {
         ApiError::new(
