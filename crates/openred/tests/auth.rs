@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod in_process;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use common::*;
+use in_process::*;
 use openred_http::ApiError;
 use openred_node::modules::auth::{ProofView, CHALLENGE_PATH};
 use openred_node::modules::{Middleware, Module};
