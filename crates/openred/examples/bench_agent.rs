@@ -56,8 +56,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use openred::SystemClock;
 use openred_core::wire::connection_request_message;
-use openred_core::{ApiUrl, NodeId, UnixTime};
+use openred_core::{ApiUrl, Clock, NodeId, UnixTime};
 use openred_node::agent::identity::NodeSignature;
 use openred_node::agent::Crypto;
 use openred_node::NodeKeys;
@@ -227,12 +228,7 @@ impl Inputs {
 }
 
 fn now() -> UnixTime {
-    UnixTime(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    )
+    SystemClock.now()
 }
 
 /// One call of `op`, timed; the inputs are prepared before the clock starts.
@@ -472,8 +468,7 @@ async fn main() -> anyhow::Result<()> {
     let agent = Crypto::start_agent(&program, &key_dir)
         .await
         .map_err(|e| anyhow::anyhow!("starting the agent from {}: {e}", program.display()))?;
-    let in_process =
-        Crypto::in_process(NodeKeys::load(&data)?, Arc::new(support_stats::SystemClock)).await?;
+    let in_process = Crypto::in_process(NodeKeys::load(&data)?, Arc::new(SystemClock)).await?;
     if agent.node_id() != keys.node_id() || in_process.node_id() != keys.node_id() {
         bail!("the two modes do not hold the same keys");
     }

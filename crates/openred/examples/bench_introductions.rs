@@ -39,7 +39,6 @@
 
 #[path = "support/stats.rs"]
 mod support_stats;
-use support_stats::SystemClock;
 use support_stats::{stats, Stats};
 
 use std::fmt::Write as _;
@@ -49,14 +48,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use openred::testnet::{Agents, LocalNetwork};
+use openred::SystemClock;
 use openred_core::session::{Role, Session};
 use openred_core::token::LinkKey;
-use openred_core::{ApiUrl, Clock, NodeId};
-use openred_directory::{Config as DirectoryConfig, Directory};
+use openred_core::{Clock, NodeId};
 use openred_node::peer::handshake::{self, HandshakeContext};
-use openred_node::{Node, NodeConfig, NodeKeys, NodeState};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use openred_node::{NodeKeys, NodeState};
 
 #[derive(Parser)]
 #[command(about = "Introduction latency on loopback")]
@@ -133,30 +131,6 @@ async fn main() -> anyhow::Result<()> {
     let max_rate = args.max_rate.unwrap_or(18.0 * args.nodes as f64);
     let pacer = Arc::new(Pacer::new(max_rate));
 
-    let mut builder = tempfile::Builder::new();
-    builder.prefix("openred-bench-intro-");
-    let root = match &args.data_dir {
-        Some(dir) => builder.tempdir_in(dir),
-        None => builder.tempdir(),
-    }
-    .context("creating a temporary folder")?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (stop_dir_tx, stop_dir_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-
-    // The directory: private addresses allowed, rate limits off.
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let directory_addr = listener.local_addr()?;
-    let mut config = DirectoryConfig::new(directory_addr, root.path().join("directory"));
-    config.danger_allow_private_addresses = true;
-    config.rate_limits.enabled = false;
-    let directory = Directory::open(config, Arc::new(SystemClock)).await?;
-    let fingerprint = directory.fingerprint();
-    let directory_url = ApiUrl::parse_origin(&format!("http://{directory_addr}"))?;
-    let directory_task = tokio::spawn(directory.serve(listener, stopped(stop_dir_rx)));
-
     let agent_program = support_stats::openred_program(args.agent_program.as_ref())
         .context("locating the openred binary")?;
     if args.in_process {
@@ -173,44 +147,27 @@ async fn main() -> anyhow::Result<()> {
             agent_program.display()
         );
     }
-    let mut states: Vec<Arc<NodeState>> = Vec::new();
-    let mut tasks = Vec::new();
-    for i in 0..args.nodes {
-        let data = root.path().join(format!("node{i}"));
-        NodeKeys::create(&data)?;
-        let p2p = TcpListener::bind("127.0.0.1:0").await?;
-        let admin = TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", p2p.local_addr()?);
-        let mut config = NodeConfig::new(
-            data,
-            p2p.local_addr()?,
-            ApiUrl::parse_origin(&url)?,
-            admin.local_addr()?,
-            directory_url.clone(),
-        );
-        config.danger_allow_private_addresses = true;
-        config.directory_key = Some(fingerprint);
-        config.danger_in_process_crypto = args.in_process;
-        config.agent_program = Some(agent_program.clone());
-        let node = Node::open(config, Arc::new(SystemClock)).await?;
-        states.push(node.state());
-        tasks.push(tokio::spawn(node.serve(
-            p2p,
-            admin,
-            stopped(stop_rx.clone()),
-        )));
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !states.iter().all(|s| s.is_registered()) {
-        if Instant::now() > deadline {
-            bail!("the nodes did not register within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The directory: private addresses allowed, rate limits off.
+    let network = LocalNetwork::builder()
+        .temp_prefix("openred-bench-intro-")
+        .temp_dir_in(args.data_dir.clone())
+        .directory_config(|c| c.rate_limits.enabled = false)
+        .agents(if args.in_process {
+            Agents::InProcess
+        } else {
+            Agents::Processes {
+                program: Some(agent_program),
+            }
+        })
+        .nodes(args.nodes)
+        .registration_timeout(Duration::from_secs(60))
+        .start()
+        .await?;
+    let states: Vec<Arc<NodeState>> = network.nodes.iter().map(|n| n.state.clone()).collect();
     println!(
         "{} nodes registered; data in {}; {} ordered pairs; warm-up {warmup}, timed {}, concurrency {}",
         args.nodes,
-        root.path().display(),
+        network.root().display(),
         pairs.len(),
         args.count,
         args.concurrency
@@ -359,12 +316,7 @@ async fn main() -> anyhow::Result<()> {
         f.write_all(summary.as_bytes())?;
     }
 
-    let _ = stop_tx.send(true);
-    for task in tasks {
-        task.await??;
-    }
-    let _ = stop_dir_tx.send(true);
-    directory_task.await??;
+    network.shutdown().await?;
     Ok(())
 }
 

@@ -70,7 +70,6 @@
 
 #[path = "support/stats.rs"]
 mod support_stats;
-use support_stats::SystemClock;
 use support_stats::{stats, Stats};
 
 // No global allocator of its own: the nodes measured here use the system
@@ -89,15 +88,14 @@ use axum::body::Bytes;
 use axum::routing::{get, post};
 use axum::Router;
 use clap::Parser;
+use openred::testnet::{Agents, LocalNetwork};
 use openred_core::{ApiUrl, NodeId};
-use openred_directory::{Config as DirectoryConfig, Directory};
 use openred_node::error::NodeError;
 use openred_node::modules::messaging::store::MessageId;
 use openred_node::modules::messaging::{Messaging, Receipt, WireMessage, MESSAGE_PATH, NAME};
 use openred_node::modules::Module as _;
-use openred_node::{Node, NodeConfig, NodeKeys, NodeState};
+use openred_node::NodeState;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 const CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
@@ -705,44 +703,20 @@ async fn main() -> anyhow::Result<()> {
         bail!("--messages and --samples must be at least 1");
     }
 
-    let mut builder = tempfile::Builder::new();
-    builder.prefix("openred-bench-msg-");
-    let root = match &args.data_dir {
-        Some(dir) => builder.tempdir_in(dir),
-        None => builder.tempdir(),
-    }
-    .context("creating a temporary folder")?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (stop_dir_tx, stop_dir_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-
-    // The directory: private addresses allowed, rate limits off.
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let directory_addr = listener.local_addr()?;
-    let mut config = DirectoryConfig::new(directory_addr, root.path().join("directory"));
-    config.danger_allow_private_addresses = true;
-    config.rate_limits.enabled = false;
-    let directory = Directory::open(config, Arc::new(SystemClock)).await?;
-    let fingerprint = directory.fingerprint();
-    let directory_url = ApiUrl::parse_origin(&format!("http://{directory_addr}"))?;
-    let directory_task = tokio::spawn(directory.serve(listener, stopped(stop_dir_rx)));
-
     // The bare axum server: hello_world's route, and a POST that answers
     // about a receipt's size.
+    let (stop_hello, stopped_hello) = tokio::sync::oneshot::channel::<()>();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let hello = ApiUrl::parse_origin(&format!("http://{}", listener.local_addr()?))?;
     let app = Router::new()
         .route("/", get(|| async { "Hello, World!" }))
         .route("/echo", post(|_body: Bytes| async { &ECHO_ANSWER[..] }));
-    let hello_task = tokio::spawn({
-        let stop = stopped(stop_rx.clone());
-        async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-        }
+    let hello_task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped_hello.await;
+            })
+            .await
     });
     let hello_ext = args
         .hello_url
@@ -767,61 +741,49 @@ async fn main() -> anyhow::Result<()> {
     } else {
         println!("crypto: in process (danger_in_process_crypto); messages do not use the keys");
     }
-    let mut states = Vec::new();
-    let mut tasks = Vec::new();
-    for name in ["a", "b"] {
-        let data = root.path().join(name);
-        NodeKeys::create(&data)?;
-        let p2p = TcpListener::bind("127.0.0.1:0").await?;
-        let admin = TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", p2p.local_addr()?);
-        let mut config = NodeConfig::new(
-            data,
-            p2p.local_addr()?,
-            ApiUrl::parse_origin(&url)?,
-            admin.local_addr()?,
-            directory_url.clone(),
-        );
-        config.danger_allow_private_addresses = true;
-        config.directory_key = Some(fingerprint);
-        config.danger_in_process_crypto = !args.agent;
-        config.agent_program = Some(agent_program.clone());
-        if let Some(n) = args.requests_per_peer_per_s {
-            config.requests_per_peer_per_s = n;
-        }
-        config.module_settings.insert(
-            "messaging".into(),
-            // Inbox quotas out of the way: the runs send up to millions
-            // of messages to one peer.
-            serde_json::json!({
-                "in_flight_per_peer": args.concurrency,
-                "max_inbox_messages_per_peer": u64::MAX,
-                "max_inbox_bytes_per_peer": u64::MAX,
-                "max_inbox_bytes_total": u64::MAX,
-            }),
-        );
-        let node = Node::open(config, Arc::new(SystemClock)).await?;
-        states.push(node.state());
-        tasks.push(tokio::spawn(node.serve(
-            p2p,
-            admin,
-            stopped(stop_rx.clone()),
-        )));
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !states.iter().all(|s| s.is_registered()) {
-        if Instant::now() > deadline {
-            bail!("the nodes did not register within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let requests_per_peer_per_s = args.requests_per_peer_per_s;
+    let concurrency = args.concurrency;
+    // The directory: private addresses allowed, rate limits off.
+    let network = LocalNetwork::builder()
+        .temp_prefix("openred-bench-msg-")
+        .temp_dir_in(args.data_dir.clone())
+        .directory_config(|c| c.rate_limits.enabled = false)
+        .agents(if args.agent {
+            Agents::Processes {
+                program: Some(agent_program),
+            }
+        } else {
+            Agents::InProcess
+        })
+        .node_config(move |config| {
+            if let Some(n) = requests_per_peer_per_s {
+                config.requests_per_peer_per_s = n;
+            }
+            config.module_settings.insert(
+                "messaging".into(),
+                // Inbox quotas out of the way: the runs send up to millions
+                // of messages to one peer.
+                serde_json::json!({
+                    "in_flight_per_peer": concurrency,
+                    "max_inbox_messages_per_peer": u64::MAX,
+                    "max_inbox_bytes_per_peer": u64::MAX,
+                    "max_inbox_bytes_total": u64::MAX,
+                }),
+            );
+        })
+        .named(["a", "b"])
+        .registration_timeout(Duration::from_secs(60))
+        .start()
+        .await?;
     let setup = Setup {
-        a: states[0].clone(),
-        b: states[1].clone(),
+        a: network.nodes[0].state.clone(),
+        b: network.nodes[1].state.clone(),
         hello,
         hello_ext,
     };
-    let connected = setup.a.connect(setup.b.node_id()).await?;
+    let connected = network
+        .introduce(&network.nodes[0], &network.nodes[1])
+        .await?;
     println!(
         "nodes registered, A connected to B in {:.1} ms (suite {}); data in {}",
         connected.elapsed.as_secs_f64() * 1e3,
@@ -829,7 +791,7 @@ async fn main() -> anyhow::Result<()> {
             .a
             .session_suite(&setup.b.node_id())
             .map_or_else(|| "?".to_owned(), |s| s.to_string()),
-        root.path().display()
+        network.root().display()
     );
     println!(
         "{} messages of {} bytes per run, {} sequential samples, concurrency {} (in_flight_per_peer), {} send callers, {} round(s), tokio workers: {}",
@@ -845,13 +807,9 @@ async fn main() -> anyhow::Result<()> {
     let results = run(&args, &setup).await?;
     report(&args, &results)?;
 
-    let _ = stop_tx.send(true);
-    for task in tasks {
-        task.await??;
-    }
+    let _ = stop_hello.send(());
+    network.shutdown().await?;
     hello_task.await??;
-    let _ = stop_dir_tx.send(true);
-    directory_task.await??;
     Ok(())
 }
 

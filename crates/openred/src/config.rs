@@ -1,24 +1,13 @@
-//! What the binary shares between subcommands: the system clock, the
-//! shutdown signal, and reading the TOML config file.
+//! What the binary shares between subcommands: the system clock (from the
+//! library half, which the demo's network uses too), the shutdown signal,
+//! and reading the TOML config file.
 
 use std::path::Path;
 
 use anyhow::Context;
-use openred_core::{Clock, UnixTime};
 use serde::de::DeserializeOwned;
 
-/// The real clock. Only the binary reads it; libraries take a [`Clock`].
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> UnixTime {
-        let secs = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        UnixTime(secs)
-    }
-}
+pub use openred::SystemClock;
 
 /// Resolves on ctrl-c or SIGTERM.
 pub async fn shutdown_signal() {

@@ -7,22 +7,18 @@
 //! and the owner's password + TOTP login to a node's admin API. Prints
 //! a summary and exits 0; `--keep` leaves them running.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use openred_core::ApiUrl;
-use openred_directory::{Config as DirectoryConfig, Directory};
+use openred::testnet::{LocalNetwork, LocalNode};
 use openred_node::modules::auth::Auth;
 use openred_node::modules::files::transfers::TransferState;
 use openred_node::modules::files::{Files, ShareRequest};
 use openred_node::modules::messaging::store::DeliveryState;
 use openred_node::modules::messaging::Messaging;
-use openred_node::{owner, Node, NodeConfig, NodeKeys, NodeState};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use openred_node::{owner, NodeState};
 
-use crate::config::{shutdown_signal, SystemClock};
+use crate::config::shutdown_signal;
 
 fn messaging(state: &NodeState) -> anyhow::Result<&Messaging> {
     state
@@ -56,8 +52,8 @@ fn files(state: &NodeState) -> anyhow::Result<&Files> {
 
 /// `from` shares a small file with `to`, which fetches it.
 async fn share_a_file(
-    from: &DemoNode,
-    to: &DemoNode,
+    from: &LocalNode,
+    to: &LocalNode,
     root: &std::path::Path,
 ) -> anyhow::Result<()> {
     let shared = root.join("shared");
@@ -120,7 +116,7 @@ async fn share_a_file(
 
 /// What the auth module's policy did during the file transfer: `from`
 /// challenged `to` before granting the download.
-fn show_proof(from: &DemoNode, to: &DemoNode) -> anyhow::Result<()> {
+fn show_proof(from: &LocalNode, to: &LocalNode) -> anyhow::Result<()> {
     let auth = from
         .state
         .modules()
@@ -143,7 +139,7 @@ fn show_proof(from: &DemoNode, to: &DemoNode) -> anyhow::Result<()> {
 /// The owner of `node` sets a password and a TOTP secret, logs in to the
 /// admin API with both, reads its status with the session cookie, and logs
 /// out.
-async fn owner_login(node: &DemoNode) -> anyhow::Result<()> {
+async fn owner_login(node: &LocalNode) -> anyhow::Result<()> {
     let data = node.state.data_dir();
     let password = "demo password, not a real one";
     owner::login::set_password(data, password)?;
@@ -156,7 +152,7 @@ async fn owner_login(node: &DemoNode) -> anyhow::Result<()> {
         .build()?;
     let started = Instant::now();
     let login = http
-        .post(format!("{}/admin/v1/login", node.admin))
+        .post(format!("{}/admin/v1/login", node.admin_url))
         .json(&serde_json::json!({ "password": password, "totp": code }))
         .send()
         .await?;
@@ -172,19 +168,19 @@ async fn owner_login(node: &DemoNode) -> anyhow::Result<()> {
         .to_owned();
     let took = started.elapsed();
     let status = http
-        .get(format!("{}/admin/v1/status", node.admin))
+        .get(format!("{}/admin/v1/status", node.admin_url))
         .header(reqwest::header::COOKIE, &cookie)
         .send()
         .await?;
     if !status.status().is_success() {
         bail!("the session cookie did not open the admin API");
     }
-    http.post(format!("{}/admin/v1/logout", node.admin))
+    http.post(format!("{}/admin/v1/logout", node.admin_url))
         .header(reqwest::header::COOKIE, &cookie)
         .send()
         .await?;
     let after = http
-        .get(format!("{}/admin/v1/status", node.admin))
+        .get(format!("{}/admin/v1/status", node.admin_url))
         .header(reqwest::header::COOKIE, &cookie)
         .send()
         .await?;
@@ -204,79 +200,24 @@ fn data_encoding_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-struct DemoNode {
-    name: &'static str,
-    state: Arc<NodeState>,
-    url: String,
-    admin: String,
-}
-
 /// Runs the demo.
 pub async fn run(keep: bool) -> anyhow::Result<()> {
     let started = Instant::now();
-    let root = tempfile::Builder::new()
-        .prefix("openred-demo-")
-        .tempdir()
-        .context("creating a temporary folder")?;
-    // Nodes stop first, so that they can deregister from a live directory.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (stop_directory_tx, stop_directory_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-
-    // The directory, on a free loopback port.
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let directory_addr = listener.local_addr()?;
-    let mut config = DirectoryConfig::new(directory_addr, root.path().join("directory"));
-    config.danger_allow_private_addresses = true;
-    let directory = Directory::open(config, Arc::new(SystemClock)).await?;
-    let fingerprint = directory.fingerprint();
-    let directory_url = ApiUrl::parse_origin(&format!("http://{directory_addr}"))?;
-    let directory_task = tokio::spawn(directory.serve(listener, stopped(stop_directory_rx)));
-    println!("directory  {directory_url}  key {fingerprint}");
-
-    // Three nodes, each pinned to the directory's key.
-    let mut nodes = Vec::new();
-    let mut tasks = Vec::new();
-    for name in ["alice", "bob", "carol"] {
-        let data = root.path().join(name);
-        NodeKeys::create(&data)?;
-        let p2p = TcpListener::bind("127.0.0.1:0").await?;
-        let admin = TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", p2p.local_addr()?);
-        let mut config = NodeConfig::new(
-            data,
-            p2p.local_addr()?,
-            ApiUrl::parse_origin(&url)?,
-            admin.local_addr()?,
-            directory_url.clone(),
-        );
-        config.danger_allow_private_addresses = true;
-        config.directory_key = Some(fingerprint);
-        let node = Node::open(config, Arc::new(SystemClock)).await?;
-        let state = node.state();
-        println!("node {name:<5}  {url}  {}", node.node_id());
-        nodes.push(DemoNode {
-            name,
-            state,
-            url,
-            admin: format!("http://{}", admin.local_addr()?),
-        });
-        tasks.push(tokio::spawn(node.serve(
-            p2p,
-            admin,
-            stopped(stop_rx.clone()),
-        )));
-    }
-
-    // Wait until every node has registered (the reachability proof included).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !nodes.iter().all(|n| n.state.is_registered()) {
-        if Instant::now() > deadline {
-            bail!("the nodes did not register within 20 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // Three nodes, each pinned to the directory's key, each with its keys
+    // in its own crypto agent (started from this executable).
+    let network = LocalNetwork::builder()
+        .temp_prefix("openred-demo-")
+        .named(["alice", "bob", "carol"])
+        .start()
+        .await?;
+    let directory = &network.directory;
+    println!(
+        "directory  {}  key {}",
+        directory.url, directory.fingerprint
+    );
+    let nodes = &network.nodes;
+    for n in nodes {
+        println!("node {:<5}  {}  {}", n.name, n.url, n.id());
     }
     println!(
         "all three nodes registered in {:.0} ms",
@@ -300,9 +241,8 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     );
     for (i, j) in [(0, 1), (0, 2), (1, 2)] {
         let (a, b) = (&nodes[i], &nodes[j]);
-        let connected = a
-            .state
-            .connect(b.state.node_id())
+        let connected = network
+            .introduce(a, b)
             .await
             .with_context(|| format!("{} connecting to {}", a.name, b.name))?;
         let rtt = a.state.ping(&b.state.node_id()).await?;
@@ -365,7 +305,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("{} sending to {}", a.name, b.name))?;
     }
-    for n in &nodes {
+    for n in nodes {
         wait_delivered(&n.state).await?;
     }
     println!(
@@ -373,7 +313,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         notes.len(),
         sending.elapsed().as_secs_f64() * 1000.0
     );
-    for n in &nodes {
+    for n in nodes {
         let store = messaging(&n.state)?
             .store()
             .context("the messaging module runs")?;
@@ -381,14 +321,14 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
             let from = nodes
                 .iter()
                 .find(|x| x.state.node_id() == m.peer)
-                .map_or("?", |x| x.name);
+                .map_or("?", |x| x.name.as_str());
             println!("  {:<6} ← {:<6} #{}  {}", n.name, from, m.seq, m.body);
         }
     }
     // A file: alice shares it with bob (bob gets an offer through
     // messaging), bob fetches it in encrypted chunks, verified with BLAKE3.
     println!();
-    share_a_file(&nodes[0], &nodes[1], root.path()).await?;
+    share_a_file(&nodes[0], &nodes[1], network.root()).await?;
     show_proof(&nodes[0], &nodes[1])?;
     println!();
     owner_login(&nodes[2]).await?;
@@ -402,22 +342,17 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     if keep {
         println!();
         println!("--keep: running until ctrl-c. Try:");
-        for n in &nodes {
+        for n in nodes {
             println!(
                 "  openred --data {} status      # {} (admin {}, p2p {})",
                 n.state.data_dir().display(),
                 n.name,
-                n.admin,
+                n.admin_url,
                 n.url
             );
         }
         shutdown_signal().await;
     }
-    let _ = stop_tx.send(true);
-    for task in tasks {
-        task.await??;
-    }
-    let _ = stop_directory_tx.send(true);
-    directory_task.await??;
+    network.shutdown().await?;
     Ok(())
 }

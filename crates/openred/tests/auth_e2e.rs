@@ -140,7 +140,7 @@ async fn peers_prove_their_identity_and_the_owner_logs_in_with_credentials_set_b
     let (status, _) = login(&a, password, &code).await;
     assert_eq!(status, 401);
     // `admin unlock` goes through the bearer token (what it lifts is
-    // tested in crates/openred-node/tests/owner_login.rs).
+    // tested in crates/openred/tests/owner_login.rs).
     assert_eq!(
         ok(cli(&a, &["admin", "unlock"])).trim(),
         "the login is unlocked"

@@ -14,7 +14,7 @@
 //! are expected to idle (see [`ModuleContext::is_enabled`]).
 //!
 //! How to write one: `docs/MODULES.md`, and the example module
-//! `crates/openred-node/examples/echo_module.rs`.
+//! `crates/openred/examples/echo_module.rs`.
 
 pub mod auth;
 pub mod files;

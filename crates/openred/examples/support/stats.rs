@@ -52,17 +52,3 @@ pub fn stats(samples: &[Duration], per_second: f64) -> Stats {
         mean: v.iter().sum::<f64>() / n as f64,
     }
 }
-
-/// The wall clock, for the services a benchmark runs.
-pub struct SystemClock;
-
-impl openred_core::Clock for SystemClock {
-    fn now(&self) -> openred_core::UnixTime {
-        openred_core::UnixTime(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        )
-    }
-}

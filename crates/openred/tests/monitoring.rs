@@ -3,11 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod in_process;
 
 use std::time::Duration;
 
-use common::*;
+use in_process::*;
 use openred_core::wire::{b64_encode, HandshakeRequest, TokenPush};
 use openred_node::health;
 use openred_node::modules::monitoring::Monitoring;

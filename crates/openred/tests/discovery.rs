@@ -3,13 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod in_process;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use common::{assert_refused, get, post_json, Network};
+use in_process::{assert_refused, get, post_json, Network};
 use openred_core::wire::{b64_encode, ReachabilityChallenge};
 use openred_core::{AgreementSecret, ApiUrl, IdentityKeypair, NodeRecord};
 use openred_directory::store::{Store, Write};
@@ -64,7 +64,7 @@ async fn fill_directory(net: &Network, count: u32) -> BTreeSet<String> {
     ids
 }
 
-async fn listed_peers(node: &common::TestNode) -> Vec<serde_json::Value> {
+async fn listed_peers(node: &in_process::TestNode) -> Vec<serde_json::Value> {
     // Verifying and remembering 600 records takes a while on a loaded
     // machine: a generous deadline.
     let http = reqwest::Client::builder()

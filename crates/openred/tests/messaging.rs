@@ -5,11 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod in_process;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use in_process::*;
 use openred_core::session::Session;
 use openred_node::modules::messaging::store::{DeliveryState, MessageId};
 use openred_node::modules::messaging::{Messaging, WireMessage};

@@ -6,12 +6,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod in_process;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::*;
+use in_process::*;
 use openred_core::keys::SignatureContext;
 use openred_core::wire::{audit_entry_message, audit_head_message, b64_decode, b64_encode};
 use openred_core::{Clock, IdentityPublicKey, ManualClock, NodeId, UnixTime};

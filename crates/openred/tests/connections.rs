@@ -4,12 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod in_process;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use common::Network;
+use in_process::Network;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
@@ -65,12 +65,12 @@ fn client_from(source: Ipv4Addr) -> reqwest::Client {
 }
 
 /// One of the node's listener counters, from its metrics.
-fn listener_metric(node: &common::TestNode, family: &str, listener: &str) -> u64 {
+fn listener_metric(node: &in_process::TestNode, family: &str, listener: &str) -> u64 {
     connection_metric(node, &format!("{family}{{listener=\"{listener}\"}}"))
 }
 
 /// `openred_node_connections_NAME_AND_LABELS`, from the node's metrics.
-fn connection_metric(node: &common::TestNode, name_and_labels: &str) -> u64 {
+fn connection_metric(node: &in_process::TestNode, name_and_labels: &str) -> u64 {
     let line = format!("openred_node_connections_{name_and_labels} ");
     let text = node.render_metrics();
     let value = text
@@ -80,7 +80,7 @@ fn connection_metric(node: &common::TestNode, name_and_labels: &str) -> u64 {
     value.trim().parse().unwrap()
 }
 
-async fn wait_accepted(node: &common::TestNode, listener: &str, count: u64) {
+async fn wait_accepted(node: &in_process::TestNode, listener: &str, count: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while listener_metric(node, "accepted_total", listener) < count {
         assert!(
@@ -106,7 +106,7 @@ async fn timed_get(client: &reqwest::Client, url: &str, bearer: Option<&str>) ->
     took
 }
 
-fn p2p_address(node: &common::TestNode) -> SocketAddr {
+fn p2p_address(node: &in_process::TestNode) -> SocketAddr {
     node.config().listen
 }
 
@@ -262,7 +262,7 @@ async fn an_oversized_raw_frame_is_refused_with_a_json_413() {
     let node = net.node("target").await;
     let too_big = vec![0u8; node.config().max_frame_bytes + 8192];
     for path in ["/p2p/ping", "/p2p/message"] {
-        let answer = common::post_bytes(&net.http, &node.p2p(path), too_big.clone()).await;
-        common::assert_refused(&answer, 413, "body_too_large");
+        let answer = in_process::post_bytes(&net.http, &node.p2p(path), too_big.clone()).await;
+        in_process::assert_refused(&answer, 413, "body_too_large");
     }
 }

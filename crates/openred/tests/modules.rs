@@ -5,15 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 #[path = "../examples/echo_module.rs"]
 mod echo_module;
+mod in_process;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use common::*;
 use echo_module::{Echo, ECHO_PATH};
+use in_process::*;
 use openred_core::session::Suite;
 use openred_node::modules::{self, Module, ModuleError, Modules};
 use openred_node::{NodeConfig, NodeState};

@@ -5,11 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod in_process;
 
 use std::collections::BTreeMap;
 
-use common::*;
+use in_process::*;
 use openred_node::owner::login::{
     self as owner, BACKOFF_AFTER, LOCKOUT_AFTER, LOCKOUT_S, SESSION_TTL_S,
 };

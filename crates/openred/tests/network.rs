@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod in_process;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +17,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use axum::{Json, Router};
-use common::*;
+use in_process::*;
 use openred_core::keys::SignatureContext;
 use openred_core::random::SeededRng;
 use openred_core::session::{EpochConfig, FrameHeader, Role, Suite};

@@ -4,9 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod in_process;
 
-use common::*;
+use in_process::*;
 use openred_core::session::Session;
 use openred_core::token::TOKEN_CLOCK_SKEW_S;
 use openred_core::wire::{b64_decode, b64_encode, HandshakeRequest, TokenPush};

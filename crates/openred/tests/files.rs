@@ -9,14 +9,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod in_process;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use in_process::*;
 use openred_core::file_transfer::{ChunkCipher, ChunkError, TransferShape};
 use openred_core::session::Suite;
 use openred_node::error::NodeError;

@@ -1,5 +1,6 @@
-//! A small example module, built and tested with the node (see
-//! `docs/MODULES.md` and `tests/modules.rs`). It shows every part of the
+//! A small example module, built and tested with the `openred` crate,
+//! which can run nodes beside a directory (see `docs/MODULES.md` and
+//! `tests/modules.rs`). It shows every part of the
 //! [`Module`] trait:
 //!
 //! - a P2P route, `POST /p2p/echo`: a session frame whose payload comes
@@ -10,7 +11,7 @@
 //! - middleware that counts every P2P request while the module is on;
 //! - a session hook, and metrics.
 //!
-//! Run it: `cargo run -p openred-node --example echo_module` starts a
+//! Run it: `cargo run -p openred --example echo_module` starts a
 //! directory and two nodes on loopback with the module, and echoes once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -154,51 +155,19 @@ impl Module for Echo {
 #[allow(dead_code)]
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    use openred_core::{ApiUrl, Clock, ManualClock, UnixTime};
-    use openred_directory::{Config as DirectoryConfig, Directory};
-    use openred_node::{Node, NodeConfig, NodeKeys};
-    use tokio::net::TcpListener;
+    use openred::testnet::{Agents, LocalNetwork};
+    use openred_core::{ManualClock, UnixTime};
 
-    let root = tempfile::tempdir()?;
     // Libraries take a clock; a short run can use a fixed one.
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(UnixTime(now.as_secs())));
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
-    let mut config = DirectoryConfig::new(address, root.path().join("directory"));
-    config.danger_allow_private_addresses = true;
-    let directory = Directory::open(config, clock.clone()).await?;
-    let fingerprint = directory.fingerprint();
-    tokio::spawn(directory.serve(listener, std::future::pending()));
-    let directory_url = ApiUrl::parse_origin(&format!("http://{address}"))?;
-
-    let mut nodes = Vec::new();
-    for name in ["a", "b"] {
-        let data = root.path().join(name);
-        NodeKeys::create(&data)?;
-        let p2p = TcpListener::bind("127.0.0.1:0").await?;
-        let admin = TcpListener::bind("127.0.0.1:0").await?;
-        let url = ApiUrl::parse_origin(&format!("http://{}", p2p.local_addr()?))?;
-        let mut config = NodeConfig::new(
-            data,
-            p2p.local_addr()?,
-            url,
-            admin.local_addr()?,
-            directory_url.clone(),
-        );
-        config.danger_allow_private_addresses = true;
-        config.danger_in_process_crypto = true;
-        config.directory_key = Some(fingerprint);
-        let mut modules = openred_node::modules::builtin(&config.module_settings)?;
-        modules.push(Arc::new(Echo::default()));
-        let node = Node::open_with_modules(config, clock.clone(), None, modules).await?;
-        let state = node.state();
-        tokio::spawn(node.serve(p2p, admin, std::future::pending()));
-        while !state.is_registered() {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        nodes.push(state);
-    }
+    let network = LocalNetwork::builder()
+        .clock(Arc::new(ManualClock::new(UnixTime(now.as_secs()))))
+        .agents(Agents::InProcess)
+        .modules(|| vec![Arc::new(Echo::default()) as Arc<dyn Module>])
+        .named(["a", "b"])
+        .start()
+        .await?;
+    let nodes = &network.nodes;
     let (a, b) = (&nodes[0], &nodes[1]);
     let live = a.session_for(&b.node_id()).await?;
     let answer = a.exchange(&live, ECHO_PATH, b"hello").await?;

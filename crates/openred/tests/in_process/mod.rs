@@ -1,16 +1,17 @@
 //! Test harness: a directory and nodes in process on 127.0.0.1, sharing one
-//! manual clock, each test on its own network; plus the initiator's side of
-//! an introduction done by hand, so that tests can capture, replay and
-//! alter what travels.
+//! manual clock, each test on its own network (an `openred::testnet`
+//! network, with the keys in process and the directory's token pushes
+//! recorded); plus the initiator's side of an introduction done by hand,
+//! so that tests can capture, replay and alter what travels.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::fmt::Debug;
 use std::ops::Deref;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use openred::testnet::{Agents, Launch, LocalNetwork, LocalNode};
 use openred_core::id::Fingerprint;
 use openred_core::session::{EpochConfig, Role, Session, Suite};
 use openred_core::token::{LinkKey, LinkSigningKey, OpenedToken, Role as TokenRole, TokenEnvelope};
@@ -21,17 +22,14 @@ use openred_core::{
     UnixTime,
 };
 use openred_directory::transport::{BoxFuture, NodeTransport, OutboundTransport, Unreachable};
-use openred_directory::{Config as DirectoryConfig, Directory};
-use openred_http::{OutboundClient, OutboundConfig};
+use openred_directory::Config as DirectoryConfig;
 use openred_node::error::NodeError;
 use openred_node::modules::Module;
 use openred_node::peer::handshake::{self, Authority, HandshakeContext, InitiatorHandshake};
-use openred_node::{Node, NodeConfig, NodeKeys, NodeState};
+use openred_node::{NodeConfig, NodeKeys, NodeState};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
 
 /// How long a node may take to register.
 const REGISTRATION_DEADLINE: Duration = Duration::from_secs(30);
@@ -173,8 +171,11 @@ pub fn assert_peer_refused<T: Debug>(result: Result<T, NodeError>, status: u16, 
 /// pushes: how a test intercepts token_b on its way, to replay or alter it.
 struct Recording {
     inner: OutboundTransport,
-    pushed: std::sync::Mutex<Vec<Vec<u8>>>,
+    pushed: Pushed,
 }
+
+/// Every token the directory pushed, as it pushed it.
+type Pushed = Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
 
 impl NodeTransport for Recording {
     fn challenge<'a>(
@@ -197,9 +198,11 @@ impl NodeTransport for Recording {
     }
 }
 
-/// A directory on 127.0.0.1 and the clock it shares with its nodes.
+/// A directory on 127.0.0.1 and the clock it shares with its nodes: a
+/// [`LocalNetwork`] of no node at first, to which each test adds its own.
 pub struct Network {
-    recording: Arc<Recording>,
+    local: LocalNetwork,
+    pushed: Pushed,
     pub clock: Arc<ManualClock>,
     /// `http://127.0.0.1:PORT`.
     pub directory_base: String,
@@ -207,8 +210,6 @@ pub struct Network {
     pub fingerprint: Fingerprint,
     pub directory_key: IdentityPublicKey,
     pub http: reqwest::Client,
-    stop_directory: watch::Sender<bool>,
-    root: tempfile::TempDir,
 }
 
 impl Network {
@@ -218,57 +219,48 @@ impl Network {
     }
 
     /// As [`Network::start`], with the directory's configuration adjusted.
-    pub async fn start_with(tweak: impl FnOnce(&mut DirectoryConfig)) -> Network {
+    pub async fn start_with(tweak: impl FnOnce(&mut DirectoryConfig) + Send + 'static) -> Network {
         let clock = Arc::new(ManualClock::new(UnixTime(unix_now())));
-        let root = tempfile::tempdir().unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let mut config = DirectoryConfig::new(address, root.path().join("directory"));
-        config.danger_allow_private_addresses = true;
-        config.rate_limits.enabled = false;
-        // Every test node reaches the directory from 127.0.0.1.
-        config.max_connections_per_address = config.max_connections;
-        tweak(&mut config);
-        let recording = Arc::new(Recording {
-            inner: OutboundTransport(
-                OutboundClient::new(OutboundConfig {
-                    allow_private: true,
-                    ..OutboundConfig::default()
-                })
-                .unwrap(),
-            ),
-            pushed: std::sync::Mutex::new(Vec::new()),
-        });
-        let directory = Directory::open_with_transport(
-            config,
-            clock.clone() as Arc<dyn Clock>,
-            recording.clone() as Arc<dyn NodeTransport>,
-        )
-        .await
-        .unwrap();
-        let fingerprint = directory.fingerprint();
-        let directory_key = directory.public_key();
-        let (stop_directory, mut stop) = watch::channel(false);
-        tokio::spawn(directory.serve(listener, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        }));
-        let directory_base = format!("http://{address}");
+        let pushed = Pushed::default();
+        let local = LocalNetwork::builder()
+            .clock(clock.clone() as Arc<dyn Clock>)
+            // These tests run nodes inside the test process, with no agent
+            // program to start; the binary's own tests run the real agent.
+            .agents(Agents::InProcess)
+            .directory_config(|config| {
+                config.rate_limits.enabled = false;
+                // Every test node reaches the directory from 127.0.0.1.
+                config.max_connections_per_address = config.max_connections;
+                tweak(config);
+            })
+            .directory_transport({
+                let pushed = pushed.clone();
+                move |inner| Arc::new(Recording { inner, pushed }) as Arc<dyn NodeTransport>
+            })
+            .node_config(|config| {
+                // Every test node and client connects from 127.0.0.1: one
+                // source here stands for a whole network.
+                config.max_connections_per_address = config.max_connections;
+            })
+            .start()
+            .await
+            .unwrap();
+        let directory = &local.directory;
         Network {
-            recording,
-            directory_url: ApiUrl::parse_origin(&directory_base).unwrap(),
-            directory_base,
+            pushed,
             clock,
-            fingerprint,
-            directory_key,
+            directory_base: directory.base.clone(),
+            directory_url: directory.url.clone(),
+            fingerprint: directory.fingerprint,
+            directory_key: directory.public_key,
             http: http_client(),
-            stop_directory,
-            root,
+            local,
         }
     }
 
     /// Stops the directory; its port then refuses connections.
     pub async fn stop_directory(&self) {
-        let _ = self.stop_directory.send(true);
+        self.local.stop_directory();
         let health = self.directory("/api/v3/health");
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.http.get(&health).send().await.is_ok() {
@@ -279,8 +271,7 @@ impl Network {
 
     /// token_b of `connection_id`, exactly as the directory pushed it.
     pub fn pushed_token(&self, connection_id: &[u8; 16]) -> Vec<u8> {
-        self.recording
-            .pushed
+        self.pushed
             .lock()
             .unwrap()
             .iter()
@@ -294,13 +285,13 @@ impl Network {
     /// The directory's database, for tests that fill it without going
     /// through registration.
     pub fn directory_database(&self) -> openred_directory::Database {
-        openred_directory::Database::Sqlite(self.root.path().join("directory").join("directory.db"))
+        self.local.directory.database.clone()
     }
 
     /// The directory's private key, read from its data folder: how a test
     /// plays a compromised or misconfigured directory.
     pub fn directory_keypair(&self) -> IdentityKeypair {
-        let path = self.root.path().join("directory").join("directory.key");
+        let path = self.local.directory.data_dir.join("directory.key");
         let text = std::fs::read_to_string(path).unwrap();
         let text = text.trim();
         let secret: Vec<u8> = (0..text.len())
@@ -342,42 +333,23 @@ impl Network {
         tweak: impl FnOnce(&mut NodeConfig),
         extra: Vec<Arc<dyn Module>>,
     ) -> TestNode {
-        let config = self.node_config(name, tweak);
-        let p2p = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let node = self.launch_on(name, config, p2p, admin, extra).await;
+        let launch = Launch {
+            modules: extra,
+            ..Launch::default()
+        };
+        let node = TestNode(self.local.add_node(name, tweak, launch).await.unwrap());
         node.wait_registered().await;
         node
     }
 
     /// A new node, serving, without waiting for its registration.
     pub async fn spawn_node(&self, name: &str, tweak: impl FnOnce(&mut NodeConfig)) -> TestNode {
-        let config = self.node_config(name, tweak);
-        self.launch(name, config).await
-    }
-
-    /// A new node's keys and configuration.
-    fn node_config(&self, name: &str, tweak: impl FnOnce(&mut NodeConfig)) -> NodeConfig {
-        let data_dir = self.root.path().join(name);
-        NodeKeys::create(&data_dir).unwrap();
-        let placeholder = "127.0.0.1:0".parse().unwrap();
-        let mut config = NodeConfig::new(
-            data_dir,
-            placeholder,
-            ApiUrl::parse_origin("http://127.0.0.1:1").unwrap(),
-            placeholder,
-            self.directory_url.clone(),
-        );
-        config.danger_allow_private_addresses = true;
-        config.directory_key = Some(self.fingerprint);
-        // These tests run nodes inside the test process, which has no agent
-        // program to start; the binary crate's tests run the real agent.
-        config.danger_in_process_crypto = true;
-        // Every test node and client connects from 127.0.0.1: one source
-        // here stands for a whole network.
-        config.max_connections_per_address = config.max_connections;
-        tweak(&mut config);
-        config
+        TestNode(
+            self.local
+                .add_node(name, tweak, Launch::default())
+                .await
+                .unwrap(),
+        )
     }
 
     /// Stops `node` (it deregisters) and opens it again on the same data
@@ -386,7 +358,12 @@ impl Network {
         let config = node.state.config().clone();
         node.stop().await;
         let name = node.name.clone();
-        let node = self.launch(&name, config).await;
+        let node = TestNode(
+            self.local
+                .relaunch(&name, config, Launch::default())
+                .await
+                .unwrap(),
+        );
         node.wait_registered().await;
         node
     }
@@ -395,17 +372,13 @@ impl Network {
     /// (as a node with a fixed public URL restarts); waits for its
     /// registration.
     pub async fn relaunch(&self, name: &str, config: NodeConfig) -> TestNode {
-        let p2p = bind_again(config.listen).await;
-        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let node = self.launch_on(name, config, p2p, admin, Vec::new()).await;
+        let launch = Launch {
+            p2p: Some(bind_again(config.listen).await),
+            ..Launch::default()
+        };
+        let node = TestNode(self.local.relaunch(name, config, launch).await.unwrap());
         node.wait_registered().await;
         node
-    }
-
-    async fn launch(&self, name: &str, config: NodeConfig) -> TestNode {
-        let p2p = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        self.launch_on(name, config, p2p, admin, Vec::new()).await
     }
 
     /// A new node whose record publishes `public` (e.g. a relay in front
@@ -417,66 +390,14 @@ impl Network {
         p2p: TcpListener,
         public: &str,
     ) -> TestNode {
-        let config = self.node_config(name, tweak);
-        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let node = self
-            .launch_published(name, config, p2p, admin, Vec::new(), Some(public))
-            .await;
+        let launch = Launch {
+            p2p: Some(p2p),
+            public_url: Some(ApiUrl::parse_origin(public).unwrap()),
+            ..Launch::default()
+        };
+        let node = TestNode(self.local.add_node(name, tweak, launch).await.unwrap());
         node.wait_registered().await;
         node
-    }
-
-    async fn launch_on(
-        &self,
-        name: &str,
-        config: NodeConfig,
-        p2p: TcpListener,
-        admin: TcpListener,
-        extra: Vec<Arc<dyn Module>>,
-    ) -> TestNode {
-        self.launch_published(name, config, p2p, admin, extra, None)
-            .await
-    }
-
-    async fn launch_published(
-        &self,
-        name: &str,
-        mut config: NodeConfig,
-        p2p: TcpListener,
-        admin: TcpListener,
-        extra: Vec<Arc<dyn Module>>,
-        public: Option<&str>,
-    ) -> TestNode {
-        let url = format!("http://{}", p2p.local_addr().unwrap());
-        config.listen = p2p.local_addr().unwrap();
-        config.public_url = ApiUrl::parse_origin(public.unwrap_or(&url)).unwrap();
-        config.admin_listen = admin.local_addr().unwrap();
-        let data_dir = config.data_dir.clone();
-        let mut modules = openred_node::modules::builtin(&config.module_settings).unwrap();
-        modules.extend(extra);
-        let node =
-            Node::open_with_modules(config, self.clock.clone() as Arc<dyn Clock>, None, modules)
-                .await
-                .unwrap();
-        let state = node.state();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(node.serve(p2p, admin, async move {
-            let _ = stopped.await;
-        }));
-        TestNode {
-            name: name.to_owned(),
-            state,
-            data_dir,
-            url,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
-}
-
-impl Drop for Network {
-    fn drop(&mut self) {
-        let _ = self.stop_directory.send(true);
     }
 }
 
@@ -497,22 +418,14 @@ async fn bind_again(address: std::net::SocketAddr) -> TcpListener {
     }
 }
 
-/// A node serving on 127.0.0.1.
-pub struct TestNode {
-    pub name: String,
-    pub state: Arc<NodeState>,
-    pub data_dir: PathBuf,
-    /// The P2P API's origin, `http://127.0.0.1:PORT`.
-    pub url: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<std::io::Result<()>>>,
-}
+/// A node serving on 127.0.0.1: a [`LocalNode`] with the tests' checks.
+pub struct TestNode(LocalNode);
 
 impl Deref for TestNode {
-    type Target = NodeState;
+    type Target = LocalNode;
 
-    fn deref(&self) -> &NodeState {
-        &self.state
+    fn deref(&self) -> &LocalNode {
+        &self.0
     }
 }
 
@@ -522,22 +435,9 @@ impl TestNode {
         self.state.peers()
     }
 
-    /// The node's ID.
-    pub fn id(&self) -> NodeId {
-        self.state.node_id()
-    }
-
-    /// A P2P endpoint of this node.
-    pub fn p2p(&self, path: &str) -> String {
-        format!("{}{path}", self.url)
-    }
-
     /// The admin API's bearer token, from the data directory.
     pub fn admin_token(&self) -> String {
-        std::fs::read_to_string(openred_node::owner::admin::token_path(&self.data_dir))
-            .unwrap()
-            .trim()
-            .to_owned()
+        self.0.admin_token().unwrap()
     }
 
     /// An admin endpoint, at the address the node wrote in its data
@@ -587,29 +487,20 @@ impl TestNode {
 
     /// Waits until the node has registered with the directory.
     pub async fn wait_registered(&self) {
-        let deadline = Instant::now() + REGISTRATION_DEADLINE;
-        while !self.state.is_registered() {
-            assert!(
-                Instant::now() < deadline,
+        if self.0.wait_registered(REGISTRATION_DEADLINE).await.is_err() {
+            panic!(
                 "node {} did not register within {REGISTRATION_DEADLINE:?}",
                 self.name
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     /// Stops serving (deregistering first) and waits until it has stopped.
     pub async fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(30), task)
-                .await
-                .expect("the node stops within 30 s")
-                .expect("the node task does not panic")
-                .expect("the node serves without I/O errors");
-        }
+        tokio::time::timeout(Duration::from_secs(30), self.0.stop())
+            .await
+            .expect("the node stops within 30 s")
+            .expect("the node serves without I/O errors and its task does not panic");
     }
 }
 

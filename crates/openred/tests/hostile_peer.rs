@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod in_process;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
-use common::*;
+use in_process::*;
 use openred_node::modules::files::transfers::TransferState;
 use openred_node::modules::files::{Files, ShareRequest};
 use openred_node::NodeState;

@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod in_process;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 use axum::Router;
-use common::*;
+use in_process::*;
 use openred_http::ApiError;
 use openred_node::modules::auth::{ProofView, CHALLENGE_PATH};
 use openred_node::modules::{Middleware, Module};

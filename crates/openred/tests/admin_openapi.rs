@@ -4,11 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+mod in_process;
 
 use std::collections::BTreeSet;
 
-use common::*;
+use in_process::*;
 use serde_json::Value;
 
 /// Sends `method path` to the node's admin API with the bearer token.
