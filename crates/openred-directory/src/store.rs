@@ -5,7 +5,8 @@
 //! after its transaction committed (SQLite runs in WAL mode with
 //! `synchronous = FULL`). Record writes go through one writer task that
 //! groups the writes waiting at that moment into one transaction (group
-//! commit), so durability costs one fsync per batch, not one per request. The ordering rule "a record replaces the stored one
+//! commit, [`GroupCommit`]), so durability costs one fsync per batch, not
+//! one per request. The ordering rule "a record replaces the stored one
 //! only if its `seq` is greater" is enforced inside the single `UPSERT`
 //! statement, so two replicas racing on one PostgreSQL database can never let
 //! an older record win.
@@ -15,9 +16,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use openred_core::{NodeId, SignedRecord, UnixTime};
+use openred_http::group_commit::{Commit, CommitError, GroupCommit, Limits};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, Executor, Row};
-use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Database;
 
@@ -33,12 +34,11 @@ pub enum StoreError {
     /// Migrations failed.
     #[error("migration error: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
-    /// A group commit failed; none of its writes was stored.
-    #[error("group commit failed: {0}")]
-    Commit(String),
-    /// The writer task stopped (the store is closing).
-    #[error("the database writer has stopped")]
-    WriterGone,
+    /// A record write was not acknowledged: its group commit failed
+    /// (none of that batch was stored), or the writer task has stopped
+    /// (the store is closing).
+    #[error(transparent)]
+    Writer(#[from] CommitError),
     /// A row holds something that this code never writes.
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -86,7 +86,7 @@ pub enum StatusFilter {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
-    writer: mpsc::Sender<PendingWrite>,
+    writer: GroupCommit<RecordWriter>,
 }
 
 /// A record write waiting for the next group commit.
@@ -94,11 +94,17 @@ pub struct Store {
 struct PendingWrite {
     record: SignedRecord,
     now: UnixTime,
-    reply: oneshot::Sender<Result<Write, StoreError>>,
 }
 
 /// The most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
+
+/// The record writer's sizes: one row per write.
+const WRITER: Limits = Limits {
+    name: "directory records",
+    queue: 4 * MAX_BATCH,
+    max_rows: MAX_BATCH,
+};
 
 const COLUMNS: &str = "node_id, identity_key, seq, record, last_seen";
 
@@ -139,8 +145,7 @@ impl Store {
             .connect_with(options)
             .await?;
         migrator.run(&pool).await?;
-        let (writer, queue) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(group_commit(pool.clone(), queue));
+        let writer = GroupCommit::spawn(RecordWriter { pool: pool.clone() }, WRITER);
         Ok(Store { pool, writer })
     }
 
@@ -152,17 +157,11 @@ impl Store {
         record: &SignedRecord,
         now: UnixTime,
     ) -> Result<Write, StoreError> {
-        let (reply, answer) = oneshot::channel();
         let pending = PendingWrite {
             record: record.clone(),
             now,
-            reply,
         };
-        self.writer
-            .send(pending)
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
-        answer.await.map_err(|_| StoreError::WriterGone)?
+        Ok(self.writer.write(pending).await?)
     }
 
     /// Marks a node deregistered if `seq` is greater than the stored one.
@@ -318,26 +317,21 @@ impl Store {
     }
 }
 
-/// The writer task: takes every write waiting now (up to [`MAX_BATCH`]),
-/// runs them in order in one transaction, commits, then answers each. If the
-/// transaction fails, every write in it fails and none is acknowledged.
-async fn group_commit(pool: AnyPool, mut queue: mpsc::Receiver<PendingWrite>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        match commit_batch(&pool, &batch).await {
-            Ok(outcomes) => {
-                for (pending, outcome) in batch.drain(..).zip(outcomes) {
-                    let _ = pending.reply.send(Ok(outcome));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, writes = batch.len(), "group commit failed");
-                let message = e.to_string();
-                for pending in batch.drain(..) {
-                    let _ = pending.reply.send(Err(StoreError::Commit(message.clone())));
-                }
-            }
-        }
+/// The record writer's transactions: the writes waiting now (up to
+/// [`MAX_BATCH`]) run in arrival order in one transaction; if it fails,
+/// every write in it fails and none is acknowledged ([`GroupCommit`]).
+#[derive(Debug)]
+struct RecordWriter {
+    pool: AnyPool,
+}
+
+impl Commit for RecordWriter {
+    type Job = PendingWrite;
+    type Outcome = Write;
+    type Error = StoreError;
+
+    async fn commit(&self, batch: &[PendingWrite]) -> Result<Vec<Write>, StoreError> {
+        commit_batch(&self.pool, batch).await
     }
 }
 

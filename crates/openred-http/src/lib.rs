@@ -1,8 +1,10 @@
 //! HTTP plumbing shared by the directory and the node: the one outbound
 //! client, the one JSON error type of their APIs ([`ApiError`],
-//! [`harden`]), and the accept loop of every listener ([`serve()`]: caps on
+//! [`harden`]), the accept loop of every listener ([`serve()`]: caps on
 //! connections per listener and per source, header and idle timeouts; see
-//! its module).
+//! its module), and the group-commit writer of the stores that batch their
+//! writes ([`group_commit`]; it is here because this is the one crate both
+//! services share that may use tokio).
 //!
 //! # The outbound client
 //!
@@ -44,6 +46,7 @@
 #![forbid(unsafe_code)]
 
 mod api_error;
+pub mod group_commit;
 pub mod openapi;
 mod resolve;
 pub mod serve;

@@ -18,6 +18,7 @@ use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::XChaCha20Poly1305;
 use openred_core::token::TOKEN_CLOCK_SKEW_S;
 use openred_core::{NodeId, SignedRecord, UnixTime};
+use openred_http::group_commit::CommitError;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use zeroize::Zeroizing;
@@ -36,6 +37,14 @@ pub enum StoreError {
     /// A row holds something this code never writes.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A write was not acknowledged: its group commit failed (none of that
+    /// batch was stored), or the writer task has stopped (the node is
+    /// shutting down).
+    #[error(transparent)]
+    Writer(#[from] CommitError),
+    /// The operating system gave no randomness (for a nonce or an ID).
+    #[error("randomness: {0}")]
+    Randomness(getrandom::Error),
 }
 
 /// Why a token could not be stored or taken.
@@ -176,7 +185,7 @@ impl Sealer {
 }
 
 fn fill_random(bytes: &mut [u8]) -> Result<(), StoreError> {
-    getrandom::fill(bytes).map_err(|e| StoreError::Corrupt(format!("randomness: {e}")))
+    getrandom::fill(bytes).map_err(StoreError::Randomness)
 }
 
 const TOKEN_AAD: &[u8] = b"openred/v1/sealed-token";

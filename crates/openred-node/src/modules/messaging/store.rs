@@ -2,7 +2,8 @@
 //! group commits that make durability cheap: concurrent inserts wait for
 //! one transaction together, so a burst of messages costs one fsync per
 //! batch, not per message. Every insert is acknowledged only after its
-//! batch has committed.
+//! batch has committed. The batching itself is [`GroupCommit`]'s; this
+//! module owns what a batch writes (`InboxWriter`, `OutboxWriter`).
 //!
 //! The inbox has quotas ([`Quota`]): messages and bytes per peer, and
 //! bytes in all. What it holds is counted in memory ([`InboxUsage`]),
@@ -14,9 +15,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use openred_core::{NodeId, UnixTime};
+use openred_http::group_commit::{Commit, GroupCommit, Limits};
 use serde::{Deserialize, Serialize};
 use sqlx::{QueryBuilder, Row, Sqlite};
-use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{to_i64, NodeStore, StoreError};
 
@@ -29,6 +30,18 @@ const MAX_BATCH: usize = 1024;
 const MAX_OUTBOX_BATCH: usize = 2 * MAX_BATCH;
 /// Jobs waiting for a commit, at most; more wait to be queued.
 const QUEUE: usize = 4096;
+/// The inbox writer's sizes.
+const INBOX: Limits = Limits {
+    name: "messaging inbox",
+    queue: QUEUE,
+    max_rows: MAX_BATCH,
+};
+/// The outbox writer's sizes.
+const OUTBOX: Limits = Limits {
+    name: "messaging outbox",
+    queue: QUEUE,
+    max_rows: MAX_OUTBOX_BATCH,
+};
 /// The row counts of the statements a group commit is cut into, largest
 /// first. SQLite prepares a statement per SQL text, and sqlx caches the
 /// prepared statements by text: a statement for exactly the batch's size
@@ -74,8 +87,7 @@ impl MessageId {
             .map_or(0, |d| d.as_millis() as u64);
         let mut bytes = [0u8; 16];
         bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
-        getrandom::fill(&mut bytes[6..])
-            .map_err(|e| StoreError::Corrupt(format!("randomness: {e}")))?;
+        getrandom::fill(&mut bytes[6..]).map_err(StoreError::Randomness)?;
         Ok(MessageId(bytes))
     }
 
@@ -302,16 +314,12 @@ fn quota_bytes(message: &Received) -> u64 {
     (message.body.len() + message.content_type.len()) as u64
 }
 
-type Reply<R> = oneshot::Sender<Result<R, StoreError>>;
-/// The queue of a group-commit writer: jobs with where to answer.
-type Queue<T, R> = mpsc::Sender<(T, Reply<R>)>;
-
 /// The messaging tables.
 #[derive(Clone)]
 pub struct MessageStore {
     store: NodeStore,
-    inbox: Queue<Vec<Arc<Received>>, Vec<bool>>,
-    outbox: Queue<OutboxJob, Option<u64>>,
+    inbox: GroupCommit<InboxWriter>,
+    outbox: GroupCommit<OutboxWriter>,
     usage: Arc<tokio::sync::OnceCell<Mutex<InboxUsage>>>,
 }
 
@@ -344,11 +352,6 @@ fn u64_of(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
-/// A group commit's job: how many rows it writes.
-trait Job: Send + 'static {
-    fn rows(&self) -> usize;
-}
-
 /// What the outbox writer does: add a message (answered with its seq), or
 /// record acknowledgements. Both kinds share transactions: an
 /// acknowledgement then costs no commit (no fsync) of its own, and does
@@ -358,136 +361,52 @@ enum OutboxJob {
     Delivered { rows: Vec<RowId>, at: i64 },
 }
 
-impl Job for OutboxJob {
-    fn rows(&self) -> usize {
-        match self {
+/// The inbox's group commits: the messages of concurrent frames in one
+/// transaction. A job is the messages of one frame: one answer (a flag
+/// per message), whatever their number.
+struct InboxWriter(NodeStore);
+
+impl Commit for InboxWriter {
+    type Job = Vec<Arc<Received>>;
+    type Outcome = Vec<bool>;
+    type Error = StoreError;
+
+    fn rows(job: &Vec<Arc<Received>>) -> usize {
+        job.len()
+    }
+
+    async fn commit(&self, batch: &[Vec<Arc<Received>>]) -> Result<Vec<Vec<bool>>, StoreError> {
+        insert_received(&self.0, batch).await
+    }
+}
+
+/// The outbox's group commits: new messages and acknowledgements.
+struct OutboxWriter(NodeStore);
+
+impl Commit for OutboxWriter {
+    type Job = OutboxJob;
+    type Outcome = Option<u64>;
+    type Error = StoreError;
+
+    fn rows(job: &OutboxJob) -> usize {
+        match job {
             OutboxJob::Insert(_) => 1,
             OutboxJob::Delivered { rows, .. } => rows.len(),
         }
     }
-}
 
-/// The messages of one frame: one job, one answer, whatever their number.
-impl Job for Vec<Arc<Received>> {
-    fn rows(&self) -> usize {
-        self.len()
+    async fn commit(&self, batch: &[OutboxJob]) -> Result<Vec<Option<u64>>, StoreError> {
+        write_outbox(&self.0, batch).await
     }
-}
-
-/// Runs group commits: takes the first waiting job, then every job already
-/// queued (up to [`MAX_BATCH`] rows), commits them in one transaction with
-/// `commit`, and answers each.
-fn spawn_group_commit<T, R, F>(
-    store: NodeStore,
-    max_rows: usize,
-    commit: F,
-) -> mpsc::Sender<(T, Reply<R>)>
-where
-    T: Job,
-    R: Send + 'static,
-    F: for<'a> Fn(
-            &'a NodeStore,
-            &'a [T],
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<Vec<R>, StoreError>> + Send + 'a>,
-        > + Send
-        + Sync
-        + 'static,
-{
-    let (tx, mut rx) = mpsc::channel::<(T, Reply<R>)>(QUEUE);
-    tokio::spawn(async move {
-        let mut jobs = Vec::with_capacity(MAX_BATCH);
-        let mut replies = Vec::with_capacity(MAX_BATCH);
-        // A job taken from the queue that did not fit the last batch.
-        let mut held: Option<(T, Reply<R>)> = None;
-        loop {
-            let Some((job, reply)) = (match held.take() {
-                Some(job) => Some(job),
-                None => rx.recv().await,
-            }) else {
-                break;
-            };
-            let mut rows = job.rows();
-            jobs.push(job);
-            replies.push(reply);
-            // Take what is queued; then, as long as more keeps arriving,
-            // let the callers that are still on their way queue too. The
-            // callers answered by the last commit come back within
-            // microseconds of each other: without this, the first of them
-            // starts a small commit and the rest wait out its fsync, so
-            // batches alternated between small and large (half the
-            // callers a batch with 512 senders). One yield costs
-            // microseconds when nothing else comes.
-            'gather: loop {
-                while rows < max_rows {
-                    match rx.try_recv() {
-                        Ok((job, reply)) if rows + job.rows() > max_rows => {
-                            held = Some((job, reply));
-                            break 'gather;
-                        }
-                        Ok((job, reply)) => {
-                            rows += job.rows();
-                            jobs.push(job);
-                            replies.push(reply);
-                        }
-                        Err(_) => break,
-                    }
-                }
-                if rows >= max_rows {
-                    break;
-                }
-                tokio::task::yield_now().await;
-                if rx.is_empty() {
-                    break;
-                }
-            }
-            match commit(&store, &jobs).await {
-                Ok(results) => {
-                    for (reply, result) in replies.drain(..).zip(results) {
-                        let _ = reply.send(Ok(result));
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "a messaging group commit failed");
-                    for reply in replies.drain(..) {
-                        let _ = reply.send(Err(StoreError::Corrupt(e.to_string())));
-                    }
-                }
-            }
-            jobs.clear();
-        }
-    });
-    tx
-}
-
-async fn wait<T, R>(queue: &mpsc::Sender<(T, Reply<R>)>, job: T) -> Result<R, StoreError> {
-    let (reply, answer) = oneshot::channel();
-    queue
-        .send((job, reply))
-        .await
-        .map_err(|_| StoreError::Corrupt("the messaging writer has stopped".into()))?;
-    answer
-        .await
-        .map_err(|_| StoreError::Corrupt("the messaging writer has stopped".into()))?
 }
 
 impl MessageStore {
     /// The messaging tables of `store`, with their group-commit writers.
     pub fn new(store: NodeStore) -> MessageStore {
-        let inbox = spawn_group_commit(
-            store.clone(),
-            MAX_BATCH,
-            |store, batch: &[Vec<Arc<Received>>]| Box::pin(insert_received(store, batch)),
-        );
-        let outbox = spawn_group_commit(
-            store.clone(),
-            MAX_OUTBOX_BATCH,
-            |store, batch: &[OutboxJob]| Box::pin(write_outbox(store, batch)),
-        );
         MessageStore {
+            inbox: GroupCommit::spawn(InboxWriter(store.clone()), INBOX),
+            outbox: GroupCommit::spawn(OutboxWriter(store.clone()), OUTBOX),
             store,
-            inbox,
-            outbox,
             usage: Arc::new(tokio::sync::OnceCell::new()),
         }
     }
@@ -669,12 +588,13 @@ impl MessageStore {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        wait(&self.inbox, messages).await
+        Ok(self.inbox.write(messages).await?)
     }
 
     /// Adds a message to the outbox; answers its seq once committed.
     pub async fn enqueue(&self, message: NewMessage) -> Result<u64, StoreError> {
-        wait(&self.outbox, OutboxJob::Insert(message))
+        self.outbox
+            .write(OutboxJob::Insert(message))
             .await?
             .ok_or_else(|| StoreError::Corrupt("the outbox writer gave no seq".into()))
     }
@@ -750,7 +670,7 @@ impl MessageStore {
                 rows: chunk.to_vec(),
                 at: to_i64(now.0)?,
             };
-            wait(&self.outbox, job).await?;
+            self.outbox.write(job).await?;
         }
         Ok(())
     }
