@@ -31,6 +31,7 @@
 // key schedules (docs/decisions/0015-frame-ciphers-from-ring.md).
 #![deny(unsafe_code)]
 
+pub mod error_code;
 pub mod file_transfer;
 mod frame_cipher;
 pub mod id;

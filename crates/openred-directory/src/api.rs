@@ -320,8 +320,8 @@ pub async fn discover(
     }
     let limit = query.limit.unwrap_or(100.min(state.config.max_page_size));
     if limit == 0 || limit > state.config.max_page_size {
-        return Err(ApiError::bad_request(
-            "bad_limit",
+        return Err(ApiError::coded(
+            openred_core::error_code::ErrorCode::BadLimit,
             format!("limit must be between 1 and {}", state.config.max_page_size),
         ));
     }

@@ -30,6 +30,19 @@ impl ApiError {
         }
     }
 
+    /// A code of the public contract that clients act on, with the
+    /// status it is always answered with.
+    pub fn coded(
+        code: openred_core::error_code::ErrorCode,
+        message: impl Into<String>,
+    ) -> ApiError {
+        ApiError::new(
+            StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            code.as_str(),
+            message,
+        )
+    }
+
     /// 400 Bad Request.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)

@@ -4,6 +4,7 @@
 
 use std::sync::RwLock;
 
+use openred_core::error_code::ErrorCode;
 use openred_core::id::Fingerprint;
 use openred_core::routes::directory as routes;
 use openred_core::token::{Expected, Role, TokenEnvelope};
@@ -224,9 +225,7 @@ impl DirectoryClient {
                 Ok(page) => page,
                 // A directory whose largest page is smaller than ours: its
                 // own default page size, from then on.
-                Err(NodeError::Directory { code, .. })
-                    if code == "bad_limit" && limit.is_some() =>
-                {
+                Err(e) if e.directory_code() == Some(ErrorCode::BadLimit) && limit.is_some() => {
                     limit = None;
                     continue;
                 }

@@ -1,6 +1,7 @@
 //! The node's error type, and how each error is answered on the APIs.
 
 use axum::http::StatusCode;
+use openred_core::error_code::ErrorCode;
 use openred_core::session::FrameError;
 use openred_core::token::TokenError;
 use openred_http::{ApiError, OutboundError};
@@ -87,7 +88,23 @@ impl NodeError {
     /// restarted, or someone on the path says so: the answer is not
     /// authenticated).
     pub fn is_lost_session(&self) -> bool {
-        matches!(self, NodeError::Peer { code, .. } if code == "unknown_session")
+        self.peer_code() == Some(ErrorCode::UnknownSession)
+    }
+
+    /// The code a peer refused with, if it is one the node acts on.
+    pub fn peer_code(&self) -> Option<ErrorCode> {
+        match self {
+            NodeError::Peer { code, .. } => ErrorCode::parse(code),
+            _ => None,
+        }
+    }
+
+    /// The code the directory refused with, if it is one the node acts on.
+    pub fn directory_code(&self) -> Option<ErrorCode> {
+        match self {
+            NodeError::Directory { code, .. } => ErrorCode::parse(code),
+            _ => None,
+        }
     }
 
     /// The answer on the admin API.

@@ -589,8 +589,8 @@ async fn audit(
         query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let limit = query.limit.unwrap_or(1000);
     if limit == 0 || limit > MAX_AUDIT_ENTRIES {
-        return Err(ApiError::bad_request(
-            "bad_limit",
+        return Err(ApiError::coded(
+            openred_core::error_code::ErrorCode::BadLimit,
             format!("limit is between 1 and {MAX_AUDIT_ENTRIES}"),
         ));
     }

@@ -132,7 +132,10 @@ impl PeerLayer {
         }
         let (header, _) = FrameHeader::parse(body).map_err(frame_error)?;
         let live = self.sessions.get(&header.session_id).ok_or_else(|| {
-            ApiError::not_found("unknown_session", "no such session; handshake again")
+            ApiError::coded(
+                openred_core::error_code::ErrorCode::UnknownSession,
+                "no such session; handshake again",
+            )
         })?;
         let now = self.clock.now();
         let plaintext = live.session.open(body, now).map_err(frame_error)?;

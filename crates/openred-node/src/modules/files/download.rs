@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use openred_core::error_code::ErrorCode;
 use openred_core::file_transfer::{ChunkCipher, ChunkError, TransferShape};
 use openred_core::session::Suite;
 use openred_core::{NodeId, UnixTime};
@@ -104,24 +105,6 @@ fn local_failure(what: String, e: &std::io::Error) -> Attempt {
     }
 }
 
-/// The peer's codes that end a download for good. Not `file_unavailable`:
-/// the owner's node could not open the file, which may pass (it ran out
-/// of descriptors for a moment, a disk was being mounted), so it is
-/// retried with back-off until `give_up_after_s` without progress.
-/// `file_changed` is for good: the file is not the one shared.
-const FATAL_CODES: &[&str] = &[
-    "not_permitted",
-    "revoked",
-    "share_expired",
-    "download_limit_reached",
-    "unknown_file",
-    "wrong_peer",
-    "file_changed",
-    "bad_range",
-    "bad_file_url",
-    "bad_request",
-];
-
 /// Sorts a failure to talk to the peer; the peer layer heals the session
 /// first (a new handshake if the peer says it lost it, a look at the
 /// directory if it was unreachable).
@@ -130,13 +113,13 @@ async fn classify(node: &Peers, live: Option<&LiveSession>, e: NodeError) -> Att
         node.recover(live, &e).await;
     }
     let text = e.to_string();
-    match &e {
-        NodeError::Peer { code, .. } if code == "link_expired" || code == "unknown_link" => {
-            Attempt::NewLink(text)
-        }
-        NodeError::Peer { code, .. } if FATAL_CODES.contains(&code.as_str()) => {
-            Attempt::Fatal(text)
-        }
+    // Not `file_unavailable`: the owner's node could not open the file,
+    // which may pass (it ran out of descriptors for a moment, a disk was
+    // being mounted), so it is retried with back-off until
+    // `give_up_after_s` without progress. See `ErrorCode::ends_a_download`.
+    match e.peer_code() {
+        Some(ErrorCode::LinkExpired | ErrorCode::UnknownLink) => Attempt::NewLink(text),
+        Some(code) if code.ends_a_download() => Attempt::Fatal(text),
         _ => Attempt::Retry(text),
     }
 }
@@ -213,7 +196,7 @@ impl Files {
         }
         let live = node.session_for(&peer).await?;
         let ticket = match request_grant(node, &live, &file_id).await {
-            Err(NodeError::Peer { code, .. }) if code == "unknown_session" => {
+            Err(e) if e.is_lost_session() => {
                 // The peer restarted since (or someone on the path says
                 // so): one new handshake, authenticated, once.
                 let live = node.handshake_again(&live).await?;

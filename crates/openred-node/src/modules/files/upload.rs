@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use axum::body::{Body, Bytes};
 use axum::http::{header, StatusCode};
 use axum::response::Response;
+use openred_core::error_code::ErrorCode;
 use openred_core::file_transfer::{ChunkCipher, TransferShape, CHUNK_OVERHEAD};
 use openred_core::NodeId;
 use openred_http::ApiError;
@@ -37,14 +38,6 @@ const PIPELINE_DEPTH: usize = 4;
 /// sealed, and the one the HTTP layer is sending.
 const POOL_SIZE: usize = PIPELINE_DEPTH + 2;
 
-fn gone(code: &'static str, message: &str) -> ApiError {
-    ApiError::new(StatusCode::GONE, code, message)
-}
-
-fn forbidden(code: &'static str, message: &str) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, code, message)
-}
-
 fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::internal("file sharing storage", e)
 }
@@ -58,7 +51,7 @@ fn not_started() -> ApiError {
 }
 
 fn bad_request(message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("bad_request", message)
+    ApiError::coded(ErrorCode::BadRequest, message)
 }
 
 /// `POST /p2p/file-request` (a framed route; the auth module's policy,
@@ -80,23 +73,29 @@ pub(super) async fn grant(
         .share(&file_id)
         .await
         .map_err(internal)?
-        .ok_or_else(|| ApiError::not_found("unknown_file", "no such shared file"))?;
+        .ok_or_else(|| ApiError::coded(ErrorCode::UnknownFile, "no such shared file"))?;
     if !share.peers.contains(&live.peer) {
-        return Err(forbidden(
-            "not_permitted",
+        return Err(ApiError::coded(
+            ErrorCode::NotPermitted,
             "this file is not shared with your node",
         ));
     }
     if share.revoked_at.is_some() {
-        return Err(gone("revoked", "the owner revoked this share"));
+        return Err(ApiError::coded(
+            ErrorCode::Revoked,
+            "the owner revoked this share",
+        ));
     }
     let now = state.clock().now();
     if now >= share.expires_at {
-        return Err(gone("share_expired", "this share has expired"));
+        return Err(ApiError::coded(
+            ErrorCode::ShareExpired,
+            "this share has expired",
+        ));
     }
     if share.limit_reached() {
-        return Err(gone(
-            "download_limit_reached",
+        return Err(ApiError::coded(
+            ErrorCode::DownloadLimitReached,
             "this share's download limit is reached",
         ));
     }
@@ -142,7 +141,7 @@ pub(super) async fn serve(
     let request: DownloadRequest =
         serde_json::from_slice(&payload).map_err(|e| bad_request(e.to_string()))?;
     let capability = parse_file_url(&request.file_url)
-        .ok_or_else(|| ApiError::bad_request("bad_file_url", "not a file_url of this protocol"))?;
+        .ok_or_else(|| ApiError::coded(ErrorCode::BadFileUrl, "not a file_url of this protocol"))?;
     let client_nonce: [u8; 16] = data_encoding::HEXLOWER_PERMISSIVE
         .decode(request.client_nonce.as_bytes())
         .ok()
@@ -150,22 +149,21 @@ pub(super) async fn serve(
         .ok_or_else(|| bad_request("client_nonce must be 32 hex digits"))?;
     let store = module.store().ok_or_else(not_started)?;
     let hash = link_hash(&capability);
-    let link =
-        store.link(&hash).await.map_err(internal)?.ok_or_else(|| {
-            ApiError::not_found("unknown_link", "no such link; ask for a new one")
-        })?;
+    let link = store.link(&hash).await.map_err(internal)?.ok_or_else(|| {
+        ApiError::coded(ErrorCode::UnknownLink, "no such link; ask for a new one")
+    })?;
     // A capability is good only for the peer it was handed to: another
     // peer holding a copy gets nothing.
     if link.peer != live.peer {
-        return Err(forbidden(
-            "wrong_peer",
+        return Err(ApiError::coded(
+            ErrorCode::WrongPeer,
             "this link was handed to another node",
         ));
     }
     let now = state.clock().now();
     if now >= link.expires_at {
-        return Err(gone(
-            "link_expired",
+        return Err(ApiError::coded(
+            ErrorCode::LinkExpired,
             "this link has expired; ask for a new one",
         ));
     }
@@ -173,21 +171,26 @@ pub(super) async fn serve(
         .share(&link.file_id)
         .await
         .map_err(internal)?
-        .ok_or_else(|| ApiError::not_found("unknown_link", "no such link; ask for a new one"))?;
+        .ok_or_else(|| {
+            ApiError::coded(ErrorCode::UnknownLink, "no such link; ask for a new one")
+        })?;
     if share.revoked_at.is_some() {
-        return Err(gone("revoked", "the owner revoked this share"));
+        return Err(ApiError::coded(
+            ErrorCode::Revoked,
+            "the owner revoked this share",
+        ));
     }
     if link.completed_at.is_none() && share.limit_reached() {
-        return Err(gone(
-            "download_limit_reached",
+        return Err(ApiError::coded(
+            ErrorCode::DownloadLimitReached,
             "this share's download limit is reached",
         ));
     }
     let shape = TransferShape::new(share.file_id.0, share.size(), share.chunk_size, link.suite)
         .map_err(internal)?;
     if request.from_chunk >= shape.chunks() {
-        return Err(ApiError::bad_request(
-            "bad_range",
+        return Err(ApiError::coded(
+            ErrorCode::BadRange,
             format!("the file has {} chunks", shape.chunks()),
         ));
     }
@@ -211,8 +214,8 @@ pub(super) async fn serve(
         .await
         .map_err(internal)?
         .map_err(|e| match e {
-            DiskError::Changed => ApiError::conflict(
-                "file_changed",
+            DiskError::Changed => ApiError::coded(
+                ErrorCode::FileChanged,
                 "the shared file was replaced or changed since it was shared; nothing is served",
             ),
             other => {

@@ -401,8 +401,8 @@ pub struct ListQuery {
 fn limit(query: &ListQuery) -> Result<usize, ApiError> {
     match query.limit.unwrap_or(100) {
         n @ 1..=10_000 => Ok(n),
-        _ => Err(ApiError::bad_request(
-            "bad_limit",
+        _ => Err(ApiError::coded(
+            openred_core::error_code::ErrorCode::BadLimit,
             "limit must be between 1 and 10000",
         )),
     }
