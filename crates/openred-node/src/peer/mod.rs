@@ -1,9 +1,9 @@
 //! The peer layer: everything between this node and other nodes. It owns
 //! the sessions ([`sessions`]), opens every request frame and seals every
 //! answer once ([`frames`]), runs the handshake ([`handshake`]) and the
-//! routes peers and the directory call ([`routes`]), renews and purges
+//! routes peers and the directory call (`routes`), renews and purges
 //! sessions ([`lifecycle`]), and limits the reachability route
-//! ([`reachability`]).
+//! (`reachability`).
 
 pub mod connect;
 pub mod frames;
@@ -146,7 +146,7 @@ impl Peers {
     }
 
     /// A new session with the peer of `lost`, which the peer answered
-    /// `unknown_session` for (see [`NodeState::handshake_again`]).
+    /// `unknown_session` for (see [`PeerLayer::handshake_again`]).
     pub async fn handshake_again(&self, lost: &LiveSession) -> Result<Arc<LiveSession>, NodeError> {
         self.node.handshake_again(lost).await
     }
@@ -168,7 +168,7 @@ impl Peers {
     }
 
     /// Opens a request frame sent to `path` (see
-    /// [`NodeState::open_frame`]), then lets the enabled modules that
+    /// [`PeerLayer::open_frame`]), then lets the enabled modules that
     /// guard `path` check the peer (the auth module's proofs).
     pub async fn open_frame(
         &self,
