@@ -38,7 +38,8 @@ pub fn b64_decode(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct ErrorBody {
     /// A stable, machine-readable code, e.g. `seq_replay`.
-    pub error: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = ErrorCodeText))]
+    pub error: crate::error_code::ErrorCode,
     /// A human-readable explanation.
     pub message: String,
 }

@@ -1,12 +1,13 @@
 //! The HTTP handlers of the directory API (`/api/v3/…`), documented for
 //! OpenAPI by their annotations, which are also how they are routed.
 
+use openred_core::error_code::ErrorCode;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use openred_core::keys::SignatureContext;
@@ -57,7 +58,7 @@ pub async fn register(
     let result = register_inner(&state, client, body).await;
     metrics::registration(match &result {
         Ok(_) => "ok",
-        Err(e) => e.code(),
+        Err(e) => e.code().as_str(),
     });
     result.map(Json)
 }
@@ -70,7 +71,7 @@ async fn register_inner(
     state.limits.write_from(client)?;
     let Json(body) = body?;
     let bytes = b64_decode(&body.record)
-        .map_err(|_| ApiError::bad_request("bad_record", "record is not unpadded base64url"))?;
+        .map_err(|_| ApiError::new(ErrorCode::BadRecord, "record is not unpadded base64url"))?;
     let record = SignedRecord::decode(&bytes).map_err(record_error)?;
     let now = state.clock.now();
     record
@@ -151,8 +152,8 @@ async fn prove_reachability(state: &AppState, record: &SignedRecord) -> Result<(
         challenge: b64_encode(&challenge),
     };
     let unreachable = || {
-        ApiError::bad_request(
-            "url_unreachable",
+        ApiError::new(
+            ErrorCode::UrlUnreachable,
             format!("the node did not prove that it answers at {}", r.api_url),
         )
     };
@@ -185,8 +186,8 @@ fn check_lifetime(state: &AppState, r: &NodeRecord) -> Result<(), ApiError> {
     let cap = state.config.max_record_lifetime_s;
     let lifetime = r.expires_at.0.saturating_sub(r.issued_at.0);
     if lifetime > cap {
-        return Err(ApiError::bad_request(
-            "expiry_too_far",
+        return Err(ApiError::new(
+            ErrorCode::ExpiryTooFar,
             format!("the record lives {lifetime} s; this directory accepts at most {cap} s"),
         ));
     }
@@ -208,8 +209,8 @@ fn check_seq(state: &AppState, seq: u64, now: UnixTime) -> Result<(), ApiError> 
         .saturating_mul(1000)
         .min(i64::MAX as u64);
     if seq > ceiling {
-        return Err(ApiError::bad_request(
-            "seq_too_far",
+        return Err(ApiError::new(
+            ErrorCode::SeqTooFar,
             format!(
                 "seq {seq} is ahead of the directory's clock in milliseconds (at most {ceiling})"
             ),
@@ -220,13 +221,13 @@ fn check_seq(state: &AppState, seq: u64, now: UnixTime) -> Result<(), ApiError> 
 
 fn seq_conflict(offered: u64, stored: u64) -> ApiError {
     if offered == stored {
-        ApiError::conflict(
-            "seq_replay",
+        ApiError::new(
+            ErrorCode::SeqReplay,
             format!("seq {offered} was already used; the next record needs seq > {stored}"),
         )
     } else {
-        ApiError::conflict(
-            "seq_rollback",
+        ApiError::new(
+            ErrorCode::SeqRollback,
             format!("seq {offered} is older than the stored seq {stored}"),
         )
     }
@@ -234,24 +235,26 @@ fn seq_conflict(offered: u64, stored: u64) -> ApiError {
 
 fn record_error(e: RecordError) -> ApiError {
     let code = match &e {
-        RecordError::Length | RecordError::Version(_) | RecordError::Lifetime => "bad_record",
-        RecordError::IdentityKey => "bad_identity_key",
-        RecordError::NodeIdMismatch => "node_id_mismatch",
+        RecordError::Length | RecordError::Version(_) | RecordError::Lifetime => {
+            ErrorCode::BadRecord
+        }
+        RecordError::IdentityKey => ErrorCode::BadIdentityKey,
+        RecordError::NodeIdMismatch => ErrorCode::NodeIdMismatch,
         RecordError::Url(inner) => return url_error(inner.clone()),
-        RecordError::Signature => "bad_signature",
-        RecordError::Stale { .. } => "stale_record",
-        RecordError::Expired(_) => "expired_record",
+        RecordError::Signature => ErrorCode::BadSignature,
+        RecordError::Stale { .. } => ErrorCode::StaleRecord,
+        RecordError::Expired(_) => ErrorCode::ExpiredRecord,
     };
-    ApiError::bad_request(code, e.to_string())
+    ApiError::new(code, e.to_string())
 }
 
 fn url_error(e: UrlError) -> ApiError {
     let code = match e {
-        UrlError::Scheme => "url_not_https",
-        UrlError::NonGlobalHost => "url_not_global",
-        _ => "bad_url",
+        UrlError::Scheme => ErrorCode::UrlNotHttps,
+        UrlError::NonGlobalHost => ErrorCode::UrlNotGlobal,
+        _ => ErrorCode::BadUrl,
     };
-    ApiError::bad_request(code, e.to_string())
+    ApiError::new(code, e.to_string())
 }
 
 /// Query of `discover`.
@@ -313,15 +316,14 @@ pub async fn discover(
     }
     if !state.config.allow_listing {
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "listing_disabled",
+            ErrorCode::ListingDisabled,
             "this directory does not publish its node list; look nodes up by node_id",
         ));
     }
     let limit = query.limit.unwrap_or(100.min(state.config.max_page_size));
     if limit == 0 || limit > state.config.max_page_size {
-        return Err(ApiError::coded(
-            openred_core::error_code::ErrorCode::BadLimit,
+        return Err(ApiError::new(
+            ErrorCode::BadLimit,
             format!("limit must be between 1 and {}", state.config.max_page_size),
         ));
     }
@@ -396,7 +398,12 @@ fn encode_cursor(last: &NodeId) -> String {
 }
 
 fn decode_cursor(text: &str) -> Result<NodeId, ApiError> {
-    let bad = || ApiError::bad_request("bad_cursor", "cursor is not one this directory issued");
+    let bad = || {
+        ApiError::new(
+            ErrorCode::BadCursor,
+            "cursor is not one this directory issued",
+        )
+    };
     let bytes = b64_decode(text).map_err(|_| bad())?;
     if bytes.len() != 33 || bytes[0] != CURSOR_VERSION {
         return Err(bad());
@@ -440,7 +447,7 @@ async fn lookup(
         Err(e) => {
             state.limits.lookup_miss_from(client)?;
             metrics::lookup("malformed");
-            return Err(ApiError::bad_request("bad_node_id", e.to_string()));
+            return Err(ApiError::new(ErrorCode::BadNodeId, e.to_string()));
         }
     };
     if let Some(cached) = state.cache.get(&node_id) {
@@ -481,14 +488,17 @@ async fn lookup(
 /// A record past its `expires_at` is not served: the node stopped
 /// refreshing it.
 fn expired(node_id: &NodeId) -> ApiError {
-    ApiError::not_found(
-        "record_expired",
+    ApiError::new(
+        ErrorCode::RecordExpired,
         format!("the record of node {node_id} has expired"),
     )
 }
 
 fn unknown(node_id: &NodeId) -> ApiError {
-    ApiError::not_found("unknown_node", format!("no node {node_id} is registered"))
+    ApiError::new(
+        ErrorCode::UnknownNode,
+        format!("no node {node_id} is registered"),
+    )
 }
 
 /// Look up one node.
@@ -538,7 +548,7 @@ pub async fn deregister(
     state.limits.write_from(client)?;
     let Json(body) = body?;
     let node_id = NodeId::parse(&body.node_id)
-        .map_err(|e| ApiError::bad_request("bad_node_id", e.to_string()))?;
+        .map_err(|e| ApiError::new(ErrorCode::BadNodeId, e.to_string()))?;
     let stored = state
         .store
         .node(&node_id)
@@ -549,16 +559,16 @@ pub async fn deregister(
     let key = IdentityPublicKey::from_bytes(&stored.identity_key)
         .map_err(|e| ApiError::internal("stored identity key", e))?;
     body.verify(&node_id, &key).map_err(|_| {
-        ApiError::bad_request(
-            "bad_signature",
+        ApiError::new(
+            ErrorCode::BadSignature,
             "the deregistration is not signed by the node's identity key",
         )
     })?;
     state.limits.write_by(&node_id)?;
     let now = state.clock.now();
     if UnixTime(body.issued_at).distance(now) > state.config.clock_skew_s {
-        return Err(ApiError::bad_request(
-            "stale_request",
+        return Err(ApiError::new(
+            ErrorCode::StaleRequest,
             format!(
                 "issued_at {} is more than {} s from the directory's time {now}",
                 body.issued_at, state.config.clock_skew_s
@@ -607,7 +617,7 @@ pub async fn request_connection(
     let result = introduce(&state, client, body).await;
     metrics::introduction(match &result {
         Ok(_) => "ok",
-        Err(e) => e.code(),
+        Err(e) => e.code().as_str(),
     });
     result.map(Json)
 }
@@ -620,15 +630,15 @@ async fn introduce(
     state.limits.write_from(client)?;
     let Json(body) = body?;
     let from = NodeId::parse(&body.from)
-        .map_err(|e| ApiError::bad_request("bad_node_id", format!("from: {e}")))?;
+        .map_err(|e| ApiError::new(ErrorCode::BadNodeId, format!("from: {e}")))?;
     let target = NodeId::parse(&body.target)
-        .map_err(|e| ApiError::bad_request("bad_node_id", format!("target: {e}")))?;
+        .map_err(|e| ApiError::new(ErrorCode::BadNodeId, format!("target: {e}")))?;
     let nonce: [u8; 16] = b64_decode(&body.nonce)
         .ok()
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| ApiError::bad_request("bad_nonce", "nonce must be 16 bytes, base64url"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::BadNonce, "nonce must be 16 bytes, base64url"))?;
     let signature = b64_decode(&body.signature)
-        .map_err(|_| ApiError::bad_request("bad_signature", "signature is not base64url"))?;
+        .map_err(|_| ApiError::new(ErrorCode::BadSignature, "signature is not base64url"))?;
     let requester = registered(state, &from).await?;
     let issued_at = UnixTime(body.issued_at);
     requester
@@ -640,22 +650,22 @@ async fn introduce(
             &signature,
         )
         .map_err(|_| {
-            ApiError::bad_request(
-                "bad_signature",
+            ApiError::new(
+                ErrorCode::BadSignature,
                 "the request is not signed by the requester's identity key",
             )
         })?;
     let now = state.clock.now();
     let skew = state.config.clock_skew_s;
     if issued_at.distance(now) > skew {
-        return Err(ApiError::bad_request(
-            "stale_request",
+        return Err(ApiError::new(
+            ErrorCode::StaleRequest,
             format!("issued_at {issued_at} is more than {skew} s from the directory's time {now}"),
         ));
     }
     if from == target {
-        return Err(ApiError::bad_request(
-            "same_node",
+        return Err(ApiError::new(
+            ErrorCode::SameNode,
             "a node cannot be introduced to itself",
         ));
     }
@@ -664,18 +674,21 @@ async fn introduce(
     // A token carries the other node's record: never an expired one.
     for record in [&requester, &target_record] {
         if record.check_unexpired(now).is_err() {
-            return Err(ApiError::conflict(
-                "record_expired",
+            // 409, not the lookup's 404: the node exists, and its next
+            // registration makes the introduction possible (DIRECTORY.md).
+            return Err(ApiError::new(
+                ErrorCode::RecordExpired,
                 format!(
                     "the record of {} has expired; it must register again",
                     record.record().node_id
                 ),
-            ));
+            )
+            .with_status(axum::http::StatusCode::CONFLICT));
         }
     }
     if target_seen < state.active_cutoff(now) {
-        return Err(ApiError::conflict(
-            "target_inactive",
+        return Err(ApiError::new(
+            ErrorCode::TargetInactive,
             format!("node {target} has not been seen recently"),
         ));
     }
@@ -716,8 +729,8 @@ async fn introduce(
         .await
         .map_err(|e| ApiError::internal("claiming a nonce", e))?;
     if !claimed {
-        return Err(ApiError::conflict(
-            "nonce_replay",
+        return Err(ApiError::new(
+            ErrorCode::NonceReplay,
             "this request was seen already",
         ));
     }
@@ -736,8 +749,7 @@ async fn introduce(
         .is_err()
     {
         return Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "target_unreachable",
+            ErrorCode::TargetUnreachable,
             format!("node {target} could not be reached"),
         ));
     }

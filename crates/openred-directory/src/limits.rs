@@ -196,7 +196,7 @@ mod tests {
         assert!(limits.write_from(ip).is_ok());
         assert!(limits.write_from(ip).is_ok());
         let err = limits.write_from(ip).unwrap_err();
-        assert_eq!(err.code(), "rate_limited");
+        assert_eq!(err.code().as_str(), "rate_limited");
         // Another address has its own budget.
         assert!(limits.write_from("192.0.2.2".parse().unwrap()).is_ok());
     }
@@ -216,7 +216,7 @@ mod tests {
                 assert!(check(&limits, ip).is_ok());
             }
             let err = check(&limits, "2001:db8:7:7:ffff::9".parse().unwrap()).unwrap_err();
-            assert_eq!(err.code(), "rate_limited");
+            assert_eq!(err.code().as_str(), "rate_limited");
             // The next /64 has its own budget.
             assert!(check(&limits, "2001:db8:7:8::1".parse().unwrap()).is_ok());
         }

@@ -8,65 +8,43 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
+use openred_core::error_code::ErrorCode;
 use openred_core::wire::ErrorBody;
 
-/// An error answered to an API client.
+/// An error answered to an API client: a code of the contract
+/// ([`ErrorCode`], which brings its status) and a message for people.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
     retry_after_s: Option<u64>,
 }
 
 impl ApiError {
-    /// An error with this status, code and message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    /// An error with this code, answered with the code's status.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
-            status,
+            status: StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_GATEWAY),
             code,
             message: message.into(),
             retry_after_s: None,
         }
     }
 
-    /// A code of the public contract that clients act on, with the
-    /// status it is always answered with.
-    pub fn coded(
-        code: openred_core::error_code::ErrorCode,
-        message: impl Into<String>,
-    ) -> ApiError {
-        ApiError::new(
-            StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_REQUEST),
-            code.as_str(),
-            message,
-        )
-    }
-
-    /// 400 Bad Request.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
-    /// 404 Not Found.
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, code, message)
-    }
-
-    /// 409 Conflict.
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::CONFLICT, code, message)
+    /// The same error with another status, for the few places where the
+    /// contract answers a code with a status other than its usual one
+    /// (each says why).
+    pub fn with_status(mut self, status: StatusCode) -> ApiError {
+        self.status = status;
+        self
     }
 
     /// 429 Too Many Requests, with `Retry-After`.
     pub fn rate_limited(retry_after_s: u64) -> ApiError {
         ApiError {
             retry_after_s: Some(retry_after_s.max(1)),
-            ..ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many requests; retry later",
-            )
+            ..ApiError::new(ErrorCode::RateLimited, "too many requests; retry later")
         }
     }
 
@@ -82,14 +60,13 @@ impl ApiError {
     pub fn internal(context: &str, error: impl std::fmt::Display) -> ApiError {
         tracing::error!(%error, "{context}");
         ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
+            ErrorCode::Unavailable,
             "the service cannot serve this request right now",
         )
     }
 
     /// The machine-readable code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         self.code
     }
 
@@ -109,7 +86,7 @@ impl IntoResponse for ApiError {
         let mut response = (
             self.status,
             Json(ErrorBody {
-                error: self.code.to_owned(),
+                error: self.code,
                 message: self.message,
             }),
         )
@@ -127,30 +104,32 @@ impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> ApiError {
         let status = rejection.status();
         let code = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-            _ => "bad_json",
+            StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::BodyTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+            _ => ErrorCode::BadJson,
         };
         // serde's messages name the offending field and position, nothing
-        // of the server's internals.
-        let status = if status.is_client_error() {
-            status
+        // of the server's internals. axum answers a body of the wrong shape
+        // with 422 and bad syntax with 400; both stay `bad_json`, each with
+        // axum's status (the contract documents both).
+        let error = ApiError::new(code, rejection.body_text());
+        if status.is_client_error() {
+            error.with_status(status)
         } else {
-            StatusCode::BAD_REQUEST
-        };
-        ApiError::new(status, code, rejection.body_text())
+            error
+        }
     }
 }
 
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> ApiError {
-        ApiError::bad_request("bad_query", rejection.body_text())
+        ApiError::new(ErrorCode::BadQuery, rejection.body_text())
     }
 }
 
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> ApiError {
-        ApiError::bad_request("bad_path", rejection.body_text())
+        ApiError::new(ErrorCode::BadPath, rejection.body_text())
     }
 }
 
@@ -179,31 +158,24 @@ async fn too_large_as_json(response: Response) -> Response {
         return response;
     }
     ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body_too_large",
+        ErrorCode::BodyTooLarge,
         "the request body is larger than this route accepts",
     )
     .into_response()
 }
 
 async fn no_such_route() -> ApiError {
-    ApiError::not_found("no_such_route", "no such route")
+    ApiError::new(ErrorCode::NoSuchRoute, "no such route")
 }
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this route does not accept that method",
     )
 }
 
 fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a request handler panicked");
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        "internal error",
-    )
-    .into_response()
+    ApiError::new(ErrorCode::Internal, "internal error").into_response()
 }

@@ -332,7 +332,8 @@ pub fn expect_ok<T: serde::de::DeserializeOwned>(
     }
     let (code, message) = match response.json::<ErrorBody>() {
         Ok(body) => (body.error, body.message),
-        Err(_) => ("http_error".to_owned(), format!("HTTP {}", response.status)),
+        // Not one of ours (a proxy's page, say): the status is all there is.
+        Err(_) => (ErrorCode::Unrecognized, format!("HTTP {}", response.status)),
     };
     Err(if from_directory {
         NodeError::Directory {

@@ -1,6 +1,5 @@
 //! The node's error type, and how each error is answered on the APIs.
 
-use axum::http::StatusCode;
 use openred_core::error_code::ErrorCode;
 use openred_core::session::FrameError;
 use openred_core::token::TokenError;
@@ -19,7 +18,7 @@ pub enum NodeError {
         /// HTTP status from the directory.
         status: u16,
         /// The directory's error code.
-        code: String,
+        code: ErrorCode,
         /// The directory's message.
         message: String,
     },
@@ -40,7 +39,7 @@ pub enum NodeError {
         /// HTTP status from the peer.
         status: u16,
         /// The peer's error code.
-        code: String,
+        code: ErrorCode,
         /// The peer's message.
         message: String,
     },
@@ -94,7 +93,7 @@ impl NodeError {
     /// The code a peer refused with, if it is one the node acts on.
     pub fn peer_code(&self) -> Option<ErrorCode> {
         match self {
-            NodeError::Peer { code, .. } => ErrorCode::parse(code),
+            NodeError::Peer { code, .. } => Some(*code),
             _ => None,
         }
     }
@@ -102,7 +101,7 @@ impl NodeError {
     /// The code the directory refused with, if it is one the node acts on.
     pub fn directory_code(&self) -> Option<ErrorCode> {
         match self {
-            NodeError::Directory { code, .. } => ErrorCode::parse(code),
+            NodeError::Directory { code, .. } => Some(*code),
             _ => None,
         }
     }
@@ -110,31 +109,22 @@ impl NodeError {
     /// The answer on the admin API.
     pub fn to_api(&self) -> ApiError {
         match self {
-            NodeError::Directory { code, message, .. } => ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "directory_refused",
-                format!("{code}: {message}"),
-            ),
-            NodeError::Peer { code, message, .. } => ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "peer_refused",
-                format!("{code}: {message}"),
-            ),
-            NodeError::Outbound(e) => {
-                ApiError::new(StatusCode::BAD_GATEWAY, "unreachable", e.to_string())
+            NodeError::Directory { code, message, .. } => {
+                ApiError::new(ErrorCode::DirectoryRefused, format!("{code}: {message}"))
             }
-            NodeError::NoSession(_) => ApiError::not_found("no_session", self.to_string()),
-            NodeError::Busy(_) => ApiError::conflict("busy", self.to_string()),
-            NodeError::Capacity(c) => {
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, c.code(), c.to_string())
+            NodeError::Peer { code, message, .. } => {
+                ApiError::new(ErrorCode::PeerRefused, format!("{code}: {message}"))
             }
+            NodeError::Outbound(e) => ApiError::new(ErrorCode::Unreachable, e.to_string()),
+            NodeError::NoSession(_) => ApiError::new(ErrorCode::NoSession, self.to_string()),
+            NodeError::Busy(_) => ApiError::new(ErrorCode::Busy, self.to_string()),
+            NodeError::Capacity(c) => ApiError::new(c.code(), c.to_string()),
             NodeError::Store(e) => ApiError::internal("node storage", e),
             NodeError::Crypto(CryptoError::Unavailable) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "agent_unavailable",
+                ErrorCode::AgentUnavailable,
                 "the crypto agent is unavailable; try again in a few seconds",
             ),
-            _ => ApiError::new(StatusCode::BAD_GATEWAY, "refused", self.to_string()),
+            _ => ApiError::new(ErrorCode::Refused, self.to_string()),
         }
     }
 }

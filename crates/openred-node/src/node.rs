@@ -295,7 +295,7 @@ async fn registration_loop(state: Arc<PeerLayer>, mut stop: watch::Receiver<bool
             let event = Event::outcome(EventKind::Registration, outcome.is_ok());
             state.audit.record(match &outcome {
                 Ok(_) => event,
-                Err(e) => event.reason(e.to_api().code()),
+                Err(e) => event.reason(e.to_api().code().as_str()),
             });
         }
         let wait = match outcome {

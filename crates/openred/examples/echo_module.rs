@@ -16,6 +16,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use openred_core::error_code::ErrorCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -89,7 +90,7 @@ impl Module for Echo {
             post(
                 |State(node): State<Peers>, Json(request): Json<EchoRequest>| async move {
                     let peer = NodeId::parse(&request.node_id)
-                        .map_err(|e| ApiError::bad_request("bad_node_id", e.to_string()))?;
+                        .map_err(|e| ApiError::new(ErrorCode::BadNodeId, e.to_string()))?;
                     let live = node.session_for(&peer).await.map_err(|e| e.to_api())?;
                     let answer = node
                         .exchange(&live, ECHO_PATH, request.text.as_bytes())

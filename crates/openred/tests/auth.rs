@@ -8,6 +8,7 @@
 
 mod in_process;
 
+use openred_core::error_code::ErrorCode;
 use std::any::Any;
 use std::sync::Arc;
 
@@ -15,7 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::Request;
-use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 use axum::Router;
@@ -69,8 +69,7 @@ impl Module for Guarded {
             Box::pin(async move {
                 if stall.load(Ordering::SeqCst) && request.uri().path() == CHALLENGE_PATH {
                     tokio::time::sleep(Duration::from_millis(500)).await;
-                    return ApiError::new(StatusCode::FORBIDDEN, "stalled", "not answering")
-                        .into_response();
+                    return ApiError::new(ErrorCode::Unavailable, "not answering").into_response();
                 }
                 next.run(request).await
             })

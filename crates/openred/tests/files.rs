@@ -11,6 +11,7 @@
 
 mod in_process;
 
+use openred_core::error_code::ErrorCode;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -147,7 +148,7 @@ async fn fetch(
 #[track_caller]
 fn assert_peer_code<T: std::fmt::Debug>(result: Result<T, FilesError>, code: &str) {
     match result {
-        Err(FilesError::Node(NodeError::Peer { code: c, .. })) if c == code => {}
+        Err(FilesError::Node(NodeError::Peer { code: c, .. })) if c.as_str() == code => {}
         other => panic!("expected the owner to refuse with {code}, got {other:?}"),
     }
 }
@@ -332,7 +333,7 @@ async fn a_shared_file_is_offered_fetched_verified_and_counted_once() {
         .fetch(&b.state.peers(), a.id(), file_id, written.clone())
         .await;
     assert!(
-        matches!(again, Err(FilesError::Conflict("out_exists", _))),
+        matches!(again, Err(FilesError::Conflict(ErrorCode::OutExists, _))),
         "{again:?}"
     );
 }

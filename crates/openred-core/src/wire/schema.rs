@@ -219,3 +219,14 @@ mod tests {
         }
     }
 }
+
+text_schema!(
+    /// An error code: one of [`crate::error_code::ErrorCode::ALL`].
+    ErrorCodeText,
+    "ErrorCode",
+    string("A stable, machine-readable error code; a client acts on it.")
+        .enum_values(Some(
+            crate::error_code::ErrorCode::ALL.iter().map(|c| c.as_str()),
+        ))
+        .build()
+);

@@ -26,6 +26,7 @@
 //!
 //! Settings (`[modules.auth]`): see [`Settings`].
 
+use openred_core::error_code::ErrorCode;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -33,7 +34,6 @@ use std::time::Instant;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use openred_core::session::SessionId;
@@ -286,8 +286,7 @@ impl Auth {
         outcome.map_err(|e| {
             self.policy_refusals.fetch_add(1, Ordering::Relaxed);
             ApiError::new(
-                StatusCode::FORBIDDEN,
-                "peer_auth_failed",
+                ErrorCode::PeerAuthFailed,
                 format!(
                     "{route} needs a proof of your identity younger than {max_age} s, \
                      and this node's challenge failed: {e}"
@@ -335,7 +334,7 @@ async fn answer(
     let challenge: [u8; CHALLENGE_LEN] = payload
         .as_slice()
         .try_into()
-        .map_err(|_| ApiError::bad_request("bad_challenge", "a challenge is 32 random bytes"))?;
+        .map_err(|_| ApiError::new(ErrorCode::BadChallenge, "a challenge is 32 random bytes"))?;
     let signature = peers
         .sign_challenge(&live, &challenge)
         .await
@@ -357,11 +356,7 @@ async fn challenge_now(
     match module.challenge(&state, &live).await {
         Ok(view) => Ok(Json(view)),
         Err(ProofError::Exchange(e)) => Err(e.to_api()),
-        Err(e @ ProofError::Invalid(_)) => Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "bad_proof",
-            e.to_string(),
-        )),
+        Err(e @ ProofError::Invalid(_)) => Err(ApiError::new(ErrorCode::BadProof, e.to_string())),
     }
 }
 

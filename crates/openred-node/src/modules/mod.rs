@@ -21,13 +21,13 @@ pub mod files;
 pub mod messaging;
 pub mod monitoring;
 
+use openred_core::error_code::ErrorCode;
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use axum::extract::Request;
-use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -423,8 +423,7 @@ fn gated<S: Clone + Send + Sync + 'static>(
                     next.run(request).await
                 } else {
                     ApiError::new(
-                        StatusCode::NOT_FOUND,
-                        "module_disabled",
+                        ErrorCode::ModuleDisabled,
                         format!("the {name} module is switched off on this node"),
                     )
                     .into_response()

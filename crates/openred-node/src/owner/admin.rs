@@ -3,6 +3,7 @@
 //! data directory. The client subcommands (`openred --data DIR …`) find the
 //! address and the token there.
 
+use openred_core::error_code::ErrorCode;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read};
 use std::net::SocketAddr;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -139,8 +140,7 @@ async fn local_host_only(request: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok());
     if host.is_some_and(|h| !is_local_host(h)) {
         return axum::response::IntoResponse::into_response(ApiError::new(
-            StatusCode::MISDIRECTED_REQUEST,
-            "bad_host",
+            ErrorCode::BadHost,
             "the admin API answers only requests addressed to an IP address or localhost",
         ));
     }
@@ -220,8 +220,7 @@ fn require_bearer(credential: AdminCredential, what: &str) -> Result<(), ApiErro
     match credential {
         AdminCredential::BearerToken => Ok(()),
         AdminCredential::LoginCookie => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "bearer_token_required",
+            ErrorCode::BearerTokenRequired,
             format!("{what} needs the admin bearer token; a login session may not do it"),
         )),
     }
@@ -260,8 +259,7 @@ async fn authenticate(
         && !crate::owner::login::cookie_request_allowed(request.method(), request.headers())
     {
         return axum::response::IntoResponse::into_response(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "missing_request_header",
+            ErrorCode::MissingRequestHeader,
             format!(
                 "a request that changes something and is authenticated by the login cookie \
                  needs the header {}: 1",
@@ -285,8 +283,7 @@ async fn authenticate(
             .audit
             .count_unauthenticated(EventKind::AdminLogin, reason);
         return axum::response::IntoResponse::into_response(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "a valid admin bearer token or login session is required",
         ));
     }
@@ -481,8 +478,8 @@ async fn connect(
 ) -> Result<Json<ConnectView>, ApiError> {
     let peer = peer_id(body)?;
     if peer == state.crypto.node_id() {
-        return Err(ApiError::bad_request(
-            "self",
+        return Err(ApiError::new(
+            ErrorCode::ToSelf,
             "a node cannot connect to itself",
         ));
     }
@@ -529,8 +526,8 @@ async fn switch_module(
         "enable" => true,
         "disable" => false,
         _ => {
-            return Err(ApiError::not_found(
-                "unknown_action",
+            return Err(ApiError::new(
+                ErrorCode::UnknownAction,
                 "the action is enable or disable",
             ))
         }
@@ -538,7 +535,7 @@ async fn switch_module(
     let was_on = state
         .modules
         .set_enabled(&name, on)
-        .map_err(|e| ApiError::not_found("unknown_module", e.to_string()))?;
+        .map_err(|e| ApiError::new(ErrorCode::UnknownModule, e.to_string()))?;
     // The owner's action is answered only once it is in the audit log.
     let kind = if on {
         EventKind::ModuleEnabled
@@ -552,8 +549,7 @@ async fn switch_module(
         .map_err(|e| {
             tracing::error!(error = %e, module = %name, "a module switch could not be audited");
             ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "audit_unavailable",
+                ErrorCode::AuditUnavailable,
                 "the module was switched, but the audit log could not record it",
             )
         })?;
@@ -563,7 +559,7 @@ async fn switch_module(
         .into_iter()
         .find(|m| m.name == name)
         .map(Json)
-        .ok_or_else(|| ApiError::not_found("unknown_module", "no such module"))
+        .ok_or_else(|| ApiError::new(ErrorCode::UnknownModule, "no such module"))
 }
 
 /// The query of `GET /admin/v1/audit`.
@@ -586,19 +582,18 @@ async fn audit(
     query: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<AuditView>, ApiError> {
     let axum::extract::Query(query) =
-        query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+        query.map_err(|e| ApiError::new(ErrorCode::BadQuery, e.body_text()))?;
     let limit = query.limit.unwrap_or(1000);
     if limit == 0 || limit > MAX_AUDIT_ENTRIES {
-        return Err(ApiError::coded(
-            openred_core::error_code::ErrorCode::BadLimit,
+        return Err(ApiError::new(
+            ErrorCode::BadLimit,
             format!("limit is between 1 and {MAX_AUDIT_ENTRIES}"),
         ));
     }
     let unavailable = |e: crate::audit::AuditError| {
         tracing::error!(error = %e, "reading the audit log failed");
         ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "audit_unavailable",
+            ErrorCode::AuditUnavailable,
             "the audit log cannot be read now",
         )
     };

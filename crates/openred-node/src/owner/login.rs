@@ -27,6 +27,7 @@
 //!   are counted in the log's `unauthenticated_failures` entries. The
 //!   answer to a failed login does not say which factor was wrong.
 
+use openred_core::error_code::ErrorCode;
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -36,7 +37,7 @@ use std::sync::{Mutex, PoisonError};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue};
 use openred_core::UnixTime;
 use openred_http::ApiError;
 use serde::{Deserialize, Serialize};
@@ -308,11 +309,7 @@ fn session_key(token: &str) -> [u8; 32] {
 }
 
 fn login_failed() -> ApiError {
-    ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        "login_failed",
-        "wrong password or code",
-    )
+    ApiError::new(ErrorCode::LoginFailed, "wrong password or code")
 }
 
 /// The owner's credentials as stored: the password's PHC string and the
@@ -449,12 +446,11 @@ impl OwnerLogin {
         if let Some((retry_after, reason)) = failures.wait(now) {
             audit(reason);
             let code = if reason == "locked_out" {
-                "login_locked"
+                ErrorCode::LoginLocked
             } else {
-                "login_backoff"
+                ErrorCode::LoginBackoff
             };
             return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
                 code,
                 format!("too many failed logins; try again in {retry_after} s"),
             )
@@ -462,15 +458,15 @@ impl OwnerLogin {
         }
         if request.password.len() > MAX_PASSWORD_BYTES || request.totp.len() > 64 {
             audit("bad_request");
-            return Err(ApiError::bad_request(
-                "bad_login",
+            return Err(ApiError::new(
+                ErrorCode::BadLogin,
                 format!("a password has at most {MAX_PASSWORD_BYTES} bytes, a code 6 digits"),
             ));
         }
         let not_set_up = |reason: &'static str, message: &str| {
             audit(reason);
-            ApiError::conflict(
-                "login_not_set_up",
+            ApiError::new(
+                ErrorCode::LoginNotSetUp,
                 format!(
                     "{message}: `openred --data DIR admin set-password` and `admin totp-enroll`"
                 ),
@@ -502,8 +498,8 @@ impl OwnerLogin {
             // The node's clock went back past the last login: every code
             // would look reused. Not the owner's failure.
             audit("clock_behind");
-            return Err(ApiError::conflict(
-                "clock_behind",
+            return Err(ApiError::new(
+                ErrorCode::ClockBehind,
                 "the node's clock is behind the last login's; fix the clock, or run \
                  `openred --data DIR admin unlock`",
             ));

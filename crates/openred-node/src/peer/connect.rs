@@ -97,7 +97,10 @@ impl PeerLayer {
                     .handshakes_initiated
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            Err(e) => self.metrics.handshakes_failed.add(e.to_api().code()),
+            Err(e) => self
+                .metrics
+                .handshakes_failed
+                .add(e.to_api().code().as_str()),
         }
         outcome
     }
@@ -114,7 +117,7 @@ impl PeerLayer {
         let event = Event::outcome(EventKind::IntroductionRequested, envelope.is_ok()).peer(peer);
         self.audit.record(match &envelope {
             Ok(_) => event,
-            Err(e) => event.reason(e.to_api().code()),
+            Err(e) => event.reason(e.to_api().code().as_str()),
         });
         let connected = self.handshake_as_initiator(peer, envelope?, started).await;
         let event = Event::outcome(EventKind::Handshake, connected.is_ok())
@@ -122,7 +125,7 @@ impl PeerLayer {
             .detail("role", "initiator");
         self.audit.record(match &connected {
             Ok(c) => event.detail("session_id", c.session_id.to_string()),
-            Err(e) => event.reason(e.to_api().code()),
+            Err(e) => event.reason(e.to_api().code().as_str()),
         });
         connected
     }

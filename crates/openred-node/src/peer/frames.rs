@@ -15,10 +15,11 @@
 //! request: two answers swapped on the path both fail to authenticate
 //! (and, failing, mark nothing seen in the replay window).
 
+use openred_core::error_code::ErrorCode;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use openred_core::session::{FrameHeader, Session};
 use openred_core::UnixTime;
@@ -124,16 +125,12 @@ impl PeerLayer {
     /// session with the request's identity, and the payload.
     pub fn open_frame(&self, path: &str, body: &[u8]) -> Result<(Incoming, Vec<u8>), ApiError> {
         if body.len() > self.config.max_frame_bytes + 64 + 256 {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "frame_too_large",
-                "frame too large",
-            ));
+            return Err(ApiError::new(ErrorCode::FrameTooLarge, "frame too large"));
         }
         let (header, _) = FrameHeader::parse(body).map_err(frame_error)?;
         let live = self.sessions.get(&header.session_id).ok_or_else(|| {
-            ApiError::coded(
-                openred_core::error_code::ErrorCode::UnknownSession,
+            ApiError::new(
+                ErrorCode::UnknownSession,
                 "no such session; handshake again",
             )
         })?;
@@ -141,7 +138,10 @@ impl PeerLayer {
         let plaintext = live.session.open(body, now).map_err(frame_error)?;
         let payload = unlabel(path, false, &plaintext)
             .ok_or_else(|| {
-                ApiError::bad_request("wrong_route", "this frame was sealed for another route")
+                ApiError::new(
+                    ErrorCode::WrongRoute,
+                    "this frame was sealed for another route",
+                )
             })?
             .to_vec();
         self.sessions.confirm(&live);
@@ -207,7 +207,7 @@ impl PeerLayer {
 /// The answer to a refused frame. The reason is given: it tells an
 /// attacker nothing it did not send itself.
 pub fn frame_error(e: openred_core::session::FrameError) -> ApiError {
-    ApiError::bad_request("bad_frame", e.to_string())
+    ApiError::new(ErrorCode::BadFrame, e.to_string())
 }
 
 #[cfg(test)]

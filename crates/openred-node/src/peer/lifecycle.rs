@@ -140,7 +140,10 @@ impl PeerLayer {
                     .fetch_add(1, Ordering::Relaxed);
             }
             Err(NodeError::Busy(_)) => {}
-            Err(e) => self.metrics.handshakes_failed.add(e.to_api().code()),
+            Err(e) => self
+                .metrics
+                .handshakes_failed
+                .add(e.to_api().code().as_str()),
         }
         outcome
     }
@@ -157,7 +160,7 @@ impl PeerLayer {
             .detail("previous_session_id", live.id().to_string());
         self.audit.record(match &outcome {
             Ok(renewed) => event.detail("session_id", renewed.id().to_string()),
-            Err(e) => event.reason(e.to_api().code()),
+            Err(e) => event.reason(e.to_api().code().as_str()),
         });
         outcome
     }

@@ -14,6 +14,7 @@ pub(crate) mod reachability;
 pub(crate) mod routes;
 pub mod sessions;
 
+use openred_core::error_code::ErrorCode;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -269,7 +270,7 @@ pub fn peer_id(
     body: Result<axum::Json<PeerRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<NodeId, ApiError> {
     let axum::Json(body) = body?;
-    NodeId::parse(&body.node_id).map_err(|e| ApiError::bad_request("bad_node_id", e.to_string()))
+    NodeId::parse(&body.node_id).map_err(|e| ApiError::new(ErrorCode::BadNodeId, e.to_string()))
 }
 
 /// A P2P route that takes a request frame and answers with a frame: the

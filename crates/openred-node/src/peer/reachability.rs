@@ -83,6 +83,7 @@ fn refused(not_until: NotUntil<<DefaultClock as Clock>::Instant>) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use openred_core::error_code::ErrorCode;
 
     fn slow(burst: u32) -> RateQuota {
         // One request an hour after the burst: nothing refills during a test.
@@ -103,7 +104,7 @@ mod tests {
         assert!(limiter.check(ip("2001:db8:5:5::1")).is_ok());
         assert!(limiter.check(ip("2001:db8:5:5::2")).is_ok());
         let err = limiter.check(ip("2001:db8:5:5:abcd::3")).unwrap_err();
-        assert_eq!(err.code(), "rate_limited");
+        assert_eq!(err.code(), ErrorCode::RateLimited);
         // Another /64, and an IPv4 source, have their own budgets.
         assert!(limiter.check(ip("2001:db8:5:6::1")).is_ok());
         assert!(limiter.check(ip("192.0.2.1")).is_ok());
@@ -127,6 +128,6 @@ mod tests {
         let err = limiter
             .check(Some(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1))))
             .unwrap_err();
-        assert_eq!(err.code(), "rate_limited");
+        assert_eq!(err.code(), ErrorCode::RateLimited);
     }
 }

@@ -1,6 +1,7 @@
 //! The P2P API other nodes and the directory call: health, the
 //! reachability proof, token pushes, the handshake, and the encrypted ping.
 
+use openred_core::error_code::ErrorCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -47,7 +48,7 @@ pub fn routes() -> Router<Arc<PeerLayer>> {
                     Ok(_) => {
                         metrics.tokens_received.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(e) => metrics.tokens_rejected.add(e.code()),
+                    Err(e) => metrics.tokens_rejected.add(e.code().as_str()),
                 }
                 outcome
             }),
@@ -81,7 +82,7 @@ fn count_handshake(state: &PeerLayer, refused: Option<&ApiError>, renewal: bool)
                 metrics.sessions_renewed.fetch_add(1, Ordering::Relaxed);
             }
         }
-        Some(e) => metrics.handshakes_failed.add(e.code()),
+        Some(e) => metrics.handshakes_failed.add(e.code().as_str()),
     }
 }
 
@@ -180,8 +181,8 @@ async fn reachability(
     let Json(body) = body?;
     let me = state.crypto.node_id();
     if body.node_id != me.to_string() {
-        return Err(ApiError::bad_request(
-            "wrong_node",
+        return Err(ApiError::new(
+            ErrorCode::WrongNode,
             "this is not the node you are looking for",
         ));
     }
@@ -189,7 +190,10 @@ async fn reachability(
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| {
-            ApiError::bad_request("bad_challenge", "challenge must be 32 bytes, base64url")
+            ApiError::new(
+                ErrorCode::BadChallenge,
+                "challenge must be 32 bytes, base64url",
+            )
         })?;
     // The proof names the directory this node trusts: it cannot be shown to
     // another directory.
@@ -224,7 +228,7 @@ async fn receive_token(
             .record(Event::ok(EventKind::IntroductionReceived).peer(*initiator)),
         Err(e) => state
             .audit
-            .count_unauthenticated(EventKind::TokenRejected, e.code()),
+            .count_unauthenticated(EventKind::TokenRejected, e.code().as_str()),
     }
     outcome.map(|(answer, _)| answer)
 }
@@ -234,10 +238,11 @@ async fn accept_token(
     body: Result<Json<TokenPush>, JsonRejection>,
 ) -> Result<(Json<TokenAccepted>, openred_core::NodeId), ApiError> {
     let Json(body) = body?;
-    let bad = |code, message: String| ApiError::bad_request(code, message);
-    let bytes =
-        b64_decode(&body.token).map_err(|_| bad("bad_token", "token is not base64url".into()))?;
-    let envelope = TokenEnvelope::decode(&bytes).map_err(|e| bad("bad_token", e.to_string()))?;
+    let bad = |code, message: String| ApiError::new(code, message);
+    let bytes = b64_decode(&body.token)
+        .map_err(|_| bad(ErrorCode::BadToken, "token is not base64url".into()))?;
+    let envelope =
+        TokenEnvelope::decode(&bytes).map_err(|e| bad(ErrorCode::BadToken, e.to_string()))?;
     let directory = pinned_directory(state)?;
     let me = state.crypto.node_id();
     let expected = Expected {
@@ -258,13 +263,13 @@ async fn accept_token(
         .await
         .map_err(|e| match e {
             CryptoError::Failed { message, .. } => {
-                ApiError::new(StatusCode::FORBIDDEN, "not_for_this_node", message)
+                ApiError::new(ErrorCode::NotForThisNode, message)
             }
             other => NodeError::from(other).to_api(),
         })?;
     if body.from != intro.initiator.to_string() {
         return Err(bad(
-            "from_mismatch",
+            ErrorCode::FromMismatch,
             "`from` is not the token's initiator".into(),
         ));
     }
@@ -272,7 +277,7 @@ async fn accept_token(
     opened
         .peer_record
         .check_unexpired(now)
-        .map_err(|e| bad("peer_record_expired", e.to_string()))?;
+        .map_err(|e| bad(ErrorCode::PeerRecordExpired, e.to_string()))?;
     // Known: connected to, accepted or added, never merely listed by the
     // directory (which would make the policy worth nothing).
     if state.config.introduction_policy == IntroductionPolicy::KnownPeers
@@ -283,8 +288,7 @@ async fn accept_token(
             .map_err(internal)?
     {
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "introduction_refused",
+            ErrorCode::IntroductionRefused,
             "this node accepts introductions from known peers only",
         ));
     }
@@ -303,22 +307,22 @@ async fn accept_token(
     {
         TokenState::Ok => {}
         TokenState::Used => {
-            return Err(ApiError::conflict(
-                "token_used",
+            return Err(ApiError::new(
+                ErrorCode::TokenUsed,
                 "this connection ID was used already",
             ))
         }
         // A record older than one already seen means a directory replaying
         // stale data: refuse the introduction.
         TokenState::StalePeerRecord => {
-            return Err(ApiError::conflict(
-                "stale_peer_record",
+            return Err(ApiError::new(
+                ErrorCode::StalePeerRecord,
                 "the initiator's record is older than one this node has seen",
             ))
         }
         TokenState::Duplicate | TokenState::Unknown => {
-            return Err(ApiError::conflict(
-                "duplicate_token",
+            return Err(ApiError::new(
+                ErrorCode::DuplicateToken,
                 "this token was received already",
             ))
         }
@@ -333,7 +337,11 @@ async fn accept_token(
 }
 
 /// Refusals of a handshake that are about its token, not the handshake.
-const TOKEN_REFUSALS: [&str; 3] = ["token_used", "unknown_connection", "token_expired"];
+const TOKEN_REFUSALS: [ErrorCode; 3] = [
+    ErrorCode::TokenUsed,
+    ErrorCode::UnknownConnection,
+    ErrorCode::TokenExpired,
+];
 
 /// A handshake as the target, audited: ok, failed, or its token rejected.
 async fn handshake_route(
@@ -351,10 +359,10 @@ async fn handshake_route(
         ),
         Err(e) if TOKEN_REFUSALS.contains(&e.code()) => state
             .audit
-            .count_unauthenticated(EventKind::TokenRejected, e.code()),
+            .count_unauthenticated(EventKind::TokenRejected, e.code().as_str()),
         Err(e) => state
             .audit
-            .count_unauthenticated(EventKind::Handshake, e.code()),
+            .count_unauthenticated(EventKind::Handshake, e.code().as_str()),
     }
     outcome.map(|(answer, _)| answer)
 }
@@ -364,29 +372,29 @@ async fn answer_handshake(
     body: Result<Json<HandshakeRequest>, JsonRejection>,
 ) -> Result<(Json<HandshakeResponse>, openred_core::NodeId), ApiError> {
     let Json(body) = body?;
-    let connection_id = connection_id(&body.connection_id, "bad_connection_id")?;
+    let connection_id = connection_id(&body.connection_id, ErrorCode::BadConnectionId)?;
     // The connection ID first: unknown or used IDs cost one indexed read
     // and no public-key work.
     let (token_state, token) = state.store.token(&connection_id).await.map_err(internal)?;
     let token = match (token_state, token) {
         (TokenState::Ok, Some(token)) => token,
         (TokenState::Used, _) => {
-            return Err(ApiError::conflict(
-                "token_used",
+            return Err(ApiError::new(
+                ErrorCode::TokenUsed,
                 "this connection ID was used already",
             ))
         }
         _ => {
-            return Err(ApiError::not_found(
-                "unknown_connection",
+            return Err(ApiError::new(
+                ErrorCode::UnknownConnection,
                 "no token waits for this connection ID",
             ))
         }
     };
     let now = state.clock.now();
     if token.expires_at <= now {
-        return Err(ApiError::bad_request(
-            "token_expired",
+        return Err(ApiError::new(
+            ErrorCode::TokenExpired,
             "the introduction has expired",
         ));
     }
@@ -397,7 +405,7 @@ async fn answer_handshake(
         .room_for(&token.initiator, state.session_limits())
         .map_err(|e| NodeError::from(e).to_api())?;
     let message = b64_decode(&body.message)
-        .map_err(|_| ApiError::bad_request("bad_message", "message is not base64url"))?;
+        .map_err(|_| ApiError::new(ErrorCode::BadMessage, "message is not base64url"))?;
     let offer = handshake::parse_offer(&body.suites).map_err(handshake_error)?;
     let initiator_record = token.initiator_record;
     let context = HandshakeContext {
@@ -428,8 +436,8 @@ async fn answer_handshake(
         .map_err(internal)?
         != TokenState::Ok
     {
-        return Err(ApiError::conflict(
-            "token_used",
+        return Err(ApiError::new(
+            ErrorCode::TokenUsed,
             "this connection ID was used already",
         ));
     }
@@ -450,53 +458,49 @@ async fn answer_handshake(
 /// prove reachability nor trust a token.
 /// The answer to a token the core's rules refuse.
 fn refused_token(e: TokenError) -> ApiError {
-    let forbidden = |code| ApiError::new(StatusCode::FORBIDDEN, code, e.to_string());
+    let forbidden = |code| ApiError::new(code, e.to_string());
     match e {
         TokenError::Signature => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "not_from_directory",
+            ErrorCode::NotFromDirectory,
             "the token is not signed by this node's directory",
         ),
-        TokenError::WrongNode => forbidden("not_for_this_node"),
+        TokenError::WrongNode => forbidden(ErrorCode::NotForThisNode),
         TokenError::WrongRole(_) => {
-            ApiError::bad_request("wrong_role", "only the target's token is pushed")
+            ApiError::new(ErrorCode::WrongRole, "only the target's token is pushed")
         }
-        TokenError::TooLongLived { .. } => ApiError::bad_request("token_lifetime", e.to_string()),
-        TokenError::Expired(_) => ApiError::bad_request("token_expired", e.to_string()),
-        _ => ApiError::bad_request("bad_token", e.to_string()),
+        TokenError::TooLongLived { .. } => ApiError::new(ErrorCode::TokenLifetime, e.to_string()),
+        TokenError::Expired(_) => ApiError::new(ErrorCode::TokenExpired, e.to_string()),
+        _ => ApiError::new(ErrorCode::BadToken, e.to_string()),
     }
 }
 
 fn pinned_directory(state: &PeerLayer) -> Result<openred_core::IdentityPublicKey, ApiError> {
     state.directory.pinned().ok_or_else(|| {
         ApiError::new(
-            StatusCode::CONFLICT,
-            "no_directory_key",
+            ErrorCode::NoDirectoryKey,
             "this node has not pinned a directory key yet",
         )
     })
 }
 
-fn connection_id(text: &str, code: &'static str) -> Result<[u8; 16], ApiError> {
+fn connection_id(text: &str, code: ErrorCode) -> Result<[u8; 16], ApiError> {
     b64_decode(text)
         .ok()
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| ApiError::bad_request(code, "connection_id must be 16 bytes, base64url"))
+        .ok_or_else(|| ApiError::new(code, "connection_id must be 16 bytes, base64url"))
 }
 
 /// The agent refused a handshake message (it does not authenticate, or
 /// its payload is wrong), or could not answer.
 fn handshake_refused(e: CryptoError) -> ApiError {
     match e {
-        CryptoError::Failed { message, .. } => {
-            ApiError::new(StatusCode::FORBIDDEN, "handshake_failed", message)
-        }
+        CryptoError::Failed { message, .. } => ApiError::new(ErrorCode::HandshakeFailed, message),
         other => NodeError::from(other).to_api(),
     }
 }
 
 fn handshake_error(e: handshake::HandshakeError) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, "handshake_failed", e.to_string())
+    ApiError::new(ErrorCode::HandshakeFailed, e.to_string())
 }
 
 /// The encrypted ping's route.
@@ -512,7 +516,7 @@ pub const PONG: &[u8; 4] = b"pong";
 async fn ping(State(state): Shared, body: Bytes) -> Result<Response, ApiError> {
     let (live, plaintext) = state.open_frame(PING_PATH, &body)?;
     if plaintext.len() != 12 || &plaintext[..4] != PING {
-        return Err(ApiError::bad_request("bad_ping", "not a ping"));
+        return Err(ApiError::new(ErrorCode::BadPing, "not a ping"));
     }
     let mut reply = PONG.to_vec();
     reply.extend_from_slice(&plaintext[4..]);
@@ -540,7 +544,7 @@ async fn renew(State(state): Shared, body: Bytes) -> Result<Response, ApiError> 
         .detail("previous_session_id", live.id().to_string());
     state.audit.record(match &answered {
         Ok(_) => event,
-        Err(e) => event.reason(e.code()),
+        Err(e) => event.reason(e.code().as_str()),
     });
     answered
 }
@@ -551,22 +555,22 @@ async fn renew_in(
     plaintext: &[u8],
 ) -> Result<Response, ApiError> {
     let now = state.clock.now();
-    let conflict = |code, message| Err(ApiError::conflict(code, message));
+    let conflict = |code, message| Err(ApiError::new(code, message));
     if live.age(now) >= state.config.session_max_age_s {
         return conflict(
-            "session_expired",
+            ErrorCode::SessionExpired,
             "this session is past its maximum age; ask the directory for an introduction",
         );
     }
     if live.peer_record.check_unexpired(now).is_err() {
         return conflict(
-            "peer_record_expired",
+            ErrorCode::PeerRecordExpired,
             "the record the introduction carried has expired; ask the directory for an introduction",
         );
     }
     if !state.sessions.is_live(live) {
         return conflict(
-            "not_current",
+            ErrorCode::NotCurrent,
             "this session has been replaced; renew the current one",
         );
     }
@@ -574,37 +578,37 @@ async fn renew_in(
     // goes on, the other is refused, so the two end up on one session.
     if live.renewing.load(Ordering::Acquire) && state.crypto.node_id() < live.peer {
         return conflict(
-            "renewal_crossed",
+            ErrorCode::RenewalCrossed,
             "this node is renewing the session itself",
         );
     }
     if let Some(known) = state.store.peer(&live.peer).await.map_err(internal)? {
         if known.record().agreement_key != live.peer_record.record().agreement_key {
             return conflict(
-                "peer_key_changed",
+                ErrorCode::PeerKeyChanged,
                 "the peer has registered another key since; ask the directory for an introduction",
             );
         }
     }
     let request: HandshakeRequest = serde_json::from_slice(plaintext)
-        .map_err(|e| ApiError::bad_request("bad_renewal", e.to_string()))?;
-    let connection_id = connection_id(&request.connection_id, "bad_renewal")?;
+        .map_err(|e| ApiError::new(ErrorCode::BadRenewal, e.to_string()))?;
+    let connection_id = connection_id(&request.connection_id, ErrorCode::BadRenewal)?;
     let message = b64_decode(&request.message)
-        .map_err(|_| ApiError::bad_request("bad_renewal", "message is not base64url"))?;
+        .map_err(|_| ApiError::new(ErrorCode::BadRenewal, "message is not base64url"))?;
     let offer = handshake::parse_offer(&request.suites).map_err(handshake_error)?;
     let wins_crossing = state.crypto.node_id() < live.peer;
     live.reserve_renewal(connection_id, MAX_RENEWALS_PER_SESSION, wins_crossing)
         .map_err(|refusal| match refusal {
-            RenewalRefusal::Crossed => ApiError::conflict(
-                "renewal_crossed",
+            RenewalRefusal::Crossed => ApiError::new(
+                ErrorCode::RenewalCrossed,
                 "this node is renewing the session itself",
             ),
-            RenewalRefusal::Replayed => {
-                ApiError::conflict("renewal_replayed", "this renewal was answered already")
-            }
+            RenewalRefusal::Replayed => ApiError::new(
+                ErrorCode::RenewalReplayed,
+                "this renewal was answered already",
+            ),
             RenewalRefusal::Limit => ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "renewal_limit",
+                ErrorCode::RenewalLimit,
                 "this session has authorised all the renewals it may",
             ),
         })?;

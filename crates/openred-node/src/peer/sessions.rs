@@ -176,10 +176,11 @@ pub enum Capacity {
 
 impl Capacity {
     /// The error code on the wire.
-    pub fn code(self) -> &'static str {
+    pub fn code(self) -> openred_core::error_code::ErrorCode {
+        use openred_core::error_code::ErrorCode;
         match self {
-            Capacity::Sessions => "too_many_sessions",
-            Capacity::Peers => "too_many_peers",
+            Capacity::Sessions => ErrorCode::TooManySessions,
+            Capacity::Peers => ErrorCode::TooManyPeers,
         }
     }
 }

@@ -150,7 +150,7 @@ pub fn assert_directory_refused<T: Debug>(result: Result<T, NodeError>, status: 
     match result {
         Err(NodeError::Directory {
             status: s, code: c, ..
-        }) if s == status && c == code => {}
+        }) if s == status && c.as_str() == code => {}
         other => panic!("expected the directory to refuse with {status} {code}, got {other:?}"),
     }
 }
@@ -162,7 +162,7 @@ pub fn assert_peer_refused<T: Debug>(result: Result<T, NodeError>, status: u16, 
     match result {
         Err(NodeError::Peer {
             status: s, code: c, ..
-        }) if s == status && c == code => {}
+        }) if s == status && c.as_str() == code => {}
         other => panic!("expected the peer to refuse with {status} {code}, got {other:?}"),
     }
 }

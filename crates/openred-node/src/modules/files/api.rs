@@ -3,13 +3,13 @@
 //! create, revoke), offers received, fetch, and transfers with their
 //! progress.
 
+use openred_core::error_code::ErrorCode;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use openred_core::NodeId;
@@ -86,26 +86,25 @@ impl FilesError {
     pub fn to_api(&self) -> ApiError {
         let text = self.to_string();
         match self {
-            FilesError::Invalid(code, _) => ApiError::bad_request(code, text),
-            FilesError::Disk(DiskError::Changed) => ApiError::conflict("file_changed", text),
-            FilesError::Disk(DiskError::NotAFile(_)) => ApiError::bad_request("not_a_file", text),
-            FilesError::Disk(DiskError::NotAbsolute) => ApiError::bad_request("bad_path", text),
+            FilesError::Invalid(code, _) => ApiError::new(*code, text),
+            FilesError::Disk(DiskError::Changed) => ApiError::new(ErrorCode::FileChanged, text),
+            FilesError::Disk(DiskError::NotAFile(_)) => ApiError::new(ErrorCode::NotAFile, text),
+            FilesError::Disk(DiskError::NotAbsolute) => ApiError::new(ErrorCode::BadPath, text),
             FilesError::Disk(DiskError::InsideDataFolder(_)) => {
-                ApiError::new(StatusCode::FORBIDDEN, "inside_data_folder", text)
+                ApiError::new(ErrorCode::InsideDataFolder, text)
             }
             FilesError::Disk(DiskError::Open { .. } | DiskError::Read(_)) => {
-                ApiError::bad_request("cannot_read", text)
+                ApiError::new(ErrorCode::CannotRead, text)
             }
-            FilesError::NotFound(_) => ApiError::not_found("unknown_file", text),
-            FilesError::Conflict(code, _) => ApiError::conflict(code, text),
+            FilesError::NotFound(_) => ApiError::new(ErrorCode::UnknownFile, text),
+            FilesError::Conflict(code, _) => ApiError::new(*code, text),
             FilesError::NotStarted => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_started",
+                ErrorCode::NotStarted,
                 "the files module has not started yet",
             ),
             FilesError::Node(e) => e.to_api(),
             FilesError::Store(e) => ApiError::internal("file sharing storage", e),
-            FilesError::Write { .. } => ApiError::bad_request("cannot_write", text),
+            FilesError::Write { .. } => ApiError::new(ErrorCode::CannotWrite, text),
         }
     }
 }
@@ -193,12 +192,11 @@ pub struct ShareCreated {
 }
 
 fn parse_node_id(text: &str) -> Result<NodeId, ApiError> {
-    NodeId::parse(text).map_err(|e| ApiError::bad_request("bad_node_id", e.to_string()))
+    NodeId::parse(text).map_err(|e| ApiError::new(ErrorCode::BadNodeId, e.to_string()))
 }
 
 fn parse_file_id(text: &str) -> Result<FileId, ApiError> {
-    FileId::parse(text)
-        .ok_or_else(|| ApiError::bad_request("bad_file_id", "32 hex digits expected"))
+    FileId::parse(text).ok_or_else(|| ApiError::new(ErrorCode::BadFileId, "32 hex digits expected"))
 }
 
 async fn list_shares(module: Arc<Files>) -> Result<Json<Vec<ShareView>>, ApiError> {
@@ -343,9 +341,9 @@ async fn transfer(
 ) -> Result<Json<TransferView>, ApiError> {
     let Path(id) = id?;
     let id = FileId::parse(&id)
-        .ok_or_else(|| ApiError::bad_request("bad_transfer_id", "32 hex digits expected"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::BadTransferId, "32 hex digits expected"))?;
     module
         .transfer(&id)
         .map(|t| Json(t.view()))
-        .ok_or_else(|| ApiError::not_found("unknown_transfer", "no such transfer"))
+        .ok_or_else(|| ApiError::new(ErrorCode::UnknownTransfer, "no such transfer"))
 }

@@ -174,7 +174,7 @@ impl Files {
         check_download_folder(node.download_dirs(), &out)?;
         if peer == node.node_id() {
             return Err(FilesError::Invalid(
-                "bad_node_id",
+                ErrorCode::BadNodeId,
                 "a node does not fetch from itself".into(),
             ));
         }
@@ -189,7 +189,7 @@ impl Files {
                 Ok(running)
             } else {
                 Err(FilesError::Conflict(
-                    "busy",
+                    ErrorCode::InProgress,
                     "this file is being downloaded to another place".into(),
                 ))
             };
@@ -207,13 +207,13 @@ impl Files {
         let dest = disk::destination(&out, &ticket.name);
         if !dest.parent().is_some_and(Path::is_dir) {
             return Err(FilesError::Invalid(
-                "bad_out",
+                ErrorCode::BadOut,
                 format!("the folder of {} does not exist", dest.display()),
             ));
         }
         if dest.symlink_metadata().is_ok() {
             return Err(FilesError::Conflict(
-                "out_exists",
+                ErrorCode::OutExists,
                 format!("{} exists; it is never replaced", dest.display()),
             ));
         }
@@ -228,7 +228,7 @@ impl Files {
         });
         if resumable.is_none() && part.symlink_metadata().is_ok() {
             return Err(FilesError::Conflict(
-                "part_exists",
+                ErrorCode::PartExists,
                 format!(
                     "{} exists and belongs to no download of this file; remove it or choose another output",
                     part.display()
@@ -713,7 +713,7 @@ fn check_download_folder(allowed: &[PathBuf], out: &Path) -> Result<(), FilesErr
     } else {
         let list: Vec<String> = allowed.iter().map(|d| d.display().to_string()).collect();
         Err(FilesError::Invalid(
-            "outside_download_dirs",
+            ErrorCode::OutsideDownloadDirs,
             format!(
                 "{} is not inside a download folder of this node ({}); see --download-dir",
                 out.display(),

@@ -39,6 +39,7 @@ pub mod store;
 pub mod transfers;
 mod upload;
 
+use openred_core::error_code::ErrorCode;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -220,7 +221,7 @@ pub struct ShareRequest {
 pub enum FilesError {
     /// A request that cannot be right.
     #[error("{1}")]
-    Invalid(&'static str, String),
+    Invalid(ErrorCode, String),
     /// The file to share or serve.
     #[error(transparent)]
     Disk(#[from] DiskError),
@@ -229,7 +230,7 @@ pub enum FilesError {
     NotFound(&'static str),
     /// Exists already, or a download of it runs to another place.
     #[error("{1}")]
-    Conflict(&'static str, String),
+    Conflict(ErrorCode, String),
     /// The module is not running yet.
     #[error("the files module has not started")]
     NotStarted,
@@ -348,13 +349,13 @@ impl Files {
         let store = &self.running()?.store;
         if request.peers.is_empty() || request.peers.len() > 64 {
             return Err(FilesError::Invalid(
-                "bad_peers",
+                ErrorCode::BadPeers,
                 "name 1 to 64 peers to share with".into(),
             ));
         }
         if request.peers.contains(&node.node_id()) {
             return Err(FilesError::Invalid(
-                "bad_peers",
+                ErrorCode::BadPeers,
                 "a node does not share with itself".into(),
             ));
         }
@@ -363,7 +364,7 @@ impl Files {
             .unwrap_or(self.settings.default_expiry_s);
         if lifetime == 0 || lifetime > self.settings.max_expiry_s {
             return Err(FilesError::Invalid(
-                "bad_expiry",
+                ErrorCode::BadExpiry,
                 format!(
                     "the lifetime must be between 1 and {} seconds",
                     self.settings.max_expiry_s
@@ -374,7 +375,7 @@ impl Files {
             || request.max_downloads.is_some_and(|n| n > i64::MAX as u64)
         {
             return Err(FilesError::Invalid(
-                "bad_max_downloads",
+                ErrorCode::BadMaxDownloads,
                 "max_downloads must be at least 1".into(),
             ));
         }
@@ -385,7 +386,7 @@ impl Files {
             .map_err(|_| FilesError::NotStarted)??;
         if examined.identity.size > openred_core::file_transfer::MAX_FILE_SIZE {
             return Err(FilesError::Invalid(
-                "too_large",
+                ErrorCode::TooLarge,
                 "the file is too large".into(),
             ));
         }
@@ -581,7 +582,7 @@ fn link_expiry(settings: &Settings, share: &Share, now: UnixTime) -> UnixTime {
 fn check_out(out: &Path, data_dir: &Path) -> Result<(), FilesError> {
     if !out.is_absolute() {
         return Err(FilesError::Invalid(
-            "bad_out",
+            ErrorCode::BadOut,
             "the output path must be absolute".into(),
         ));
     }

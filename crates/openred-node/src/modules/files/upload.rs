@@ -44,14 +44,13 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 
 fn not_started() -> ApiError {
     ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "not_started",
+        ErrorCode::NotStarted,
         "the files module has not started yet",
     )
 }
 
 fn bad_request(message: impl Into<String>) -> ApiError {
-    ApiError::coded(ErrorCode::BadRequest, message)
+    ApiError::new(ErrorCode::BadRequest, message)
 }
 
 /// `POST /p2p/file-request` (a framed route; the auth module's policy,
@@ -73,28 +72,28 @@ pub(super) async fn grant(
         .share(&file_id)
         .await
         .map_err(internal)?
-        .ok_or_else(|| ApiError::coded(ErrorCode::UnknownFile, "no such shared file"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::UnknownFile, "no such shared file"))?;
     if !share.peers.contains(&live.peer) {
-        return Err(ApiError::coded(
+        return Err(ApiError::new(
             ErrorCode::NotPermitted,
             "this file is not shared with your node",
         ));
     }
     if share.revoked_at.is_some() {
-        return Err(ApiError::coded(
+        return Err(ApiError::new(
             ErrorCode::Revoked,
             "the owner revoked this share",
         ));
     }
     let now = state.clock().now();
     if now >= share.expires_at {
-        return Err(ApiError::coded(
+        return Err(ApiError::new(
             ErrorCode::ShareExpired,
             "this share has expired",
         ));
     }
     if share.limit_reached() {
-        return Err(ApiError::coded(
+        return Err(ApiError::new(
             ErrorCode::DownloadLimitReached,
             "this share's download limit is reached",
         ));
@@ -141,7 +140,7 @@ pub(super) async fn serve(
     let request: DownloadRequest =
         serde_json::from_slice(&payload).map_err(|e| bad_request(e.to_string()))?;
     let capability = parse_file_url(&request.file_url)
-        .ok_or_else(|| ApiError::coded(ErrorCode::BadFileUrl, "not a file_url of this protocol"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::BadFileUrl, "not a file_url of this protocol"))?;
     let client_nonce: [u8; 16] = data_encoding::HEXLOWER_PERMISSIVE
         .decode(request.client_nonce.as_bytes())
         .ok()
@@ -149,20 +148,21 @@ pub(super) async fn serve(
         .ok_or_else(|| bad_request("client_nonce must be 32 hex digits"))?;
     let store = module.store().ok_or_else(not_started)?;
     let hash = link_hash(&capability);
-    let link = store.link(&hash).await.map_err(internal)?.ok_or_else(|| {
-        ApiError::coded(ErrorCode::UnknownLink, "no such link; ask for a new one")
-    })?;
+    let link =
+        store.link(&hash).await.map_err(internal)?.ok_or_else(|| {
+            ApiError::new(ErrorCode::UnknownLink, "no such link; ask for a new one")
+        })?;
     // A capability is good only for the peer it was handed to: another
     // peer holding a copy gets nothing.
     if link.peer != live.peer {
-        return Err(ApiError::coded(
+        return Err(ApiError::new(
             ErrorCode::WrongPeer,
             "this link was handed to another node",
         ));
     }
     let now = state.clock().now();
     if now >= link.expires_at {
-        return Err(ApiError::coded(
+        return Err(ApiError::new(
             ErrorCode::LinkExpired,
             "this link has expired; ask for a new one",
         ));
@@ -171,17 +171,15 @@ pub(super) async fn serve(
         .share(&link.file_id)
         .await
         .map_err(internal)?
-        .ok_or_else(|| {
-            ApiError::coded(ErrorCode::UnknownLink, "no such link; ask for a new one")
-        })?;
+        .ok_or_else(|| ApiError::new(ErrorCode::UnknownLink, "no such link; ask for a new one"))?;
     if share.revoked_at.is_some() {
-        return Err(ApiError::coded(
+        return Err(ApiError::new(
             ErrorCode::Revoked,
             "the owner revoked this share",
         ));
     }
     if link.completed_at.is_none() && share.limit_reached() {
-        return Err(ApiError::coded(
+        return Err(ApiError::new(
             ErrorCode::DownloadLimitReached,
             "this share's download limit is reached",
         ));
@@ -189,7 +187,7 @@ pub(super) async fn serve(
     let shape = TransferShape::new(share.file_id.0, share.size(), share.chunk_size, link.suite)
         .map_err(internal)?;
     if request.from_chunk >= shape.chunks() {
-        return Err(ApiError::coded(
+        return Err(ApiError::new(
             ErrorCode::BadRange,
             format!("the file has {} chunks", shape.chunks()),
         ));
@@ -197,15 +195,13 @@ pub(super) async fn serve(
     // The peer's own slots first: one peer never holds them all.
     let peer_slot = PeerSlot::take(&module, live.peer).ok_or_else(|| {
         ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "busy",
+            ErrorCode::Busy,
             "this node serves as many files to your node as it may; retry later",
         )
     })?;
     let permit = module.uploads.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "busy",
+            ErrorCode::Busy,
             "this node serves as many files as it may; retry later",
         )
     })?;
@@ -214,13 +210,13 @@ pub(super) async fn serve(
         .await
         .map_err(internal)?
         .map_err(|e| match e {
-            DiskError::Changed => ApiError::coded(
+            DiskError::Changed => ApiError::new(
                 ErrorCode::FileChanged,
                 "the shared file was replaced or changed since it was shared; nothing is served",
             ),
             other => {
                 tracing::warn!(file_id = %share.file_id, error = %other, "a shared file cannot be opened");
-                ApiError::conflict("file_unavailable", "the shared file cannot be read any more")
+                ApiError::new(ErrorCode::FileUnavailable, "the shared file cannot be read any more")
             }
         })?;
     let transfer_id: [u8; 16] = random_bytes().map_err(internal)?;

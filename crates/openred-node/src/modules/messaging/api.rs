@@ -1,13 +1,13 @@
 //! The messaging module's routes: the P2P receiver, and the owner's
 //! admin API (send, inbox, outbox, a live stream of new messages).
 
+use openred_core::error_code::ErrorCode;
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -71,13 +71,12 @@ pub(super) fn admin_routes(module: Arc<Messaging>) -> Router<Peers> {
 }
 
 fn bad_message(message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("bad_message", message)
+    ApiError::new(ErrorCode::BadMessage, message)
 }
 
 fn too_large(max: usize) -> ApiError {
     ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "message_too_large",
+        ErrorCode::MessageTooLarge,
         format!("the body is larger than {max} bytes"),
     )
 }
@@ -88,8 +87,7 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 
 fn not_started() -> ApiError {
     ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "not_started",
+        ErrorCode::NotStarted,
         "the messaging module has not started yet",
     )
 }
@@ -162,13 +160,11 @@ impl Incoming {
 fn over_quota(refusal: Refusal) -> ApiError {
     match refusal {
         Refusal::PeerFull => ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "inbox_full",
+            ErrorCode::InboxFull,
             "your messages fill this node's inbox quota for you; its owner must delete some first",
         ),
         Refusal::NodeFull => ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "node_storage_full",
+            ErrorCode::NodeStorageFull,
             "this node's inbox is full; its owner must delete messages first",
         ),
     }
@@ -361,7 +357,7 @@ async fn send(
 ) -> Result<Json<OutboxView>, ApiError> {
     let Json(request) = body?;
     let peer = NodeId::parse(&request.node_id)
-        .map_err(|e| ApiError::bad_request("bad_node_id", e.to_string()))?;
+        .map_err(|e| ApiError::new(ErrorCode::BadNodeId, e.to_string()))?;
     let content_type = request
         .content_type
         .as_deref()
@@ -372,13 +368,9 @@ async fn send(
         .await
         .map_err(|e| match e {
             SendError::TooLarge(max) => too_large(max),
-            SendError::FrameTooLarge => ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "message_too_large",
-                e.to_string(),
-            ),
+            SendError::FrameTooLarge => ApiError::new(ErrorCode::MessageTooLarge, e.to_string()),
             SendError::ContentType => bad_message(e.to_string()),
-            SendError::ToSelf => ApiError::bad_request("self", e.to_string()),
+            SendError::ToSelf => ApiError::new(ErrorCode::ToSelf, e.to_string()),
             SendError::NotStarted => not_started(),
             SendError::Node(e) => e.to_api(),
             SendError::Store(e) => internal(e),
@@ -401,8 +393,8 @@ pub struct ListQuery {
 fn limit(query: &ListQuery) -> Result<usize, ApiError> {
     match query.limit.unwrap_or(100) {
         n @ 1..=10_000 => Ok(n),
-        _ => Err(ApiError::coded(
-            openred_core::error_code::ErrorCode::BadLimit,
+        _ => Err(ApiError::new(
+            ErrorCode::BadLimit,
             "limit must be between 1 and 10000",
         )),
     }
@@ -412,13 +404,13 @@ async fn inbox(
     module: Arc<Messaging>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Vec<InboxView>>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let Query(query) = query.map_err(|e| ApiError::new(ErrorCode::BadQuery, e.body_text()))?;
     let peer = query
         .peer
         .as_deref()
         .map(NodeId::parse)
         .transpose()
-        .map_err(|e| ApiError::bad_request("bad_node_id", e.to_string()))?;
+        .map_err(|e| ApiError::new(ErrorCode::BadNodeId, e.to_string()))?;
     let store = module.store().ok_or_else(not_started)?;
     let messages = store
         .inbox(peer.as_ref(), limit(&query)?, query.offset.unwrap_or(0))
@@ -431,10 +423,10 @@ async fn outbox(
     module: Arc<Messaging>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Vec<OutboxView>>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let Query(query) = query.map_err(|e| ApiError::new(ErrorCode::BadQuery, e.body_text()))?;
     if query.peer.is_some() {
-        return Err(ApiError::bad_request(
-            "bad_query",
+        return Err(ApiError::new(
+            ErrorCode::BadQuery,
             "the outbox takes no peer filter",
         ));
     }
@@ -451,14 +443,14 @@ async fn outgoing(
     Path(id): Path<String>,
 ) -> Result<Json<OutboxView>, ApiError> {
     let id = MessageId::parse(&id)
-        .ok_or_else(|| ApiError::bad_request("bad_message_id", "32 hex digits expected"))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::BadMessageId, "32 hex digits expected"))?;
     let store = module.store().ok_or_else(not_started)?;
     store
         .outgoing_by_id(&id)
         .await
         .map_err(internal)?
         .map(|m| Json(m.into()))
-        .ok_or_else(|| ApiError::not_found("unknown_message", "no such message in the outbox"))
+        .ok_or_else(|| ApiError::new(ErrorCode::UnknownMessage, "no such message in the outbox"))
 }
 
 /// `POST /admin/v1/messages/inbox/delete`.
@@ -487,12 +479,12 @@ async fn delete_inbox(
 ) -> Result<Json<InboxDeleted>, ApiError> {
     let Json(request) = body?;
     let peer = NodeId::parse(&request.node_id)
-        .map_err(|e| ApiError::bad_request("bad_node_id", e.to_string()))?;
+        .map_err(|e| ApiError::new(ErrorCode::BadNodeId, e.to_string()))?;
     let ids = match &request.message_ids {
         None => None,
         Some(ids) if ids.is_empty() || ids.len() > 10_000 => {
-            return Err(ApiError::bad_request(
-                "bad_message_ids",
+            return Err(ApiError::new(
+                ErrorCode::BadMessageIds,
                 "name 1 to 10000 message IDs, or none for all of the peer's messages",
             ))
         }
@@ -500,7 +492,7 @@ async fn delete_inbox(
             ids.iter()
                 .map(|id| {
                     MessageId::parse(id).ok_or_else(|| {
-                        ApiError::bad_request("bad_message_id", "32 hex digits expected")
+                        ApiError::new(ErrorCode::BadMessageId, "32 hex digits expected")
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?,

@@ -190,7 +190,7 @@ impl MessageResult {
         MessageResult {
             message_id,
             received: false,
-            error: Some(error.code().to_owned()),
+            error: Some(error.code().as_str().to_owned()),
             message: Some(error.message().to_owned()),
         }
     }
@@ -932,6 +932,7 @@ impl Mailbox for Messaging {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use openred_core::error_code::ErrorCode;
 
     fn ids(n: usize) -> Vec<MessageId> {
         (0..n).map(|_| MessageId::random().unwrap()).collect()
@@ -970,13 +971,13 @@ mod tests {
     #[test]
     fn a_refusal_counts_only_with_a_known_reason() {
         let ids = ids(2);
-        let refused = |code: &'static str| {
-            let error = openred_http::ApiError::bad_request(code, "no\u{7}pe");
+        let refused = |code: ErrorCode| {
+            let error = openred_http::ApiError::new(code, "no\u{7}pe");
             MessageResult::refused(ids[1].to_string(), &error)
         };
         let with_reason = receipt(vec![
             MessageResult::received(ids[0].to_string()),
-            refused("message_too_large"),
+            refused(ErrorCode::MessageTooLarge),
         ]);
         let results = match_receipt(ids.iter().copied(), with_reason).unwrap();
         assert_eq!(results[0], Ok(()));
@@ -987,7 +988,7 @@ mod tests {
         );
         let unknown = receipt(vec![
             MessageResult::received(ids[0].to_string()),
-            refused("rate_limited"),
+            refused(ErrorCode::RateLimited),
         ]);
         assert!(matches!(
             match_receipt(ids.iter().copied(), unknown),
