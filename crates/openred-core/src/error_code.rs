@@ -332,6 +332,14 @@ error_codes! {
 }
 
 impl ErrorCode {
+    /// The code a wire field's deserialization error names
+    /// ([`crate::wire::typed`] starts its messages with `code: `); serde's
+    /// own messages (`invalid type`, `unknown field`, …) name none.
+    pub fn of_field_error(message: &str) -> Option<ErrorCode> {
+        let (code, _) = message.split_once(": ")?;
+        ErrorCode::parse(code)
+    }
+
     /// Whether a file download given this code by the owner's node ends
     /// for good (it is retried on any other).
     pub fn ends_a_download(self) -> bool {

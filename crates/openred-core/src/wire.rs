@@ -18,6 +18,11 @@ use crate::time::UnixTime;
 use utoipa::ToSchema;
 
 pub mod integer;
+pub mod typed;
+pub use typed::{
+    ChallengeBytes, ConnectionIdBytes, NoiseMessage, NonceBytes, PublicKeyBytes, RecordBytes,
+    SignatureBytes, TokenBytes,
+};
 #[cfg(feature = "openapi")]
 mod schema;
 #[cfg(feature = "openapi")]
@@ -63,7 +68,7 @@ pub enum NodeStatus {
 pub struct RegisterRequest {
     /// The signed record, base64url of its canonical encoding.
     #[cfg_attr(feature = "openapi", schema(value_type = SignedRecordText))]
-    pub record: String,
+    pub record: RecordBytes,
 }
 
 /// The answer to a registration.
@@ -73,7 +78,7 @@ pub struct RegisterRequest {
 pub struct RegisterResponse {
     /// The registered node.
     #[cfg_attr(feature = "openapi", schema(value_type = NodeIdText))]
-    pub node_id: String,
+    pub node_id: NodeId,
     /// Its status (always `active` right after a registration).
     pub status: NodeStatus,
     /// The `seq` now stored.
@@ -94,7 +99,7 @@ pub struct RegisterResponse {
 pub struct NodeEntry {
     /// The node's ID.
     #[cfg_attr(feature = "openapi", schema(value_type = NodeIdText))]
-    pub node_id: String,
+    pub node_id: NodeId,
     /// The node's API origin, copied from the record.
     pub api_url: String,
     /// When the directory last heard from it, Unix seconds.
@@ -105,7 +110,7 @@ pub struct NodeEntry {
     /// The node's signed record exactly as the node signed it (base64url):
     /// clients verify it themselves.
     #[cfg_attr(feature = "openapi", schema(value_type = SignedRecordText))]
-    pub record: String,
+    pub record: RecordBytes,
 }
 
 /// `GET /api/v3/nodes/discover`.
@@ -128,7 +133,7 @@ pub struct DiscoverResponse {
 pub struct DeregisterRequest {
     /// The node leaving.
     #[cfg_attr(feature = "openapi", schema(value_type = NodeIdText))]
-    pub node_id: String,
+    pub node_id: NodeId,
     /// Greater than the stored record's `seq`, so the request cannot be
     /// replayed and no older record can be re-registered afterwards.
     #[cfg_attr(feature = "openapi", schema(value_type = SeqNumber))]
@@ -141,7 +146,7 @@ pub struct DeregisterRequest {
     /// Signature by the node's identity key over
     /// [`deregistration_message`], base64url.
     #[cfg_attr(feature = "openapi", schema(value_type = SignatureText))]
-    pub signature: String,
+    pub signature: SignatureBytes,
 }
 
 /// The answer to a deregistration.
@@ -151,7 +156,7 @@ pub struct DeregisterRequest {
 pub struct DeregisterResponse {
     /// The node forgotten.
     #[cfg_attr(feature = "openapi", schema(value_type = NodeIdText))]
-    pub node_id: String,
+    pub node_id: NodeId,
     /// Always true.
     pub deregistered: bool,
 }
@@ -182,7 +187,7 @@ pub struct HealthResponse {
     /// The directory's Ed25519 public key (base64url), whose fingerprint is
     /// `directory_key`: nodes verify token envelopes with it.
     #[cfg_attr(feature = "openapi", schema(value_type = Bytes32))]
-    pub directory_public_key: String,
+    pub directory_public_key: PublicKeyBytes,
     /// Registered nodes by status.
     pub nodes: NodeCounts,
 }
@@ -196,20 +201,20 @@ pub struct HealthResponse {
 pub struct ConnectionRequest {
     /// The requester.
     #[cfg_attr(feature = "openapi", schema(value_type = NodeIdText))]
-    pub from: String,
+    pub from: NodeId,
     /// The node it wants to meet.
     #[cfg_attr(feature = "openapi", schema(value_type = NodeIdText))]
-    pub target: String,
+    pub target: NodeId,
     /// 16 random bytes (base64url), never reused within the freshness window.
     #[cfg_attr(feature = "openapi", schema(value_type = Bytes16))]
-    pub nonce: String,
+    pub nonce: NonceBytes,
     /// When the requester signed, Unix seconds.
     #[cfg_attr(feature = "openapi", schema(value_type = UnixSeconds))]
     #[serde(deserialize_with = "integer::u64")]
     pub issued_at: u64,
     /// The requester's signature, base64url.
     #[cfg_attr(feature = "openapi", schema(value_type = SignatureText))]
-    pub signature: String,
+    pub signature: SignatureBytes,
 }
 
 /// The answer to an introduction request: token_a.
@@ -219,13 +224,13 @@ pub struct ConnectionRequest {
 pub struct ConnectionResponse {
     /// The introduction's connection ID (base64url, 16 bytes).
     #[cfg_attr(feature = "openapi", schema(value_type = Bytes16))]
-    pub connection_id: String,
+    pub connection_id: ConnectionIdBytes,
     /// When both tokens expire, Unix seconds.
     #[cfg_attr(feature = "openapi", schema(value_type = UnixSeconds))]
     pub expires_at: u64,
     /// token_a: the envelope sealed to the requester (base64url).
     #[cfg_attr(feature = "openapi", schema(value_type = Base64Text))]
-    pub token: String,
+    pub token: TokenBytes,
 }
 
 /// `POST /api/v3/tokens/receive` on a node: the directory pushes token_b.
@@ -235,10 +240,10 @@ pub struct ConnectionResponse {
 pub struct TokenPush {
     /// The initiator's node ID.
     #[cfg_attr(feature = "openapi", schema(value_type = NodeIdText))]
-    pub from: String,
+    pub from: NodeId,
     /// token_b: the envelope sealed to this node (base64url).
     #[cfg_attr(feature = "openapi", schema(value_type = Base64Text))]
-    pub token: String,
+    pub token: TokenBytes,
 }
 
 /// A node's answer to a token push.
@@ -250,7 +255,7 @@ pub struct TokenAccepted {
     pub accepted: bool,
     /// The connection ID (base64url).
     #[cfg_attr(feature = "openapi", schema(value_type = Bytes16))]
-    pub connection_id: String,
+    pub connection_id: ConnectionIdBytes,
 }
 
 /// `POST /api/v3/reachability` on a node: the directory's fresh challenge,
@@ -261,10 +266,10 @@ pub struct TokenAccepted {
 pub struct ReachabilityChallenge {
     /// The node the directory expects to find there.
     #[cfg_attr(feature = "openapi", schema(value_type = NodeIdText))]
-    pub node_id: String,
+    pub node_id: NodeId,
     /// 32 random bytes, base64url.
     #[cfg_attr(feature = "openapi", schema(value_type = Bytes32))]
-    pub challenge: String,
+    pub challenge: ChallengeBytes,
 }
 
 /// The node's answer: a signature over [`reachability_message`].
@@ -274,10 +279,10 @@ pub struct ReachabilityChallenge {
 pub struct ReachabilityProof {
     /// The node answering.
     #[cfg_attr(feature = "openapi", schema(value_type = NodeIdText))]
-    pub node_id: String,
+    pub node_id: NodeId,
     /// Its signature, base64url.
     #[cfg_attr(feature = "openapi", schema(value_type = SignatureText))]
-    pub signature: String,
+    pub signature: SignatureBytes,
 }
 
 /// `POST /p2p/handshake`: Noise KK message 1 for an introduction.
@@ -285,12 +290,12 @@ pub struct ReachabilityProof {
 #[serde(deny_unknown_fields)]
 pub struct HandshakeRequest {
     /// The introduction's connection ID (base64url).
-    pub connection_id: String,
+    pub connection_id: ConnectionIdBytes,
     /// The offered suite IDs, in preference order (also bound in the
     /// prologue and repeated inside the encrypted payload).
     pub suites: Vec<u8>,
     /// Noise message 1 (base64url).
-    pub message: String,
+    pub message: NoiseMessage,
 }
 
 /// The target's answer: Noise message 2.
@@ -302,7 +307,7 @@ pub struct HandshakeResponse {
     /// The session ID (hex), derived from the handshake hash.
     pub session_id: String,
     /// Noise message 2 (base64url).
-    pub message: String,
+    pub message: NoiseMessage,
 }
 
 const CONNECTION_REQUEST_VERSION: u8 = 1;
@@ -419,20 +424,19 @@ impl DeregisterRequest {
             &deregistration_message(&node_id, seq, issued_at),
         );
         DeregisterRequest {
-            node_id: node_id.to_string(),
+            node_id,
             seq,
             issued_at: issued_at.0,
-            signature: b64_encode(&signature),
+            signature: SignatureBytes(signature),
         }
     }
 
     /// Verifies the signature against the node's stored identity key.
-    pub fn verify(&self, node_id: &NodeId, key: &IdentityPublicKey) -> Result<(), SignatureError> {
-        let signature = b64_decode(&self.signature).map_err(|_| SignatureError::Length)?;
+    pub fn verify(&self, key: &IdentityPublicKey) -> Result<(), SignatureError> {
         key.verify(
             SignatureContext::Deregistration,
-            &deregistration_message(node_id, self.seq, UnixTime(self.issued_at)),
-            &signature,
+            &deregistration_message(&self.node_id, self.seq, UnixTime(self.issued_at)),
+            &self.signature.0,
         )
     }
 }
@@ -452,15 +456,16 @@ mod tests {
     fn deregistration_signature_binds_every_field() {
         let key = IdentityKeypair::from_secret_bytes(&[8; 32]);
         let req = DeregisterRequest::sign(&key, 7, UnixTime(100));
-        let id = key.node_id();
-        assert_eq!(req.verify(&id, &key.public()), Ok(()));
+        assert_eq!(req.verify(&key.public()), Ok(()));
         let mut other = req.clone();
         other.seq = 8;
-        assert!(other.verify(&id, &key.public()).is_err());
+        assert!(other.verify(&key.public()).is_err());
         let mut other = req.clone();
         other.issued_at = 101;
-        assert!(other.verify(&id, &key.public()).is_err());
+        assert!(other.verify(&key.public()).is_err());
         let other_key = IdentityKeypair::from_secret_bytes(&[9; 32]);
-        assert!(req.verify(&other_key.node_id(), &key.public()).is_err());
+        let mut other = req.clone();
+        other.node_id = other_key.node_id();
+        assert!(other.verify(&key.public()).is_err());
     }
 }

@@ -47,8 +47,8 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use openred_core::wire::{
-    b64_decode, b64_encode, reachability_message, HealthResponse, ReachabilityChallenge,
-    ReachabilityProof, RegisterRequest,
+    reachability_message, HealthResponse, ReachabilityChallenge, ReachabilityProof, RecordBytes,
+    RegisterRequest, SignatureBytes,
 };
 use openred_core::{
     AgreementSecret, ApiUrl, IdentityKeypair, NodeId, NodeRecord, SignatureContext, SignedRecord,
@@ -160,7 +160,7 @@ fn signed_record(index: u64, seq: u64, now: UnixTime, url: &ApiUrl) -> SignedRec
 /// The JSON body of `POST /api/v3/nodes/register`.
 fn register_body(record: &SignedRecord) -> String {
     let request = RegisterRequest {
-        record: b64_encode(record.as_bytes()),
+        record: RecordBytes(record.as_bytes().to_vec()),
     };
     serde_json::to_string(&request).expect("a register request serialises")
 }
@@ -347,21 +347,21 @@ async fn answer_challenge(
     State(answerer): State<Arc<Answerer>>,
     Json(challenge): Json<ReachabilityChallenge>,
 ) -> Result<Json<ReachabilityProof>, StatusCode> {
+    let node_id = challenge.node_id;
     let index = *answerer
         .nodes
-        .get(&challenge.node_id)
+        .get(&node_id.to_string())
         .ok_or(StatusCode::NOT_FOUND)?;
-    let node_id = NodeId::parse(&challenge.node_id).map_err(|_| StatusCode::BAD_REQUEST)?;
-    let nonce: [u8; 32] = b64_decode(&challenge.challenge)
-        .ok()
-        .and_then(|bytes| bytes.try_into().ok())
-        .ok_or(StatusCode::BAD_REQUEST)?;
-    let message =
-        reachability_message(&nonce, &node_id, &answerer.directory, answerer.url.as_str());
+    let message = reachability_message(
+        &challenge.challenge.0,
+        &node_id,
+        &answerer.directory,
+        answerer.url.as_str(),
+    );
     let signature = node_key(index).sign(SignatureContext::ReachabilityProof, &message);
     Ok(Json(ReachabilityProof {
-        node_id: challenge.node_id,
-        signature: b64_encode(&signature),
+        node_id,
+        signature: SignatureBytes(signature),
     }))
 }
 
@@ -383,7 +383,7 @@ fn breakdown(nodes: u64, concurrency: u64) -> anyhow::Result<()> {
     let mut records = Vec::with_capacity(bodies.len());
     for body in &bodies {
         let request: RegisterRequest = serde_json::from_str(body)?;
-        records.push(b64_decode(&request.record)?);
+        records.push(request.record.0);
     }
     let json_rate = per_second(records.len(), started);
     let started = Instant::now();

@@ -14,10 +14,13 @@ use openred_core::keys::SignatureContext;
 use openred_core::random::SeededRng;
 use openred_core::token::mint_pair;
 use openred_core::wire::{
-    b64_decode, b64_encode, connection_request_message, reachability_message, ConnectionRequest,
+    b64_decode, connection_request_message, reachability_message, ConnectionRequest,
     ConnectionResponse, DeregisterRequest, DeregisterResponse, DiscoverResponse, ErrorBody,
     HealthResponse, NodeCounts, NodeEntry, NodeStatus, ReachabilityChallenge, RegisterRequest,
     RegisterResponse, TokenPush,
+};
+use openred_core::wire::{
+    ChallengeBytes, ConnectionIdBytes, PublicKeyBytes, RecordBytes, TokenBytes,
 };
 #[allow(unused_imports)] // Named only in the OpenAPI annotations.
 use openred_core::wire::{CursorText, NodeIdText};
@@ -70,9 +73,7 @@ async fn register_inner(
 ) -> Result<RegisterResponse, ApiError> {
     state.limits.write_from(client)?;
     let Json(body) = body?;
-    let bytes = b64_decode(&body.record)
-        .map_err(|_| ApiError::new(ErrorCode::BadRecord, "record is not unpadded base64url"))?;
-    let record = SignedRecord::decode(&bytes).map_err(record_error)?;
+    let record = SignedRecord::decode(&body.record.0).map_err(record_error)?;
     let now = state.clock.now();
     record
         .check_fresh(now, state.config.clock_skew_s)
@@ -102,7 +103,7 @@ async fn register_inner(
         identity_key: r.identity_key.to_bytes(),
     });
     Ok(RegisterResponse {
-        node_id: r.node_id.to_string(),
+        node_id: r.node_id,
         status: NodeStatus::Active,
         seq: r.seq,
         last_seen: now.0,
@@ -148,8 +149,8 @@ async fn prove_reachability(state: &AppState, record: &SignedRecord) -> Result<(
     let mut challenge = [0u8; 32];
     getrandom::fill(&mut challenge).map_err(|e| ApiError::internal("randomness", e))?;
     let body = ReachabilityChallenge {
-        node_id: r.node_id.to_string(),
-        challenge: b64_encode(&challenge),
+        node_id: r.node_id,
+        challenge: ChallengeBytes(challenge),
     };
     let unreachable = || {
         ApiError::new(
@@ -162,7 +163,6 @@ async fn prove_reachability(state: &AppState, record: &SignedRecord) -> Result<(
         .challenge(&r.api_url, &body)
         .await
         .map_err(|_| unreachable())?;
-    let signature = b64_decode(&proof.signature).map_err(|_| unreachable())?;
     let message = reachability_message(
         &challenge,
         &r.node_id,
@@ -171,7 +171,11 @@ async fn prove_reachability(state: &AppState, record: &SignedRecord) -> Result<(
     );
     if proof.node_id != body.node_id
         || r.identity_key
-            .verify(SignatureContext::ReachabilityProof, &message, &signature)
+            .verify(
+                SignatureContext::ReachabilityProof,
+                &message,
+                &proof.signature.0,
+            )
             .is_err()
     {
         return Err(unreachable());
@@ -420,7 +424,7 @@ fn listed_entry(node: &StoredNode, now: UnixTime, cutoff: UnixTime) -> Option<No
         return None;
     }
     Some(NodeEntry {
-        node_id: node.node_id.to_string(),
+        node_id: node.node_id,
         api_url: record.record().api_url.to_string(),
         last_seen: node.last_seen.0,
         status: if node.last_seen >= cutoff {
@@ -428,7 +432,7 @@ fn listed_entry(node: &StoredNode, now: UnixTime, cutoff: UnixTime) -> Option<No
         } else {
             NodeStatus::Inactive
         },
-        record: b64_encode(record.as_bytes()),
+        record: RecordBytes(record.as_bytes().to_vec()),
     })
 }
 
@@ -547,8 +551,7 @@ pub async fn deregister(
 ) -> Result<Json<DeregisterResponse>, ApiError> {
     state.limits.write_from(client)?;
     let Json(body) = body?;
-    let node_id = NodeId::parse(&body.node_id)
-        .map_err(|e| ApiError::new(ErrorCode::BadNodeId, e.to_string()))?;
+    let node_id = body.node_id;
     let stored = state
         .store
         .node(&node_id)
@@ -558,7 +561,7 @@ pub async fn deregister(
         .ok_or_else(|| unknown(&node_id))?;
     let key = IdentityPublicKey::from_bytes(&stored.identity_key)
         .map_err(|e| ApiError::internal("stored identity key", e))?;
-    body.verify(&node_id, &key).map_err(|_| {
+    body.verify(&key).map_err(|_| {
         ApiError::new(
             ErrorCode::BadSignature,
             "the deregistration is not signed by the node's identity key",
@@ -588,7 +591,7 @@ pub async fn deregister(
     }
     state.cache.remove(&node_id);
     Ok(Json(DeregisterResponse {
-        node_id: node_id.to_string(),
+        node_id,
         deregistered: true,
     }))
 }
@@ -629,16 +632,7 @@ async fn introduce(
 ) -> Result<ConnectionResponse, ApiError> {
     state.limits.write_from(client)?;
     let Json(body) = body?;
-    let from = NodeId::parse(&body.from)
-        .map_err(|e| ApiError::new(ErrorCode::BadNodeId, format!("from: {e}")))?;
-    let target = NodeId::parse(&body.target)
-        .map_err(|e| ApiError::new(ErrorCode::BadNodeId, format!("target: {e}")))?;
-    let nonce: [u8; 16] = b64_decode(&body.nonce)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| ApiError::new(ErrorCode::BadNonce, "nonce must be 16 bytes, base64url"))?;
-    let signature = b64_decode(&body.signature)
-        .map_err(|_| ApiError::new(ErrorCode::BadSignature, "signature is not base64url"))?;
+    let (from, target, nonce, signature) = (body.from, body.target, body.nonce.0, body.signature.0);
     let requester = registered(state, &from).await?;
     let issued_at = UnixTime(body.issued_at);
     requester
@@ -739,8 +733,8 @@ async fn introduce(
         .map_err(|e| ApiError::internal("minting tokens", e))?
         .map_err(|e| ApiError::internal("minting tokens", e))?;
     let push = TokenPush {
-        from: from.to_string(),
-        token: b64_encode(pair.for_target.as_bytes()),
+        from,
+        token: TokenBytes(pair.for_target.as_bytes().to_vec()),
     };
     if state
         .transport
@@ -756,9 +750,9 @@ async fn introduce(
     // Nothing of the pair is kept: the values are dropped (and the link
     // secret zeroized) when this function returns.
     Ok(ConnectionResponse {
-        connection_id: b64_encode(&connection_id),
+        connection_id: ConnectionIdBytes(connection_id),
         expires_at: expires_at.0,
-        token: b64_encode(pair.for_initiator.as_bytes()),
+        token: TokenBytes(pair.for_initiator.as_bytes().to_vec()),
     })
 }
 
@@ -813,7 +807,7 @@ pub async fn health(State(state): Shared) -> Result<Json<HealthResponse>, ApiErr
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         directory_key: state.fingerprint.to_string(),
-        directory_public_key: openred_core::wire::b64_encode(&state.key.public().to_bytes()),
+        directory_public_key: PublicKeyBytes(state.key.public().to_bytes()),
         nodes: NodeCounts { active, inactive },
     }))
 }

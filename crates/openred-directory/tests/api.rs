@@ -543,7 +543,7 @@ async fn deregistration_is_signed_and_final_for_older_records(backend: Backend) 
 
     // Signed by someone else.
     let forged = DeregisterRequest {
-        node_id: node.id(),
+        node_id: node.key.node_id(),
         ..DeregisterRequest::sign(&TestNode::new(24).key, 4, UnixTime(T0))
     };
     let a = h.call("POST", path, Some(dereg(&forged))).await;

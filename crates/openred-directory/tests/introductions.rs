@@ -17,6 +17,7 @@ use openred_core::keys::SignatureContext;
 use openred_core::token::{LinkKey, Role, TokenEnvelope, TokenError};
 use openred_core::wire::{
     b64_decode, b64_encode, connection_request_message, ConnectionRequest, DeregisterRequest,
+    NonceBytes, SignatureBytes,
 };
 use openred_core::{IdentityKeypair, NodeId, SignedRecord, UnixTime};
 use openred_directory::{Database, Quota};
@@ -65,11 +66,11 @@ fn signed_request(
 ) -> Value {
     let message = connection_request_message(from, target, &nonce, UnixTime(issued_at));
     let request = ConnectionRequest {
-        from: from.to_string(),
-        target: target.to_string(),
-        nonce: b64_encode(&nonce),
+        from: *from,
+        target: *target,
+        nonce: NonceBytes(nonce),
         issued_at,
-        signature: b64_encode(&key.sign(context, &message)),
+        signature: SignatureBytes(key.sign(context, &message)),
     };
     serde_json::to_value(request).unwrap()
 }
@@ -170,12 +171,12 @@ async fn introduction_mints_a_linked_pair_and_pushes_token_b(backend: Backend) {
     assert_eq!(recorded.len(), 1);
     let (url, push) = &recorded[0];
     assert_eq!(url, &b.url);
-    assert_eq!(push.from, a.id());
+    assert_eq!(push.from.to_string(), a.id());
 
     let token_a =
         TokenEnvelope::decode(&b64_decode(answer.json["token"].as_str().unwrap()).unwrap())
             .unwrap();
-    let token_b = TokenEnvelope::decode(&b64_decode(&push.token).unwrap()).unwrap();
+    let token_b = TokenEnvelope::decode(&push.token.0).unwrap();
     assert_ne!(token_a.as_bytes(), token_b.as_bytes());
 
     // Both are signed by this directory, and by no other key.
@@ -462,7 +463,7 @@ async fn the_database_never_holds_token_material(backend: Backend) {
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
         let token_a = b64_decode(answer.json["token"].as_str().unwrap()).unwrap();
         let push = h.nodes.pushes.lock().unwrap()[i].1.clone();
-        let token_b = b64_decode(&push.token).unwrap();
+        let token_b = push.token.0.clone();
         let connection_id: [u8; 16] = b64_decode(answer.json["connection_id"].as_str().unwrap())
             .unwrap()
             .try_into()

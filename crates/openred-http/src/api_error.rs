@@ -106,7 +106,13 @@ impl From<JsonRejection> for ApiError {
         let code = match status {
             StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::BodyTooLarge,
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
-            _ => ErrorCode::BadJson,
+            _ => match field_error(&rejection) {
+                // A typed field (a node ID, a nonce) that does not parse
+                // is answered with its own code and status, as before
+                // fields were typed.
+                Some(code) => return ApiError::new(code, rejection.body_text()),
+                None => ErrorCode::BadJson,
+            },
         };
         // serde's messages name the offending field and position, nothing
         // of the server's internals. axum answers a body of the wrong shape
@@ -119,6 +125,24 @@ impl From<JsonRejection> for ApiError {
             error
         }
     }
+}
+
+/// The code a typed wire field named when its text did not parse
+/// (`openred_core::wire::typed`). Read from serde_json's own error under
+/// axum's rejection, whose message starts with ours, never from the body
+/// text, where a client's field names could imitate one.
+fn field_error(rejection: &JsonRejection) -> Option<ErrorCode> {
+    let JsonRejection::JsonDataError(e) = rejection else {
+        return None;
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(error) = source {
+        if let Some(e) = error.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>() {
+            return ErrorCode::of_field_error(&e.inner().to_string());
+        }
+        source = error.source();
+    }
+    None
 }
 
 impl From<QueryRejection> for ApiError {

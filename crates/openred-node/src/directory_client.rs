@@ -9,8 +9,8 @@ use openred_core::id::Fingerprint;
 use openred_core::routes::directory as routes;
 use openred_core::token::{Expected, Role, TokenEnvelope};
 use openred_core::wire::{
-    b64_decode, b64_encode, ConnectionRequest, ConnectionResponse, DiscoverResponse, ErrorBody,
-    HealthResponse, NodeEntry, RegisterRequest, RegisterResponse,
+    ConnectionRequest, ConnectionResponse, DiscoverResponse, ErrorBody, HealthResponse, NodeEntry,
+    NonceBytes, RecordBytes, RegisterRequest, RegisterResponse, SignatureBytes,
 };
 use openred_core::{ApiUrl, IdentityPublicKey, NodeId, SignedRecord, UnixTime};
 use openred_http::{OutboundClient, Response};
@@ -68,9 +68,7 @@ impl DirectoryClient {
         }
         let health: HealthResponse =
             expect_ok(outbound.get(&self.url, routes::HEALTH).await?, true)?;
-        let bytes = b64_decode(&health.directory_public_key)
-            .map_err(|_| NodeError::Malformed("the directory's public key"))?;
-        let key = key_from(&bytes)?;
+        let key = key_from(&health.directory_public_key.0)?;
         if key.directory_fingerprint().to_string() != health.directory_key {
             return Err(NodeError::Malformed("the directory's fingerprint"));
         }
@@ -128,7 +126,7 @@ impl DirectoryClient {
             .sign_record(public_url, seq, now, now.plus(lifetime_s))
             .await?;
         let body = RegisterRequest {
-            record: b64_encode(record.as_bytes()),
+            record: RecordBytes(record.as_bytes().to_vec()),
         };
         expect_ok(
             outbound
@@ -173,11 +171,11 @@ impl DirectoryClient {
         let me = crypto.node_id();
         let signature = crypto.sign_connection_request(target, &nonce, now).await?;
         let body = ConnectionRequest {
-            from: me.to_string(),
-            target: target.to_string(),
-            nonce: b64_encode(&nonce),
+            from: me,
+            target: *target,
+            nonce: NonceBytes(nonce),
             issued_at: now.0,
-            signature: b64_encode(&signature),
+            signature: SignatureBytes(signature),
         };
         let answer: ConnectionResponse = expect_ok(
             outbound
@@ -185,8 +183,7 @@ impl DirectoryClient {
                 .await?,
             true,
         )?;
-        let bytes = b64_decode(&answer.token).map_err(|_| NodeError::Malformed("token_a"))?;
-        let envelope = TokenEnvelope::decode(&bytes)?;
+        let envelope = TokenEnvelope::decode(&answer.token.0)?;
         // The core's rules for the initiator's half: signed by the pinned
         // key, token_a, for this node, introducing it to `target`, live.
         let expected = Expected {
@@ -293,16 +290,16 @@ async fn verify_entry(
     store: &NodeStore,
     now: UnixTime,
 ) -> Result<SignedRecord, NodeError> {
-    let bytes = b64_decode(&entry.record).map_err(|_| NodeError::Malformed("a record"))?;
-    let record = SignedRecord::decode(&bytes).map_err(|_| NodeError::Malformed("a record"))?;
-    if record.record().node_id.to_string() != entry.node_id {
+    let record =
+        SignedRecord::decode(&entry.record.0).map_err(|_| NodeError::Malformed("a record"))?;
+    if record.record().node_id != entry.node_id {
         return Err(NodeError::Malformed("a record under another node ID"));
     }
     record
         .check_unexpired(now)
         .map_err(|_| NodeError::Malformed("an expired record"))?;
     if !store.remember_peer(&record, now).await? {
-        return Err(NodeError::RolledBackRecord(entry.node_id.clone()));
+        return Err(NodeError::RolledBackRecord(entry.node_id.to_string()));
     }
     Ok(record)
 }
@@ -376,17 +373,17 @@ mod tests {
             UnixTime(u64::MAX),
         );
         let entry = NodeEntry {
-            node_id: key.node_id().to_string(),
+            node_id: key.node_id(),
             api_url: url,
             last_seen: u64::MAX,
             status: NodeStatus::Inactive,
-            record: b64_encode(record.as_bytes()),
+            record: RecordBytes(record.as_bytes().to_vec()),
         };
         let cap = 64 * 1024;
         let limit = page_limit(cap);
         let page = DiscoverResponse {
             nodes: vec![entry; limit],
-            next_cursor: Some(b64_encode(&[1u8; 33])),
+            next_cursor: Some(openred_core::wire::b64_encode(&[1u8; 33])),
         };
         let size = serde_json::to_vec(&page).unwrap().len();
         assert!(size <= cap, "{limit} entries: {size} bytes");

@@ -33,6 +33,12 @@ impl AdminClient {
                 data.display()
             )
         })?;
+        if address.trim().is_empty() {
+            bail!(
+                "the node in {} is starting; its admin API does not listen yet",
+                data.display()
+            );
+        }
         let token =
             std::fs::read_to_string(admin::token_path(data)).context("reading the admin token")?;
         Ok(AdminClient {
@@ -118,6 +124,11 @@ pub async fn peers(data: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A node ID given on the command line.
+fn node_id_arg(text: &str) -> anyhow::Result<openred_core::NodeId> {
+    openred_core::NodeId::parse(text).with_context(|| format!("NODE_ID {text:?}"))
+}
+
 /// Asks the admin API to act on one peer at `path`; prints the answer as
 /// JSON, or as `text` says.
 async fn peer_command<V: serde::Serialize + serde::de::DeserializeOwned>(
@@ -128,7 +139,7 @@ async fn peer_command<V: serde::Serialize + serde::de::DeserializeOwned>(
     text: impl FnOnce(&V) -> String,
 ) -> anyhow::Result<()> {
     let body = PeerRequest {
-        node_id: node_id.to_owned(),
+        node_id: node_id_arg(node_id)?,
     };
     let view: V = AdminClient::new(data)?.post(path, &body).await?;
     if json {
@@ -499,7 +510,12 @@ pub async fn auth(
         crate::owner::AuthCommand::Challenge { node_id } => {
             vec![
                 client
-                    .post("/admin/v1/auth/challenge", &PeerRequest { node_id })
+                    .post(
+                        "/admin/v1/auth/challenge",
+                        &PeerRequest {
+                            node_id: node_id_arg(&node_id)?,
+                        },
+                    )
                     .await?,
             ]
         }

@@ -374,6 +374,10 @@ async fn run_node(prepared: Prepared) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(admin_listen)
         .await
         .with_context(|| format!("binding {admin_listen}"))?;
+    // Written before the address is printed: whoever reads the line (a
+    // script, a test) and runs `openred status` next finds the file.
+    openred_node::owner::admin::write_address(&node.state().config().data_dir, admin.local_addr()?)
+        .context("writing the admin address file")?;
     println!("node {}", node.node_id());
     println!("listening on http://{}", p2p.local_addr()?);
     println!("admin on http://{}", admin.local_addr()?);

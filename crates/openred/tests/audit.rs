@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use in_process::*;
 use openred_core::keys::SignatureContext;
-use openred_core::wire::{audit_entry_message, audit_head_message, b64_decode, b64_encode};
+use openred_core::wire::{audit_entry_message, audit_head_message, b64_encode};
 use openred_core::{Clock, IdentityPublicKey, ManualClock, NodeId, UnixTime};
 use openred_node::agent::Crypto;
 use openred_node::audit::format::{genesis, hex, line_hash, HEAD_FILE, LOG_FILE};
@@ -403,7 +403,7 @@ async fn the_agent_signs_audit_entries_and_heads_under_their_own_labels_only() {
         .deregistration(7, owner.clock.now())
         .await
         .unwrap();
-    let sig = b64_decode(&dereg.signature).unwrap();
+    let sig = dereg.signature.0;
     assert!(key
         .verify(SignatureContext::AuditEntry, &entry_message, &sig)
         .is_err());
@@ -942,6 +942,9 @@ async fn twenty_thousand_bogus_token_pushes_and_handshakes_add_a_few_lines_and_a
     let (_, genuine) = genuine_message_1(&a.state, &intro);
     let push_url = b.p2p("/api/v3/tokens/receive");
     let handshake_url = b.p2p("/p2p/handshake");
+    // A well-formed sender with a token that is not one: refused as
+    // `bad_token` (a malformed `from` would be `bad_node_id`).
+    let stranger = openred_core::NodeId::from_bytes([9; 32]).to_string();
     let flood = {
         let http = net.http.clone();
         tokio::spawn(async move {
@@ -949,6 +952,7 @@ async fn twenty_thousand_bogus_token_pushes_and_handshakes_add_a_few_lines_and_a
             let workers = (0..IN_FLIGHT).map(|_| {
                 let (http, sent) = (http.clone(), sent.clone());
                 let (push_url, handshake_url) = (push_url.clone(), handshake_url.clone());
+                let stranger = stranger.clone();
                 let mut handshake = genuine.clone();
                 tokio::spawn(async move {
                     loop {
@@ -960,11 +964,12 @@ async fn twenty_thousand_bogus_token_pushes_and_handshakes_add_a_few_lines_and_a
                             post_json(
                                 &http,
                                 &push_url,
-                                &json!({ "from": "nobody", "token": "AAAA" }),
+                                &json!({ "from": stranger, "token": "AAAA" }),
                             )
                             .await
                         } else {
-                            handshake.connection_id = b64_encode(&random16());
+                            handshake.connection_id =
+                                openred_core::wire::ConnectionIdBytes(random16());
                             post_json(&http, &handshake_url, &handshake).await
                         };
                         assert!(

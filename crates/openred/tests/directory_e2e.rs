@@ -57,7 +57,9 @@ async fn answer_reachability(key: IdentityKeypair, directory: String) -> String 
     use axum::routing::post;
     use axum::Json;
     use openred_core::keys::SignatureContext;
-    use openred_core::wire::{reachability_message, ReachabilityChallenge, ReachabilityProof};
+    use openred_core::wire::{
+        reachability_message, ReachabilityChallenge, ReachabilityProof, SignatureBytes,
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let origin = url.clone();
@@ -67,11 +69,13 @@ async fn answer_reachability(key: IdentityKeypair, directory: String) -> String 
         post(move |Json(c): Json<ReachabilityChallenge>| {
             let (key, directory, origin) = (key.clone(), directory.clone(), origin.clone());
             async move {
-                let challenge: [u8; 32] = b64_decode(&c.challenge).unwrap().try_into().unwrap();
-                let message = reachability_message(&challenge, &key.node_id(), &directory, &origin);
+                let message =
+                    reachability_message(&c.challenge.0, &key.node_id(), &directory, &origin);
                 Json(ReachabilityProof {
                     node_id: c.node_id,
-                    signature: b64_encode(&key.sign(SignatureContext::ReachabilityProof, &message)),
+                    signature: SignatureBytes(
+                        key.sign(SignatureContext::ReachabilityProof, &message),
+                    ),
                 })
             }
         }),

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use in_process::{assert_refused, get, post_json, Network};
-use openred_core::wire::{b64_encode, ReachabilityChallenge};
+use openred_core::wire::{ChallengeBytes, ReachabilityChallenge};
 use openred_core::{AgreementSecret, ApiUrl, IdentityKeypair, NodeRecord};
 use openred_directory::store::{Store, Write};
 use openred_node::config::{RateQuota, ReachabilityLimits};
@@ -153,8 +153,8 @@ async fn a_flood_of_reachability_challenges_is_rate_limited_per_source_and_in_to
             .unwrap()
     };
     let challenge = ReachabilityChallenge {
-        node_id: node.id().to_string(),
-        challenge: b64_encode(&[7u8; 32]),
+        node_id: node.id(),
+        challenge: ChallengeBytes([7u8; 32]),
     };
     let url = node.p2p("/api/v3/reachability");
     // One source: three proofs, then 429.

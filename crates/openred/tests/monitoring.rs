@@ -8,7 +8,9 @@ mod in_process;
 use std::time::Duration;
 
 use in_process::*;
-use openred_core::wire::{b64_encode, HandshakeRequest, TokenPush};
+use openred_core::wire::{
+    ConnectionIdBytes, HandshakeRequest, NoiseMessage, TokenBytes, TokenPush,
+};
 use openred_node::health;
 use openred_node::modules::monitoring::Monitoring;
 use openred_node::owner::admin::StatusView;
@@ -119,8 +121,8 @@ async fn metrics_count_handshakes_tokens_traffic_and_refusals_by_reason() {
         &net.http,
         &b.p2p("/api/v3/tokens/receive"),
         &TokenPush {
-            from: "directory".into(),
-            token: b64_encode(b"not a token"),
+            from: a.id(),
+            token: TokenBytes(b"not a token".to_vec()),
         },
     )
     .await;
@@ -129,9 +131,9 @@ async fn metrics_count_handshakes_tokens_traffic_and_refusals_by_reason() {
         &net.http,
         &b.p2p("/p2p/handshake"),
         &HandshakeRequest {
-            connection_id: b64_encode(&random16()),
+            connection_id: ConnectionIdBytes(random16()),
             suites: vec![1],
-            message: b64_encode(&[0u8; 96]),
+            message: NoiseMessage(vec![0u8; 96]),
         },
     )
     .await;

@@ -23,8 +23,9 @@ use openred_core::random::SeededRng;
 use openred_core::session::{EpochConfig, FrameHeader, Role, Suite};
 use openred_core::token::{mint_pair, MAX_TOKEN_LIFETIME_S};
 use openred_core::wire::{
-    b64_encode, connection_request_message, reachability_message, ConnectionRequest,
-    ReachabilityChallenge, ReachabilityProof, RegisterRequest, TokenPush,
+    connection_request_message, reachability_message, ConnectionIdBytes, ConnectionRequest,
+    NonceBytes, ReachabilityChallenge, ReachabilityProof, RecordBytes, RegisterRequest,
+    SignatureBytes, TokenBytes, TokenPush,
 };
 use openred_core::{AgreementSecret, ApiUrl, IdentityKeypair, NodeId, NodeRecord, UnixTime};
 use openred_node::agent::identity::NodeSignature;
@@ -57,8 +58,8 @@ async fn token_state(node: &NodeState, connection_id: &[u8; 16]) -> TokenState {
 
 fn push_body(from: &NodeId, envelope: &[u8]) -> TokenPush {
     TokenPush {
-        from: from.to_string(),
-        token: b64_encode(envelope),
+        from: *from,
+        token: TokenBytes(envelope.to_vec()),
     }
 }
 
@@ -67,11 +68,11 @@ fn signed_request(node: &NodeState, target: &NodeId, issued_at: UnixTime) -> Con
     let nonce = random16();
     let message = connection_request_message(&node.node_id(), target, &nonce, issued_at);
     ConnectionRequest {
-        from: node.node_id().to_string(),
-        target: target.to_string(),
-        nonce: b64_encode(&nonce),
+        from: node.node_id(),
+        target: *target,
+        nonce: NonceBytes(nonce),
         issued_at: issued_at.0,
-        signature: b64_encode(&node.keys().sign(NodeSignature::ConnectionRequest, &message)),
+        signature: SignatureBytes(node.keys().sign(NodeSignature::ConnectionRequest, &message)),
     }
 }
 
@@ -676,7 +677,7 @@ async fn a_proof_made_for_another_connection_is_refused() {
 
     // Message 1 built for X, sent under Y's connection ID.
     let (_, mut moved) = genuine_message_1(&a, &x);
-    moved.connection_id = b64_encode(&y.connection_id);
+    moved.connection_id = ConnectionIdBytes(y.connection_id);
     assert_refused(
         &post_json(&net.http, &b.p2p(HANDSHAKE), &moved).await,
         403,
@@ -863,14 +864,13 @@ async fn a_forged_or_replayed_introduction_request_is_refused() {
     let url = net.directory(REQUEST_CONNECTION);
     let now = net.now();
     let genuine = signed_request(&a, &b.id(), now);
-    let nonce = openred_core::wire::b64_decode(&genuine.nonce).unwrap();
-    let nonce: [u8; 16] = nonce.try_into().unwrap();
+    let nonce = genuine.nonce.0;
     let message = connection_request_message(&a.id(), &b.id(), &nonce, now);
 
     // Signed by someone else.
     let forged = ConnectionRequest {
-        signature: b64_encode(
-            &stranger_identity().sign(SignatureContext::ConnectionRequest, &message),
+        signature: SignatureBytes(
+            stranger_identity().sign(SignatureContext::ConnectionRequest, &message),
         ),
         ..genuine.clone()
     };
@@ -881,7 +881,7 @@ async fn a_forged_or_replayed_introduction_request_is_refused() {
     );
     // A's signature, but under another label.
     let relabelled = ConnectionRequest {
-        signature: b64_encode(&a.keys().sign(NodeSignature::ReachabilityProof, &message)),
+        signature: SignatureBytes(a.keys().sign(NodeSignature::ReachabilityProof, &message)),
         ..genuine.clone()
     };
     assert_refused(
@@ -891,7 +891,7 @@ async fn a_forged_or_replayed_introduction_request_is_refused() {
     );
     // A's signature over other fields.
     let other_nonce = ConnectionRequest {
-        nonce: b64_encode(&random16()),
+        nonce: NonceBytes(random16()),
         ..genuine.clone()
     };
     assert_refused(
@@ -1010,19 +1010,15 @@ impl FakeNode {
     fn proof(&self) -> ReachabilityProof {
         self.proofs_served.fetch_add(1, Ordering::SeqCst);
         let body = self.last_challenge.lock().unwrap().clone().unwrap();
-        let challenge: [u8; 32] = openred_core::wire::b64_decode(&body.challenge)
-            .unwrap()
-            .try_into()
-            .unwrap();
         let message = reachability_message(
-            &challenge,
+            &body.challenge.0,
             &self.key.node_id(),
             &self.fingerprint,
             self.url.get().unwrap(),
         );
         ReachabilityProof {
-            node_id: self.key.node_id().to_string(),
-            signature: b64_encode(&self.key.sign(SignatureContext::ReachabilityProof, &message)),
+            node_id: self.key.node_id(),
+            signature: SignatureBytes(self.key.sign(SignatureContext::ReachabilityProof, &message)),
         }
     }
 
@@ -1067,7 +1063,7 @@ impl FakeNode {
             now.plus(3600),
         );
         RegisterRequest {
-            record: b64_encode(record.as_bytes()),
+            record: RecordBytes(record.as_bytes().to_vec()),
         }
     }
 }

@@ -9,7 +9,7 @@ mod in_process;
 use in_process::*;
 use openred_core::session::Session;
 use openred_core::token::TOKEN_CLOCK_SKEW_S;
-use openred_core::wire::{b64_decode, b64_encode, HandshakeRequest, TokenPush};
+use openred_core::wire::{b64_decode, HandshakeRequest, TokenPush};
 use openred_node::peer::handshake::{self, Authority, HandshakeContext, InitiatorHandshake};
 use openred_node::peer::lifecycle::renewal_due;
 use openred_node::{NodeConfig, NodeState};
@@ -180,9 +180,9 @@ fn renewal_request(
     let (pending, message) =
         handshake::initiate(&secret, &public, &b_static, &context, |_| [0; 64]).unwrap();
     let request = HandshakeRequest {
-        connection_id: b64_encode(&context.connection_id),
+        connection_id: openred_core::wire::ConnectionIdBytes(context.connection_id),
         suites: context.offer.iter().map(|s| s.id()).collect(),
-        message: b64_encode(&message),
+        message: openred_core::wire::NoiseMessage(message),
     };
     let plaintext = serde_json::to_vec(&request).unwrap();
     (
@@ -441,8 +441,8 @@ async fn the_lifecycle_purges_unused_tokens_and_old_tombstones() {
         String::from_utf8_lossy(&answer.body)
     );
     let replay = TokenPush {
-        from: a.id().to_string(),
-        token: b64_encode(&net.pushed_token(&used.connection_id)),
+        from: a.id(),
+        token: openred_core::wire::TokenBytes(net.pushed_token(&used.connection_id)),
     };
     let waiting = introduce(&a, b.id(), net.now()).await;
     assert_eq!(waiting.expires_at, used.expires_at);

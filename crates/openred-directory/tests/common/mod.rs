@@ -145,25 +145,25 @@ impl NodeTransport for FakeNodes {
             }
             let owner = self.owners.lock().unwrap().get(url.as_str()).copied();
             let seed = owner
-                .or_else(|| FakeNodes::seed_of(&body.node_id))
+                .or_else(|| FakeNodes::seed_of(&body.node_id.to_string()))
                 .ok_or(Unreachable)?;
             let node = TestNode::new(seed);
-            let challenge: [u8; 32] = openred_core::wire::b64_decode(&body.challenge)
-                .unwrap()
-                .try_into()
-                .unwrap();
             let fingerprint = self
                 .proof_fingerprint
                 .lock()
                 .unwrap()
                 .clone()
                 .unwrap_or_else(|| self.fingerprint.get().unwrap().clone());
-            let message =
-                reachability_message(&challenge, &node.key.node_id(), &fingerprint, url.as_str());
+            let message = reachability_message(
+                &body.challenge.0,
+                &node.key.node_id(),
+                &fingerprint,
+                url.as_str(),
+            );
             Ok(ReachabilityProof {
-                node_id: body.node_id.clone(),
-                signature: b64_encode(
-                    &node.key.sign(SignatureContext::ReachabilityProof, &message),
+                node_id: body.node_id,
+                signature: openred_core::wire::SignatureBytes(
+                    node.key.sign(SignatureContext::ReachabilityProof, &message),
                 ),
             })
         })

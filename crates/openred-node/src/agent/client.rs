@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use openred_core::id::Fingerprint;
 use openred_core::token::TokenEnvelope;
-use openred_core::wire::b64_encode;
 use openred_core::wire::DeregisterRequest;
 use openred_core::{AgreementPublicKey, ApiUrl, IdentityPublicKey, NodeId, SignedRecord, UnixTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -467,10 +466,10 @@ impl Crypto {
             })
             .await?;
         Ok(DeregisterRequest {
-            node_id: self.public.node_id.to_string(),
+            node_id: self.public.node_id,
             seq,
             issued_at: issued_at.0,
-            signature: b64_encode(&signature(response)?),
+            signature: openred_core::wire::SignatureBytes(signature(response)?),
         })
     }
 

@@ -83,9 +83,17 @@ fn create_token(path: &Path) -> io::Result<String> {
     Ok(token)
 }
 
-/// Records where the admin API listens, for the client subcommands.
+/// Records where the admin API listens, for the client subcommands. The
+/// file is rewritten in place (the confined node cannot create a file to
+/// rename over it), so it is left alone when it says this already: a
+/// client reading it then never sees it truncated.
 pub fn write_address(data_dir: &Path, address: SocketAddr) -> io::Result<()> {
-    fs::write(address_path(data_dir), address.to_string())
+    let path = address_path(data_dir);
+    let text = address.to_string();
+    if fs::read_to_string(&path).is_ok_and(|old| old == text) {
+        return Ok(());
+    }
+    fs::write(path, text)
 }
 
 /// Creates the address file if missing, so that it exists before the node
@@ -444,13 +452,13 @@ async fn peers(State(state): State<Arc<NodeState>>) -> Result<Json<Vec<PeerView>
         .discover(&state.outbound, &state.store, now)
         .await
         .map_err(|e| e.to_api())?;
-    let me = state.crypto.node_id().to_string();
+    let me = state.crypto.node_id();
     Ok(Json(
         entries
             .into_iter()
             .filter(|(entry, _)| entry.node_id != me)
             .map(|(entry, checked)| PeerView {
-                node_id: entry.node_id,
+                node_id: entry.node_id.to_string(),
                 api_url: entry.api_url,
                 status: format!("{:?}", entry.status).to_lowercase(),
                 seq: checked.as_ref().ok().map(|r| r.record().seq),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openred_core::session::{Role, Session};
-use openred_core::wire::{b64_decode, b64_encode, HandshakeRequest, HandshakeResponse};
+use openred_core::wire::{ConnectionIdBytes, HandshakeRequest, HandshakeResponse, NoiseMessage};
 use openred_core::NodeId;
 
 use crate::audit::{Event, EventKind};
@@ -172,9 +172,9 @@ impl PeerLayer {
             .initiate(&context, &peer_record.record().agreement_key.0)
             .await?;
         let request = HandshakeRequest {
-            connection_id: b64_encode(&intro.connection_id),
+            connection_id: ConnectionIdBytes(intro.connection_id),
             suites: context.offer.iter().map(|s| s.id()).collect(),
-            message: b64_encode(&message),
+            message: NoiseMessage(message),
         };
         // Our own half is spent the moment message 1 leaves: its tombstone
         // and the peer's record are committed while the request travels,
@@ -194,8 +194,7 @@ impl PeerLayer {
         );
         stored?;
         let answer: HandshakeResponse = expect_ok(answer?, false)?;
-        let reply = b64_decode(&answer.message).map_err(|_| NodeError::Malformed("the peer"))?;
-        let keys = self.crypto.finish(pending, &reply).await?;
+        let keys = self.crypto.finish(pending, &answer.message.0).await?;
         let live = self.install_session(
             Role::Initiator,
             &keys,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openred_core::session::Role;
-use openred_core::wire::{b64_decode, b64_encode, HandshakeRequest, HandshakeResponse};
+use openred_core::wire::{ConnectionIdBytes, HandshakeRequest, HandshakeResponse, NoiseMessage};
 use openred_core::UnixTime;
 use tokio::sync::watch;
 
@@ -183,9 +183,9 @@ impl PeerLayer {
         let peer_static = live.peer_record.record().agreement_key.0;
         let (pending, message) = self.crypto.initiate(&context, &peer_static).await?;
         let request = HandshakeRequest {
-            connection_id: b64_encode(&connection_id),
+            connection_id: ConnectionIdBytes(connection_id),
             suites: context.offer.iter().map(|s| s.id()).collect(),
-            message: b64_encode(&message),
+            message: NoiseMessage(message),
         };
         let plaintext =
             serde_json::to_vec(&request).map_err(|_| NodeError::Malformed("encoding"))?;
@@ -194,8 +194,7 @@ impl PeerLayer {
             .await?;
         let answer: HandshakeResponse =
             serde_json::from_slice(&reply).map_err(|_| NodeError::Malformed("the peer"))?;
-        let message = b64_decode(&answer.message).map_err(|_| NodeError::Malformed("the peer"))?;
-        let keys = self.crypto.finish(pending, &message).await?;
+        let keys = self.crypto.finish(pending, &answer.message.0).await?;
         let renewed = self.install_session(
             Role::Initiator,
             &keys,

@@ -14,7 +14,6 @@ pub(crate) mod reachability;
 pub(crate) mod routes;
 pub mod sessions;
 
-use openred_core::error_code::ErrorCode;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -262,15 +261,16 @@ impl Peers {
 pub struct PeerRequest {
     /// The peer.
     #[schema(value_type = openred_core::wire::NodeIdText)]
-    pub node_id: String,
+    pub node_id: NodeId,
 }
 
-/// The peer a [`PeerRequest`] names, or a 400 `bad_node_id`.
+/// The peer a [`PeerRequest`] names (a node ID that does not parse is a
+/// 400 `bad_node_id` from the extractor).
 pub fn peer_id(
     body: Result<axum::Json<PeerRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<NodeId, ApiError> {
     let axum::Json(body) = body?;
-    NodeId::parse(&body.node_id).map_err(|e| ApiError::new(ErrorCode::BadNodeId, e.to_string()))
+    Ok(body.node_id)
 }
 
 /// A P2P route that takes a request frame and answers with a frame: the

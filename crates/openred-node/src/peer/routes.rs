@@ -16,8 +16,8 @@ use openred_core::routes::node;
 use openred_core::session::Role;
 use openred_core::token::{Expected, Role as TokenRole, TokenEnvelope, TokenError};
 use openred_core::wire::{
-    b64_decode, b64_encode, HandshakeRequest, HandshakeResponse, ReachabilityChallenge,
-    ReachabilityProof, TokenAccepted, TokenPush,
+    ConnectionIdBytes, HandshakeRequest, HandshakeResponse, NoiseMessage, ReachabilityChallenge,
+    ReachabilityProof, SignatureBytes, TokenAccepted, TokenPush,
 };
 use openred_http::ApiError;
 use serde::Serialize;
@@ -180,21 +180,13 @@ async fn reachability(
         .check(crate::peer::reachability::source(&extensions))?;
     let Json(body) = body?;
     let me = state.crypto.node_id();
-    if body.node_id != me.to_string() {
+    if body.node_id != me {
         return Err(ApiError::new(
             ErrorCode::WrongNode,
             "this is not the node you are looking for",
         ));
     }
-    let challenge: [u8; 32] = b64_decode(&body.challenge)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::BadChallenge,
-                "challenge must be 32 bytes, base64url",
-            )
-        })?;
+    let challenge = body.challenge.0;
     // The proof names the directory this node trusts: it cannot be shown to
     // another directory.
     let directory = pinned_directory(&state)?;
@@ -208,8 +200,8 @@ async fn reachability(
         .await
         .map_err(|e| NodeError::from(e).to_api())?;
     Ok(Json(ReachabilityProof {
-        node_id: me.to_string(),
-        signature: b64_encode(&signature),
+        node_id: me,
+        signature: SignatureBytes(signature),
     }))
 }
 
@@ -239,10 +231,8 @@ async fn accept_token(
 ) -> Result<(Json<TokenAccepted>, openred_core::NodeId), ApiError> {
     let Json(body) = body?;
     let bad = |code, message: String| ApiError::new(code, message);
-    let bytes = b64_decode(&body.token)
-        .map_err(|_| bad(ErrorCode::BadToken, "token is not base64url".into()))?;
-    let envelope =
-        TokenEnvelope::decode(&bytes).map_err(|e| bad(ErrorCode::BadToken, e.to_string()))?;
+    let envelope = TokenEnvelope::decode(&body.token.0)
+        .map_err(|e| bad(ErrorCode::BadToken, e.to_string()))?;
     let directory = pinned_directory(state)?;
     let me = state.crypto.node_id();
     let expected = Expected {
@@ -267,7 +257,7 @@ async fn accept_token(
             }
             other => NodeError::from(other).to_api(),
         })?;
-    if body.from != intro.initiator.to_string() {
+    if body.from != intro.initiator {
         return Err(bad(
             ErrorCode::FromMismatch,
             "`from` is not the token's initiator".into(),
@@ -330,7 +320,7 @@ async fn accept_token(
     Ok((
         Json(TokenAccepted {
             accepted: true,
-            connection_id: b64_encode(&connection_id),
+            connection_id: ConnectionIdBytes(connection_id),
         }),
         intro.initiator,
     ))
@@ -372,7 +362,7 @@ async fn answer_handshake(
     body: Result<Json<HandshakeRequest>, JsonRejection>,
 ) -> Result<(Json<HandshakeResponse>, openred_core::NodeId), ApiError> {
     let Json(body) = body?;
-    let connection_id = connection_id(&body.connection_id, ErrorCode::BadConnectionId)?;
+    let connection_id = body.connection_id.0;
     // The connection ID first: unknown or used IDs cost one indexed read
     // and no public-key work.
     let (token_state, token) = state.store.token(&connection_id).await.map_err(internal)?;
@@ -404,8 +394,7 @@ async fn answer_handshake(
         .sessions
         .room_for(&token.initiator, state.session_limits())
         .map_err(|e| NodeError::from(e).to_api())?;
-    let message = b64_decode(&body.message)
-        .map_err(|_| ApiError::new(ErrorCode::BadMessage, "message is not base64url"))?;
+    let message = body.message.0;
     let offer = handshake::parse_offer(&body.suites).map_err(handshake_error)?;
     let initiator_record = token.initiator_record;
     let context = HandshakeContext {
@@ -448,7 +437,7 @@ async fn answer_handshake(
         Json(HandshakeResponse {
             session_established: true,
             session_id: live.id().to_string(),
-            message: b64_encode(&reply),
+            message: NoiseMessage(reply),
         }),
         live.peer,
     ))
@@ -481,13 +470,6 @@ fn pinned_directory(state: &PeerLayer) -> Result<openred_core::IdentityPublicKey
             "this node has not pinned a directory key yet",
         )
     })
-}
-
-fn connection_id(text: &str, code: ErrorCode) -> Result<[u8; 16], ApiError> {
-    b64_decode(text)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| ApiError::new(code, "connection_id must be 16 bytes, base64url"))
 }
 
 /// The agent refused a handshake message (it does not authenticate, or
@@ -592,9 +574,7 @@ async fn renew_in(
     }
     let request: HandshakeRequest = serde_json::from_slice(plaintext)
         .map_err(|e| ApiError::new(ErrorCode::BadRenewal, e.to_string()))?;
-    let connection_id = connection_id(&request.connection_id, ErrorCode::BadRenewal)?;
-    let message = b64_decode(&request.message)
-        .map_err(|_| ApiError::new(ErrorCode::BadRenewal, "message is not base64url"))?;
+    let (connection_id, message) = (request.connection_id.0, request.message.0);
     let offer = handshake::parse_offer(&request.suites).map_err(handshake_error)?;
     let wins_crossing = state.crypto.node_id() < live.peer;
     live.reserve_renewal(connection_id, MAX_RENEWALS_PER_SESSION, wins_crossing)
@@ -651,7 +631,7 @@ async fn answer_renewal(
     let answer = HandshakeResponse {
         session_established: true,
         session_id: renewed.id().to_string(),
-        message: b64_encode(&reply),
+        message: NoiseMessage(reply),
     };
     let plaintext = serde_json::to_vec(&answer)
         .map_err(|e| ApiError::internal("encoding the renewal answer", e))?;

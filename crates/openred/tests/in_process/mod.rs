@@ -15,7 +15,7 @@ use openred::testnet::{Agents, Launch, LocalNetwork, LocalNode};
 use openred_core::id::Fingerprint;
 use openred_core::session::{EpochConfig, Role, Session, Suite};
 use openred_core::token::{LinkKey, LinkSigningKey, OpenedToken, Role as TokenRole, TokenEnvelope};
-use openred_core::wire::{b64_decode, b64_encode, HandshakeRequest};
+use openred_core::wire::{b64_decode, ConnectionIdBytes, HandshakeRequest, NoiseMessage};
 use openred_core::wire::{ReachabilityChallenge, ReachabilityProof, TokenPush};
 use openred_core::{
     AgreementSecret, ApiUrl, Clock, IdentityKeypair, IdentityPublicKey, ManualClock, NodeId,
@@ -191,9 +191,7 @@ impl NodeTransport for Recording {
         url: &'a ApiUrl,
         body: &'a TokenPush,
     ) -> BoxFuture<'a, Result<(), Unreachable>> {
-        if let Ok(bytes) = b64_decode(&body.token) {
-            self.pushed.lock().unwrap().push(bytes);
-        }
+        self.pushed.lock().unwrap().push(body.token.0.clone());
         self.inner.push_token(url, body)
     }
 }
@@ -630,9 +628,9 @@ pub fn message_1(
         })
         .expect("message 1 is built");
     let request = HandshakeRequest {
-        connection_id: b64_encode(&context.connection_id),
+        connection_id: ConnectionIdBytes(context.connection_id),
         suites: context.offer.iter().map(|s| s.id()).collect(),
-        message: b64_encode(&message),
+        message: NoiseMessage(message),
     };
     (pending, request)
 }

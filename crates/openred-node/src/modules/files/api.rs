@@ -171,7 +171,7 @@ pub struct CreateShare {
     pub path: String,
     /// The peers allowed to fetch it.
     #[schema(value_type = Vec<openred_core::wire::NodeIdText>)]
-    pub to: Vec<String>,
+    pub to: Vec<NodeId>,
     /// Its lifetime in seconds (default from the settings).
     #[serde(default, deserialize_with = "openred_core::wire::integer::option_u64")]
     pub expires_in_s: Option<u64>,
@@ -189,10 +189,6 @@ pub struct ShareCreated {
     pub offered: Vec<String>,
     /// The peers whose offer could not be queued (no messaging module).
     pub not_offered: Vec<String>,
-}
-
-fn parse_node_id(text: &str) -> Result<NodeId, ApiError> {
-    NodeId::parse(text).map_err(|e| ApiError::new(ErrorCode::BadNodeId, e.to_string()))
 }
 
 fn parse_file_id(text: &str) -> Result<FileId, ApiError> {
@@ -216,11 +212,7 @@ async fn create_share(
     body: Result<Json<CreateShare>, JsonRejection>,
 ) -> Result<Json<ShareCreated>, ApiError> {
     let Json(request) = body?;
-    let peers = request
-        .to
-        .iter()
-        .map(|p| parse_node_id(p))
-        .collect::<Result<Vec<_>, _>>()?;
+    let peers = request.to.clone();
     let (share, offers) = module
         .share(
             &state,
@@ -311,7 +303,7 @@ async fn offers(State(state): Shared) -> Result<Json<Vec<OfferView>>, ApiError> 
 pub struct FetchRequest {
     /// The owner.
     #[schema(value_type = openred_core::wire::NodeIdText)]
-    pub node_id: String,
+    pub node_id: NodeId,
     /// The share.
     #[schema(pattern = "^[0-9a-fA-F]{32}$")]
     pub file_id: String,
@@ -326,7 +318,7 @@ async fn fetch(
     body: Result<Json<FetchRequest>, JsonRejection>,
 ) -> Result<Json<TransferView>, ApiError> {
     let Json(request) = body?;
-    let peer = parse_node_id(&request.node_id)?;
+    let peer = request.node_id;
     let file_id = parse_file_id(&request.file_id)?;
     let transfer = module
         .fetch(&state, peer, file_id, PathBuf::from(request.out))

@@ -267,7 +267,7 @@ async fn receive(
 pub struct SendRequest {
     /// The peer.
     #[schema(value_type = openred_core::wire::NodeIdText)]
-    pub node_id: String,
+    pub node_id: NodeId,
     /// The text.
     pub text: String,
     /// Its media type (default `text/plain; charset=utf-8`).
@@ -356,8 +356,7 @@ async fn send(
     body: Result<Json<SendRequest>, JsonRejection>,
 ) -> Result<Json<OutboxView>, ApiError> {
     let Json(request) = body?;
-    let peer = NodeId::parse(&request.node_id)
-        .map_err(|e| ApiError::new(ErrorCode::BadNodeId, e.to_string()))?;
+    let peer = request.node_id;
     let content_type = request
         .content_type
         .as_deref()
@@ -458,7 +457,7 @@ async fn outgoing(
 #[serde(deny_unknown_fields)]
 pub struct DeleteInbox {
     /// The peer whose messages go.
-    pub node_id: String,
+    pub node_id: NodeId,
     /// Which of its messages (1 to 10,000); all of them if absent.
     #[serde(default)]
     pub message_ids: Option<Vec<String>>,
@@ -478,8 +477,7 @@ async fn delete_inbox(
     body: Result<Json<DeleteInbox>, JsonRejection>,
 ) -> Result<Json<InboxDeleted>, ApiError> {
     let Json(request) = body?;
-    let peer = NodeId::parse(&request.node_id)
-        .map_err(|e| ApiError::new(ErrorCode::BadNodeId, e.to_string()))?;
+    let peer = request.node_id;
     let ids = match &request.message_ids {
         None => None,
         Some(ids) if ids.is_empty() || ids.len() > 10_000 => {
