@@ -2,12 +2,12 @@
 
 use axum::http::StatusCode;
 use openred_core::error_code::ErrorCode;
+use openred_core::handshake::HandshakeError;
 use openred_core::session::FrameError;
 use openred_core::token::TokenError;
 use openred_http::{ApiError, OutboundError};
 
 use crate::agent::CryptoError;
-use crate::peer::handshake::HandshakeError;
 use crate::store::StoreError;
 
 /// Something a node operation ran into.
