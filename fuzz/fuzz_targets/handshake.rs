@@ -1,4 +1,4 @@
-//! The responder side of the Noise KK handshake (`openred_node::peer::handshake`),
+//! The responder side of the Noise KK handshake (`openred_core::handshake`),
 //! which a node runs on message 1 from any peer that holds a token. The
 //! fuzzer picks the context bound in the prologue (connection ID, what
 //! authorises the handshake, the suite offer and what the responder
@@ -19,13 +19,13 @@
 
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
+use openred_core::handshake::{
+    initiate, parse_offer, respond, Authority, HandshakeContext, NOISE_PARAMS,
+};
 use openred_core::keys::SignatureContext;
 use openred_core::session::Suite;
 use openred_core::IdentityKeypair;
 use openred_fuzz::{node, Fixture};
-use openred_node::peer::handshake::{
-    initiate, parse_offer, respond, Authority, HandshakeContext, NOISE_PARAMS,
-};
 use std::sync::OnceLock;
 
 struct Keys {
@@ -44,7 +44,7 @@ fn keys() -> &'static Keys {
 }
 
 /// The prologue as `HandshakeContext` builds it (see the module doc of
-/// `openred_node::peer::handshake`). If the two ever differ, mode 2's canonical
+/// `openred_core::handshake`). If the two ever differ, mode 2's canonical
 /// payload stops being accepted and the target fails loudly.
 fn prologue(context: &HandshakeContext) -> Vec<u8> {
     let (label, bound): (&[u8], &[u8; 32]) = match &context.authority {
@@ -61,6 +61,11 @@ fn prologue(context: &HandshakeContext) -> Vec<u8> {
     p.extend(context.offer.iter().map(|s| s.id()));
     p
 }
+
+/// The ephemeral seeds of A and B: fixed, so that an input replays
+/// exactly (the committed seed scripts read no seed bytes).
+const SEED_A: [u8; 32] = [0xa1; 32];
+const SEED_B: [u8; 32] = [0xb2; 32];
 
 fn verify_proof(hash: &[u8; 32], proof: &[u8; 64]) -> bool {
     keys()
@@ -117,6 +122,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
             &context,
             message,
             &accepted,
+            SEED_B,
             verify_proof,
         );
         if let Ok((done, _)) = &result {
@@ -133,7 +139,8 @@ fn run(u: &mut Unstructured) -> Result<()> {
         }
         1 => {
             let sign = |h: &[u8; 32]| k.link.sign(SignatureContext::HandshakeProof, h);
-            let Ok((pending, mut m1)) = initiate(&a_secret, &a_public, &b_public, &context, sign)
+            let Ok((pending, mut m1)) =
+                initiate(&a_secret, &a_public, &b_public, &context, SEED_A, sign)
             else {
                 assert!(
                     context.initiator == context.target,

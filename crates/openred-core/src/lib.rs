@@ -15,6 +15,9 @@
 //!   introduction, sealed with HPKE to each node and signed by the directory.
 //! - [`file_transfer`]: the chunk codec of file transfers: per-transfer keys,
 //!   chunks bound to their index, their transfer and the end of the file.
+//! - [`handshake`]: the Noise KK handshake that opens a session: the
+//!   prologue, the initiator's token proof, the suite negotiation; its
+//!   ephemeral keys come from a seed the caller passes.
 //! - [`session`]: the frame layer of an established session: cipher suites,
 //!   per-direction keys, epoch ratchet, replay window.
 //! - [`random`]: a random stream from a caller-supplied seed.
@@ -34,6 +37,7 @@
 pub mod error_code;
 pub mod file_transfer;
 mod frame_cipher;
+pub mod handshake;
 pub mod id;
 pub mod keys;
 pub mod random;

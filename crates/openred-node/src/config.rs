@@ -267,7 +267,7 @@ impl NodeConfig {
                 crate::agent::state::MAX_RECORD_LIFETIME_S
             )));
         }
-        if self.suites.is_empty() || self.suites.len() > crate::peer::handshake::MAX_OFFER {
+        if self.suites.is_empty() || self.suites.len() > openred_core::handshake::MAX_OFFER {
             return Err(ConfigError("list between 1 and 8 suites".into()));
         }
         if self.session_max_age_s < self.epoch.epoch_len_s {

@@ -1,12 +1,12 @@
 //! The node's error type, and how each error is answered on the APIs.
 
 use openred_core::error_code::ErrorCode;
+use openred_core::handshake::HandshakeError;
 use openred_core::session::FrameError;
 use openred_core::token::TokenError;
 use openred_http::{ApiError, OutboundError};
 
 use crate::agent::CryptoError;
-use crate::peer::handshake::HandshakeError;
 use crate::store::StoreError;
 
 /// Something a node operation ran into.

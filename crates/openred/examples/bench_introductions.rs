@@ -50,10 +50,10 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use openred::testnet::{Agents, LocalNetwork};
 use openred::SystemClock;
+use openred_core::handshake::{self, Authority, HandshakeContext};
 use openred_core::session::{Role, Session};
 use openred_core::token::LinkKey;
 use openred_core::{Clock, NodeId};
-use openred_node::peer::handshake::{self, HandshakeContext};
 use openred_node::{NodeKeys, NodeState};
 
 #[derive(Parser)]
@@ -320,6 +320,14 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One handshake side's ephemeral seed, drawn as the agent draws it (the
+/// core's handshake takes its randomness as an argument).
+fn seed() -> anyhow::Result<[u8; 32]> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("randomness: {e}"))?;
+    Ok(seed)
+}
+
 /// User + system CPU seconds of the whole process, from `/proc/self/stat`.
 fn process_cpu() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
@@ -431,7 +439,7 @@ async fn split(
         connection_id,
         initiator: me,
         target: peer,
-        authority: openred_node::peer::handshake::Authority::Introduction {
+        authority: Authority::Introduction {
             link_public: opened_a.link.verifying_bytes(),
         },
         offer: a.config().suites.clone(),
@@ -447,6 +455,7 @@ async fn split(
             &a_keys.agreement_public().0,
             &b_record_key,
             &context,
+            seed()?,
             |h| sign.sign_handshake_proof(h),
         )?;
         let (rb, m2) = handshake::respond(
@@ -456,6 +465,7 @@ async fn split(
             &context,
             &m1,
             &b.config().suites,
+            seed()?,
             |h, p| verify.verify_handshake_proof(h, p).is_ok(),
         )?;
         let sb = Session::new(

@@ -91,11 +91,11 @@ async fn the_agent_runs_confined_and_its_sandbox_holds_from_inside() {
         })
     ));
     // A handshake cannot be started without a token opened first.
-    let context = openred_node::peer::handshake::HandshakeContext {
+    let context = openred_core::handshake::HandshakeContext {
         connection_id: [9; 16],
         initiator: crypto.node_id(),
         target: NodeId::from_bytes([3; 32]),
-        authority: openred_node::peer::handshake::Authority::Introduction {
+        authority: openred_core::handshake::Authority::Introduction {
             link_public: [4; 32],
         },
         offer: vec![openred_core::session::Suite::ChaCha20Poly1305],

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use axum::{Json, Router};
 use in_process::*;
+use openred_core::handshake::{self, Authority, HandshakeContext, HandshakeError};
 use openred_core::keys::SignatureContext;
 use openred_core::random::SeededRng;
 use openred_core::session::{EpochConfig, FrameHeader, Role, Suite};
@@ -31,7 +32,6 @@ use openred_core::{AgreementSecret, ApiUrl, IdentityKeypair, NodeId, NodeRecord,
 use openred_node::agent::identity::NodeSignature;
 use openred_node::error::NodeError;
 use openred_node::owner::admin::StatusView;
-use openred_node::peer::handshake::{self, Authority, HandshakeContext, HandshakeError};
 use openred_node::store::{NodeStore, StoredToken, TokenState};
 use openred_node::{IntroductionPolicy, NodeState};
 use serde_json::json;
@@ -480,9 +480,14 @@ async fn a_node_cannot_be_introduced_to_itself() {
         },
         offer: vec![Suite::ChaCha20Poly1305],
     };
-    let result = handshake::initiate(&a.keys().agreement_secret(), &me, &me, &context, |_| {
-        [0; 64]
-    });
+    let result = handshake::initiate(
+        &a.keys().agreement_secret(),
+        &me,
+        &me,
+        &context,
+        random32(),
+        |_| [0; 64],
+    );
     assert!(matches!(result, Err(HandshakeError::SelfSession)));
     let context = HandshakeContext {
         target: a.id(),
@@ -493,6 +498,7 @@ async fn a_node_cannot_be_introduced_to_itself() {
         &me,
         &b.keys().agreement_public().0,
         &context,
+        random32(),
         |_| [0; 64],
     );
     assert!(matches!(result, Err(HandshakeError::SelfSession)));

@@ -7,10 +7,10 @@
 mod in_process;
 
 use in_process::*;
+use openred_core::handshake::{self, Authority, HandshakeContext, InitiatorHandshake};
 use openred_core::session::Session;
 use openred_core::token::TOKEN_CLOCK_SKEW_S;
 use openred_core::wire::{b64_decode, HandshakeRequest, TokenPush};
-use openred_node::peer::handshake::{self, Authority, HandshakeContext, InitiatorHandshake};
 use openred_node::peer::lifecycle::renewal_due;
 use openred_node::{NodeConfig, NodeState};
 
@@ -178,7 +178,10 @@ fn renewal_request(
     };
     let b_static = b.keys().agreement_public().0;
     let (pending, message) =
-        handshake::initiate(&secret, &public, &b_static, &context, |_| [0; 64]).unwrap();
+        handshake::initiate(&secret, &public, &b_static, &context, random32(), |_| {
+            [0; 64]
+        })
+        .unwrap();
     let request = HandshakeRequest {
         connection_id: openred_core::wire::ConnectionIdBytes(context.connection_id),
         suites: context.offer.iter().map(|s| s.id()).collect(),

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
+use openred_core::handshake::HandshakeContext;
 use openred_core::id::Fingerprint;
 use openred_core::token::TokenEnvelope;
 use openred_core::wire::DeregisterRequest;
@@ -28,7 +29,6 @@ use super::core::AgentCore;
 use super::process::Launcher;
 use super::proto::{self, ErrorKind, Request, Response, SessionKeys, WireContext};
 use crate::agent::identity::NodeKeys;
-use crate::peer::handshake::HandshakeContext;
 
 /// How long one request may wait for the agent.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);

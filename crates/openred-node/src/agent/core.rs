@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use openred_core::handshake::{
+    self, Authority, HandshakeContext, HandshakeResult, InitiatorHandshake,
+};
 use openred_core::id::Fingerprint;
 use openred_core::session::Suite;
 use openred_core::token::{LinkKey, LinkSigningKey, LinkVerifyingKey, TokenEnvelope};
@@ -25,9 +28,6 @@ use openred_core::{ApiUrl, NodeId, NodeRecord, UnixTime};
 
 use super::proto::{ErrorKind, Request, Response, SessionKeys, WireContext, WireError};
 use crate::agent::identity::{NodeKeys, NodeSignature};
-use crate::peer::handshake::{
-    self, Authority, HandshakeContext, HandshakeResult, InitiatorHandshake,
-};
 
 /// How long the initiator's link key and a half-done handshake are kept.
 /// A token lives at most 5 minutes; a handshake needs one round trip.
@@ -67,6 +67,19 @@ fn handshake_failed(e: handshake::HandshakeError) -> Response {
         kind: ErrorKind::Handshake,
         message: e.to_string(),
     })
+}
+
+/// The seed of one handshake's ephemeral key, from the operating system:
+/// the core's handshake has no randomness of its own.
+fn ephemeral_seed() -> Result<[u8; 32], Response> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| {
+        Response::Error(WireError {
+            kind: ErrorKind::Internal,
+            message: format!("no randomness for the handshake: {e}"),
+        })
+    })?;
+    Ok(seed)
 }
 
 /// Inserts into a bounded map of pending items, dropping expired ones and,
@@ -312,11 +325,16 @@ impl AgentCore {
             }
             Authority::Renewal { .. } => None,
         };
+        let seed = match ephemeral_seed() {
+            Ok(seed) => seed,
+            Err(r) => return r,
+        };
         let result = handshake::initiate(
             &self.keys.agreement_secret(),
             &self.keys.agreement_public().0,
             peer_static,
             &context,
+            seed,
             |hash| link.map_or([0; 64], |link| link.sign_handshake_proof(hash)),
         );
         match result {
@@ -356,6 +374,10 @@ impl AgentCore {
             .iter()
             .filter_map(|id| Suite::from_id(*id))
             .collect();
+        let seed = match ephemeral_seed() {
+            Ok(seed) => seed,
+            Err(r) => return r,
+        };
         let result = handshake::respond(
             &self.keys.agreement_secret(),
             &self.keys.agreement_public().0,
@@ -363,6 +385,7 @@ impl AgentCore {
             &context,
             message,
             &accepted,
+            seed,
             |hash, proof| link.is_some_and(|link| link.verify_handshake_proof(hash, proof).is_ok()),
         );
         match result {

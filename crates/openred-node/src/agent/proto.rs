@@ -147,7 +147,7 @@ pub enum Probe {
     Exit,
 }
 
-/// [`crate::peer::handshake::HandshakeContext`] on the wire.
+/// [`openred_core::handshake::HandshakeContext`] on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireContext {
     /// The introduction's connection ID.
@@ -157,7 +157,7 @@ pub struct WireContext {
     /// Node B.
     pub target: [u8; 32],
     /// What authorises the handshake.
-    pub authority: crate::peer::handshake::Authority,
+    pub authority: openred_core::handshake::Authority,
     /// Offered suite IDs, in order.
     pub offer: Vec<u8>,
 }
@@ -365,7 +365,7 @@ mod tests {
                     connection_id: [2; 16],
                     initiator: [3; 32],
                     target: [4; 32],
-                    authority: crate::peer::handshake::Authority::Introduction {
+                    authority: openred_core::handshake::Authority::Introduction {
                         link_public: [5; 32],
                     },
                     offer: vec![1, 2],

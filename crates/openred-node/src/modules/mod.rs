@@ -314,7 +314,7 @@ impl Modules {
     pub fn suites(&self, configured: &[Suite]) -> Vec<Suite> {
         let mut suites = configured.to_vec();
         for suite in self.enabled().flat_map(|m| m.suites()) {
-            if !suites.contains(&suite) && suites.len() < crate::peer::handshake::MAX_OFFER {
+            if !suites.contains(&suite) && suites.len() < openred_core::handshake::MAX_OFFER {
                 suites.push(suite);
             }
         }

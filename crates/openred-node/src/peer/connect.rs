@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use openred_core::handshake::{Authority, HandshakeContext};
 use openred_core::session::{Role, Session};
 use openred_core::wire::{ConnectionIdBytes, HandshakeRequest, HandshakeResponse, NoiseMessage};
 use openred_core::NodeId;
@@ -14,7 +15,6 @@ use crate::audit::{Event, EventKind};
 use crate::directory_client::expect_ok;
 use crate::error::NodeError;
 use crate::node::Connected;
-use crate::peer::handshake::{Authority, HandshakeContext};
 use crate::peer::routes::{PING, PING_PATH, PONG};
 use crate::peer::sessions::LiveSession;
 use crate::peer::PeerLayer;

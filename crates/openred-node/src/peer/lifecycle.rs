@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use openred_core::handshake::{Authority, HandshakeContext};
 use openred_core::session::Role;
 use openred_core::wire::{ConnectionIdBytes, HandshakeRequest, HandshakeResponse, NoiseMessage};
 use openred_core::UnixTime;
@@ -23,7 +24,6 @@ use tokio::sync::watch;
 
 use crate::audit::{Event, EventKind};
 use crate::error::NodeError;
-use crate::peer::handshake::{Authority, HandshakeContext};
 use crate::peer::sessions::LiveSession;
 use crate::peer::PeerLayer;
 

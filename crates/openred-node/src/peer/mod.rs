@@ -1,13 +1,13 @@
 //! The peer layer: everything between this node and other nodes. It owns
 //! the sessions ([`sessions`]), opens every request frame and seals every
-//! answer once ([`frames`]), runs the handshake ([`handshake`]) and the
-//! routes peers and the directory call (`routes`), renews and purges
+//! answer once ([`frames`]), runs the handshake (its rules are
+//! [`openred_core::handshake`], its keys the agent's) and the routes peers
+//! and the directory call (`routes`), renews and purges
 //! sessions ([`lifecycle`]), and limits the reachability route
 //! (`reachability`).
 
 pub mod connect;
 pub mod frames;
-pub mod handshake;
 pub mod layer;
 pub mod lifecycle;
 pub(crate) mod reachability;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openred::testnet::{Agents, Launch, LocalNetwork, LocalNode};
+use openred_core::handshake::{self, Authority, HandshakeContext, InitiatorHandshake};
 use openred_core::id::Fingerprint;
 use openred_core::session::{EpochConfig, Role, Session, Suite};
 use openred_core::token::{LinkKey, LinkSigningKey, OpenedToken, Role as TokenRole, TokenEnvelope};
@@ -25,7 +26,6 @@ use openred_directory::transport::{BoxFuture, NodeTransport, OutboundTransport, 
 use openred_directory::Config as DirectoryConfig;
 use openred_node::error::NodeError;
 use openred_node::modules::Module;
-use openred_node::peer::handshake::{self, Authority, HandshakeContext, InitiatorHandshake};
 use openred_node::{NodeConfig, NodeKeys, NodeState};
 use serde::Serialize;
 use serde_json::Value;
@@ -622,11 +622,15 @@ pub fn message_1(
     context: &HandshakeContext,
     proof_key: &LinkSigningKey,
 ) -> (InitiatorHandshake, HandshakeRequest) {
-    let (pending, message) =
-        handshake::initiate(local_secret, local_public, target_static, context, |hash| {
-            proof_key.sign_handshake_proof(hash)
-        })
-        .expect("message 1 is built");
+    let (pending, message) = handshake::initiate(
+        local_secret,
+        local_public,
+        target_static,
+        context,
+        random32(),
+        |hash| proof_key.sign_handshake_proof(hash),
+    )
+    .expect("message 1 is built");
     let request = HandshakeRequest {
         connection_id: ConnectionIdBytes(context.connection_id),
         suites: context.offer.iter().map(|s| s.id()).collect(),
