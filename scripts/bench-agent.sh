@@ -45,11 +45,7 @@ NODES=${NODES:-10}
 TARGET_US=${TARGET_US:-30}
 TARGET=${CARGO_TARGET_DIR:-target}/release
 
-RUN=()
-[ -n "${NICE:-}" ] && RUN=(nice -n "$NICE")
-
-log() { printf '== %s\n' "$*" >&2; }
-fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
+. scripts/bench/common.sh
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/openred-bench-agent.XXXXXX")
 cleanup() {

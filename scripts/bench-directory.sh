@@ -44,19 +44,7 @@ LUA=scripts/bench/replay.lua
 TIMEFORMAT='%U %S' # `time` prints the client's CPU seconds
 CLK_TCK=$(getconf CLK_TCK)
 
-# Every process the benchmark measures runs at the same priority.
-RUN=()
-if [ -n "${NICE:-}" ]; then
-  RUN=(nice -n "$NICE")
-  if [ "$(ps -o sid= -p $$ | tr -d ' ')" = "$$" ] && [ -w "/proc/$$/autogroup" ]; then
-    echo "$NICE" >"/proc/$$/autogroup"
-  elif [ -e "/proc/$$/autogroup" ]; then
-    printf 'note: not a session leader; NICE only orders this session'"'"'s own processes\n' >&2
-  fi
-fi
-
-log() { printf '== %s\n' "$*" >&2; }
-fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
+. scripts/bench/common.sh
 
 if ! command -v wrk >/dev/null || ! command -v curl >/dev/null; then
   log "installing wrk and curl (Debian packages)"

@@ -40,8 +40,7 @@ IPERF_SECONDS=${IPERF_SECONDS:-5}
 TARGET=${CARGO_TARGET_DIR:-target}/release
 OPENRED=${OPENRED:-$TARGET/openred}
 
-log() { printf '== %s\n' "$*" >&2; }
-fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
+. scripts/bench/common.sh
 
 need=()
 command -v iperf3 >/dev/null || need+=(iperf3)

@@ -59,18 +59,7 @@ TARGET_RATE=${TARGET_RATE:-20000}
 TARGET_P50_MS=${TARGET_P50_MS:-1}
 TARGET=${CARGO_TARGET_DIR:-target}/release
 
-RUN=()
-if [ -n "${NICE:-}" ]; then
-  RUN=(nice -n "$NICE")
-  if [ "$(ps -o sid= -p $$ | tr -d ' ')" = "$$" ] && [ -w "/proc/$$/autogroup" ]; then
-    echo "$NICE" >"/proc/$$/autogroup"
-  elif [ -e "/proc/$$/autogroup" ]; then
-    printf 'note: not a session leader; NICE only orders this session'"'"'s own processes\n' >&2
-  fi
-fi
-
-log() { printf '== %s\n' "$*" >&2; }
-fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
+. scripts/bench/common.sh
 
 if [ -z "${SKIP_BUILD:-}" ]; then
   log "building (release)"

@@ -40,11 +40,7 @@ FRAME_SECONDS=${FRAME_SECONDS:-1.5}
 OPENSSL_SECONDS=${OPENSSL_SECONDS:-2}
 TARGET=${CARGO_TARGET_DIR:-target}/release
 
-RUN=()
-[ -n "${NICE:-}" ] && RUN=(nice -n "$NICE")
-
-log() { printf '== %s\n' "$*" >&2; }
-fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
+. scripts/bench/common.sh
 
 if ! command -v openssl >/dev/null; then
     log "installing openssl"
