@@ -45,6 +45,10 @@ pub enum StoreError {
     /// The operating system gave no randomness (for a nonce or an ID).
     #[error("randomness: {0}")]
     Randomness(getrandom::Error),
+    /// A task that held a write to its end did not finish (it panicked,
+    /// or the runtime is shutting down).
+    #[error("a storage task did not finish: {0}")]
+    Task(String),
 }
 
 /// Why a token could not be stored or taken.

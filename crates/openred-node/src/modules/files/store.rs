@@ -47,7 +47,7 @@ impl std::fmt::Display for FileId {
 /// `N` random bytes.
 pub fn random_bytes<const N: usize>() -> Result<[u8; N], StoreError> {
     let mut bytes = [0u8; N];
-    getrandom::fill(&mut bytes).map_err(|e| StoreError::Corrupt(format!("randomness: {e}")))?;
+    getrandom::fill(&mut bytes).map_err(StoreError::Randomness)?;
     Ok(bytes)
 }
 
@@ -410,7 +410,7 @@ impl FileStore {
         let (this, link_hash, file_id) = (self.clone(), *link_hash, *file_id);
         tokio::spawn(async move { this.complete_to_the_end(&link_hash, &file_id, now).await })
             .await
-            .map_err(|e| StoreError::Corrupt(format!("the completion task failed: {e}")))?
+            .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     async fn complete_to_the_end(
