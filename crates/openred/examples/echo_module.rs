@@ -16,10 +16,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use openred_core::error_code::ErrorCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::routing::post;
@@ -45,8 +45,9 @@ pub struct Echo {
 /// `POST /admin/v1/echo`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct EchoRequest {
-    /// The peer.
-    pub node_id: String,
+    /// The peer (a node ID that does not parse is refused with 400
+    /// `bad_node_id` before the handler runs).
+    pub node_id: NodeId,
     /// What to echo.
     pub text: String,
 }
@@ -88,10 +89,14 @@ impl Module for Echo {
         Router::new().route(
             "/admin/v1/echo",
             post(
-                |State(node): State<Peers>, Json(request): Json<EchoRequest>| async move {
-                    let peer = NodeId::parse(&request.node_id)
-                        .map_err(|e| ApiError::new(ErrorCode::BadNodeId, e.to_string()))?;
-                    let live = node.session_for(&peer).await.map_err(|e| e.to_api())?;
+                |State(node): State<Peers>, body: Result<Json<EchoRequest>, JsonRejection>| async move {
+                    // Taken as a Result so that a bad body is answered as
+                    // JSON with its code, like every OpenRed error.
+                    let Json(request) = body?;
+                    let live = node
+                        .session_for(&request.node_id)
+                        .await
+                        .map_err(|e| e.to_api())?;
                     let answer = node
                         .exchange(&live, ECHO_PATH, request.text.as_bytes())
                         .await
