@@ -40,6 +40,19 @@ pub enum SignatureContext {
 }
 
 impl SignatureContext {
+    /// Every context, for tests that sign in one and verify in the others.
+    pub const ALL: [SignatureContext; 9] = [
+        SignatureContext::NodeRecord,
+        SignatureContext::Deregistration,
+        SignatureContext::ConnectionRequest,
+        SignatureContext::ReachabilityProof,
+        SignatureContext::TokenEnvelope,
+        SignatureContext::HandshakeProof,
+        SignatureContext::AuthChallenge,
+        SignatureContext::AuditEntry,
+        SignatureContext::AuditHead,
+    ];
+
     /// The label prepended to every message signed in this context.
     pub fn label(self) -> &'static str {
         match self {
@@ -212,22 +225,10 @@ impl fmt::Debug for AgreementSecret {
 mod tests {
     use super::*;
 
-    const ALL: [SignatureContext; 9] = [
-        SignatureContext::NodeRecord,
-        SignatureContext::Deregistration,
-        SignatureContext::ConnectionRequest,
-        SignatureContext::ReachabilityProof,
-        SignatureContext::TokenEnvelope,
-        SignatureContext::HandshakeProof,
-        SignatureContext::AuthChallenge,
-        SignatureContext::AuditEntry,
-        SignatureContext::AuditHead,
-    ];
-
     #[test]
     fn labels_are_distinct() {
-        for (i, a) in ALL.iter().enumerate() {
-            for b in &ALL[i + 1..] {
+        for (i, a) in SignatureContext::ALL.iter().enumerate() {
+            for b in &SignatureContext::ALL[i + 1..] {
                 assert_ne!(a.label(), b.label());
             }
         }
@@ -236,9 +237,9 @@ mod tests {
     #[test]
     fn a_signature_verifies_only_in_its_own_context() {
         let key = IdentityKeypair::from_secret_bytes(&[3; 32]);
-        for signed_in in ALL {
+        for signed_in in SignatureContext::ALL {
             let sig = key.sign(signed_in, b"message");
-            for checked_in in ALL {
+            for checked_in in SignatureContext::ALL {
                 let result = key.public().verify(checked_in, b"message", &sig);
                 assert_eq!(
                     result.is_ok(),

@@ -103,26 +103,26 @@ impl IntoResponse for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> ApiError {
         let status = rejection.status();
-        let code = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::BodyTooLarge,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
-            _ => match field_error(&rejection) {
-                // A typed field (a node ID, a nonce) that does not parse
-                // is answered with its own code and status, as before
-                // fields were typed.
-                Some(code) => return ApiError::new(code, rejection.body_text()),
-                None => ErrorCode::BadJson,
-            },
-        };
         // serde's messages name the offending field and position, nothing
-        // of the server's internals. axum answers a body of the wrong shape
-        // with 422 and bad syntax with 400; both stay `bad_json`, each with
-        // axum's status (the contract documents both).
-        let error = ApiError::new(code, rejection.body_text());
-        if status.is_client_error() {
-            error.with_status(status)
-        } else {
-            error
+        // of the server's internals.
+        let text = rejection.body_text();
+        match status {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(ErrorCode::BodyTooLarge, text),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                ApiError::new(ErrorCode::UnsupportedMediaType, text)
+            }
+            _ => match field_error(&rejection) {
+                // A typed field (a node ID, a nonce) that does not parse is
+                // answered with its own code and status.
+                Some(code) => ApiError::new(code, text),
+                // axum answers a body of the wrong shape with 422 and bad
+                // syntax with 400: both are `bad_json`, each with axum's
+                // status (the contract documents both).
+                None if status.is_client_error() => {
+                    ApiError::new(ErrorCode::BadJson, text).with_status(status)
+                }
+                None => ApiError::new(ErrorCode::BadJson, text),
+            },
         }
     }
 }

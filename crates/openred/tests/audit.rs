@@ -383,15 +383,12 @@ async fn the_agent_signs_audit_entries_and_heads_under_their_own_labels_only() {
     assert!(key
         .verify(SignatureContext::AuditEntry, &head_message, &head_sig)
         .is_err());
-    let others = [
-        SignatureContext::NodeRecord,
-        SignatureContext::Deregistration,
-        SignatureContext::ConnectionRequest,
-        SignatureContext::ReachabilityProof,
-        SignatureContext::TokenEnvelope,
-        SignatureContext::HandshakeProof,
-        SignatureContext::AuthChallenge,
-    ];
+    let others = SignatureContext::ALL.into_iter().filter(|c| {
+        !matches!(
+            c,
+            SignatureContext::AuditEntry | SignatureContext::AuditHead
+        )
+    });
     for context in others {
         assert!(key.verify(context, &entry_message, &entry_sig).is_err());
         assert!(key.verify(context, &head_message, &head_sig).is_err());

@@ -73,7 +73,7 @@ macro_rules! b64_value {
                         .ok()
                         .and_then(|bytes| <$inner>::try_from(bytes).ok())
                         .map($name)
-                        .ok_or_else(|| format!("{}: {} must be {}", ErrorCode::$code, stringify!($name), $what))
+                        .ok_or_else(|| format!("{}: expected {}", ErrorCode::$code, $what))
                 }))
             }
         }
