@@ -582,16 +582,10 @@ async fn rejects_bad_signatures_replays_and_stale_requests(backend: Backend) {
     );
 
     // A's key, the right message, but under every other label.
-    for context in [
-        SignatureContext::NodeRecord,
-        SignatureContext::Deregistration,
-        SignatureContext::ReachabilityProof,
-        SignatureContext::TokenEnvelope,
-        SignatureContext::HandshakeProof,
-        SignatureContext::AuthChallenge,
-        SignatureContext::AuditEntry,
-        SignatureContext::AuditHead,
-    ] {
+    for context in SignatureContext::ALL
+        .into_iter()
+        .filter(|c| *c != SignatureContext::ConnectionRequest)
+    {
         let body = signed_request(&a.key, context, &a_id, &b_id, fresh_nonce(), now);
         let answer = introduce(&h, &body).await;
         assert_error(&answer, StatusCode::BAD_REQUEST, "bad_signature");
